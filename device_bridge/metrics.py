@@ -1,0 +1,21 @@
+"""Bridge metrics, created once; no device ids or numbers as labels."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["BridgeMetrics"]
+
+
+class BridgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sessions = Gauge("smsgw_bridge_sessions", "Open phone sessions", registry=registry)
+        self.handshakes = Counter(
+            "smsgw_bridge_handshakes_total", "Session handshakes by outcome", ["outcome"], registry=registry
+        )
+        self.delivers = Counter("smsgw_bridge_delivers_total", "Deliver frames sent to phones", registry=registry)
+        self.receipts = Counter(
+            "smsgw_bridge_receipts_total", "Receipts received from phones", ["state"], registry=registry
+        )
+        self.drops = Counter("smsgw_bridge_drops_total", "Drop frames sent to phones", registry=registry)
+        self.closes = Counter("smsgw_bridge_closes_total", "Sessions closed, by close code", ["code"], registry=registry)

@@ -1,0 +1,66 @@
+"""Live sessions by device: wake-ups from the bus, and replacement by a newer session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+__all__ = ["SessionHandle", "SessionRegistry"]
+
+
+@dataclass(eq=False)
+class SessionHandle:
+    """What the registry knows of one session: who it is and how to wake or replace it."""
+
+    device_id: str
+    owner_id: str
+    session_id: str
+    _woken: bool = True  # dispatch once right after the handshake
+    _event: trio.Event = field(default_factory=trio.Event)
+    replaced: bool = False
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def wake(self) -> None:
+        """There may be work: new messages, freed window, messages to drop."""
+        self._woken = True
+        self._event.set()
+
+    async def wait_woken(self) -> None:
+        while not self._woken:
+            await self._event.wait()
+            self._event = trio.Event()
+        self._woken = False
+
+    def replace(self) -> None:
+        """A newer session of the same device took over: end this one (close 4003)."""
+        self.replaced = True
+        self.cancel_scope.cancel()
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._by_device: dict[str, SessionHandle] = {}
+
+    def register(self, handle: SessionHandle) -> SessionHandle | None:
+        """Make `handle` the device's session; returns the one it replaces."""
+        old = self._by_device.get(handle.device_id)
+        self._by_device[handle.device_id] = handle
+        return old
+
+    def unregister(self, handle: SessionHandle) -> bool:
+        """Forget `handle` unless a newer session already replaced it. Returns whether it did."""
+        if self._by_device.get(handle.device_id) is handle:
+            del self._by_device[handle.device_id]
+            return True
+        return False
+
+    def wake(self, device_ids: Iterable[str]) -> None:
+        for device_id in device_ids:
+            handle = self._by_device.get(device_id)
+            if handle is not None:
+                handle.wake()
+
+    def __len__(self) -> int:
+        return len(self._by_device)

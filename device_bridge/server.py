@@ -1,0 +1,115 @@
+"""The bridge's websockets.trio server: credentials checked before the upgrade, then one
+`run_session` per phone.
+
+`serve(...)` calls `task_status.started(BridgeServer)` only once it is listening, so callers
+write `bridge = await nursery.start(serve, ...)` and read `bridge.port`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+
+import trio
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.trio.server import Server, ServerConnection
+from websockets.trio.server import serve as ws_serve
+
+from device_bridge.protocol import SUBPROTOCOLS
+from device_bridge.session_task import Admission, BridgeContext, run_session
+
+__all__ = ["BridgeServer", "serve", "DEVICE_PATH", "SERVICE_RESTART"]
+
+log = logging.getLogger(__name__)
+
+DEVICE_PATH = "/device/v1"
+# RFC 6455 1012: the phone reconnects after a short random delay (not 1001, "going away").
+SERVICE_RESTART = 1012
+
+
+@dataclass
+class BridgeServer:
+    server: Server
+    port: int
+    ctx: BridgeContext
+    _admissions: dict[object, Admission] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        """Stop listening, close sessions with 1012; their cleanup requeues unaccepted messages."""
+        await self.server.aclose(close_connections=True, code=SERVICE_RESTART, reason="bridge restarting")
+
+
+def _refuse(ws: ServerConnection, status: HTTPStatus, text: str) -> Response:
+    response = ws.respond(status, text + "\n")
+    if status == HTTPStatus.UNAUTHORIZED:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="smsgw-device"'
+    return response
+
+
+async def serve(
+    ctx: BridgeContext,
+    host: str,
+    port: int,
+    *,
+    listeners: list[trio.SocketListener] | None = None,
+    task_status: trio.TaskStatus[BridgeServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve phone sessions until cancelled (the caller calls `aclose()` first to drain)."""
+    admissions: dict[object, Admission] = {}
+
+    async def process_request(ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path != DEVICE_PATH:
+            return _refuse(ws, HTTPStatus.NOT_FOUND, f"phones connect to {DEVICE_PATH}")
+        admission = await _admit(ctx, request.headers)
+        if admission is None:
+            ctx.metrics.handshakes.labels("bad_credentials").inc()
+            return _refuse(ws, HTTPStatus.UNAUTHORIZED, "bad or missing device credentials")
+        admissions[ws.id] = admission
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        admission = admissions.pop(ws.id)
+        await run_session(ctx, ws, admission)
+
+    settings = ctx.settings
+    kwargs = dict(listeners=listeners) if listeners is not None else dict(host=host, port=port)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(
+            lambda task_status: ws_serve(
+                handler,
+                subprotocols=list(SUBPROTOCOLS),
+                process_request=process_request,
+                compression=None,  # permessage-deflate costs 2.5x memory per session
+                open_timeout=settings.open_timeout,
+                ping_interval=settings.ping_interval,
+                ping_timeout=settings.ping_timeout,
+                close_timeout=settings.close_timeout,
+                max_size=settings.max_size,
+                logger=logging.getLogger("device_bridge.websockets"),
+                task_status=task_status,
+                **kwargs,
+            )
+        )
+        sock = getattr(server.listeners[0], "socket", None)  # memory listeners in tests have none
+        bound = sock.getsockname()[1] if sock is not None else port
+        ctx.bus.attach_bridge(ctx.registry.wake)
+        task_status.started(BridgeServer(server, bound, ctx, admissions))
+
+
+async def _admit(ctx: BridgeContext, headers: Headers) -> Admission | None:
+    scheme, _, credential = headers.get("Authorization", "").partition(" ")
+    credential = credential.strip()
+    if not credential:
+        return None
+    if scheme == "Bearer":
+        identity = await trio.to_thread.run_sync(ctx.devices.authenticate, credential)
+        return Admission(identity, None) if identity else None
+    if scheme == "Pairing":
+        now = datetime.now(UTC)
+        valid = await trio.to_thread.run_sync(ctx.devices.pairing_code_valid, credential, now)
+        return Admission(None, credential) if valid else None
+    return None

@@ -1,0 +1,273 @@
+"""One phone session: handshake, then a reader (receipts -> storage -> Ack) and a dispatcher
+(bus wake-up -> claim PENDING within the window -> Deliver), in one nursery.
+
+Storage calls run in worker threads. Cleanup after the session (requeue what the phone did
+not accept, presence, rerouting) is shielded so it runs even when the bridge shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.server import ServerConnection
+
+from device_bridge.metrics import BridgeMetrics
+from device_bridge.protocol import (
+    CloseCode,
+    Credentials,
+    Delivery,
+    DeviceSession,
+    Encoding,
+    HelloReceived,
+    ReceiptReceived,
+    ReceiptState,
+    RemoteProtocolError,
+    Side,
+)
+from device_bridge.registry import SessionHandle, SessionRegistry
+from gateway.bus import Bus
+from gateway.config import BridgeSettings
+from gateway.devices.records import DeviceIdentity, SimRecord
+from gateway.devices.repository import DeviceRepository
+from gateway.messages.records import MessageRecord, ReceiptUpdate
+from gateway.messages.repository import MessageRepository
+from gateway.types import State
+
+__all__ = ["BridgeContext", "Admission", "run_session"]
+
+log = logging.getLogger(__name__)
+
+_RECEIPT_STATES = {
+    ReceiptState.ACCEPTED: State.ACCEPTED,
+    ReceiptState.SENT: State.SENT,
+    ReceiptState.DELIVERED: State.DELIVERED,
+    ReceiptState.FAILED: State.FAILED,
+}
+# Cleanup must finish even during shutdown, but never hang it.
+_CLEANUP_TIMEOUT = 10.0
+
+
+@dataclass
+class BridgeContext:
+    """Everything a session needs from the core: storage, bus, settings, metrics, registry."""
+
+    messages: MessageRepository
+    devices: DeviceRepository
+    bus: Bus
+    settings: BridgeSettings
+    metrics: BridgeMetrics
+    registry: SessionRegistry
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What process_request learned from the upgrade request's credentials."""
+
+    identity: DeviceIdentity | None  # a device token
+    pairing_code: str | None  # or a pairing code to redeem
+
+
+class _Aborted(Exception):
+    """End the session with this close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _delivery(m: MessageRecord) -> Delivery:
+    return Delivery(
+        message_id=m.id,
+        phone_numbers=tuple(r.phone_number for r in m.recipients),
+        text=m.text,
+        data=m.data if m.text is None else None,
+        port=m.port,
+        sim_number=m.sim_number,
+        is_encrypted=m.is_encrypted,
+        with_delivery_report=m.with_delivery_report,
+        priority=m.priority,
+        valid_until=m.valid_until,
+    )
+
+
+class _Session:
+    def __init__(self, ctx: BridgeContext, ws: ServerConnection, encoding: Encoding) -> None:
+        self.ctx = ctx
+        self.ws = ws
+        self.proto = DeviceSession(Side.BRIDGE, encoding, max_window=ctx.settings.max_window)
+        self.send_lock = trio.Lock()
+        self.handle: SessionHandle | None = None
+        self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
+
+    async def flush(self) -> None:
+        """Send what the protocol queued, in order (one sender at a time)."""
+        async with self.send_lock:
+            for frame in self.proto.frames_to_send():
+                await self.ws.send(frame)
+
+    async def handshake(self, admission: Admission) -> tuple[DeviceIdentity, HelloReceived, Credentials | None]:
+        with trio.move_on_after(self.ctx.settings.hello_timeout) as scope:
+            first = await self.ws.recv()
+        if scope.cancelled_caught:
+            raise _Aborted(CloseCode.HELLO_TIMEOUT, "no Hello in time")
+        self.proto.receive_frame(first)
+        hello = next(e for e in self.proto.events_received() if isinstance(e, HelloReceived))
+        identity, credentials = admission.identity, None
+        if identity is None:
+            assert admission.pairing_code is not None
+            redeemed = await trio.to_thread.run_sync(self.ctx.devices.redeem_pairing_code, admission.pairing_code, _now())
+            if redeemed is None:
+                raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code already used or expired")
+            identity, token = redeemed
+            credentials = Credentials(identity.device_id, token)
+            self.log.info("= paired new device %s", identity.device_id)
+        return identity, hello, credentials
+
+    async def open(self, identity: DeviceIdentity, hello: HelloReceived, credentials: Credentials | None) -> SessionHandle:
+        session_id = uuid.uuid4().hex
+        sims = tuple(SimRecord(s.slot, s.operator_name, s.country_iso) for s in hello.sims)
+        now = _now()
+        await trio.to_thread.run_sync(
+            lambda: self.ctx.devices.set_online(
+                identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now
+            )
+        )
+        await trio.to_thread.run_sync(
+            lambda: self.ctx.messages.open_session(
+                identity.owner_id, identity.device_id, session_id, hello.held_message_ids, now
+            )
+        )
+        handle = SessionHandle(identity.device_id, identity.owner_id, session_id)
+        old = self.ctx.registry.register(handle)
+        if old is not None:
+            old.replace()
+        self.handle = handle
+        self.proto.send_welcome(
+            identity.device_id,
+            ping_interval=int(self.ctx.settings.ping_interval),
+            server_time=now,
+            credentials=credentials,
+        )
+        await self.flush()
+        self.ctx.bus.notify_events()
+        self.log.info("= session open for device %s (window %d)", identity.device_id, self.proto.window)
+        return handle
+
+    async def read(self) -> None:
+        """Receipts -> storage -> Ack; ends when the phone closes."""
+        assert self.handle is not None
+        async for data in self.ws:
+            self.proto.receive_frame(data)
+            receipts = [e.receipt for e in self.proto.events_received() if isinstance(e, ReceiptReceived)]
+            if not receipts:
+                continue
+            updates = [
+                ReceiptUpdate(r.message_id, _RECEIPT_STATES[r.state], r.recipient_index, r.error[:200])
+                for r in receipts
+            ]
+            for r in receipts:
+                self.ctx.metrics.receipts.labels(r.state.name).inc()
+            device_id = self.handle.device_id
+            changed = await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, _now())
+            self.proto.send_ack([r.event_id for r in receipts])
+            await self.flush()
+            if changed:
+                self.ctx.bus.notify_events()
+            self.handle.wake()  # receipts free window slots
+
+    async def dispatch(self) -> None:
+        """On each wake-up: Drop what was cancelled/expired, then fill the window."""
+        assert self.handle is not None
+        handle = self.handle
+        while True:
+            await handle.wait_woken()
+            if self.proto.in_flight:
+                finals = await trio.to_thread.run_sync(self.ctx.messages.final_states, self.proto.in_flight)
+                for message_id, state in finals.items():
+                    if message_id in self.proto.in_flight:
+                        self.proto.send_drop(message_id, state.name.lower())
+                        self.ctx.metrics.drops.inc()
+            room = self.proto.window_available
+            if room:
+                records = await trio.to_thread.run_sync(
+                    self.ctx.messages.dispatch, handle.device_id, handle.session_id, room, _now()
+                )
+                for record in records:
+                    self.proto.send_deliver(_delivery(record))
+                self.ctx.metrics.delivers.inc(len(records))
+                if records:
+                    self.ctx.bus.notify_events()
+            await self.flush()
+
+    async def close_out(self) -> None:
+        """Requeue what the phone did not accept, update presence, reroute, tell the bus."""
+        handle = self.handle
+        if handle is None:
+            return
+        now = _now()
+        ctx = self.ctx
+        last = ctx.registry.unregister(handle)
+        await trio.to_thread.run_sync(ctx.messages.close_session, handle.device_id, handle.session_id, now)
+        offline = await trio.to_thread.run_sync(ctx.devices.set_offline, handle.device_id, handle.session_id, now)
+        rerouted: set[str] = set()
+        if last and offline:
+            rerouted = await trio.to_thread.run_sync(ctx.messages.reroute_from, handle.owner_id, handle.device_id)
+        ctx.bus.notify_events()
+        ctx.bus.notify_work({handle.device_id, *rerouted} if not last else rerouted)
+
+
+async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admission) -> None:
+    """The websockets handler body for one authenticated upgrade."""
+    if ws.subprotocol is None:
+        await _close(ctx, ws, CloseCode.UNSUPPORTED_SUBPROTOCOL, "offer smsgw.device.v1+proto or smsgw.device.v1+json")
+        return
+    session = _Session(ctx, ws, Encoding(ws.subprotocol))
+    ctx.metrics.sessions.inc()
+    close: tuple[int, str] | None = None
+    try:
+        try:
+            identity, hello, credentials = await session.handshake(admission)
+            handle = await session.open(identity, hello, credentials)
+            ctx.metrics.handshakes.labels("ok").inc()
+            with handle.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(session.dispatch)
+                    await session.read()
+                    nursery.cancel_scope.cancel()
+            if handle.replaced:
+                close = (CloseCode.REPLACED, "a newer session of this device took over")
+        except* RemoteProtocolError as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, RemoteProtocolError)
+            session.log.warning("! protocol error: %s", exc.reason)
+            close = (exc.code, exc.reason)
+        except* _Aborted as group:
+            aborted = group.exceptions[0]
+            assert isinstance(aborted, _Aborted)
+            session.log.warning("! session refused: %s", aborted.reason)
+            close = (aborted.code, aborted.reason)
+        except* ConnectionClosed:
+            pass
+        if close is not None:
+            await _close(ctx, ws, *close)
+    finally:
+        ctx.metrics.sessions.dec()
+        with trio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            await session.close_out()
+
+
+async def _close(ctx: BridgeContext, ws: ServerConnection, code: int, reason: str) -> None:
+    ctx.metrics.closes.labels(str(code)).inc()
+    try:
+        await ws.close(code, reason)
+    except ConnectionClosed:
+        pass

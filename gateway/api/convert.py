@@ -1,0 +1,77 @@
+"""Domain records -> protobuf messages. The only place API protobuf classes are built."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from smsgw.v1 import devices_pb2, messages_pb2
+
+from gateway.devices.records import DeviceRecord
+from gateway.messages.records import EventRecord, MessageRecord
+
+__all__ = ["timestamp", "message_to_pb", "event_to_pb", "device_to_pb"]
+
+
+def timestamp(t: datetime | None) -> Timestamp | None:
+    if t is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(t if t.tzinfo else t.replace(tzinfo=UTC))
+    return ts
+
+
+def message_to_pb(m: MessageRecord) -> messages_pb2.Message:
+    out = messages_pb2.Message(
+        id=m.id,
+        idempotency_key=m.idempotency_key,
+        device_id=m.device_id or "",
+        sim_number=m.sim_number,
+        is_encrypted=m.is_encrypted,
+        priority=m.priority,
+        valid_until=timestamp(m.valid_until),
+        with_delivery_report=m.with_delivery_report,
+        state=int(m.state),
+        recipients=[
+            messages_pb2.Recipient(
+                phone_number=r.phone_number, state=int(r.state), error=r.error, updated_at=timestamp(r.updated_at)
+            )
+            for r in m.recipients
+        ],
+        created_at=timestamp(m.created_at),
+        updated_at=timestamp(m.updated_at),
+        parts=m.parts,
+        encoding=m.encoding,
+    )
+    if m.text is not None:
+        out.text_message.text = m.text
+    else:
+        out.data_message.data = m.data or b""
+        out.data_message.port = m.port
+    return out
+
+
+def event_to_pb(e: EventRecord) -> messages_pb2.MessageEvent:
+    return messages_pb2.MessageEvent(
+        event_id=e.id,
+        message_id=e.message_id,
+        recipient_index=e.recipient_index,
+        phone_number=e.phone_number,
+        state=int(e.state),
+        message_state=int(e.message_state),
+        error=e.error,
+        time=timestamp(e.created_at),
+    )
+
+
+def device_to_pb(d: DeviceRecord) -> devices_pb2.Device:
+    return devices_pb2.Device(
+        id=d.id,
+        name=d.name,
+        online=d.online,
+        last_seen=timestamp(d.last_seen),
+        sims=[devices_pb2.Sim(slot=s.slot, operator_name=s.operator_name, country_iso=s.country_iso) for s in d.sims],
+        app_version=d.app_version,
+        created_at=timestamp(d.created_at),
+        pending=d.pending,
+    )

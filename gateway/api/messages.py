@@ -1,0 +1,104 @@
+"""smsgw.v1.MessageService: parse, call the message service, convert."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from smsgw.v1 import messages_pb2, messages_pb2_grpc
+
+from gateway.api.convert import event_to_pb, message_to_pb
+from gateway.api.interceptors import current_owner
+from gateway.api.validation import parse_send_request
+from gateway.config import LimitsSettings
+from gateway.errors import InvalidArgument
+from gateway.messages.records import MessageFilter
+from gateway.messages.service import EventFeed, MessageService
+from gateway.types import State, utcnow
+
+__all__ = ["MessageServicer"]
+
+_PAGE_DEFAULT, _PAGE_MAX = 50, 500
+_WATCH_BATCH = 500
+# Safety net only: watchers are woken by the bus; this bounds a missed wake-up.
+_WATCH_POLL = 1.0
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
+    def __init__(self, service: MessageService, feed: EventFeed, limits: LimitsSettings) -> None:
+        self.service = service
+        self.feed = feed
+        self.limits = limits
+
+    async def SendMessage(self, request: messages_pb2.SendMessageRequest, context: Context) -> messages_pb2.Message:
+        new = parse_send_request(request, self.limits, utcnow())
+        record, _ = await self.service.send(current_owner(), new)
+        return message_to_pb(record)
+
+    async def GetMessage(self, request: messages_pb2.GetMessageRequest, context: Context) -> messages_pb2.Message:
+        _require_id(request.id)
+        return message_to_pb(await self.service.get(current_owner(), request.id))
+
+    async def ListMessages(
+        self, request: messages_pb2.ListMessagesRequest, context: Context
+    ) -> messages_pb2.ListMessagesResponse:
+        if request.page_size > _PAGE_MAX:
+            raise InvalidArgument("page_size", f"at most {_PAGE_MAX}")
+        if request.state and request.state not in State.__members__.values():
+            raise InvalidArgument("state", "unknown state")
+        before_id = _decode_token(request.page_token) if request.page_token else None
+        limit = request.page_size or _PAGE_DEFAULT
+        flt = MessageFilter(
+            state=State(request.state) if request.state else None,
+            device_id=request.device_id,
+            created_after=request.created_after.ToDatetime() if request.HasField("created_after") else None,
+            created_before=request.created_before.ToDatetime() if request.HasField("created_before") else None,
+        )
+        records = await self.service.list(current_owner(), flt, limit=limit, before_id=before_id)
+        token = _encode_token(records[-1].id) if len(records) == limit else ""
+        return messages_pb2.ListMessagesResponse(messages=[message_to_pb(r) for r in records], next_page_token=token)
+
+    async def CancelMessage(self, request: messages_pb2.CancelMessageRequest, context: Context) -> messages_pb2.Message:
+        _require_id(request.id)
+        return message_to_pb(await self.service.cancel(current_owner(), request.id))
+
+    async def WatchMessages(
+        self, request: messages_pb2.WatchMessagesRequest, context: Context
+    ) -> AsyncIterator[messages_pb2.MessageEvent]:
+        owner = current_owner()
+        ids = list(request.message_ids)
+        if request.HasField("after_event_id"):
+            cursor = request.after_event_id
+        else:
+            cursor = await self.service.last_event_id()
+        # Runs for the life of the stream; ends when the client cancels or the server stops.
+        while True:
+            events = await self.service.events_after(owner, cursor, limit=_WATCH_BATCH, message_ids=ids)
+            for e in events:
+                yield event_to_pb(e)
+                cursor = e.id
+            if len(events) < _WATCH_BATCH:
+                await self.feed.wait(_WATCH_POLL)
+
+
+def _require_id(message_id: str) -> None:
+    if not message_id:
+        raise InvalidArgument("id", "required")
+
+
+def _encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(token.encode()).decode()
+    except ValueError:
+        raise InvalidArgument("page_token", "not a token from next_page_token") from None
+    if len(value) != 26 or not value.isalnum():
+        raise InvalidArgument("page_token", "not a token from next_page_token")
+    return value

@@ -1,0 +1,75 @@
+"""Builds the grpc.aio server: servicers, health, reflection, keepalive (RELIABILITY 23, 24)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from smsgw.v1 import devices_pb2, devices_pb2_grpc, messages_pb2, messages_pb2_grpc
+
+from gateway.api.devices import DeviceServicer
+from gateway.api.interceptors import ApiInterceptor, Authenticate
+from gateway.api.messages import MessageServicer
+from gateway.config import Settings
+from gateway.devices.service import DeviceService
+from gateway.messages.service import EventFeed, MessageService
+from gateway.metrics import GatewayMetrics
+
+__all__ = ["GrpcServer", "start_grpc_server", "SERVICE_NAMES"]
+
+SERVICE_NAMES = (
+    messages_pb2.DESCRIPTOR.services_by_name["MessageService"].full_name,
+    devices_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
+)
+
+_SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.max_connection_age_ms", 1_800_000),
+    ("grpc.max_connection_age_grace_ms", 300_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        """Health goes NOT_SERVING for good, then in-flight RPCs get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(
+    settings: Settings,
+    messages: MessageService,
+    devices: DeviceService,
+    feed: EventFeed,
+    authenticate: Authenticate,
+    metrics: GatewayMetrics,
+) -> GrpcServer:
+    server = grpc.aio.server(
+        interceptors=[ApiInterceptor(authenticate, metrics)],
+        options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.grpc.max_receive_message_length)],
+    )
+    messages_pb2_grpc.add_MessageServiceServicer_to_server(MessageServicer(messages, feed, settings.limits), server)
+    devices_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(devices), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.grpc.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.grpc.listen} for gRPC")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return GrpcServer(server, port, health_servicer)

@@ -1,0 +1,141 @@
+"""SendMessage validation: every rule names the field it checks (google.rpc.BadRequest paths)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import phonenumbers
+from smsgw.v1 import messages_pb2
+
+from gateway.config import LimitsSettings
+from gateway.errors import InvalidArgument
+from gateway.messages.records import NewMessage
+from gateway.messages.segments import Encoding, count_segments
+
+__all__ = ["parse_send_request", "check_e164"]
+
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
+# An smsgw1 envelope of the largest text a phone may send is far below this.
+_MAX_ENCRYPTED_CHARS = 8192
+
+
+def check_e164(number: str) -> str | None:
+    """Why `number` is not a dialable E.164 number, or None when it is."""
+    if not _E164.fullmatch(number):
+        return "must be E.164: '+' then 8 to 15 digits"
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return "not a phone number"
+    if not phonenumbers.is_possible_number(parsed):
+        return "not a possible number for its country code"
+    return None
+
+
+def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSettings, now: datetime) -> NewMessage:
+    """Validate a SendMessageRequest; raises InvalidArgument listing every bad field."""
+    bad: list[tuple[str, str]] = []
+
+    numbers = list(req.phone_numbers)
+    if not numbers:
+        bad.append(("phone_numbers", "at least one recipient is required"))
+    elif len(numbers) > limits.max_recipients:
+        bad.append(("phone_numbers", f"at most {limits.max_recipients} recipients"))
+    seen: dict[str, int] = {}
+    for i, n in enumerate(numbers[: limits.max_recipients]):
+        why = check_e164(n)
+        if why:
+            bad.append((f"phone_numbers[{i}]", why))
+        elif n in seen:
+            bad.append((f"phone_numbers[{i}]", f"duplicate of phone_numbers[{seen[n]}]"))
+        seen.setdefault(n, i)
+
+    text: str | None = None
+    data: bytes | None = None
+    port = 0
+    parts, encoding = 1, Encoding.DATA
+    kind = req.WhichOneof("content")
+    if kind is None:
+        bad.append(("content", "set text_message or data_message"))
+    elif kind == "text_message":
+        text = req.text_message.text
+        if not text:
+            bad.append(("text_message.text", "must not be empty"))
+        elif req.is_encrypted:
+            # The server cannot count parts of ciphertext; the phone checks the plaintext.
+            parts, encoding = 0, Encoding.UCS_2
+            if len(text) > _MAX_ENCRYPTED_CHARS:
+                bad.append(("text_message.text", f"encrypted text longer than {_MAX_ENCRYPTED_CHARS} characters"))
+        else:
+            count = count_segments(text)
+            parts, encoding = count.parts, count.encoding
+            if count.parts > limits.max_parts:
+                bad.append(
+                    ("text_message.text", f"needs {count.parts} SMS parts ({count.encoding}); at most {limits.max_parts}")
+                )
+    else:
+        data, port = req.data_message.data, req.data_message.port
+        if not data:
+            bad.append(("data_message.data", "must not be empty"))
+        elif len(data) > limits.max_data_bytes:
+            bad.append(("data_message.data", f"at most {limits.max_data_bytes} bytes"))
+        if not 1 <= port <= 65535:
+            bad.append(("data_message.port", "must be 1..65535"))
+
+    if req.sim_number > 8:
+        bad.append(("sim_number", "must be 0 (default SIM) or a slot 1..8"))
+    if not -128 <= req.priority <= 127:
+        bad.append(("priority", "must be -128..127"))
+
+    valid_until: datetime | None = None
+    expiry = req.WhichOneof("expiry")
+    if expiry == "ttl":
+        if not 1 <= req.ttl <= limits.max_ttl_seconds:
+            bad.append(("ttl", f"must be 1..{limits.max_ttl_seconds} seconds"))
+        else:
+            valid_until = now + timedelta(seconds=req.ttl)
+    elif expiry == "valid_until":
+        valid_until = req.valid_until.ToDatetime(tzinfo=UTC)
+        if valid_until <= now:
+            bad.append(("valid_until", "must be in the future"))
+        elif valid_until > now + timedelta(seconds=limits.max_ttl_seconds):
+            bad.append(("valid_until", f"at most {limits.max_ttl_seconds} seconds ahead"))
+
+    key = req.idempotency_key
+    if len(key) > limits.max_idempotency_key:
+        bad.append(("idempotency_key", f"at most {limits.max_idempotency_key} characters"))
+    elif key and not _KEY.fullmatch(key):
+        bad.append(("idempotency_key", "printable ASCII without spaces"))
+
+    if bad:
+        raise InvalidArgument(*bad[0], *bad[1:])
+
+    return NewMessage(
+        phone_numbers=tuple(numbers),
+        text=text,
+        data=data,
+        port=port,
+        device_id=req.device_id,
+        sim_number=req.sim_number,
+        priority=req.priority,
+        valid_until=valid_until,
+        with_delivery_report=req.with_delivery_report if req.HasField("with_delivery_report") else True,
+        is_encrypted=req.is_encrypted,
+        # Without a key the message is not deduplicated; the client library always sends one.
+        idempotency_key=key or "srv-" + uuid.uuid4().hex,
+        content_hash=_content_hash(req),
+        parts=parts,
+        encoding=str(encoding),
+    )
+
+
+def _content_hash(req: messages_pb2.SendMessageRequest) -> str:
+    """Same request (ttl as given, not as a deadline) = same hash, so a retry matches."""
+    copy = messages_pb2.SendMessageRequest()
+    copy.CopyFrom(req)
+    copy.ClearField("idempotency_key")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()

@@ -1,0 +1,194 @@
+"""`smsgw serve`: gateway (asyncio, its own thread) + bridge and jobs (trio, main thread),
+one SQLite database, one LocalBus.
+
+This module and the CLI are the composition root: the only core modules that import the
+bridge, to run it in the same process (docs/design.md, "Dependency direction").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, start_http_server
+
+from device_bridge.metrics import BridgeMetrics
+from device_bridge.registry import SessionRegistry
+from device_bridge.server import BridgeServer
+from device_bridge.server import serve as serve_bridge
+from device_bridge.session_task import BridgeContext
+from gateway.api.server import GrpcServer, start_grpc_server
+from gateway.bus import LocalBus
+from gateway.config import Settings
+from gateway.devices.repository import DeviceRepository
+from gateway.devices.service import ApiTokenAuth, DeviceService
+from gateway.messages.repository import MessageRepository
+from gateway.messages.service import EventFeed, MessageService
+from gateway.metrics import GatewayMetrics
+from gateway.storage.engine import Database
+from gateway.types import utcnow
+
+__all__ = ["serve", "ensure_admin_token", "split_hostport"]
+
+log = logging.getLogger(__name__)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def ensure_admin_token(devices: DeviceRepository, data_dir: Path) -> tuple[Path, bool]:
+    """First start: create the owner and write its API token to DIR/admin.token (0600).
+
+    Returns (path, created). A deleted token file gets a fresh token for the same owner.
+    """
+    path = data_dir / "admin.token"
+    owner = devices.first_owner()
+    if owner is not None and path.exists():
+        return path, False
+    if owner is None:
+        owner = devices.create_owner("admin", utcnow())
+    token = devices.issue_api_token(owner, utcnow())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return path, True
+
+
+class _GatewayThread:
+    """Runs the asyncio loop (grpc.aio server, expiry job) in its own thread."""
+
+    def __init__(self, settings: Settings, db: Database, bus: LocalBus, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.db = db
+        self.bus = bus
+        self.metrics = GatewayMetrics(registry)
+        self.loop = asyncio.new_event_loop()
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self.grpc: GrpcServer | None = None
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, name="smsgw-gateway", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # reported to the main thread
+            self.error = exc
+            self.started.set()
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        feed = EventFeed()
+        self.bus.attach_gateway(feed.notify)
+        devices_repo = DeviceRepository(self.db)
+        messages = MessageService(MessageRepository(self.db), self.bus, self.metrics)
+        devices = DeviceService(devices_repo, self.settings.jobs.pairing_code_ttl)
+        self.grpc = await start_grpc_server(
+            self.settings, messages, devices, feed, ApiTokenAuth(devices_repo), self.metrics
+        )
+        self.started.set()
+        expiry = asyncio.create_task(self._expire_forever(messages))
+        await self._stop.wait()
+        expiry.cancel()
+        await self.grpc.stop(self.settings.grpc.shutdown_grace)
+
+    async def _expire_forever(self, messages: MessageService) -> None:
+        while True:
+            await asyncio.sleep(self.settings.jobs.expiry_interval)
+            try:
+                await messages.expire_due()
+            except Exception:
+                log.exception("expiry job failed; will retry")
+
+    def start(self) -> int:
+        self.thread.start()
+        self.started.wait()
+        if self.error is not None or self.grpc is None:
+            raise RuntimeError(f"gRPC server failed to start: {self.error}") from self.error
+        return self.grpc.port
+
+    def stop(self) -> None:
+        if self._stop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(self.settings.grpc.shutdown_grace + 5)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    grpc: str
+    device: str
+    metrics: str
+
+
+async def serve(settings: Settings, *, announce: Callable[[str], None] = print) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully (bridge first, then gRPC)."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
+    db.create_all()
+    devices = DeviceRepository(db)
+    devices.mark_all_offline()
+    token_path, created = ensure_admin_token(devices, data_dir)
+
+    registry = CollectorRegistry()
+    bus = LocalBus()
+    gateway = _GatewayThread(settings, db, bus, registry)
+    grpc_port = await trio.to_thread.run_sync(gateway.start)
+    metrics_host, metrics_port = split_hostport(settings.metrics.listen)
+    metrics_server, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
+    ctx = BridgeContext(
+        messages=MessageRepository(db),
+        devices=devices,
+        bus=bus,
+        settings=settings.bridge,
+        metrics=BridgeMetrics(registry),
+        registry=SessionRegistry(),
+    )
+    grpc_host, _ = split_hostport(settings.grpc.listen)
+    bridge_host, bridge_port = split_hostport(settings.bridge.listen)
+    try:
+        async with trio.open_nursery() as nursery:
+            bridge: BridgeServer = await nursery.start(serve_bridge, ctx, bridge_host, bridge_port)
+            endpoints = Endpoints(
+                grpc=f"{grpc_host}:{grpc_port}",
+                device=f"ws://{bridge_host}:{bridge.port}/device/v1",
+                metrics=f"http://{metrics_host}:{metrics_server.server_port}/metrics",
+            )
+            _write_json(data_dir / "endpoints.json", endpoints.__dict__)
+            announce(f"smsgw serving  gRPC {endpoints.grpc}  phones {endpoints.device}  metrics {endpoints.metrics}")
+            announce(("created" if created else "using") + f" admin credential {token_path}")
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    announce(f"smsgw: {signal.Signals(signum).name}, shutting down")
+                    break
+            with trio.move_on_after(settings.bridge.shutdown_grace):
+                await bridge.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(gateway.stop)
+        bus.detach_bridge()
+        metrics_server.shutdown()
+        db.close()
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+

@@ -1,0 +1,140 @@
+"""The `smsgw` command: serve, and the client commands (send, watch, devices, simulate).
+
+Exit status: 0 success (send: DELIVERED, or SENT without a delivery report), 1 when a sent
+message ends FAILED / EXPIRED / CANCELLED, 2 on usage or connection errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=os.environ.get("SMSGW_SERVER", "127.0.0.1:50051"), help="gRPC HOST:PORT (env SMSGW_SERVER)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the API token (default: env SMSGW_TOKEN, else ./smsgw-data/admin.token)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smsgw", description="On-premise SMS gateway over your own phones.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run gateway + device bridge + jobs in one process (SQLite)")
+    serve.add_argument("--config", type=Path, help="YAML config file (see config.example.yml)")
+    serve.add_argument("--data-dir", type=Path, help="database, admin.token, endpoints.json (default ./smsgw-data)")
+    serve.add_argument("--grpc-listen", help="HOST:PORT for the gRPC API (default 127.0.0.1:50051; port 0 = any)")
+    serve.add_argument("--device-listen", help="HOST:PORT for phone WebSockets (default 127.0.0.1:8765)")
+    serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9464)")
+
+    send = sub.add_parser("send", help="send an SMS and follow it to a final state")
+    _client_args(send)
+    send.add_argument("--to", action="append", required=True, metavar="E164", help="recipient; repeat for several")
+    content = send.add_mutually_exclusive_group(required=True)
+    content.add_argument("--text")
+    content.add_argument("--data-hex", help="binary SMS payload as hex (needs --port)")
+    send.add_argument("--port", type=int, default=0, help="data SMS port")
+    send.add_argument("--device", default="", help="pin to this device id")
+    send.add_argument("--sim", type=int, default=0, help="SIM slot (1-based)")
+    send.add_argument("--priority", type=int, default=0)
+    send.add_argument("--ttl", type=int, help="seconds before it expires unsent")
+    send.add_argument("--no-delivery-report", action="store_true")
+    send.add_argument("--idempotency-key", help="retry-safe key (default: a new random one)")
+    send.add_argument("--no-wait", action="store_true", help="print the message id and return at once")
+    send.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to follow the message")
+
+    watch = sub.add_parser("watch", help="stream state changes of your messages")
+    _client_args(watch)
+    watch.add_argument("--after", type=int, help="resume after this event id (0 = from the start)")
+    watch.add_argument("--message", action="append", default=[], help="only this message id; repeatable")
+
+    devices = sub.add_parser("devices", help="list and pair phones")
+    dsub = devices.add_subparsers(dest="devices_command", required=True)
+    dlist = dsub.add_parser("list", help="phones with online state, last seen, SIMs")
+    _client_args(dlist)
+    pair = dsub.add_parser("pair", help="make a one-time pairing code (and QR code) for a phone")
+    _client_args(pair)
+    pair.add_argument("--name", default="", help="device name shown in the list")
+    pair.add_argument("--ttl", type=int, default=0, help="seconds the code stays valid (default 600)")
+    pair.add_argument("--device-url", help="phone endpoint to put in the QR code (default from --server, port 8765)")
+
+    sim = sub.add_parser("simulate", help="run N simulated phones against a running server")
+    _client_args(sim)
+    sim.add_argument("--devices", type=int, default=1, metavar="N")
+    sim.add_argument("--device-url", help="phone endpoint ws://HOST:PORT/device/v1 (default: from endpoints.json)")
+    sim.add_argument("--state-file", type=Path, default=Path("smsgw-data/simulator.json"), help="credentials of the simulated phones")
+    sim.add_argument("--encoding", choices=["proto", "json"], default="proto")
+    sim.add_argument("--window", type=int, default=16)
+    sim.add_argument("--send-delay", type=float, default=0.05, help="seconds the modem takes to send")
+    sim.add_argument("--delivery-delay", type=float, default=0.05, help="seconds until the delivery report")
+    sim.add_argument("--failure-rate", type=float, default=0.0, help="share of sends that fail (0..1)")
+    sim.add_argument("--no-delivery-reports", action="store_true", help="the carrier never reports delivery")
+    sim.add_argument("--reconnect-scale", type=float, default=1.0, help="multiply reconnect backoff delays (tests use small values)")
+    sim.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        from gateway import cli_client
+
+        return cli_client.run(args)
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from gateway import app
+    from gateway.config import load_settings
+
+    overrides: dict[str, object] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    for flag, section in (("grpc_listen", "grpc"), ("device_listen", "bridge"), ("metrics_listen", "metrics")):
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                app.split_hostport(value)
+            except ValueError as exc:
+                print(f"smsgw serve: --{flag.replace('_', '-')}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            overrides[section] = {"listen": value}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except (OSError, ValueError) as exc:
+        print(f"smsgw serve: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        trio.run(lambda: app.serve(settings, announce=lambda line: print(line, flush=True)))
+    except OSError as exc:
+        print(f"smsgw serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The client side of the `smsgw` command: send, watch, devices, simulate (over gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from smsgw.v1 import common_pb2
+
+from gateway.redact import redact_number
+
+__all__ = ["run"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_FINAL = {common_pb2.DELIVERED, common_pb2.FAILED, common_pb2.EXPIRED, common_pb2.CANCELLED}
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file is not None:
+        path = args.token_file
+    elif os.environ.get("SMSGW_TOKEN"):
+        return os.environ["SMSGW_TOKEN"].strip()
+    else:
+        path = Path("smsgw-data/admin.token")
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise SystemExit(_usage(f"cannot read token file {path}: {exc.strerror}; pass --token-file or set SMSGW_TOKEN"))
+
+
+def _usage(message: str) -> int:
+    print(f"smsgw: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run(args: argparse.Namespace) -> int:
+    from smsgw_client import Client, SmsgwError
+
+    if args.command == "simulate":
+        return _simulate(args)
+    try:
+        with Client(args.server, _token(args)) as client:
+            if args.command == "send":
+                return _send(client, args)
+            if args.command == "watch":
+                return _watch(client, args)
+            if args.devices_command == "list":
+                return _devices_list(client)
+            return _devices_pair(client, args)
+    except SmsgwError as exc:
+        print(f"smsgw: {exc.code.name}: {exc.details}", file=sys.stderr)
+        for field, why in getattr(exc, "field_violations", []):
+            print(f"  {field}: {why}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _send(client: object, args: argparse.Namespace) -> int:
+    from smsgw_client import Client
+
+    assert isinstance(client, Client)
+    data = None
+    if args.data_hex is not None:
+        try:
+            data = bytes.fromhex(args.data_hex)
+        except ValueError:
+            return _usage("--data-hex: not hexadecimal")
+    message = client.send_message(
+        args.to,
+        args.text,
+        data=data,
+        port=args.port,
+        device_id=args.device,
+        sim_number=args.sim,
+        priority=args.priority,
+        ttl=args.ttl,
+        with_delivery_report=False if args.no_delivery_report else None,
+        idempotency_key=args.idempotency_key,
+    )
+    print(f"{message.id} {common_pb2.State.Name(message.state)}", flush=True)
+    if args.no_wait:
+        return EXIT_OK
+    state = message.state
+    deadline = time.monotonic() + args.wait_timeout
+    if not _done(state, message.with_delivery_report):
+        stream = client.watch_messages(after_event_id=0, message_ids=[message.id])
+        try:
+            for event in stream:
+                print(
+                    f"{message.id} #{event.recipient_index} {redact_number(event.phone_number)} "
+                    f"{common_pb2.State.Name(event.state)}" + (f" ({event.error})" if event.error else ""),
+                    flush=True,
+                )
+                state = event.message_state
+                if _done(state, message.with_delivery_report) or time.monotonic() > deadline:
+                    break
+        finally:
+            cancel = getattr(stream, "cancel", None)
+            if cancel is not None:
+                cancel()
+    final = client.get_message(message.id)
+    print(f"{final.id} {common_pb2.State.Name(final.state)}", flush=True)
+    if final.state == common_pb2.DELIVERED or (final.state == common_pb2.SENT and not final.with_delivery_report):
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def _done(state: int, with_delivery_report: bool) -> bool:
+    return state in _FINAL or (state == common_pb2.SENT and not with_delivery_report)
+
+
+def _watch(client: object, args: argparse.Namespace) -> int:
+    from smsgw_client import Client
+
+    assert isinstance(client, Client)
+    for event in client.watch_messages(after_event_id=args.after, message_ids=args.message):
+        print(
+            json.dumps(
+                {
+                    "event_id": event.event_id,
+                    "message_id": event.message_id,
+                    "recipient": event.recipient_index,
+                    "phone_number": redact_number(event.phone_number),
+                    "state": common_pb2.State.Name(event.state),
+                    "message_state": common_pb2.State.Name(event.message_state),
+                    "error": event.error,
+                    "time": event.time.ToJsonString(),
+                }
+            ),
+            flush=True,
+        )
+    return EXIT_OK
+
+
+def _devices_list(client: object) -> int:
+    from smsgw_client import Client
+
+    assert isinstance(client, Client)
+    devices = client.list_devices().devices
+    if not devices:
+        print("no devices yet: run `smsgw devices pair`")
+        return EXIT_OK
+    print(f"{'ID':26}  {'NAME':16}  {'STATE':7}  {'LAST SEEN':20}  {'PENDING':7}  SIMS")
+    for d in devices:
+        seen = d.last_seen.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if d.HasField("last_seen") else "never"
+        sims = ", ".join(f"{s.slot}:{s.operator_name or '?'}" for s in d.sims) or "-"
+        print(f"{d.id:26}  {d.name[:16]:16}  {'online' if d.online else 'offline':7}  {seen:20}  {d.pending:7}  {sims}")
+    return EXIT_OK
+
+
+def _devices_pair(client: object, args: argparse.Namespace) -> int:
+    import qrcode
+
+    from smsgw_client import Client
+
+    assert isinstance(client, Client)
+    code = client.create_pairing_code(device_name=args.name, ttl_seconds=args.ttl)
+    url = args.device_url or f"ws://{args.server.rpartition(':')[0] or '127.0.0.1'}:8765/device/v1"
+    qr = qrcode.QRCode(border=1)
+    qr.add_data(f"smsgw://pair?url={url}&code={code.code}")
+    qr.print_ascii(out=sys.stdout, invert=True)
+    print(f"pairing code: {code.code}")
+    print(f"phone endpoint: {url}")
+    print(f"valid until: {code.expires_at.ToJsonString()} (one use)")
+    return EXIT_OK
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from smsgw_agent.simulator import SimulatorOptions, run_simulator
+
+    if args.devices < 1:
+        return _usage("--devices must be at least 1")
+    device_url = args.device_url or _device_url_from_endpoints(args)
+    options = SimulatorOptions(
+        server=args.server,
+        token=_token(args),
+        device_url=device_url,
+        devices=args.devices,
+        state_file=args.state_file,
+        encoding=args.encoding,
+        window=args.window,
+        send_delay=args.send_delay,
+        delivery_delay=args.delivery_delay,
+        failure_rate=args.failure_rate,
+        delivery_reports=not args.no_delivery_reports,
+        reconnect_scale=args.reconnect_scale,
+        duration=args.duration,
+    )
+    try:
+        return run_simulator(options)
+    except grpc.RpcError as exc:
+        return _usage(f"cannot pair simulated phones: {exc.code().name}")
+
+
+def _device_url_from_endpoints(args: argparse.Namespace) -> str:
+    for candidate in (args.state_file.parent / "endpoints.json", Path("smsgw-data/endpoints.json")):
+        try:
+            return str(json.loads(candidate.read_text())["device"])
+        except (OSError, ValueError, KeyError):
+            continue
+    host = args.server.rpartition(":")[0] or "127.0.0.1"
+    return f"ws://{host}:8765/device/v1"

@@ -1,0 +1,1 @@
+"""Devices: pairing codes, device credentials, online state, the device list."""

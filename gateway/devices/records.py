@@ -1,0 +1,45 @@
+"""Domain records for devices."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = ["SimRecord", "DeviceRecord", "DeviceIdentity", "sims_to_json", "sims_from_json"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimRecord:
+    slot: int
+    operator_name: str = ""
+    country_iso: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    id: str
+    owner_id: str
+    name: str
+    online: bool
+    last_seen: datetime | None
+    sims: tuple[SimRecord, ...]
+    app_version: str
+    created_at: datetime
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Who a bridge session speaks for, once its credential checked out."""
+
+    device_id: str
+    owner_id: str
+
+
+def sims_to_json(sims: tuple[SimRecord, ...]) -> str:
+    return json.dumps([[s.slot, s.operator_name, s.country_iso] for s in sims])
+
+
+def sims_from_json(raw: str) -> tuple[SimRecord, ...]:
+    return tuple(SimRecord(int(a), str(b), str(c)) for a, b, c in json.loads(raw or "[]"))

@@ -1,0 +1,156 @@
+"""Device storage: owners and their bootstrap token, pairing codes, device credentials, presence.
+
+Secrets (API tokens, device tokens, pairing codes) are stored only as SHA-256 hashes:
+they are 128+ bits of randomness, so a fast hash is enough and lookups stay O(1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from ulid import ULID
+
+from gateway.devices.records import DeviceIdentity, DeviceRecord, SimRecord, sims_from_json, sims_to_json
+from gateway.errors import InvalidArgument
+from gateway.messages.repository import to_utc
+from gateway.storage.engine import Database
+from gateway.storage.models import ApiToken, Device, MessageRow, Owner, PairingCode
+from gateway.types import UNACCEPTED_STATES
+
+__all__ = ["DeviceRepository", "hash_secret", "PAIRING_ALPHABET"]
+
+# No 0/O/1/I: the code is read off a screen and typed.
+PAIRING_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+_PAIRING_LENGTH = 10  # 50 bits; single use, short-lived
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class DeviceRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ---- owners and API tokens ---------------------------------------------------
+
+    def first_owner(self) -> str | None:
+        with self.db.read() as s:
+            owner = s.exec(select(Owner).order_by(col(Owner.created_at))).first()
+            return owner.id if owner else None
+
+    def create_owner(self, name: str, now: datetime) -> str:
+        with self.db.write() as s:
+            owner = Owner(id=str(ULID()), name=name, created_at=to_utc(now))
+            s.add(owner)
+            return owner.id
+
+    def issue_api_token(self, owner_id: str, now: datetime) -> str:
+        token = "smsgw_" + secrets.token_urlsafe(32)
+        with self.db.write() as s:
+            s.add(ApiToken(token_hash=hash_secret(token), owner_id=owner_id, created_at=to_utc(now)))
+        return token
+
+    def owner_of_api_token(self, token: str) -> str | None:
+        with self.db.read() as s:
+            row = s.get(ApiToken, hash_secret(token))
+            return row.owner_id if row else None
+
+    # ---- pairing -----------------------------------------------------------------
+
+    def create_pairing_code(self, owner_id: str, device_name: str, ttl: timedelta, now: datetime) -> tuple[str, datetime]:
+        code = "".join(secrets.choice(PAIRING_ALPHABET) for _ in range(_PAIRING_LENGTH))
+        expires = to_utc(now) + ttl
+        with self.db.write() as s:
+            s.add(PairingCode(code_hash=hash_secret(_normal(code)), owner_id=owner_id, device_name=device_name, expires_at=expires))
+        return code, expires
+
+    def pairing_code_valid(self, code: str, now: datetime) -> bool:
+        with self.db.read() as s:
+            row = s.get(PairingCode, hash_secret(_normal(code)))
+            return row is not None and row.used_at is None and row.expires_at > to_utc(now)
+
+    def redeem_pairing_code(self, code: str, now: datetime) -> tuple[DeviceIdentity, str] | None:
+        """Trade a valid code for a new device and its token, once. None if spent/expired/unknown."""
+        now = to_utc(now)
+        with self.db.write() as s:
+            row = s.get(PairingCode, hash_secret(_normal(code)))
+            if row is None or row.used_at is not None or row.expires_at <= now:
+                return None
+            row.used_at = now
+            s.add(row)
+            token = "dev_" + secrets.token_urlsafe(32)
+            device = Device(
+                id=str(ULID()), owner_id=row.owner_id, name=row.device_name,
+                token_hash=hash_secret(token), created_at=now,
+            )
+            s.add(device)
+            return DeviceIdentity(device.id, device.owner_id), token
+
+    # ---- credentials and presence ------------------------------------------------
+
+    def authenticate(self, token: str) -> DeviceIdentity | None:
+        with self.db.read() as s:
+            row = s.exec(select(Device).where(Device.token_hash == hash_secret(token))).first()
+            if row is None or row.revoked:
+                return None
+            return DeviceIdentity(row.id, row.owner_id)
+
+    def set_online(
+        self, device_id: str, session_id: str, *, app_version: str, sims: tuple[SimRecord, ...], now: datetime
+    ) -> None:
+        with self.db.write() as s:
+            row = s.get(Device, device_id)
+            if row is None:
+                raise InvalidArgument("device_id", "unknown device")
+            row.session_id = session_id
+            row.app_version = app_version[:64]
+            row.sims_json = sims_to_json(sims)
+            row.last_seen = to_utc(now)
+            s.add(row)
+
+    def set_offline(self, device_id: str, session_id: str, now: datetime) -> bool:
+        """Mark offline unless a newer session already took over. Returns whether it did."""
+        with self.db.write() as s:
+            row = s.get(Device, device_id)
+            if row is None or row.session_id != session_id:
+                return False
+            row.session_id = ""
+            row.last_seen = to_utc(now)
+            s.add(row)
+            return True
+
+    def mark_all_offline(self) -> None:
+        """At start-up no session of this (single) bridge survives a restart."""
+        with self.db.write() as s:
+            for row in s.exec(select(Device).where(Device.session_id != "")):
+                row.session_id = ""
+                s.add(row)
+
+    def list(self, owner_id: str) -> list[DeviceRecord]:
+        with self.db.read() as s:
+            rows = list(s.exec(select(Device).where(Device.owner_id == owner_id, Device.revoked == False).order_by(col(Device.created_at))))  # noqa: E712
+            pending = dict(
+                s.exec(
+                    select(MessageRow.device_id, func.count())
+                    .where(MessageRow.owner_id == owner_id, col(MessageRow.state).in_([int(x) for x in UNACCEPTED_STATES]))
+                    .group_by(MessageRow.device_id)
+                ).all()
+            )
+            return [
+                DeviceRecord(
+                    id=r.id, owner_id=r.owner_id, name=r.name, online=bool(r.session_id),
+                    last_seen=r.last_seen, sims=sims_from_json(r.sims_json), app_version=r.app_version,
+                    created_at=r.created_at, pending=int(pending.get(r.id, 0)),
+                )
+                for r in rows
+            ]
+
+
+def _normal(code: str) -> str:
+    """Codes are typed by people: ignore case, spaces and dashes."""
+    return code.upper().replace("-", "").replace(" ", "")

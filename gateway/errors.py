@@ -1,0 +1,64 @@
+"""The core's one error tree, named by gRPC outcome (mapped once, in gateway.api.interceptors).
+
+    SmsgwError
+    ├── InvalidArgument(field, reason)   -> INVALID_ARGUMENT + google.rpc.BadRequest
+    ├── NotFound                         -> NOT_FOUND (also for other owners' resources)
+    ├── AlreadyExists                    -> ALREADY_EXISTS
+    ├── FailedPrecondition               -> FAILED_PRECONDITION
+    ├── PermissionDenied                 -> PERMISSION_DENIED
+    ├── Unauthenticated                  -> UNAUTHENTICATED
+    └── ResourceExhausted(retry_after)   -> RESOURCE_EXHAUSTED + RetryInfo
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SmsgwError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "PermissionDenied",
+    "Unauthenticated",
+    "ResourceExhausted",
+]
+
+
+class SmsgwError(Exception):
+    """Base of every error the core raises on purpose; the message is safe to show a client."""
+
+
+class InvalidArgument(SmsgwError):
+    """A request field is invalid; `violations` names each field path and why."""
+
+    def __init__(self, field: str, reason: str, *more: tuple[str, str]) -> None:
+        self.violations: list[tuple[str, str]] = [(field, reason), *more]
+        super().__init__("; ".join(f"{f}: {r}" for f, r in self.violations))
+
+
+class NotFound(SmsgwError):
+    """No such resource for this caller."""
+
+
+class AlreadyExists(SmsgwError):
+    """The idempotency key names a different message."""
+
+
+class FailedPrecondition(SmsgwError):
+    """The resource is not in a state that allows the operation."""
+
+
+class PermissionDenied(SmsgwError):
+    """The caller is known but may not do this."""
+
+
+class Unauthenticated(SmsgwError):
+    """Missing or bad credentials."""
+
+
+class ResourceExhausted(SmsgwError):
+    """A limit was hit; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""Messages: validation, segment counting, storage and the send/receipt/cancel service."""

@@ -1,0 +1,60 @@
+"""SMS segment counting (3GPP TS 23.038): GSM-7 with its extension table, else UCS-2.
+
+The API rejects what no phone could send, so the server counts parts the same way
+the phone's SmsManager.divideMessage does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["Encoding", "SegmentCount", "count_segments"]
+
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+
+
+class Encoding(StrEnum):
+    GSM_7 = "GSM_7"
+    UCS_2 = "UCS_2"
+    DATA = "DATA"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentCount:
+    encoding: Encoding
+    parts: int
+    units: int  # septets for GSM-7, UTF-16 code units for UCS-2, bytes for data
+
+
+def count_segments(text: str) -> SegmentCount:
+    """Parts needed for `text`: 160/153 septets in GSM-7, 70/67 UTF-16 units in UCS-2."""
+    if all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in text):
+        units = sum(2 if c in _GSM7_EXTENSION else 1 for c in text)
+        single, multi, encoding = 160, 153, Encoding.GSM_7
+        # An escape + extension char pair must not straddle a part boundary.
+        if units > single:
+            parts, used = 1, 0
+            for c in text:
+                width = 2 if c in _GSM7_EXTENSION else 1
+                if used + width > multi:
+                    parts, used = parts + 1, 0
+                used += width
+            return SegmentCount(encoding, parts, units)
+    else:
+        units = len(text.encode("utf-16-le")) // 2
+        single, multi, encoding = 70, 67, Encoding.UCS_2
+        if units > single:
+            # Surrogate pairs are not split across parts.
+            parts, used = 1, 0
+            for c in text:
+                width = 2 if ord(c) > 0xFFFF else 1
+                if used + width > multi:
+                    parts, used = parts + 1, 0
+                used += width
+            return SegmentCount(encoding, parts, units)
+    return SegmentCount(encoding, 1 if units <= single else 0, units)

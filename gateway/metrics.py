@@ -1,0 +1,29 @@
+"""Gateway metrics (prometheus-client), created once; labels only from small fixed sets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = ["GatewayMetrics"]
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages_accepted = Counter(
+            "smsgw_gateway_messages_accepted_total", "Messages stored by SendMessage", registry=registry
+        )
+        self.recipients_accepted = Counter(
+            "smsgw_gateway_recipients_accepted_total", "Recipients stored by SendMessage", registry=registry
+        )
+        self.idempotent_replays = Counter(
+            "smsgw_gateway_idempotent_replays_total",
+            "SendMessage calls answered with an existing message (same idempotency key)",
+            registry=registry,
+        )
+        self.rpc_seconds = Histogram(
+            "smsgw_gateway_rpc_seconds",
+            "Unary RPC handling time",
+            ["rpc", "code"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )

@@ -1,0 +1,1 @@
+"""Storage: SQLModel tables, the engine (SQLite WAL or PostgreSQL) and transactions."""

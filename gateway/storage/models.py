@@ -1,0 +1,110 @@
+"""The tables. Times are aware UTC (SQLModel converts); states are `gateway.types.State` values.
+
+Repositories turn rows into domain records; rows never leave the storage layer's callers
+in `gateway.messages` / `gateway.devices`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+__all__ = ["Owner", "ApiToken", "Device", "PairingCode", "MessageRow", "RecipientRow", "EventRow"]
+
+
+class Owner(SQLModel, table=True):
+    __tablename__ = "owner"
+    id: str = Field(primary_key=True)
+    name: str
+    created_at: datetime
+
+
+class ApiToken(SQLModel, table=True):
+    """Bootstrap API credential (admin.token); replaced by accounts + JWT later."""
+
+    __tablename__ = "api_token"
+    token_hash: str = Field(primary_key=True)
+    owner_id: str = Field(foreign_key="owner.id", index=True)
+    created_at: datetime
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "device"
+    id: str = Field(primary_key=True)
+    owner_id: str = Field(foreign_key="owner.id", index=True)
+    name: str = ""
+    token_hash: str = Field(unique=True)
+    created_at: datetime
+    last_seen: datetime | None = None
+    # The bridge session currently holding this device ("" = offline).
+    session_id: str = ""
+    app_version: str = ""
+    sims_json: str = "[]"
+    revoked: bool = False
+
+
+class PairingCode(SQLModel, table=True):
+    __tablename__ = "pairing_code"
+    code_hash: str = Field(primary_key=True)
+    owner_id: str = Field(foreign_key="owner.id", index=True)
+    device_name: str = ""
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class MessageRow(SQLModel, table=True):
+    __tablename__ = "message"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_message_owner_key"),
+        # "next pending for a device", in priority-then-FIFO order.
+        Index("ix_message_dispatch", "device_id", "state", "priority", "id"),
+        Index("ix_message_owner_id", "owner_id", "id"),
+    )
+    id: str = Field(primary_key=True)  # ULID: sortable by creation
+    owner_id: str = Field(foreign_key="owner.id")
+    idempotency_key: str
+    content_hash: str
+    device_id: str | None = Field(default=None, foreign_key="device.id")
+    pinned: bool = False  # the client chose the device; never rerouted
+    ever_dispatched: bool = False  # a phone may hold it; never rerouted to another phone
+    session_id: str = ""  # the session it is DISPATCHED on
+    sim_number: int = 0
+    text: str | None = None
+    data: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    port: int = 0
+    is_encrypted: bool = False
+    priority: int = 0
+    valid_until: datetime | None = None
+    with_delivery_report: bool = True
+    state: int = Field(index=True)
+    parts: int = 1
+    encoding: str = "GSM_7"
+    created_at: datetime
+    updated_at: datetime
+
+
+class RecipientRow(SQLModel, table=True):
+    __tablename__ = "recipient"
+    message_id: str = Field(foreign_key="message.id", primary_key=True)
+    idx: int = Field(primary_key=True)
+    phone_number: str
+    state: int
+    error: str = ""
+    updated_at: datetime
+
+
+class EventRow(SQLModel, table=True):
+    """The event log: one row per recipient state change, written in the same transaction."""
+
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_owner", "owner_id", "id"), Index("ix_event_message", "message_id", "id"))
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: str
+    message_id: str
+    recipient_index: int
+    state: int
+    message_state: int
+    error: str = ""
+    created_at: datetime

@@ -1,0 +1,103 @@
+"""Domain types shared by the core and the bridge: ids, states and the forward-only state rule.
+
+The state table is the one place that decides which recipient transitions are legal
+(DESIGN.md "Message model"); everything that writes a state asks `may_move`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import NewType
+
+__all__ = [
+    "MessageId",
+    "DeviceId",
+    "OwnerId",
+    "State",
+    "FINAL_STATES",
+    "UNACCEPTED_STATES",
+    "may_move",
+    "derive_message_state",
+    "utcnow",
+]
+
+MessageId = NewType("MessageId", str)
+DeviceId = NewType("DeviceId", str)
+OwnerId = NewType("OwnerId", str)
+
+
+class State(IntEnum):
+    """Recipient (and derived message) state; values match `smsgw.v1.State`."""
+
+    PENDING = 1
+    DISPATCHED = 2
+    ACCEPTED = 3
+    SENT = 4
+    DELIVERED = 5
+    FAILED = 6
+    EXPIRED = 7
+    CANCELLED = 8
+
+
+FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED})
+# "Not yet held by a phone": the states a session death returns to PENDING and cancel may end.
+UNACCEPTED_STATES = frozenset({State.PENDING, State.DISPATCHED})
+
+# Rank along the forward path. PENDING and DISPATCHED share a rank: a dispatch to a
+# session that dies before the phone accepts returns the message to PENDING, and
+# that is not a step back in what the phone holds.
+_RANK = {
+    State.PENDING: 0,
+    State.DISPATCHED: 0,
+    State.ACCEPTED: 1,
+    State.SENT: 2,
+    State.DELIVERED: 3,
+    State.FAILED: 3,
+    State.EXPIRED: 3,
+    State.CANCELLED: 3,
+}
+
+
+def may_move(old: State, new: State) -> bool:
+    """Whether a recipient may go from `old` to `new`.
+
+    Final states never change. Otherwise the move must go up in rank, except the
+    PENDING <-> DISPATCHED pair (dispatch, and return after a lost session).
+    EXPIRED and CANCELLED are only reachable before a phone accepted the message.
+    """
+    if old in FINAL_STATES or old == new:
+        return False
+    if new in (State.EXPIRED, State.CANCELLED):
+        return old in UNACCEPTED_STATES
+    if {old, new} == {State.PENDING, State.DISPATCHED}:
+        return True
+    return _RANK[new] > _RANK[old]
+
+
+def derive_message_state(states: list[State], with_delivery_report: bool) -> State:
+    """The message state shown to clients, from its recipients' states.
+
+    While any recipient is still on its way, the message shows the least advanced
+    such state. When all are done: their common state, else FAILED if any failed,
+    else EXPIRED, else CANCELLED, else SENT (a mix of SENT and DELIVERED).
+    """
+
+    def done(s: State) -> bool:
+        return s in FINAL_STATES or (s == State.SENT and not with_delivery_report)
+
+    moving = [s for s in states if not done(s)]
+    if moving:
+        return min(moving, key=lambda s: (_RANK[s], s))
+    distinct = set(states)
+    if len(distinct) == 1:
+        return states[0]
+    for s in (State.FAILED, State.EXPIRED, State.CANCELLED):
+        if s in distinct:
+            return s
+    return State.SENT
+
+
+def utcnow() -> datetime:
+    """Aware UTC now (storage and the wire both use aware UTC)."""
+    return datetime.now(UTC)
