@@ -64,6 +64,10 @@ async def serve(
         path = request.path.partition("?")[0]
         if path != DEVICE_PATH:
             return _refuse(ws, HTTPStatus.NOT_FOUND, f"phones connect to {DEVICE_PATH}")
+        offered = {p.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")}
+        if not offered & set(SUBPROTOCOLS):
+            ctx.metrics.handshakes.labels("bad_subprotocol").inc()
+            return _refuse(ws, HTTPStatus.BAD_REQUEST, "offer subprotocol " + " or ".join(SUBPROTOCOLS))
         admission = await _admit(ctx, request.headers)
         if admission is None:
             ctx.metrics.handshakes.labels("bad_credentials").inc()

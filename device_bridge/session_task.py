@@ -268,6 +268,6 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
 async def _close(ctx: BridgeContext, ws: ServerConnection, code: int, reason: str) -> None:
     ctx.metrics.closes.labels(str(code)).inc()
     try:
-        await ws.close(code, reason)
+        await ws.aclose(code, reason)
     except ConnectionClosed:
         pass

@@ -1,0 +1,94 @@
+"""Start `smsgw serve` exactly as a user does (the installed console script), on port 0,
+and read the bound addresses from DIR/endpoints.json. Only the process started here is
+ever signalled, by its pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["ServerProcess", "SMSGW"]
+
+SMSGW = str(Path(sys.executable).parent / "smsgw")
+_START_TIMEOUT = 30.0
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoints: dict[str, str] = {}
+        self.log_path = data_dir.parent / "server.log"
+        self._ports: tuple[str, str, str] = ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
+
+    @property
+    def grpc_target(self) -> str:
+        return self.endpoints["grpc"]
+
+    @property
+    def device_url(self) -> str:
+        return self.endpoints["device"]
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def start(self, *, same_ports: bool = False) -> None:
+        """Start and wait until endpoints.json names this process's listeners."""
+        endpoints_file = self.data_dir / "endpoints.json"
+        endpoints_file.unlink(missing_ok=True)
+        if same_ports and self.endpoints:
+            self._ports = (
+                self.endpoints["grpc"],
+                self.endpoints["device"].removeprefix("ws://").removesuffix("/device/v1"),
+                self.endpoints["metrics"].removeprefix("http://").removesuffix("/metrics"),
+            )
+        grpc_listen, device_listen, metrics_listen = self._ports
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [SMSGW, "serve", "--data-dir", str(self.data_dir), "--grpc-listen", grpc_listen,
+             "--device-listen", device_listen, "--metrics-listen", metrics_listen],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        log.close()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"smsgw serve exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                self.endpoints = json.loads(endpoints_file.read_text())
+                return
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"smsgw serve did not start in {_START_TIMEOUT}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup runs (crash test)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait for a graceful exit; SIGKILL after `timeout`."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
