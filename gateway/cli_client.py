@@ -86,10 +86,14 @@ def _send(client: object, args: argparse.Namespace) -> int:
         return EXIT_OK
     state = message.state
     deadline = time.monotonic() + args.wait_timeout
+    from smsgw_client import DeadlineExceeded
+
     if not _done(state, message.with_delivery_report):
-        stream = client.watch_messages(after_event_id=0, message_ids=[message.id])
+        stream = client.watch_messages(
+            after_event_id=0, message_ids=[message.id], timeout=max(deadline - time.monotonic(), 0.1)
+        )
         try:
-            for event in stream:
+            for event in _until_deadline(stream, DeadlineExceeded):
                 print(
                     f"{message.id} #{event.recipient_index} {redact_number(event.phone_number)} "
                     f"{common_pb2.State.Name(event.state)}" + (f" ({event.error})" if event.error else ""),
@@ -99,14 +103,20 @@ def _send(client: object, args: argparse.Namespace) -> int:
                 if _done(state, message.with_delivery_report) or time.monotonic() > deadline:
                     break
         finally:
-            cancel = getattr(stream, "cancel", None)
-            if cancel is not None:
-                cancel()
+            stream.close()
     final = client.get_message(message.id)
     print(f"{final.id} {common_pb2.State.Name(final.state)}", flush=True)
     if final.state == common_pb2.DELIVERED or (final.state == common_pb2.SENT and not final.with_delivery_report):
         return EXIT_OK
     return EXIT_FAILED
+
+
+def _until_deadline(stream, expected: type[Exception]):  # type: ignore[no-untyped-def]
+    """The stream's events until its overall deadline, which ends it quietly."""
+    try:
+        yield from stream
+    except expected:
+        return
 
 
 def _done(state: int, with_delivery_report: bool) -> bool:

@@ -10,7 +10,18 @@ from collections.abc import Sequence
 from smsgw_client import Client
 from websockets.sync.client import ClientConnection, connect
 
-from device_bridge.protocol import Credentials, DeviceSession, Encoding, Event, Side, SimInfo, WelcomeReceived
+from device_bridge.protocol import (
+    Credentials,
+    DeliverReceived,
+    DeviceSession,
+    Encoding,
+    Event,
+    Receipt,
+    ReceiptState,
+    Side,
+    SimInfo,
+    WelcomeReceived,
+)
 
 __all__ = ["open_raw", "pair_raw", "RawPhone"]
 
@@ -43,13 +54,28 @@ class RawPhone:
         for frame in self.proto.frames_to_send():
             self.ws.send(frame)
 
+    _event_id = 0
+    _pending: list[Event] = []
+
     def next_event(self, timeout: float = _TIMEOUT) -> Event:
-        while True:
-            events = self.proto.events_received()
-            if events:
-                self._pending = events[1:]
-                return events[0]
+        """The next protocol event; TimeoutError when none arrives within `timeout`."""
+        while not self._pending:
             self.proto.receive_frame(self.ws.recv(timeout))
+            self._pending = self.proto.events_received()
+        return self._pending.pop(0)
+
+    def next_deliver(self, timeout: float = _TIMEOUT) -> DeliverReceived:
+        """The next Deliver, skipping Acks."""
+        while True:
+            event = self.next_event(timeout)
+            if isinstance(event, DeliverReceived):
+                return event
+
+    def receipt(self, message_id: str, state: ReceiptState, recipient_index: int = 0, error: str = "") -> int:
+        self._event_id += 1
+        self.proto.send_receipt(Receipt(self._event_id, message_id, state, recipient_index, error))
+        self.flush()
+        return self._event_id
 
 
 def pair_raw(grpc_target: str, token: str, url: str, *, window: int = 4, encoding: Encoding = Encoding.PROTO) -> tuple[RawPhone, Credentials]:

@@ -1,1 +1,41 @@
-"""smsgw client."""
+"""Python client for smsgw.
+
+:class:`Client` (blocking) and :class:`AsyncClient` (asyncio) wrap the
+generated stubs in :mod:`smsgw.v1` with a default deadline, retries of
+UNAVAILABLE, idempotent sends, a self-resuming status stream and the typed
+errors of :mod:`smsgw_client.errors`.
+"""
+
+from .aio import AsyncClient
+from .client import Client
+from .errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SmsgwError,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+    map_rpc_errors,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "AsyncClient",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "SmsgwError",
+    "Unauthenticated",
+    "Unavailable",
+    "from_rpc_error",
+    "map_rpc_errors",
+]

@@ -1,0 +1,440 @@
+"""``smsgw simulate``: many simulated phones against a running server.
+
+First run: each phone gets a pairing code through the gRPC API
+(``CreatePairingCode``), connects with ``Authorization: Pairing <code>``, and
+the credentials from its Welcome are written to the state file (JSON, mode
+0600, replaced atomically). Later runs reconnect the same phones with their
+tokens; phones are paired only for the slots the state file lacks.
+
+All phones run concurrently in one trio nursery until Ctrl-C / SIGTERM or
+``duration`` seconds. Output (stdout, flushed): one line when all phones are
+online, then a one-line summary every 5 s when something changed. Problems go
+to stderr. Nothing printed carries a message body, a phone number or a token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from .agent import PhoneAgent
+from .backoff import Backoff
+from .modem import ModemOptions, SimulatedModem
+
+__all__ = [
+    "PAIRING_ATTEMPTS",
+    "STARTUP_TIMEOUT",
+    "SUMMARY_INTERVAL",
+    "SimulatorOptions",
+    "load_state",
+    "run_simulator",
+    "save_state",
+]
+
+#: Pairing codes a phone may spend before the simulator gives it up.
+PAIRING_ATTEMPTS = 3
+#: Seconds for every phone to get its first Welcome; after that the simulator
+#: reports the stragglers (and stops if none got in).
+STARTUP_TIMEOUT = 60.0
+#: Seconds between summary lines.
+SUMMARY_INTERVAL = 5.0
+#: Seconds the phones get to close their sessions cleanly on shutdown.
+SHUTDOWN_GRACE = 5.0
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SimulatorOptions:
+    """What ``smsgw simulate`` was asked to do (see ``gateway/cli.py``)."""
+
+    server: str  # gRPC target host:port, for pairing codes
+    token: str  # API token allowed to create pairing codes
+    device_url: str  # ws://HOST:PORT/device/v1
+    devices: int
+    state_file: Path
+    encoding: str = "proto"
+    window: int = 16
+    send_delay: float = 0.05
+    delivery_delay: float = 0.05
+    failure_rate: float = 0.0
+    delivery_reports: bool = True
+    reconnect_scale: float = 1.0
+    duration: float | None = None
+
+
+# --- the state file -------------------------------------------------------------
+
+
+def load_state(path: Path) -> list[dict[str, str]]:
+    """Read the phones of a state file; ``[]`` when it does not exist.
+
+    Raises:
+        ValueError: The file is not a simulator state file.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    data = json.loads(text)
+    phones = data.get("phones") if isinstance(data, dict) else None
+    if not isinstance(phones, list):
+        raise ValueError("not a simulator state file (no 'phones' list)")
+    result: list[dict[str, str]] = []
+    for phone in phones:
+        if not isinstance(phone, dict) or not all(
+            isinstance(phone.get(key), str) and phone.get(key) for key in ("name", "device_id", "token")
+        ):
+            raise ValueError("a phone in the state file lacks name, device_id or token")
+        result.append({key: str(value) for key, value in phone.items()})
+    return result
+
+
+def save_state(path: Path, phones: list[dict[str, str]]) -> None:
+    """Write the phones atomically (temporary file, fsync, rename), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"version": _STATE_VERSION, "phones": phones}, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit about it
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+# --- the run ------------------------------------------------------------------
+
+
+class _Simulator:
+    def __init__(self, options: SimulatorOptions, out: TextIO, err: TextIO) -> None:
+        self.options = options
+        self.out = out
+        self.err = err
+        self.entries: dict[str, dict[str, str]] = {}  # by phone name, file order
+        self.agents: list[PhoneAgent | None] = [None] * options.devices
+        self.fatal: BaseException | None = None
+        self.exit_status = 0
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._state_dirty = trio.Event()
+        self._state_unsaved = False
+        self._shutting_down = False
+        self._main_scope: trio.CancelScope | None = None
+        self._phones_running = 0
+
+    # output
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def warn(self, line: str) -> None:
+        print(f"smsgw simulate: {line}", file=self.err, flush=True)
+
+    # main
+
+    async def run(self) -> int:
+        try:
+            self.entries = {phone["name"]: phone for phone in load_state(self.options.state_file)}
+        except (OSError, ValueError) as exc:
+            self.warn(f"cannot read {self.options.state_file}: {exc}")
+            return 2
+        try:
+            with trio.CancelScope() as scope:
+                self._main_scope = scope
+                async with trio.open_nursery() as nursery:
+                    if threading.current_thread() is threading.main_thread():
+                        nursery.start_soon(self._watch_signals, nursery)
+                    if self.options.duration is not None:
+                        nursery.start_soon(self._stop_after, self.options.duration)
+                    nursery.start_soon(self._save_state_loop)
+                    nursery.start_soon(self._report)
+                    self._phones_running = self.options.devices
+                    for index in range(self.options.devices):
+                        nursery.start_soon(self._phone_task, index)
+        finally:
+            if self._state_unsaved:
+                self._save_state_now()
+            if self._client is not None:
+                self._client.close()
+        if self.fatal is not None:
+            raise self.fatal
+        return self.exit_status
+
+    async def _watch_signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if self._shutting_down:  # a second Ctrl-C: stop at once
+                    self._cancel_all()
+                    return
+                nursery.start_soon(self._begin_shutdown)
+
+    async def _stop_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        await self._begin_shutdown()
+
+    async def _begin_shutdown(self) -> None:
+        """Close every session cleanly (bounded), then end the run."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            async with trio.open_nursery() as nursery:
+                for agent in self.agents:
+                    if agent is not None:
+                        nursery.start_soon(agent.aclose)
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        if self._main_scope is not None:
+            self._main_scope.cancel()
+
+    def _abort(self, error: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = error
+        self._shutting_down = True
+        self._cancel_all()
+
+    # phones
+
+    def _make_agent(self, index: int, **auth: Any) -> PhoneAgent:
+        o = self.options
+        modem = SimulatedModem(
+            ModemOptions(
+                send_delay=o.send_delay,
+                delivery_delay=o.delivery_delay,
+                failure_rate=o.failure_rate,
+                delivery_reports=o.delivery_reports,
+            )
+        )
+        agent = PhoneAgent(
+            o.device_url,
+            encoding=o.encoding,
+            window=o.window,
+            modem=modem,
+            backoff=Backoff(scale=o.reconnect_scale),
+            name=_name(index),
+            **auth,
+        )
+        self.agents[index] = agent
+        return agent
+
+    async def _phone_task(self, index: int) -> None:
+        try:
+            await self._phone(index)
+        finally:
+            self._phones_running -= 1
+        if self._phones_running == 0 and not self._shutting_down:
+            self.warn("every simulated phone stopped; exiting")
+            self.exit_status = 1
+            self._shutting_down = True
+            self._cancel_all()
+
+    async def _phone(self, index: int) -> None:
+        name = _name(index)
+        stored = self.entries.get(name)
+        if stored is not None:
+            agent = self._make_agent(index, token=stored["token"])
+            await agent.run()
+            if agent.closed_reason is not None and not self._shutting_down:
+                self.warn(
+                    f"{name} ({stored['device_id']}) stopped: {agent.closed_reason}"
+                    + (f"; remove it from {self.options.state_file} to pair a new phone"
+                       if agent.closed_reason.startswith("http_") or agent.closed_reason == "credentials_revoked"
+                       else "")
+                )
+            return
+        for attempt in range(1, PAIRING_ATTEMPTS + 1):
+            code = await self._pairing_code(name, attempt)
+            if code is None:
+                continue
+            agent = self._make_agent(index, pairing_code=code, on_credentials=self._saver(index))
+            await agent.run()
+            if agent.sessions > 0 or self._shutting_down:
+                if agent.closed_reason is not None and not self._shutting_down:
+                    self.warn(f"{name} ({agent.device_id}) stopped: {agent.closed_reason}")
+                return
+            self.warn(f"{name}: pairing attempt {attempt} refused ({agent.closed_reason})")
+        self.warn(f"{name}: could not pair after {PAIRING_ATTEMPTS} attempts; giving it up")
+
+    async def _pairing_code(self, name: str, attempt: int) -> str | None:
+        """A fresh pairing code; None to retry (after a pause); aborts the run on a hard error."""
+        from smsgw_client.errors import DeadlineExceeded, SmsgwError, Unavailable
+
+        try:
+            response = await trio.to_thread.run_sync(self._create_code, name, abandon_on_cancel=True)
+        except (Unavailable, DeadlineExceeded) as exc:
+            if attempt >= PAIRING_ATTEMPTS:
+                self._abort(_rpc_error(exc))
+                await trio.sleep_forever()
+            self.warn(f"{name}: pairing code request failed ({exc.code.name}); retrying")
+            await trio.sleep(Backoff(scale=self.options.reconnect_scale).next_delay() + 0.5)
+            return None
+        except SmsgwError as exc:
+            self._abort(_rpc_error(exc))
+            await trio.sleep_forever()
+        return str(response.code)
+
+    def _create_code(self, name: str) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                from smsgw_client import Client
+
+                self._client = Client(self.options.server, self.options.token)
+            client = self._client
+        return client.create_pairing_code(device_name=name)
+
+    def _saver(self, index: int) -> Callable[[Any], None]:
+        def save(credentials: Any) -> None:
+            name = _name(index)
+            self.entries[name] = {
+                "name": name,
+                "device_id": credentials.device_id,
+                "token": credentials.token,
+                "device_url": self.options.device_url,
+            }
+            self._state_unsaved = True
+            self._state_dirty.set()
+
+        return save
+
+    # state file writer: coalesces the writes of a pairing herd, off the loop
+
+    def _snapshot(self) -> list[dict[str, str]]:
+        return [dict(entry) for entry in self.entries.values()]
+
+    async def _save_state_loop(self) -> None:
+        while True:
+            await self._state_dirty.wait()
+            self._state_dirty = trio.Event()
+            self._state_unsaved = False
+            phones = self._snapshot()
+            try:
+                await trio.to_thread.run_sync(save_state, self.options.state_file, phones)
+            except OSError as exc:
+                self._state_unsaved = True
+                self.warn(f"cannot write {self.options.state_file}: {exc.strerror}")
+                await trio.sleep(1)
+
+    def _save_state_now(self) -> None:
+        try:
+            save_state(self.options.state_file, self._snapshot())
+            self._state_unsaved = False
+        except OSError as exc:
+            self.warn(f"cannot write {self.options.state_file}: {exc.strerror}")
+
+    # output
+
+    async def _report(self) -> None:
+        total = self.options.devices
+        started = trio.current_time()
+        all_online_said = False
+        startup_checked = False
+        # Nothing to report until a message moves or a phone comes and goes.
+        last_summary: tuple[int, ...] = (total, 0, 0, 0, 0, 0)
+        next_summary = started + SUMMARY_INTERVAL
+        while True:
+            await trio.sleep(0.1)
+            agents = [a for a in self.agents if a is not None]
+            online = sum(1 for a in agents if a.connected)
+            if not all_online_said and online == total:
+                all_online_said = True
+                startup_checked = True
+                self.say(f"{total} simulated phones online")
+            now = trio.current_time()
+            if not startup_checked and now - started >= STARTUP_TIMEOUT:
+                startup_checked = True
+                ever = sum(1 for a in agents if a.sessions > 0)
+                if ever == 0:
+                    self.warn(f"no phone came online within {STARTUP_TIMEOUT:.0f} s; stopping")
+                    self.exit_status = 1
+                    self._shutting_down = True
+                    self._cancel_all()
+                    return
+                self.warn(f"{ever} of {total} phones came online within {STARTUP_TIMEOUT:.0f} s; the rest keep trying")
+            if now >= next_summary:
+                next_summary = now + SUMMARY_INTERVAL
+                stats = [a.statistics() for a in agents]
+                summary = (
+                    online,
+                    sum(s.received for s in stats),
+                    sum(s.accepted for s in stats),
+                    sum(s.sent for s in stats),
+                    sum(s.failed for s in stats),
+                    sum(s.delivered for s in stats),
+                )
+                if summary != last_summary:
+                    last_summary = summary
+                    self.say(
+                        f"online {summary[0]}/{total}; received {summary[1]}, accepted {summary[2]}, "
+                        f"sent {summary[3]}, failed {summary[4]}, delivered {summary[5]}"
+                    )
+
+
+def _name(index: int) -> str:
+    return f"sim-{index + 1}"
+
+
+def _rpc_error(exc: BaseException) -> BaseException:
+    """The ``grpc.RpcError`` behind a client error (the CLI reports those), else ``exc``."""
+    import grpc
+
+    cause = exc.__cause__
+    return cause if isinstance(cause, grpc.RpcError) else exc
+
+
+def run_simulator(options: SimulatorOptions, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the simulated phones until Ctrl-C, SIGTERM or ``options.duration``.
+
+    Blocking (``trio.run`` inside).
+
+    Returns:
+        0 after a normal stop; 1 when no phone came online within
+        :data:`STARTUP_TIMEOUT` or every phone stopped for good (credentials
+        refused, replaced); 2 for an unreadable state file.
+
+    Raises:
+        grpc.RpcError: A pairing code could not be obtained (bad token,
+            server unreachable after retries).
+        ValueError: Invalid options.
+    """
+    if options.devices < 1:
+        raise ValueError("devices must be at least 1")
+    if options.encoding not in ("proto", "json"):
+        raise ValueError("encoding must be 'proto' or 'json'")
+    if options.duration is not None and options.duration < 0:
+        raise ValueError("duration must not be negative")
+    ModemOptions(  # validates the modem settings before anything connects
+        send_delay=options.send_delay,
+        delivery_delay=options.delivery_delay,
+        failure_rate=options.failure_rate,
+        delivery_reports=options.delivery_reports,
+    )
+    simulator = _Simulator(options, out if out is not None else sys.stdout, err if err is not None else sys.stderr)
+    return trio.run(simulator.run)

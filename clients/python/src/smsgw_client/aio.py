@@ -1,0 +1,255 @@
+"""The asyncio smsgw client (grpc.aio channel).
+
+The same API and guarantees as :class:`smsgw_client.Client`, with coroutines
+and async iterators. Channel settings, metadata and requests come from the
+shared :mod:`smsgw_client._channel`, so both clients behave alike on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from smsgw.v1 import devices_pb2, devices_pb2_grpc, messages_pb2, messages_pb2_grpc
+
+from . import _channel
+from .errors import from_rpc_error, map_rpc_errors
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """An asyncio client for the smsgw ``MessageService`` and ``DeviceService``.
+
+    Create it inside the event loop that will use it (grpc.aio binds the
+    channel to that loop). Use ``async with``, or await :meth:`close`.
+
+    Args:
+        target: ``host:port`` of the gateway's gRPC endpoint.
+        token: API token, sent as ``authorization: Bearer <token>`` on every call.
+        credentials: TLS channel credentials; None opens a plaintext channel,
+            meant for loopback and development only.
+        timeout: Default deadline of unary calls, in seconds.
+        options: Extra channel options; a key given here replaces the default.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float = _channel.DEFAULT_TIMEOUT,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        channel_options = _channel.channel_options(options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
+        self._timeout = timeout
+        self._metadata = _channel.call_metadata(token)
+        # The generated stubs are untyped (no mypy-protobuf grpc plugin yet).
+        self._messages = messages_pb2_grpc.MessageServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close the channel, giving running calls ``grace`` seconds. Idempotent."""
+        await self._channel.close(grace)
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self._timeout if timeout is None else timeout
+
+    async def send_message(
+        self,
+        phone_numbers: Sequence[str],
+        text: str | None = None,
+        *,
+        data: bytes | None = None,
+        port: int = 0,
+        device_id: str = "",
+        sim_number: int = 0,
+        priority: int = 0,
+        ttl: int | None = None,
+        valid_until: datetime | None = None,
+        with_delivery_report: bool | None = None,
+        is_encrypted: bool = False,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> messages_pb2.Message:
+        """Store a message for sending; see :meth:`smsgw_client.Client.send_message`.
+
+        Without ``idempotency_key`` a fresh one is made once for this call, so
+        gRPC's retries of UNAVAILABLE can never store (and send) it twice.
+        """
+        request = _channel.send_message_request(
+            phone_numbers,
+            text,
+            data=data,
+            port=port,
+            device_id=device_id,
+            sim_number=sim_number,
+            priority=priority,
+            ttl=ttl,
+            valid_until=valid_until,
+            with_delivery_report=with_delivery_report,
+            is_encrypted=is_encrypted,
+            idempotency_key=idempotency_key,
+        )
+        with map_rpc_errors():
+            response: messages_pb2.Message = await self._messages.SendMessage(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    async def get_message(self, message_id: str, *, timeout: float | None = None) -> messages_pb2.Message:
+        """Return one message with its recipients' states.
+
+        Raises:
+            NotFound: No such message for this token's owner.
+        """
+        request = messages_pb2.GetMessageRequest(id=message_id)
+        with map_rpc_errors():
+            response: messages_pb2.Message = await self._messages.GetMessage(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    async def list_messages(
+        self,
+        *,
+        state: int | str = 0,
+        device_id: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> messages_pb2.ListMessagesResponse:
+        """Return one page of messages; see :meth:`smsgw_client.Client.list_messages`."""
+        request = _channel.list_messages_request(
+            state=state,
+            device_id=device_id,
+            created_after=created_after,
+            created_before=created_before,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        with map_rpc_errors():
+            response: messages_pb2.ListMessagesResponse = await self._messages.ListMessages(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    async def iter_messages(
+        self,
+        *,
+        state: int | str = 0,
+        device_id: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[messages_pb2.Message]:
+        """Yield every matching message, one page call (and deadline) at a time."""
+        while True:
+            page = await self.list_messages(
+                state=state,
+                device_id=device_id,
+                created_after=created_after,
+                created_before=created_before,
+                page_size=page_size,
+                page_token=page_token,
+                timeout=timeout,
+            )
+            for message in page.messages:
+                yield message
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    async def cancel_message(self, message_id: str, *, timeout: float | None = None) -> messages_pb2.Message:
+        """Cancel a message that no phone has accepted yet; returns it as CANCELLED.
+
+        Raises:
+            FailedPrecondition: A phone already accepted the message.
+            NotFound: No such message for this token's owner.
+        """
+        request = messages_pb2.CancelMessageRequest(id=message_id)
+        with map_rpc_errors():
+            response: messages_pb2.Message = await self._messages.CancelMessage(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    async def watch_messages(
+        self,
+        *,
+        after_event_id: int | None = None,
+        message_ids: Sequence[str] = (),
+        timeout: float | None = None,
+        max_reconnects: int = _channel.DEFAULT_MAX_RECONNECTS,
+    ) -> AsyncGenerator[messages_pb2.MessageEvent, None]:
+        """Yield state changes in event-id order, resuming after UNAVAILABLE.
+
+        See :meth:`smsgw_client.Client.watch_messages` for the arguments. Close
+        the iterator (``aclose()``, or run ``async for`` inside a
+        ``contextlib.aclosing`` block) to cancel the stream promptly.
+        """
+        cursor = _channel.WatchCursor(
+            after_event_id, message_ids, timeout=timeout, max_reconnects=max_reconnects
+        )
+        while True:
+            call = self._messages.WatchMessages(
+                cursor.request(), timeout=cursor.timeout(), metadata=self._metadata
+            )
+            try:
+                async for event in call:
+                    if cursor.accept(event):
+                        yield event
+                return
+            except grpc.RpcError as error:
+                delay = cursor.reconnect_after(error)
+                if delay is None:
+                    raise from_rpc_error(error) from error
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+
+    async def list_devices(self, *, timeout: float | None = None) -> devices_pb2.ListDevicesResponse:
+        """Return the owner's phones, with their online state and SIMs."""
+        with map_rpc_errors():
+            response: devices_pb2.ListDevicesResponse = await self._devices.ListDevices(
+                devices_pb2.ListDevicesRequest(), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    async def create_pairing_code(
+        self, device_name: str = "", ttl_seconds: int = 0, *, timeout: float | None = None
+    ) -> devices_pb2.PairingCode:
+        """Return a one-time code a new phone trades for its device credentials."""
+        with map_rpc_errors():
+            response: devices_pb2.PairingCode = await self._devices.CreatePairingCode(
+                _channel.pairing_code_request(device_name, ttl_seconds),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+        return response

@@ -1,0 +1,333 @@
+"""Value objects and events of the device protocol (``smsgw.device.v1``).
+
+Everything here is a frozen, slotted dataclass that validates itself in
+``__post_init__``, so an invalid one cannot be built (h11's ``_events.py``).
+Validation errors are ``ValueError`` / ``TypeError`` whose messages never
+quote a field value: the codec turns them into close reasons, and those must
+not leak message bodies or phone numbers.
+
+Protobuf classes never appear here; ``codec.py`` converts at the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import TypeAlias
+
+from .flow import MAX_WINDOW
+
+__all__ = [
+    "AckReceived",
+    "Credentials",
+    "DeliverReceived",
+    "Delivery",
+    "DropReceived",
+    "Event",
+    "HelloReceived",
+    "Receipt",
+    "ReceiptReceived",
+    "ReceiptState",
+    "Side",
+    "SimInfo",
+    "WelcomeReceived",
+]
+
+_UINT32_MAX = 2**32 - 1
+_UINT64_MAX = 2**64 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_PORT_MAX = 65535
+
+
+class Side(IntEnum):
+    """Which end of the WebSocket a session plays."""
+
+    BRIDGE = 1
+    PHONE = 2
+
+
+class ReceiptState(IntEnum):
+    """What a Receipt reports; mirrors ``smsgw.device.v1.ReceiptState``."""
+
+    ACCEPTED = 1  # the phone holds the message durably (whole message)
+    SENT = 2  # per recipient
+    DELIVERED = 3  # per recipient
+    FAILED = 4  # per recipient, with an error
+
+
+# --- validation helpers (messages name the field, never its value) ---------
+
+
+def _check_text(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string")
+
+
+def _check_id(value: object, what: str) -> None:
+    _check_text(value, what)
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+
+
+def _check_int(value: object, low: int, high: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be in {low}..{high}")
+
+
+def _ids(values: Iterable[str], what: str) -> tuple[str, ...]:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} must be a sequence of strings, not one string")
+    result = tuple(values)
+    for value in result:
+        _check_id(value, f"each of {what}")
+    return result
+
+
+def _utc(value: datetime | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime")
+    if value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{what} is out of range") from None
+
+
+# --- value objects ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SimInfo:
+    """A SIM the phone can send from (``Sim``); ``slot`` is 1-based."""
+
+    slot: int
+    operator_name: str = ""
+    country_iso: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int(self.slot, 1, _UINT32_MAX, "Sim.slot")
+        _check_text(self.operator_name, "Sim.operator_name")
+        _check_text(self.country_iso, "Sim.country_iso")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Device credentials handed out once, in the Welcome of a pairing session.
+
+    ``repr()`` hides the token so that logging a Welcome never leaks it.
+    """
+
+    device_id: str
+    token: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_id(self.device_id, "Credentials.device_id")
+        _check_id(self.token, "Credentials.token")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Delivery:
+    """Everything a phone needs to send one message: the body of a Deliver.
+
+    The bridge builds it (``DeviceSession.send_deliver``); the phone receives
+    it in :class:`DeliverReceived`. Exactly one of ``text`` and ``data`` is
+    set (``data=b""`` with ``text=None`` is an empty data message). ``port``
+    belongs to data messages and stays 0 for text. ``sim_number`` 0 means "any
+    SIM". ``repr()`` shows sizes, never the numbers or the body.
+    """
+
+    message_id: str
+    phone_numbers: tuple[str, ...]
+    text: str | None = None
+    data: bytes | None = None
+    port: int = 0
+    sim_number: int = 0
+    is_encrypted: bool = False
+    with_delivery_report: bool = True
+    priority: int = 0
+    valid_until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.message_id, "Deliver.message_id")
+        numbers = _ids(self.phone_numbers, "Deliver.phone_numbers")
+        if not numbers:
+            raise ValueError("Deliver.phone_numbers must not be empty")
+        object.__setattr__(self, "phone_numbers", numbers)
+        if (self.text is None) == (self.data is None):
+            raise ValueError("Deliver needs exactly one of text and data")
+        if self.text is not None:
+            _check_text(self.text, "Deliver.text")
+            if self.port != 0:
+                raise ValueError("Deliver.port is only for data messages")
+        else:
+            if not isinstance(self.data, (bytes, bytearray, memoryview)):
+                raise TypeError("Deliver.data must be bytes")
+            object.__setattr__(self, "data", bytes(self.data))
+            _check_int(self.port, 0, _PORT_MAX, "Deliver.port")
+        _check_int(self.sim_number, 0, _UINT32_MAX, "Deliver.sim_number")
+        _check_int(self.priority, _INT32_MIN, _INT32_MAX, "Deliver.priority")
+        object.__setattr__(self, "valid_until", _utc(self.valid_until, "Deliver.valid_until"))
+
+    def __repr__(self) -> str:
+        if self.text is not None:
+            content = f"text=<{len(self.text)} chars>"
+        else:
+            content = f"data=<{len(self.data or b'')} bytes>, port={self.port}"
+        return (
+            f"Delivery(message_id={self.message_id!r}, "
+            f"phone_numbers=<{len(self.phone_numbers)}>, {content}, "
+            f"sim_number={self.sim_number}, is_encrypted={self.is_encrypted}, "
+            f"with_delivery_report={self.with_delivery_report}, "
+            f"priority={self.priority}, valid_until={self.valid_until!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A phone-made report on a message (``Receipt``).
+
+    The phone builds it (``DeviceSession.send_receipt``); the bridge receives
+    it in :class:`ReceiptReceived`. ``event_id`` is unique per device and
+    > 0; the bridge Acks it once stored. ``recipient_index`` is ignored for
+    ACCEPTED, which covers the whole message.
+    """
+
+    event_id: int
+    message_id: str
+    state: ReceiptState
+    recipient_index: int = 0
+    error: str = ""
+    time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_int(self.event_id, 1, _UINT64_MAX, "Receipt.event_id")
+        _check_id(self.message_id, "Receipt.message_id")
+        try:
+            state = ReceiptState(self.state)
+        except ValueError:
+            raise ValueError("Receipt.state must be ACCEPTED, SENT, DELIVERED or FAILED") from None
+        object.__setattr__(self, "state", state)
+        _check_int(self.recipient_index, 0, _UINT32_MAX, "Receipt.recipient_index")
+        _check_text(self.error, "Receipt.error")
+        object.__setattr__(self, "time", _utc(self.time, "Receipt.time"))
+
+
+# --- events: what DeviceSession.events_received() returns -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    """BRIDGE side: the phone opened the session.
+
+    ``window`` is what the phone advertised; ``DeviceSession.window`` is what
+    the bridge will honour (capped by ``max_window``). Do not re-send the
+    ``held_message_ids``: the phone already holds them. Answer with
+    ``send_welcome()``.
+    """
+
+    app_version: str
+    sims: tuple[SimInfo, ...]
+    window: int
+    held_message_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_text(self.app_version, "Hello.app_version")
+        sims = tuple(self.sims)
+        for sim in sims:
+            if not isinstance(sim, SimInfo):
+                raise TypeError("Hello.sims must hold SimInfo")
+        object.__setattr__(self, "sims", sims)
+        _check_int(self.window, 1, MAX_WINDOW, "Hello.window")
+        held = _ids(self.held_message_ids, "Hello.held_message_ids")
+        object.__setattr__(self, "held_message_ids", held)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptReceived:
+    """BRIDGE side: the phone reported on a message; store it, then Ack its event id."""
+
+    receipt: Receipt
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.receipt, Receipt):
+            raise TypeError("receipt must be a Receipt")
+
+
+@dataclass(frozen=True, slots=True)
+class WelcomeReceived:
+    """PHONE side: the bridge accepted the session; it is now OPEN.
+
+    ``window`` is the window the bridge honours (<= what the phone
+    advertised). ``credentials`` is set only on a session opened with a
+    pairing code: store them, they are shown once.
+    """
+
+    device_id: str
+    window: int
+    ping_interval: int
+    server_time: datetime | None = None
+    credentials: Credentials | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.device_id, "Welcome.device_id")
+        _check_int(self.window, 1, MAX_WINDOW, "Welcome.window")
+        _check_int(self.ping_interval, 0, _UINT32_MAX, "Welcome.ping_interval_seconds")
+        object.__setattr__(self, "server_time", _utc(self.server_time, "Welcome.server_time"))
+        if self.credentials is not None and not isinstance(self.credentials, Credentials):
+            raise TypeError("Welcome.credentials must be Credentials")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverReceived:
+    """PHONE side: the bridge handed over a message to send.
+
+    ``duplicate`` is True when the id was already in flight on this session;
+    the phone then does not take it twice (and answers with its receipt again
+    if it already holds it).
+    """
+
+    delivery: Delivery
+    duplicate: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.delivery, Delivery):
+            raise TypeError("delivery must be a Delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """PHONE side: the bridge stored these device events; the phone may forget them."""
+
+    event_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.event_ids, (str, bytes)):
+            raise TypeError("Ack.event_ids must be a sequence of ints")
+        ids = tuple(self.event_ids)
+        if not ids:
+            raise ValueError("Ack.event_ids must not be empty")
+        for event_id in ids:
+            _check_int(event_id, 1, _UINT64_MAX, "each of Ack.event_ids")
+        object.__setattr__(self, "event_ids", ids)
+
+
+@dataclass(frozen=True, slots=True)
+class DropReceived:
+    """PHONE side: do not send this message (cancelled or expired); it leaves the window."""
+
+    message_id: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_id(self.message_id, "Drop.message_id")
+        _check_text(self.reason, "Drop.reason")
+
+
+Event: TypeAlias = HelloReceived | ReceiptReceived | WelcomeReceived | DeliverReceived | AckReceived | DropReceived
