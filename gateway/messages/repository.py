@@ -54,9 +54,7 @@ class MessageRepository:
         content, InvalidArgument for a device that is not the owner's.
         """
         now = to_utc(now)
-        existing = self._existing(owner_id, new)
-        if existing is not None:
-            return existing, False
+        # Insert first: a new key is the common case; the unique key catches a replay.
         try:
             with self.db.write() as s:
                 device_id, pinned = self._route(s, owner_id, new.device_id)
@@ -87,12 +85,11 @@ class MessageRepository:
                     for i, n in enumerate(new.phone_numbers)
                 ]
                 s.add_all(recipients)
-                s.flush()
                 for r in recipients:
                     s.add(self._event(row, r, now))
                 record = _record(row, recipients)
         except IntegrityError:
-            # A concurrent send with the same key won the insert.
+            # The key exists (a retry, or a concurrent send that won the insert).
             existing = self._existing(owner_id, new)
             if existing is None:
                 raise

@@ -1,0 +1,62 @@
+"""Run reference phones (smsgw_agent) inside a test's trio loop against a real server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from smsgw_client import Client
+
+from smsgw_agent import Backoff, ModemOptions, PhoneAgent, SimulatedModem
+
+__all__ = ["start_phones", "GatedModem"]
+
+
+class GatedModem(SimulatedModem):
+    """A modem that accepts work but sends nothing until `gate` is set: keeps messages in flight."""
+
+    def __init__(self, options: ModemOptions, *, gate: trio.Event | None = None) -> None:
+        super().__init__(options)
+        self.gate = gate
+
+    async def send(self, *args: Any, **kwargs: Any) -> tuple[bool, str]:
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().send(*args, **kwargs)
+
+
+async def start_phones(
+    nursery: trio.Nursery,
+    grpc_target: str,
+    token: str,
+    device_url: str,
+    count: int,
+    *,
+    window: int = 16,
+    modem: ModemOptions | None = None,
+    encoding: str = "proto",
+    gate: trio.Event | None = None,
+) -> list[PhoneAgent]:
+    """Pair `count` phones through the API and wait until each had its first Welcome."""
+
+    def codes() -> list[str]:
+        with Client(grpc_target, token) as client:
+            return [client.create_pairing_code(device_name=f"test-{i}").code for i in range(count)]
+
+    phones = []
+    for i, code in enumerate(await trio.to_thread.run_sync(codes)):
+        phone = PhoneAgent(
+            device_url,
+            pairing_code=code,
+            window=window,
+            encoding=encoding,
+            modem=GatedModem(modem or ModemOptions(send_delay=0.01, delivery_delay=0.01), gate=gate),
+            # Tests reconnect fast; the schedule's shape is unit-tested in test_backoff.
+            backoff=Backoff(scale=0.02),
+            name=f"test-{i}",
+        )
+        with trio.fail_after(30):
+            await nursery.start(phone.run)
+        phones.append(phone)
+    return phones
+
