@@ -47,3 +47,10 @@ def test_module_declares_all(name: str) -> None:
         return
     for attr in exported:
         assert hasattr(module, attr), f"{name}.__all__ names missing {attr}"
+
+
+def test_config_example_matches_the_defaults() -> None:
+    """config.example.yml documents every default; it must not drift from the code."""
+    from gateway.config import Settings, load_settings
+
+    assert load_settings(ROOT / "config.example.yml") == Settings()
