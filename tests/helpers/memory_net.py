@@ -212,13 +212,18 @@ class VirtualTime:
             self._holds -= 1
 
     async def _quiet(self) -> None:
+        """Return when no other task is runnable and no worker thread is busy. The caller
+        acts on that before its next checkpoint, so the answer is still true then."""
         started = time.monotonic()
         while True:
             await trio.testing.wait_all_tasks_blocked()
-            if not self.threads_busy():
+            if self.threads_busy():
+                if time.monotonic() - started > self.real_limit:
+                    raise RuntimeError(f"a worker thread ran for more than {self.real_limit}s of real time")
+                # Wait for it in real time (its completion wakes the loop).
+                await trio.testing.wait_all_tasks_blocked(0.001)
+            elif trio.lowlevel.current_statistics().tasks_runnable == 0:
+                # Not stale: another idle waiter (settle) woken with us may have run first
+                # and made tasks runnable again.
                 return
-            if time.monotonic() - started > self.real_limit:
-                raise RuntimeError(f"a worker thread ran for more than {self.real_limit}s of real time")
-            # A thread is running: wait for it in real time (its completion wakes the loop).
-            await trio.testing.wait_all_tasks_blocked(0.001)
 
