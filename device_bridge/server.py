@@ -89,8 +89,9 @@ async def serve(
                 process_request=process_request,
                 compression=None,  # permessage-deflate costs 2.5x memory per session
                 open_timeout=settings.open_timeout,
-                ping_interval=settings.ping_interval,
-                ping_timeout=settings.ping_timeout,
+                # Keepalive is the session's own (session_task.keepalive), so that a missed
+                # pong ends the session at once instead of after close_timeout.
+                ping_interval=None,
                 close_timeout=settings.close_timeout,
                 max_size=settings.max_size,
                 logger=logging.getLogger("device_bridge.websockets"),
@@ -98,8 +99,7 @@ async def serve(
                 **kwargs,
             )
         )
-        sock = getattr(server.listeners[0], "socket", None)  # memory listeners in tests have none
-        bound = sock.getsockname()[1] if sock is not None else port
+        bound = server.listeners[0].socket.getsockname()[1]
         ctx.bus.attach_bridge(ctx.registry.wake)
         task_status.started(BridgeServer(server, bound, ctx, admissions))
 

@@ -184,6 +184,23 @@ class _Session:
                 self.ctx.bus.notify_events()
             self.handle.wake()  # receipts free window slots
 
+    async def keepalive(self) -> None:
+        """Ping every `ping_interval`; no pong within `ping_timeout` ends the session at once.
+
+        websockets' own keepalive would then wait `close_timeout` more for a closing
+        handshake a dead phone never sends; owning it here makes a silent phone dead
+        <= ping_interval + ping_timeout after its last frame (RELIABILITY 7), and its
+        unaccepted messages return to PENDING right then (cleanup runs before the close).
+        """
+        interval, timeout = self.ctx.settings.ping_interval, self.ctx.settings.ping_timeout
+        while True:
+            await trio.sleep(interval)
+            pong = await self.ws.ping(ack_on_close=True)
+            with trio.move_on_after(timeout) as scope:
+                await pong.wait()
+            if scope.cancelled_caught:
+                raise _Aborted(1011, "keepalive ping timeout")
+
     async def dispatch(self) -> None:
         """On each wake-up: Drop what was cancelled/expired, then fill the window."""
         assert self.handle is not None
@@ -241,6 +258,7 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
             with handle.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(session.dispatch)
+                    nursery.start_soon(session.keepalive)
                     await session.read()
                     nursery.cancel_scope.cancel()
             if handle.replaced:
@@ -253,16 +271,17 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
         except* _Aborted as group:
             aborted = group.exceptions[0]
             assert isinstance(aborted, _Aborted)
-            session.log.warning("! session refused: %s", aborted.reason)
+            session.log.warning("! session ended: %s", aborted.reason)
             close = (aborted.code, aborted.reason)
         except* ConnectionClosed:
             pass
-        if close is not None:
-            await _close(ctx, ws, *close)
     finally:
         ctx.metrics.sessions.dec()
+        # Requeue first: a dead phone may never answer the closing handshake below.
         with trio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
             await session.close_out()
+    if close is not None:
+        await _close(ctx, ws, *close)
 
 
 async def _close(ctx: BridgeContext, ws: ServerConnection, code: int, reason: str) -> None:
