@@ -101,7 +101,7 @@ class MessageRepository:
             row = s.get(MessageRow, message_id)
             if row is None or row.owner_id != owner_id:
                 raise NotFound(f"message {message_id} not found")
-            return _record(row, self._recipients(s, [row.id])[row.id])
+            return _record(row, self._recipients_rows(s, row.id))
 
     def list(
         self, owner_id: str, flt: MessageFilter, *, limit: int, before_id: str | None
@@ -120,7 +120,7 @@ class MessageRepository:
             if before_id:
                 q = q.where(MessageRow.id < before_id)
             rows = list(s.exec(q.order_by(col(MessageRow.id).desc()).limit(limit)))
-            recipients = self._recipients(s, [r.id for r in rows])
+            recipients = self._recipients_rows_many(s, [r.id for r in rows])
             return [_record(r, recipients[r.id]) for r in rows]
 
     def cancel(self, owner_id: str, message_id: str, now: datetime) -> tuple[MessageRecord, str | None]:
@@ -131,7 +131,7 @@ class MessageRepository:
             if row is None or row.owner_id != owner_id:
                 raise NotFound(f"message {message_id} not found")
             if State(row.state) == State.CANCELLED:
-                return _record(row, self._recipients(s, [row.id])[row.id]), None
+                return _record(row, self._recipients_rows(s, row.id)), None
             if State(row.state) not in UNACCEPTED_STATES:
                 raise FailedPrecondition(
                     f"message {message_id} is {State(row.state).name}: a phone already accepted it"
@@ -165,7 +165,7 @@ class MessageRepository:
                     state=State(e.state),
                     message_state=State(e.message_state),
                     error=e.error,
-                    created_at=to_utc(e.created_at),
+                    created_at=e.created_at,
                 )
                 for e, phone in rows
             ]
@@ -406,7 +406,7 @@ class MessageRepository:
                 return None
             if row.content_hash != new.content_hash:
                 raise AlreadyExists(f"idempotency_key already used for message {row.id} with different content")
-            return _record(row, self._recipients(s, [row.id])[row.id])
+            return _record(row, self._recipients_rows(s, row.id))
 
     def _recipients_rows(self, s: Session, message_id: str) -> list[RecipientRow]:
         q = select(RecipientRow).where(RecipientRow.message_id == message_id).order_by(col(RecipientRow.idx))
@@ -419,9 +419,6 @@ class MessageRepository:
             for r in s.exec(q):
                 out[r.message_id].append(r)
         return out
-
-    def _recipients(self, s: Session, ids: list[str]) -> dict[str, list[RecipientRow]]:
-        return self._recipients_rows_many(s, ids)
 
 
 def _record(row: MessageRow, recipients: list[RecipientRow]) -> MessageRecord:
@@ -436,14 +433,12 @@ def _record(row: MessageRow, recipients: list[RecipientRow]) -> MessageRecord:
         port=row.port,
         is_encrypted=row.is_encrypted,
         priority=row.priority,
-        valid_until=to_utc(row.valid_until) if row.valid_until else None,
+        valid_until=row.valid_until,
         with_delivery_report=row.with_delivery_report,
         state=State(row.state),
-        recipients=tuple(
-            RecipientRecord(r.idx, r.phone_number, State(r.state), r.error, to_utc(r.updated_at)) for r in recipients
-        ),
-        created_at=to_utc(row.created_at),
-        updated_at=to_utc(row.updated_at),
+        recipients=tuple(RecipientRecord(r.idx, r.phone_number, State(r.state), r.error, r.updated_at) for r in recipients),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
         parts=row.parts,
         encoding=row.encoding,
     )
