@@ -244,9 +244,7 @@ class _Session:
 
 async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admission) -> None:
     """The websockets handler body for one authenticated upgrade."""
-    if ws.subprotocol is None:
-        await _close(ctx, ws, CloseCode.UNSUPPORTED_SUBPROTOCOL, "offer smsgw.device.v1+proto or smsgw.device.v1+json")
-        return
+    assert ws.subprotocol is not None, "process_request refuses upgrades without one of ours"
     session = _Session(ctx, ws, Encoding(ws.subprotocol))
     ctx.metrics.sessions.inc()
     close: tuple[int, str] | None = None
