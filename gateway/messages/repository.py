@@ -34,6 +34,7 @@ __all__ = ["MessageRepository", "to_utc"]
 log = logging.getLogger(__name__)
 
 _UNACCEPTED = [int(s) for s in UNACCEPTED_STATES]
+_EXPIRED_REASON = "valid_until passed before a phone accepted it"
 
 
 def to_utc(t: datetime) -> datetime:
@@ -203,13 +204,20 @@ class MessageRepository:
             )
 
     def dispatch(self, device_id: str, session_id: str, limit: int, now: datetime) -> list[MessageRecord]:
-        """Claim up to `limit` PENDING messages of the device (priority, then FIFO),
-        mark them DISPATCHED on `session_id`, and expire those past valid_until."""
+        """Claim up to `limit` PENDING messages of the device (priority, then FIFO) and mark
+        them DISPATCHED on `session_id`. Due messages are expired first, so they never take
+        a window slot from a live one."""
         if limit <= 0:
             return []
         now = to_utc(now)
-        out: list[MessageRecord] = []
         with self.db.write() as s:
+            due = select(MessageRow).where(
+                MessageRow.device_id == device_id,
+                MessageRow.state == int(State.PENDING),
+                col(MessageRow.valid_until) <= now,
+            )
+            for row in s.exec(due):
+                self._transition(s, row, self._recipients_rows(s, row.id), State.EXPIRED, _EXPIRED_REASON, now)
             q = (
                 select(MessageRow)
                 .where(MessageRow.device_id == device_id, MessageRow.state == int(State.PENDING))
@@ -219,15 +227,10 @@ class MessageRepository:
             rows = list(s.exec(q))
             recipients = self._recipients_rows_many(s, [r.id for r in rows])
             for row in rows:
-                rs = recipients[row.id]
-                if row.valid_until is not None and row.valid_until <= now:
-                    self._transition(s, row, rs, State.EXPIRED, "valid_until passed before a phone accepted it", now)
-                    continue
-                self._transition(s, row, rs, State.DISPATCHED, "", now)
+                self._transition(s, row, recipients[row.id], State.DISPATCHED, "", now)
                 row.session_id = session_id
                 row.ever_dispatched = True
-                out.append(_record(row, rs))
-        return out
+            return [_record(row, recipients[row.id]) for row in rows]
 
     def apply_receipts(self, device_id: str, receipts: Sequence[ReceiptUpdate], now: datetime) -> int:
         """Apply a phone's receipts, forward only; stale, repeated or foreign ones change nothing.
@@ -317,10 +320,7 @@ class MessageRepository:
             for row in s.exec(q):
                 if State(row.state) == State.DISPATCHED and row.device_id:
                     devices.add(row.device_id)
-                self._transition(
-                    s, row, self._recipients_rows(s, row.id), State.EXPIRED,
-                    "valid_until passed before a phone accepted it", now,
-                )
+                self._transition(s, row, self._recipients_rows(s, row.id), State.EXPIRED, _EXPIRED_REASON, now)
         return devices
 
     # ---- internals ---------------------------------------------------------------
