@@ -141,7 +141,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
-    db.create_all()
+    db.migrate()
     devices = DeviceRepository(db)
     devices.mark_all_offline()
     token_path, created = ensure_admin_token(devices, data_dir)

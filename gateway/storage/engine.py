@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
@@ -46,7 +48,13 @@ class Database:
         self._write_lock = threading.Lock()
 
     def create_all(self) -> None:
+        """Tables straight from the models, for tests that need no migration history."""
         SQLModel.metadata.create_all(self.engine)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (what `smsgw serve` runs at start)."""
+        with self.engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), "head")
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -66,6 +74,13 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _alembic_config(connection: Any) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    return config
 
 
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:
