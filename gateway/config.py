@@ -104,7 +104,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Defaults, then the YAML file, then `SMSGW_SECTION__KEY` variables, then `overrides` (CLI flags)."""
     tree: dict[str, Any] = {}
     if config_file is not None:
-        loaded = yaml.safe_load(config_file.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{config_file}: not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{config_file}: expected a mapping at the top level")
         tree = loaded
@@ -126,5 +129,9 @@ def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
         node = out
         for part in sections:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: SMSGW_{part.upper()} is set to a value but {part!r} is a section")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"{key}: {leaf!r} is a section; set its keys as {key}__KEY")
         node[leaf] = value
     return out

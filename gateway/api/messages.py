@@ -11,7 +11,7 @@ from smsgw.v1 import messages_pb2, messages_pb2_grpc
 
 from gateway.api.convert import event_to_pb, message_to_pb
 from gateway.api.interceptors import current_owner
-from gateway.api.validation import parse_send_request
+from gateway.api.validation import parse_send_request, timestamp_field
 from gateway.config import LimitsSettings
 from gateway.errors import InvalidArgument
 from gateway.messages.records import MessageFilter
@@ -52,11 +52,16 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
             raise InvalidArgument("state", "unknown state")
         before_id = _decode_token(request.page_token) if request.page_token else None
         limit = request.page_size or _PAGE_DEFAULT
+        bad: list[tuple[str, str]] = []
+        after = timestamp_field(request.created_after, "created_after", bad) if request.HasField("created_after") else None
+        before = timestamp_field(request.created_before, "created_before", bad) if request.HasField("created_before") else None
+        if bad:
+            raise InvalidArgument(*bad[0], *bad[1:])
         flt = MessageFilter(
             state=State(request.state) if request.state else None,
             device_id=request.device_id,
-            created_after=request.created_after.ToDatetime() if request.HasField("created_after") else None,
-            created_before=request.created_before.ToDatetime() if request.HasField("created_before") else None,
+            created_after=after,
+            created_before=before,
         )
         records = await self.service.list(current_owner(), flt, limit=limit, before_id=before_id)
         token = _encode_token(records[-1].id) if len(records) == limit else ""

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import phonenumbers
+from google.protobuf.timestamp_pb2 import Timestamp
 from smsgw.v1 import messages_pb2
 
 from gateway.config import LimitsSettings
@@ -15,7 +16,7 @@ from gateway.errors import InvalidArgument
 from gateway.messages.records import NewMessage
 from gateway.messages.segments import Encoding, count_segments
 
-__all__ = ["parse_send_request", "check_e164"]
+__all__ = ["parse_send_request", "check_e164", "timestamp_field"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
@@ -99,8 +100,10 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         else:
             valid_until = now + timedelta(seconds=req.ttl)
     elif expiry == "valid_until":
-        valid_until = req.valid_until.ToDatetime(tzinfo=UTC)
-        if valid_until <= now:
+        valid_until = timestamp_field(req.valid_until, "valid_until", bad)
+        if valid_until is None:
+            pass
+        elif valid_until <= now:
             bad.append(("valid_until", "must be in the future"))
         elif valid_until > now + timedelta(seconds=limits.max_ttl_seconds):
             bad.append(("valid_until", f"at most {limits.max_ttl_seconds} seconds ahead"))
@@ -131,6 +134,15 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         parts=parts,
         encoding=str(encoding),
     )
+
+
+def timestamp_field(ts: Timestamp, field: str, bad: list[tuple[str, str]]) -> datetime | None:
+    """An aware datetime, or None after recording why `ts` is not a valid timestamp."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        bad.append((field, "not a valid timestamp (years 1..9999, nanos 0..999999999)"))
+        return None
 
 
 def _content_hash(req: messages_pb2.SendMessageRequest) -> str:

@@ -100,3 +100,31 @@ def test_health_and_reflection(shared_server: ServerProcess) -> None:
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert {"smsgw.v1.MessageService", "smsgw.v1.DeviceService", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (
+            messages_pb2.SendMessageRequest(
+                phone_numbers=["+15551234567"], text_message=messages_pb2.TextMessage(text="x"),
+                valid_until={"seconds": 253402300800},
+            ),
+            "valid_until",
+        ),
+        (messages_pb2.ListMessagesRequest(created_after={"nanos": -1}), "created_after"),
+    ],
+)
+def test_out_of_range_timestamps_are_invalid_argument(
+    shared_server: ServerProcess, request_: object, field: str
+) -> None:
+    from smsgw_client import from_rpc_error
+
+    with grpc.insecure_channel(shared_server.grpc_target) as channel:
+        stub = messages_pb2_grpc.MessageServiceStub(channel)
+        call = stub.SendMessage if isinstance(request_, messages_pb2.SendMessageRequest) else stub.ListMessages
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request_, metadata=[("authorization", f"Bearer {shared_server.token}")], timeout=10)
+        error = from_rpc_error(caught.value)
+        assert isinstance(error, InvalidArgument)
+        assert [f for f, _ in error.field_violations] == [field]
