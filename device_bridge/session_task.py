@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -157,6 +158,7 @@ class _Session:
             server_time=now,
             credentials=credentials,
         )
+        await self.drop_if_final(hello.held_message_ids)
         await self.flush()
         self.ctx.bus.notify_events()
         self.log.info("= session open for device %s (window %d)", identity.device_id, self.proto.window)
@@ -179,10 +181,25 @@ class _Session:
             device_id = self.handle.device_id
             changed = await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, _now())
             self.proto.send_ack([r.event_id for r in receipts])
+            await self.drop_if_final([r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED])
             await self.flush()
             if changed:
                 self.ctx.bus.notify_events()
             self.handle.wake()  # receipts free window slots
+
+    async def drop_if_final(self, message_ids: Sequence[str]) -> None:
+        """Drop messages the phone says it holds that were cancelled or expired meanwhile.
+
+        A phone can hold a message the server still counts as unaccepted (its ACCEPTED
+        receipt was lost with the session, or crossed a cancel); without this Drop it
+        would send an SMS the client saw CANCELLED.
+        """
+        if not message_ids:
+            return
+        finals = await trio.to_thread.run_sync(self.ctx.messages.final_states, message_ids)
+        for message_id, state in finals.items():
+            self.proto.send_drop(message_id, state.name.lower())
+            self.ctx.metrics.drops.inc()
 
     async def keepalive(self) -> None:
         """Ping every `ping_interval`; no pong within `ping_timeout` ends the session at once.

@@ -150,4 +150,6 @@ def _content_hash(req: messages_pb2.SendMessageRequest) -> str:
     copy = messages_pb2.SendMessageRequest()
     copy.CopyFrom(req)
     copy.ClearField("idempotency_key")
+    if not copy.HasField("with_delivery_report"):
+        copy.with_delivery_report = True  # the default, spelled out: unset and true are one request
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()

@@ -151,3 +151,26 @@ def _take(stream, n: int) -> list:  # type: ignore[no-untyped-def]
             break
     stream.close()
     return out
+
+
+def test_message_cancelled_while_its_phone_was_away_is_dropped_on_reconnect(server: ServerProcess) -> None:
+    """The phone took it but its ACCEPTED receipt died with the session; the client then
+    cancels. On reconnect the phone lists it as held: the bridge must say Drop."""
+    from device_bridge.protocol import DeviceSession, Side, SimInfo
+
+    phone, creds = pair_raw(server.grpc_target, server.token, server.device_url, window=4)
+    with Client(server.grpc_target, server.token) as client:
+        mid = client.send_message(["+15551234567"], "taken, receipt lost", device_id=creds.device_id).id
+        assert phone.next_deliver().delivery.message_id == mid
+        phone.ws.close()  # before its ACCEPTED receipt could go out
+        _wait_state(client, mid, common_pb2.PENDING)
+        assert client.cancel_message(mid).state == common_pb2.CANCELLED
+        again = RawPhone.__new__(RawPhone)
+        again.ws, again._pending, again._event_id = open_raw(server.device_url, f"Bearer {creds.token}"), [], 0
+        again.proto = DeviceSession(Side.PHONE, Encoding.PROTO, window=4)
+        again.proto.send_hello(app_version="raw/1", sims=[SimInfo(1)], held_message_ids=[mid])
+        again.flush()
+        again.next_event()  # Welcome
+        drop = again.next_event()
+        assert isinstance(drop, DropReceived) and drop.message_id == mid and drop.reason == "cancelled"
+        assert client.get_message(mid).state == common_pb2.CANCELLED

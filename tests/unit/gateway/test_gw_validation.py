@@ -364,3 +364,23 @@ def test_parse_send_request_raises_only_invalid_argument(req: messages_pb2.SendM
     assert len(set(new.phone_numbers)) == len(new.phone_numbers)
     if new.valid_until is not None:
         assert NOW < new.valid_until <= NOW + timedelta(seconds=LIMITS.max_ttl_seconds)
+
+
+def test_unset_delivery_report_hashes_like_an_explicit_true() -> None:
+    """The default spelled out is the same request: a retry must not get ALREADY_EXISTS."""
+    from datetime import UTC, datetime
+
+    from smsgw.v1 import messages_pb2
+
+    from gateway.api.validation import parse_send_request
+    from gateway.config import LimitsSettings
+
+    def request(**extra: object) -> messages_pb2.SendMessageRequest:
+        return messages_pb2.SendMessageRequest(
+            phone_numbers=["+15551234567"], text_message=messages_pb2.TextMessage(text="x"), **extra
+        )
+
+    now = datetime.now(UTC)
+    unset = parse_send_request(request(), LimitsSettings(), now).content_hash
+    assert parse_send_request(request(with_delivery_report=True), LimitsSettings(), now).content_hash == unset
+    assert parse_send_request(request(with_delivery_report=False), LimitsSettings(), now).content_hash != unset
