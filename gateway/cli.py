@@ -7,7 +7,6 @@ message ends FAILED / EXPIRED / CANCELLED, 2 on usage or connection errors.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

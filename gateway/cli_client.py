@@ -30,7 +30,9 @@ def _token(args: argparse.Namespace) -> str:
     try:
         return path.read_text().strip()
     except OSError as exc:
-        raise SystemExit(_usage(f"cannot read token file {path}: {exc.strerror}; pass --token-file or set SMSGW_TOKEN"))
+        raise SystemExit(
+            _usage(f"cannot read token file {path}: {exc.strerror}; pass --token-file or set SMSGW_TOKEN")
+        ) from None
 
 
 def _usage(message: str) -> int:

@@ -38,7 +38,7 @@ def check_history(history: dict[tuple[str, int], list[int]], sent: Counter[tuple
     sent by the modems more or less than once."""
     problems = []
     for key, states in history.items():
-        for old, new in zip(states, states[1:]):
+        for old, new in zip(states, states[1:], strict=False):
             if not may_move(State(old), State(new)):
                 problems.append(f"{key}: {State(old).name} -> {State(new).name}")
         if states.count(common_pb2.DELIVERED) != 1:
