@@ -134,10 +134,14 @@ class DeviceRepository:
     def list(self, owner_id: str) -> list[DeviceRecord]:
         with self.db.read() as s:
             rows = list(s.exec(select(Device).where(Device.owner_id == owner_id, Device.revoked == False).order_by(col(Device.created_at))))  # noqa: E712
+            # By device and state, so the count reads ix_message_dispatch, not the owner's history.
             pending = dict(
                 s.exec(
                     select(MessageRow.device_id, func.count())
-                    .where(MessageRow.owner_id == owner_id, col(MessageRow.state).in_([int(x) for x in UNACCEPTED_STATES]))
+                    .where(
+                        col(MessageRow.device_id).in_([r.id for r in rows]),
+                        col(MessageRow.state).in_([int(x) for x in UNACCEPTED_STATES]),
+                    )
                     .group_by(MessageRow.device_id)
                 ).all()
             )

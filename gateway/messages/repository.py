@@ -125,22 +125,23 @@ class MessageRepository:
             return [_record(r, recipients[r.id]) for r in rows]
 
     def cancel(self, owner_id: str, message_id: str, now: datetime) -> tuple[MessageRecord, str | None]:
-        """Cancel a message no phone has accepted. Returns it and the device to tell (Drop)."""
+        """Cancel a message while no recipient is held by a phone. Returns it and the device
+        to wake (it Drops the message if in flight); None when no phone ever got it."""
         now = to_utc(now)
         with self.db.write() as s:
             row = s.get(MessageRow, message_id)
             if row is None or row.owner_id != owner_id:
                 raise NotFound(f"message {message_id} not found")
-            if State(row.state) == State.CANCELLED:
-                return _record(row, self._recipients_rows(s, row.id)), None
-            if State(row.state) not in UNACCEPTED_STATES:
-                raise FailedPrecondition(
-                    f"message {message_id} is {State(row.state).name}: a phone already accepted it"
-                )
-            was_dispatched = State(row.state) == State.DISPATCHED
             recipients = self._recipients_rows(s, row.id)
-            self._transition(s, row, recipients, State.CANCELLED, "cancelled by client", now)
-            return _record(row, recipients), row.device_id if was_dispatched else None
+            if State(row.state) != State.CANCELLED:
+                held = [r for r in recipients if State(r.state) not in UNACCEPTED_STATES]
+                if held:
+                    raise FailedPrecondition(
+                        f"message {message_id} cannot be cancelled: recipient {held[0].idx} is "
+                        f"{State(held[0].state).name}"
+                    )
+                self._transition(s, row, recipients, State.CANCELLED, "cancelled by client", now)
+            return _record(row, recipients), row.device_id if row.ever_dispatched else None
 
     def events_after(
         self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = ()
@@ -196,10 +197,14 @@ class MessageRepository:
             for row in s.exec(stale):
                 self._transition(s, row, self._recipients_rows(s, row.id), State.PENDING, "session_lost", now)
                 row.session_id = ""
+            # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
+            # never-dispatched ones routed to a device that is offline now.
+            offline = select(Device.id).where(Device.owner_id == owner_id, Device.session_id == "", Device.id != device_id)
             s.exec(
                 update(MessageRow)
-                .where(col(MessageRow.device_id).is_(None), MessageRow.owner_id == owner_id)
-                .where(MessageRow.state == int(State.PENDING))
+                .where(MessageRow.owner_id == owner_id, MessageRow.state == int(State.PENDING))
+                .where(MessageRow.pinned == False, MessageRow.ever_dispatched == False)  # noqa: E712
+                .where(col(MessageRow.device_id).is_(None) | col(MessageRow.device_id).in_(offline))
                 .values(device_id=device_id)
             )
 
@@ -252,14 +257,17 @@ class MessageRepository:
                     log.warning("receipt for a message not routed to this device ignored")
                     continue
                 rs = recipients[row.id]
+                # Any receipt means the phone holds the message: the recipients not yet
+                # accepted are now (so a cancel cannot claim an SMS that is on its way).
+                changed += self._transition(s, row, rs, State.ACCEPTED, "", now)
                 if receipt.state == State.ACCEPTED:
-                    targets = rs
-                elif receipt.recipient_index < len(rs):
-                    targets = [rs[receipt.recipient_index]]
+                    continue
+                if receipt.recipient_index < len(rs):
+                    changed += self._transition(
+                        s, row, rs, receipt.state, receipt.error, now, only=[rs[receipt.recipient_index]]
+                    )
                 else:
                     log.warning("receipt names recipient %d of %d; ignored", receipt.recipient_index, len(rs))
-                    continue
-                changed += self._transition(s, row, rs, receipt.state, receipt.error, now, only=targets)
         return changed
 
     def close_session(self, device_id: str, session_id: str, now: datetime) -> None:
@@ -295,33 +303,37 @@ class MessageRepository:
             )
             return {target} if result.rowcount else set()
 
-    def final_states(self, message_ids: Iterable[str]) -> dict[str, State]:
-        """Which of these messages are CANCELLED or EXPIRED (the phone must drop them)."""
+    def final_states(self, device_id: str, message_ids: Iterable[str]) -> dict[str, State]:
+        """Which of these messages of the device are CANCELLED or EXPIRED (the phone must drop them)."""
         ids = list(message_ids)
         if not ids:
             return {}
         with self.db.read() as s:
             q = select(MessageRow.id, MessageRow.state).where(
                 col(MessageRow.id).in_(ids),
+                MessageRow.device_id == device_id,
                 col(MessageRow.state).in_([int(State.CANCELLED), int(State.EXPIRED)]),
             )
             return {mid: State(st) for mid, st in s.exec(q)}
 
-    def expire_due(self, now: datetime, *, limit: int = 500) -> set[str]:
-        """Expire unaccepted messages past valid_until; returns devices that must drop some."""
+    def expire_due(self, now: datetime, *, batch: int = 500) -> set[str]:
+        """Expire unaccepted messages past valid_until; returns the devices to wake (Drop)."""
         now = to_utc(now)
         devices: set[str] = set()
-        with self.db.write() as s:
-            q = (
-                select(MessageRow)
-                .where(col(MessageRow.state).in_(_UNACCEPTED), col(MessageRow.valid_until) <= now)
-                .limit(limit)
-            )
-            for row in s.exec(q):
-                if State(row.state) == State.DISPATCHED and row.device_id:
-                    devices.add(row.device_id)
-                self._transition(s, row, self._recipients_rows(s, row.id), State.EXPIRED, _EXPIRED_REASON, now)
-        return devices
+        while True:
+            with self.db.write() as s:
+                q = (
+                    select(MessageRow)
+                    .where(col(MessageRow.state).in_(_UNACCEPTED), col(MessageRow.valid_until) <= now)
+                    .limit(batch)
+                )
+                rows = list(s.exec(q))
+                for row in rows:
+                    if row.ever_dispatched and row.device_id:
+                        devices.add(row.device_id)
+                    self._transition(s, row, self._recipients_rows(s, row.id), State.EXPIRED, _EXPIRED_REASON, now)
+            if len(rows) < batch:
+                return devices
 
     # ---- internals ---------------------------------------------------------------
 

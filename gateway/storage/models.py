@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 __all__ = ["Owner", "ApiToken", "Device", "PairingCode", "MessageRow", "RecipientRow", "EventRow"]
@@ -58,8 +58,10 @@ class MessageRow(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (
         UniqueConstraint("owner_id", "idempotency_key", name="uq_message_owner_key"),
-        # "next pending for a device", in priority-then-FIFO order.
-        Index("ix_message_dispatch", "device_id", "state", "priority", "id"),
+        # "next pending for a device", in priority-then-FIFO order, straight off the index.
+        Index("ix_message_dispatch", "device_id", "state", text("priority DESC"), "id"),
+        # The expiry sweep: unaccepted messages with a deadline.
+        Index("ix_message_expiry", "state", "valid_until"),
         Index("ix_message_owner_id", "owner_id", "id"),
     )
     id: str = Field(primary_key=True)  # ULID: sortable by creation
@@ -78,7 +80,7 @@ class MessageRow(SQLModel, table=True):
     priority: int = 0
     valid_until: datetime | None = None
     with_delivery_report: bool = True
-    state: int = Field(index=True)
+    state: int
     parts: int = 1
     encoding: str = "GSM_7"
     created_at: datetime

@@ -15,6 +15,8 @@ receipts, session drops, stale closes, cancels and expiry. After every step:
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import random
 import shutil
@@ -377,10 +379,11 @@ class RepositoryMachine(RuleBasedStateMachine):
             record, device = self.repo.cancel(self.owner, mid, now)
             assert record.state == C
             assert all(r.state == C for r in record.recipients)
-            assert device == (before.device_id if before.state == D else None)
+            # The device is named whenever a phone may hold the message (it gets a Drop).
+            assert device == (before.device_id if before.ever_dispatched else None)
         elif before.state == C:
             record, device = self.repo.cancel(self.owner, mid, now)
-            assert (record.state, device) == (C, None)
+            assert (record.state, device) == (C, before.device_id if before.ever_dispatched else None)
         else:
             with pytest.raises(FailedPrecondition):
                 self.repo.cancel(self.owner, mid, now)
@@ -391,7 +394,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         before = self.snaps()
         due = {m.id for m in before.values() if m.state in (P, D) and m.valid_until is not None and m.valid_until <= self.now}
         devices = self.repo.expire_due(self.now)
-        assert devices == {before[m].device_id for m in due if before[m].state == D}
+        assert devices == {before[m].device_id for m in due if before[m].ever_dispatched}
         after = self.snaps()
         for mid, m in after.items():
             if mid in due:
@@ -431,6 +434,13 @@ class RepositoryMachine(RuleBasedStateMachine):
             elif m.device_id == device and m.state == D:
                 # Dispatched on an older session and not held: back to PENDING, re-sendable.
                 assert after[mid].state == P, (mid, m, after[mid])
+            elif (
+                m.state == P and not m.pinned and not m.ever_dispatched and m.device_id != device
+                and (m.device_id is None or self.session[m.device_id] is None)
+            ):
+                # Waiting for no phone in particular (unrouted, or routed to an offline phone
+                # that never got it): the phone that connects adopts it.
+                assert after[mid] == dataclasses.replace(m, device_id=device), (mid, m, after[mid])
             else:
                 assert after[mid] == m
 
@@ -905,17 +915,16 @@ def test_expire_due_only_moves_unaccepted_past_valid_until(world: World) -> None
     assert world.state(accepted.id) == A
     assert world.state(future.id) == P
     assert world.state(forever.id) == P
-    assert repo.final_states([dispatched.id, accepted.id, future.id]) == {dispatched.id: E}
+    assert repo.final_states(dev, [dispatched.id, accepted.id, future.id]) == {dispatched.id: E}
+    assert repo.final_states("other-device", [dispatched.id]) == {}  # scoped to the device
     assert repo.expire_due(soon) == set()  # nothing left to do
 
 
-def test_expire_due_respects_limit(world: World) -> None:
+def test_expire_due_drains_every_due_message_in_batches(world: World) -> None:
     repo, owner = world.repo, world.owner
     ids = [repo.create(owner, new_message(valid_until=T0 + timedelta(seconds=1)), T0)[0].id for _ in range(5)]
     later = T0 + timedelta(minutes=1)
-    repo.expire_due(later, limit=2)
-    assert sorted(world.state(i) for i in ids) == [P, P, P, E, E]
-    repo.expire_due(later, limit=10)
+    repo.expire_due(later, batch=2)  # three transactions of at most 2 rows
     assert {world.state(i) for i in ids} == {E}
 
 
@@ -937,12 +946,24 @@ def test_reroute_from_never_moves_dispatched_or_pinned(world: World) -> None:
     assert repo.reroute_from(owner, d0) == set()
     assert {repo.get(owner, m.id).device_id for m in [pinned, was_dispatched, *free]} == {d0}
 
+    # d1 connecting adopts what waits on the offline d0 and was never dispatched there.
     world.online(d1, "s2")
-    assert repo.reroute_from(owner, d0) == {d1}
     assert repo.get(owner, pinned.id).device_id == d0
     assert repo.get(owner, was_dispatched.id).device_id == d0
     assert {repo.get(owner, m.id).device_id for m in free} == {d1}
     assert repo.reroute_from(owner, d0) == set()  # nothing left to move
+
+    # reroute_from itself: d0 goes offline while d1 is online -> its free messages move.
+    world.online(d0, "s3")
+    more = repo.create(owner, new_message(device_id=""), T0)[0]
+    if more.device_id != d0:  # least-loaded routing may pick d0 or d1
+        more = repo.create(owner, new_message(device_id=""), T0)[0]
+    assert more.device_id == d0
+    repo.close_session(d0, "s3", T0)
+    assert world.devices.set_offline(d0, "s3", T0)
+    assert repo.reroute_from(owner, d0) == {d1}
+    assert repo.get(owner, more.id).device_id == d1
+    assert repo.get(owner, pinned.id).device_id == d0
 
 
 def test_events_after_cursor_and_filter(world: World) -> None:

@@ -107,9 +107,8 @@ def upgrade() -> None:
     sa.UniqueConstraint('owner_id', 'idempotency_key', name='uq_message_owner_key')
     )
     with op.batch_alter_table('message', schema=None) as batch_op:
-        batch_op.create_index('ix_message_dispatch', ['device_id', 'state', 'priority', 'id'], unique=False)
+        batch_op.create_index('ix_message_expiry', ['state', 'valid_until'], unique=False)
         batch_op.create_index('ix_message_owner_id', ['owner_id', 'id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_message_state'), ['state'], unique=False)
 
     op.create_table('recipient',
     sa.Column('message_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -126,9 +125,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('recipient')
     with op.batch_alter_table('message', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_message_state'))
         batch_op.drop_index('ix_message_owner_id')
-        batch_op.drop_index('ix_message_dispatch')
+        batch_op.drop_index('ix_message_expiry')
 
     op.drop_table('message')
     with op.batch_alter_table('pairing_code', schema=None) as batch_op:
