@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
 from gateway.storage.engine import Database
@@ -18,9 +19,21 @@ from gateway.storage.engine import Database
 PG_ADMIN = os.environ.get("SMSGW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# Expression indexes (priority DESC) do not round-trip through reflection; the migration
+# writes this one by hand and the tests check it by name instead.
+_HAND_WRITTEN = {"ix_message_dispatch"}
+
+
 def _diff(db: Database) -> list[object]:
+    def include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+        return not (type_ == "index" and name in _HAND_WRITTEN)
+
     with db.engine.connect() as connection:
-        return list(compare_metadata(MigrationContext.configure(connection), SQLModel.metadata))
+        context = MigrationContext.configure(connection, opts={"include_object": include})
+        diff = list(compare_metadata(context, SQLModel.metadata))
+    indexes = {i["name"] for i in inspect(db.engine).get_indexes("message")}
+    assert _HAND_WRITTEN <= indexes
+    return diff
 
 
 def test_sqlite_migrations_match_models_and_rerun_is_a_no_op(tmp_path: Path) -> None:

@@ -108,6 +108,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.create_index('ix_message_expiry', ['state', 'valid_until'], unique=False)
+        # Written by hand: autogenerate skips expression (DESC) indexes.
+        batch_op.create_index('ix_message_dispatch', ['device_id', 'state', sa.text('priority DESC'), 'id'], unique=False)
         batch_op.create_index('ix_message_owner_id', ['owner_id', 'id'], unique=False)
 
     op.create_table('recipient',
@@ -126,6 +128,7 @@ def downgrade() -> None:
     op.drop_table('recipient')
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.drop_index('ix_message_owner_id')
+        batch_op.drop_index('ix_message_dispatch')
         batch_op.drop_index('ix_message_expiry')
 
     op.drop_table('message')
