@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -42,6 +44,17 @@ class SessionHandle:
 class SessionRegistry:
     def __init__(self) -> None:
         self._by_device: dict[str, SessionHandle] = {}
+        # Held only while a session of that device is being opened; dropped when unused.
+        self._opening: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
+
+    @asynccontextmanager
+    async def opening(self, device_id: str) -> AsyncIterator[None]:
+        """Serialise the opening of sessions of one device."""
+        lock = self._opening.get(device_id)
+        if lock is None:
+            lock = self._opening[device_id] = trio.Lock()
+        async with lock:
+            yield
 
     def register(self, handle: SessionHandle) -> SessionHandle | None:
         """Make `handle` the device's session; returns the one it replaces."""

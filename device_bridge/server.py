@@ -8,7 +8,8 @@ write `bridge = await nursery.start(serve, ...)` and read `bridge.port`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 
@@ -35,7 +36,6 @@ class BridgeServer:
     server: Server
     port: int
     ctx: BridgeContext
-    _admissions: dict[object, Admission] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         """Stop listening, close sessions with 1012; their cleanup requeues unaccepted messages."""
@@ -58,7 +58,9 @@ async def serve(
     task_status: trio.TaskStatus[BridgeServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve phone sessions until cancelled (the caller calls `aclose()` first to drain)."""
-    admissions: dict[object, Admission] = {}
+    # Keyed by the connection object and held weakly: an upgrade that websockets refuses
+    # after process_request (bad handshake headers, timeout) leaves nothing behind.
+    admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = weakref.WeakKeyDictionary()
 
     async def process_request(ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -72,11 +74,11 @@ async def serve(
         if admission is None:
             ctx.metrics.handshakes.labels("bad_credentials").inc()
             return _refuse(ws, HTTPStatus.UNAUTHORIZED, "bad or missing device credentials")
-        admissions[ws.id] = admission
+        admissions[ws] = admission
         return None
 
     async def handler(ws: ServerConnection) -> None:
-        admission = admissions.pop(ws.id)
+        admission = admissions.pop(ws)
         await run_session(ctx, ws, admission)
 
     settings = ctx.settings
@@ -101,7 +103,7 @@ async def serve(
         )
         bound = server.listeners[0].socket.getsockname()[1]
         ctx.bus.attach_bridge(ctx.registry.wake)
-        task_status.started(BridgeServer(server, bound, ctx, admissions))
+        task_status.started(BridgeServer(server, bound, ctx))
 
 
 async def _admit(ctx: BridgeContext, headers: Headers) -> Admission | None:

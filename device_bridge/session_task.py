@@ -29,6 +29,7 @@ from device_bridge.protocol import (
     ReceiptReceived,
     ReceiptState,
     RemoteProtocolError,
+    SessionState,
     Side,
 )
 from device_bridge.registry import SessionHandle, SessionRegistry
@@ -134,24 +135,28 @@ class _Session:
         return identity, hello, credentials
 
     async def open(self, identity: DeviceIdentity, hello: HelloReceived, credentials: Credentials | None) -> SessionHandle:
+        """Presence, requeue and registration, one session of a device at a time: two
+        overlapping handshakes of one phone are ordered, so the registry and the database
+        agree on which session is current (the later one)."""
         session_id = uuid.uuid4().hex
         sims = tuple(SimRecord(s.slot, s.operator_name, s.country_iso) for s in hello.sims)
-        now = _now()
-        await trio.to_thread.run_sync(
-            lambda: self.ctx.devices.set_online(
-                identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now
-            )
-        )
-        await trio.to_thread.run_sync(
-            lambda: self.ctx.messages.open_session(
-                identity.owner_id, identity.device_id, session_id, hello.held_message_ids, now
-            )
-        )
         handle = SessionHandle(identity.device_id, identity.owner_id, session_id)
-        old = self.ctx.registry.register(handle)
+        async with self.ctx.registry.opening(identity.device_id):
+            self.handle = handle  # from here on close_out() cleans up, even if the rest fails
+            now = _now()
+            await trio.to_thread.run_sync(
+                lambda: self.ctx.devices.set_online(
+                    identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now
+                )
+            )
+            await trio.to_thread.run_sync(
+                lambda: self.ctx.messages.open_session(
+                    identity.owner_id, identity.device_id, session_id, hello.held_message_ids, now
+                )
+            )
+            old = self.ctx.registry.register(handle)
         if old is not None:
             old.replace()
-        self.handle = handle
         self.proto.send_welcome(
             identity.device_id,
             ping_interval=int(self.ctx.settings.ping_interval),
@@ -196,7 +201,10 @@ class _Session:
         """
         if not message_ids:
             return
-        finals = await trio.to_thread.run_sync(self.ctx.messages.final_states, message_ids)
+        assert self.handle is not None
+        finals = await trio.to_thread.run_sync(self.ctx.messages.final_states, self.handle.device_id, message_ids)
+        if not self.open_now():
+            return
         for message_id, state in finals.items():
             self.proto.send_drop(message_id, state.name.lower())
             self.ctx.metrics.drops.inc()
@@ -218,6 +226,10 @@ class _Session:
             if scope.cancelled_caught:
                 raise _Aborted(1011, "keepalive ping timeout")
 
+    def open_now(self) -> bool:
+        """Still OPEN after an await? (The reader may have ended the session meanwhile.)"""
+        return self.proto.state is SessionState.OPEN
+
     async def dispatch(self) -> None:
         """On each wake-up: Drop what was cancelled/expired, then fill the window."""
         assert self.handle is not None
@@ -225,7 +237,11 @@ class _Session:
         while True:
             await handle.wait_woken()
             if self.proto.in_flight:
-                finals = await trio.to_thread.run_sync(self.ctx.messages.final_states, self.proto.in_flight)
+                finals = await trio.to_thread.run_sync(
+                    self.ctx.messages.final_states, handle.device_id, self.proto.in_flight
+                )
+                if not self.open_now():
+                    return
                 for message_id, state in finals.items():
                     if message_id in self.proto.in_flight:
                         self.proto.send_drop(message_id, state.name.lower())
@@ -235,11 +251,12 @@ class _Session:
                 records = await trio.to_thread.run_sync(
                     self.ctx.messages.dispatch, handle.device_id, handle.session_id, room, _now()
                 )
+                if not self.open_now():
+                    return  # claimed rows stay DISPATCHED on this session; close_out requeues them
                 for record in records:
                     self.proto.send_deliver(_delivery(record))
                 self.ctx.metrics.delivers.inc(len(records))
-                if records:
-                    self.ctx.bus.notify_events()
+                self.ctx.bus.notify_events()  # DISPATCHED, and any EXPIRED found on the way
             await self.flush()
 
     async def close_out(self) -> None:
@@ -247,16 +264,20 @@ class _Session:
         handle = self.handle
         if handle is None:
             return
-        now = _now()
         ctx = self.ctx
         last = ctx.registry.unregister(handle)
-        await trio.to_thread.run_sync(ctx.messages.close_session, handle.device_id, handle.session_id, now)
-        offline = await trio.to_thread.run_sync(ctx.devices.set_offline, handle.device_id, handle.session_id, now)
-        rerouted: set[str] = set()
-        if last and offline:
-            rerouted = await trio.to_thread.run_sync(ctx.messages.reroute_from, handle.owner_id, handle.device_id)
-        ctx.bus.notify_events()
-        ctx.bus.notify_work({handle.device_id, *rerouted} if not last else rerouted)
+
+        def clean_up() -> set[str]:
+            # One worker call: a shutdown deadline cannot cut it between the steps.
+            now = _now()
+            ctx.messages.close_session(handle.device_id, handle.session_id, now)
+            offline = ctx.devices.set_offline(handle.device_id, handle.session_id, now)
+            rerouted = ctx.messages.reroute_from(handle.owner_id, handle.device_id) if last and offline else set()
+            ctx.bus.notify_events()
+            ctx.bus.notify_work(rerouted if last else {handle.device_id, *rerouted})
+            return rerouted
+
+        await trio.to_thread.run_sync(clean_up, abandon_on_cancel=False)
 
 
 async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admission) -> None:

@@ -94,7 +94,7 @@ class _GatewayThread:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        feed = EventFeed()
+        self.feed = feed = EventFeed()
         self.bus.attach_gateway(feed.notify)
         devices_repo = DeviceRepository(self.db)
         messages = MessageService(MessageRepository(self.db), self.bus, self.metrics)
@@ -120,8 +120,20 @@ class _GatewayThread:
         self.thread.start()
         self.started.wait()
         if self.error is not None or self.grpc is None:
-            raise RuntimeError(f"gRPC server failed to start: {self.error}") from self.error
+            raise OSError(f"gRPC server failed to start: {self.error}") from self.error
         return self.grpc.port
+
+    def begin_shutdown(self) -> None:
+        """First step of a graceful stop (RELIABILITY 24): health NOT_SERVING for good, and
+        WatchMessages streams end (clients resume from their cursor elsewhere)."""
+
+        async def begin() -> None:
+            assert self.grpc is not None
+            await self.grpc.health.enter_graceful_shutdown()
+            self.feed.close()
+
+        if self.grpc is not None and not self.loop.is_closed():
+            asyncio.run_coroutine_threadsafe(begin(), self.loop).result(timeout=5)
 
     def stop(self) -> None:
         if self._stop is not None and not self.loop.is_closed():
@@ -164,7 +176,12 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     bridge_host, bridge_port = split_hostport(settings.bridge.listen)
     try:
         async with trio.open_nursery() as nursery:
-            bridge: BridgeServer = await nursery.start(serve_bridge, ctx, bridge_host, bridge_port)
+            try:
+                bridge: BridgeServer = await nursery.start(serve_bridge, ctx, bridge_host, bridge_port)
+            except* OSError as group:
+                first = group.exceptions[0]
+                reason = getattr(first, "strerror", None) or first
+                raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {reason}") from None
             endpoints = Endpoints(
                 grpc=f"{grpc_host}:{grpc_port}",
                 device=f"ws://{bridge_host}:{bridge.port}/device/v1",
@@ -177,6 +194,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 async for signum in signals:
                     announce(f"smsgw: {signal.Signals(signum).name}, shutting down")
                     break
+            await trio.to_thread.run_sync(gateway.begin_shutdown)
             with trio.move_on_after(settings.bridge.shutdown_grace):
                 await bridge.aclose()
             nursery.cancel_scope.cancel()

@@ -28,6 +28,13 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw", description="On-premise SMS gateway over your own phones.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -46,11 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     content = send.add_mutually_exclusive_group(required=True)
     content.add_argument("--text")
     content.add_argument("--data-hex", help="binary SMS payload as hex (needs --port)")
-    send.add_argument("--port", type=int, default=0, help="data SMS port")
+    send.add_argument("--port", type=_non_negative, default=0, help="data SMS port")
     send.add_argument("--device", default="", help="pin to this device id")
-    send.add_argument("--sim", type=int, default=0, help="SIM slot (1-based)")
+    send.add_argument("--sim", type=_non_negative, default=0, help="SIM slot (1-based)")
     send.add_argument("--priority", type=int, default=0)
-    send.add_argument("--ttl", type=int, help="seconds before it expires unsent")
+    send.add_argument("--ttl", type=_non_negative, help="seconds before it expires unsent")
     send.add_argument("--no-delivery-report", action="store_true")
     send.add_argument("--idempotency-key", help="retry-safe key (default: a new random one)")
     send.add_argument("--no-wait", action="store_true", help="print the message id and return at once")
@@ -94,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # websockets logs request headers (Authorization: device tokens, pairing codes) and
+    # frames (message bodies) at DEBUG: never let -v turn that on.
+    for name in ("websockets", "device_bridge.websockets"):
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -129,10 +140,21 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         trio.run(lambda: app.serve(settings, announce=lambda line: print(line, flush=True)))
-    except OSError as exc:
-        print(f"smsgw serve: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+    except* OSError as group:
+        # A port in use, a data directory that cannot be written: say so, no traceback.
+        for exc in _leaves(group):
+            print(f"smsgw serve: {exc}", file=sys.stderr)
+        failed = True
+    else:
+        failed = False
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The plain exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 if __name__ == "__main__":

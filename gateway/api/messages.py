@@ -22,6 +22,8 @@ __all__ = ["MessageServicer"]
 
 _PAGE_DEFAULT, _PAGE_MAX = 50, 500
 _WATCH_BATCH = 500
+_WATCH_MAX_IDS = 1000
+_MAX_EVENT_ID = 2**63 - 1  # event ids are SQL BIGINTs
 # Safety net only: watchers are woken by the bus; this bounds a missed wake-up.
 _WATCH_POLL = 1.0
 
@@ -76,18 +78,28 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
     ) -> AsyncIterator[messages_pb2.MessageEvent]:
         owner = current_owner()
         ids = list(request.message_ids)
+        if len(ids) > _WATCH_MAX_IDS:
+            raise InvalidArgument("message_ids", f"at most {_WATCH_MAX_IDS}; watch all and filter instead")
         if request.HasField("after_event_id"):
+            if request.after_event_id > _MAX_EVENT_ID:
+                raise InvalidArgument("after_event_id", "larger than any event id")
             cursor = request.after_event_id
         else:
             cursor = await self.service.last_event_id()
         # Runs for the life of the stream; ends when the client cancels or the server stops.
-        while True:
-            events = await self.service.events_after(owner, cursor, limit=_WATCH_BATCH, message_ids=ids)
+        while not self.feed.closed:
+            waiter = self.feed.waiter()
+            # Read up to the newest id known now; when the batch is not full, everything up
+            # to it was seen, so a filtered stream does not rescan non-matching events.
+            # (Event ids commit in order on SQLite, whose writes are serialised.)
+            bound = await self.service.last_event_id()
+            events = await self.service.events_after(owner, cursor, limit=_WATCH_BATCH, message_ids=ids, upto=bound)
             for e in events:
                 yield event_to_pb(e)
                 cursor = e.id
             if len(events) < _WATCH_BATCH:
-                await self.feed.wait(_WATCH_POLL)
+                cursor = max(cursor, bound)
+                await self.feed.wait(waiter, _WATCH_POLL)
 
 
 def _require_id(message_id: str) -> None:

@@ -71,6 +71,10 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
             parts, encoding = 0, Encoding.UCS_2
             if len(text) > _MAX_ENCRYPTED_CHARS:
                 bad.append(("text_message.text", f"encrypted text longer than {_MAX_ENCRYPTED_CHARS} characters"))
+        elif len(text) > limits.max_parts * 160:
+            # Longer than any text that fits (GSM-7 packs at most 160 characters a part);
+            # refused before counting, which walks the whole text.
+            bad.append(("text_message.text", f"longer than {limits.max_parts} SMS parts can carry"))
         else:
             count = count_segments(text)
             parts, encoding = count.parts, count.encoding

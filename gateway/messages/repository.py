@@ -144,8 +144,9 @@ class MessageRepository:
             return _record(row, recipients), row.device_id if row.ever_dispatched else None
 
     def events_after(
-        self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = ()
+        self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = (), upto: int | None = None
     ) -> list[EventRecord]:
+        """The owner's events with after_id < id (<= upto), oldest first."""
         with self.db.read() as s:
             q = (
                 select(EventRow, RecipientRow.phone_number)
@@ -155,6 +156,8 @@ class MessageRepository:
                 )
                 .where(EventRow.owner_id == owner_id, col(EventRow.id) > after_id)
             )
+            if upto is not None:
+                q = q.where(col(EventRow.id) <= upto)
             if message_ids:
                 q = q.where(col(EventRow.message_id).in_(message_ids))
             rows = s.exec(q.order_by(col(EventRow.id)).limit(limit)).all()

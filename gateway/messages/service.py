@@ -19,19 +19,34 @@ __all__ = ["MessageService", "EventFeed"]
 
 
 class EventFeed:
-    """Wakes WatchMessages streams when the bus says events were logged (asyncio side)."""
+    """Wakes WatchMessages streams when the bus says events were logged (asyncio side).
+
+    A stream takes `waiter()` *before* it reads the log and waits on it after, so a
+    notification that lands between the read and the wait is never missed.
+    """
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self.closed = False
 
     def notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        """Return on the next notification, or after `timeout` (a safety net, not the path)."""
+    def close(self) -> None:
+        """Server shutdown: wake every stream for good so it ends."""
+        self.closed = True
+        self._changed.set()
+
+    def waiter(self) -> asyncio.Event:
+        return self._changed
+
+    async def wait(self, waiter: asyncio.Event, timeout: float) -> None:
+        """Return on the next notification after `waiter` was taken, or after `timeout`."""
+        if self.closed:
+            return
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await asyncio.wait_for(waiter.wait(), timeout)
         except TimeoutError:
             pass
 
@@ -43,15 +58,21 @@ class MessageService:
         self.metrics = metrics
 
     async def send(self, owner_id: str, new: NewMessage) -> tuple[MessageRecord, bool]:
-        record, created = await asyncio.to_thread(self.repo.create, owner_id, new, utcnow())
+        return await asyncio.to_thread(self._send, owner_id, new)
+
+    def _send(self, owner_id: str, new: NewMessage) -> tuple[MessageRecord, bool]:
+        """Commit, then signal, in the same worker thread: if the RPC is cancelled while the
+        thread runs, the commit still happens and so must the wake-up. A replay (same key)
+        wakes the device too, in case the first attempt's signal was lost."""
+        record, created = self.repo.create(owner_id, new, utcnow())
         if created:
             self.metrics.messages_accepted.inc()
             self.metrics.recipients_accepted.inc(len(record.recipients))
             self.bus.notify_events()
-            if record.device_id:
-                self.bus.notify_work([record.device_id])
         else:
             self.metrics.idempotent_replays.inc()
+        if record.device_id:
+            self.bus.notify_work([record.device_id])
         return record, created
 
     async def get(self, owner_id: str, message_id: str) -> MessageRecord:
@@ -63,22 +84,31 @@ class MessageService:
         return await asyncio.to_thread(self.repo.list, owner_id, flt, limit=limit, before_id=before_id)
 
     async def cancel(self, owner_id: str, message_id: str) -> MessageRecord:
-        record, device = await asyncio.to_thread(self.repo.cancel, owner_id, message_id, utcnow())
+        return await asyncio.to_thread(self._cancel, owner_id, message_id)
+
+    def _cancel(self, owner_id: str, message_id: str) -> MessageRecord:
+        """Commit and signal in one worker thread (see `_send`); a repeated cancel re-signals."""
+        record, device = self.repo.cancel(owner_id, message_id, utcnow())
         self.bus.notify_events()
         if device:
-            self.bus.notify_work([device])  # the session sends Drop
+            self.bus.notify_work([device])  # its session Drops the message
         return record
 
     async def events_after(
-        self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = ()
+        self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = (), upto: int | None = None
     ) -> list[EventRecord]:
-        return await asyncio.to_thread(self.repo.events_after, owner_id, after_id, limit=limit, message_ids=message_ids)
+        return await asyncio.to_thread(
+            self.repo.events_after, owner_id, after_id, limit=limit, message_ids=message_ids, upto=upto
+        )
 
     async def last_event_id(self) -> int:
         return await asyncio.to_thread(self.repo.last_event_id)
 
     async def expire_due(self) -> None:
-        devices = await asyncio.to_thread(self.repo.expire_due, utcnow())
+        await asyncio.to_thread(self._expire_due)
+
+    def _expire_due(self) -> None:
+        devices = self.repo.expire_due(utcnow())
+        self.bus.notify_events()
         if devices:
-            self.bus.notify_events()
             self.bus.notify_work(devices)

@@ -42,7 +42,8 @@ class Database:
         else:
             kwargs["pool_size"] = 10
             kwargs["pool_pre_ping"] = True
-        self.engine: Engine = create_engine(url, **kwargs)
+        # hide_parameters: an error logged with its SQL must not carry bodies or numbers.
+        self.engine: Engine = create_engine(url, hide_parameters=True, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine, sqlite_synchronous)
         self._write_lock = threading.Lock()
