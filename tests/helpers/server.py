@@ -19,7 +19,8 @@ _START_TIMEOUT = 30.0
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        self.args = args
         self.data_dir = data_dir
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -52,7 +53,7 @@ class ServerProcess:
         grpc_listen, device_listen, metrics_listen = self._ports
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [SMSGW, "serve", "--data-dir", str(self.data_dir), "--grpc-listen", grpc_listen,
+            [SMSGW, *self.args, "serve", "--data-dir", str(self.data_dir), "--grpc-listen", grpc_listen,
              "--device-listen", device_listen, "--metrics-listen", metrics_listen],
             stdout=log, stderr=subprocess.STDOUT, env=self.env,
         )
