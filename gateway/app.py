@@ -8,6 +8,7 @@ bridge, to run it in the same process (docs/design.md, "Dependency direction").
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 
 def split_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT with a port 0..65535, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -151,7 +152,9 @@ class Endpoints:
 async def serve(settings: Settings, *, announce: Callable[[str], None] = print) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully (bridge first, then gRPC)."""
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.umask(0o077)  # the database holds message texts and numbers: owner-only files
+    lock = _lock_data_dir(data_dir)
     db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
     db.migrate()
     devices = DeviceRepository(db)
@@ -199,10 +202,23 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 await bridge.aclose()
             nursery.cancel_scope.cancel()
     finally:
+        (data_dir / "endpoints.json").unlink(missing_ok=True)
         await trio.to_thread.run_sync(gateway.stop)
         bus.detach_bridge()
         metrics_server.shutdown()
         db.close()
+        lock.close()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """One server per data directory: a second would share the database but not the phones."""
+    lock = open(data_dir / "smsgw.lock", "w")  # noqa: SIM115 — held for the server's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise OSError(f"another smsgw serve is using {data_dir}") from None
+    return lock
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

@@ -28,6 +28,15 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smsgw")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _non_negative(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -38,9 +47,11 @@ def _non_negative(value: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw", description="On-premise SMS gateway over your own phones.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"smsgw {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run gateway + device bridge + jobs in one process (SQLite)")
+    serve.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     serve.add_argument("--config", type=Path, help="YAML config file (see config.example.yml)")
     serve.add_argument("--data-dir", type=Path, help="database, admin.token, endpoints.json (default ./smsgw-data)")
     serve.add_argument("--grpc-listen", help="HOST:PORT for the gRPC API (default 127.0.0.1:50051; port 0 = any)")
@@ -61,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--no-delivery-report", action="store_true")
     send.add_argument("--idempotency-key", help="retry-safe key (default: a new random one)")
     send.add_argument("--no-wait", action="store_true", help="print the message id and return at once")
-    send.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to follow the message")
+    send.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to follow the message (default 120)")
 
     watch = sub.add_parser("watch", help="stream state changes of your messages")
     _client_args(watch)
@@ -101,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step otherwise
     # websockets logs request headers (Authorization: device tokens, pairing codes) and
     # frames (message bodies) at DEBUG: never let -v turn that on.
     for name in ("websockets", "device_bridge.websockets"):

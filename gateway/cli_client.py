@@ -55,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
                 return _devices_list(client)
             return _devices_pair(client, args)
     except SmsgwError as exc:
-        print(f"smsgw: {exc.code.name}: {exc.details}", file=sys.stderr)
-        for field, why in getattr(exc, "field_violations", []):
-            print(f"  {field}: {why}", file=sys.stderr)
+        violations = getattr(exc, "field_violations", [])
+        if violations:
+            print(f"smsgw: {exc.code.name}", file=sys.stderr)
+            for field, why in violations:
+                print(f"  {field}: {why}", file=sys.stderr)
+        else:
+            print(f"smsgw: {exc.code.name}: {exc.details}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -67,6 +71,8 @@ def _send(client: object, args: argparse.Namespace) -> int:
     assert isinstance(client, Client)
     data = None
     if args.data_hex is not None:
+        if not args.port:
+            return _usage("--data-hex needs --port (1..65535)")
         try:
             data = bytes.fromhex(args.data_hex)
         except ValueError:

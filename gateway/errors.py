@@ -7,7 +7,8 @@
     ├── FailedPrecondition               -> FAILED_PRECONDITION
     ├── PermissionDenied                 -> PERMISSION_DENIED
     ├── Unauthenticated                  -> UNAUTHENTICATED
-    └── ResourceExhausted(retry_after)   -> RESOURCE_EXHAUSTED + RetryInfo
+    ├── ResourceExhausted(retry_after)   -> RESOURCE_EXHAUSTED + RetryInfo
+    └── Unavailable                      -> UNAVAILABLE (retry; e.g. a stream ended by shutdown)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "PermissionDenied",
     "Unauthenticated",
     "ResourceExhausted",
+    "Unavailable",
 ]
 
 
@@ -62,3 +64,7 @@ class ResourceExhausted(SmsgwError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class Unavailable(SmsgwError):
+    """Try again (elsewhere or later): the server is shutting down."""

@@ -26,6 +26,7 @@ from gateway.errors import (
     ResourceExhausted,
     SmsgwError,
     Unauthenticated,
+    Unavailable,
 )
 from gateway.metrics import GatewayMetrics
 
@@ -46,6 +47,7 @@ _CODES: dict[type[SmsgwError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -13,7 +13,7 @@ from gateway.api.convert import event_to_pb, message_to_pb
 from gateway.api.interceptors import current_owner
 from gateway.api.validation import parse_send_request, timestamp_field
 from gateway.config import LimitsSettings
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, Unavailable
 from gateway.messages.records import MessageFilter
 from gateway.messages.service import EventFeed, MessageService
 from gateway.types import State, utcnow
@@ -100,6 +100,7 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
             if len(events) < _WATCH_BATCH:
                 cursor = max(cursor, bound)
                 await self.feed.wait(waiter, _WATCH_POLL)
+        raise Unavailable("server shutting down; resume with after_event_id")
 
 
 def _require_id(message_id: str) -> None:

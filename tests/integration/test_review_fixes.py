@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from smsgw.v1 import messages_pb2, messages_pb2_grpc
-from smsgw_client import Client, InvalidArgument, from_rpc_error
+from smsgw_client import Client, InvalidArgument, Unavailable, from_rpc_error
 
 from device_bridge.protocol import Encoding
 from gateway.api.validation import parse_send_request
@@ -85,27 +85,43 @@ def test_watch_arguments_out_of_range(shared_server: ServerProcess, after: int |
         assert isinstance(error, InvalidArgument) and [f for f, _ in error.field_violations] == [field]
 
 
-def test_sigterm_ends_open_watch_streams_and_exits_0(server: ServerProcess) -> None:
-    ended = threading.Event()
+def test_watch_resumes_across_a_graceful_restart(server: ServerProcess) -> None:
+    """SIGTERM ends watch streams with UNAVAILABLE (not OK), so the client library reconnects
+    from its cursor to the restarted server and misses nothing."""
+    seen: list[str] = []
+    done = threading.Event()
+    with Client(server.grpc_target, server.token) as client:
+        first = client.send_message(["+15551234567"], "before").id
 
-    def watch() -> None:
-        with grpc.insecure_channel(server.grpc_target) as channel:
-            stub = messages_pb2_grpc.MessageServiceStub(channel)
-            stream = stub.WatchMessages(
-                messages_pb2.WatchMessagesRequest(), metadata=[("authorization", f"Bearer {server.token}")], timeout=30
-            )
-            try:
-                for _ in stream:
-                    pass
-            except grpc.RpcError:
-                pass
-            ended.set()
+        def watch() -> None:
+            for event in client.watch_messages(after_event_id=0, timeout=60):
+                seen.append(event.message_id)
+                if len(seen) == 2:
+                    break
+            done.set()
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    time.sleep(0.5)  # let the stream open
-    assert server.stop() == 0
-    assert ended.wait(10), "the watch stream outlived the server"
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.stop() == 0
+        server.start(same_ports=True)
+        second = _send_retrying(client, "after")
+        assert done.wait(30), "the watch did not resume after the restart"
+    assert seen == [first, second]
+
+
+def _send_retrying(client: Client, text: str) -> str:
+    """Right after a restart the channel may still be backing off: retry with the same key."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return client.send_message(["+15551234567"], text, idempotency_key=f"retry-{text}").id
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_verbose_logs_carry_no_credentials(tmp_path: Path) -> None:

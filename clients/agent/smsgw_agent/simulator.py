@@ -366,7 +366,7 @@ class _Simulator:
             if not all_online_said and online == total:
                 all_online_said = True
                 startup_checked = True
-                self.say(f"{total} simulated phones online")
+                self.say(f"{total} simulated phone{'s' if total != 1 else ''} online")
             now = trio.current_time()
             if not startup_checked and now - started >= STARTUP_TIMEOUT:
                 startup_checked = True
