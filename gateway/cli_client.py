@@ -6,18 +6,18 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import grpc
 from smsgw.v1 import common_pb2
+from smsgw_client import Client, DeadlineExceeded, SmsgwError
 
 from gateway.redact import redact_number
+from gateway.types import State, is_settled
 
 __all__ = ["run"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_FINAL = {common_pb2.DELIVERED, common_pb2.FAILED, common_pb2.EXPIRED, common_pb2.CANCELLED}
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -41,8 +41,6 @@ def _usage(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smsgw_client import Client, SmsgwError
-
     if args.command == "simulate":
         return _simulate(args)
     try:
@@ -65,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _send(client: object, args: argparse.Namespace) -> int:
-    from smsgw_client import Client
-
-    assert isinstance(client, Client)
+def _send(client: Client, args: argparse.Namespace) -> int:
     data = None
     if args.data_hex is not None:
         if not args.port:
@@ -92,24 +87,19 @@ def _send(client: object, args: argparse.Namespace) -> int:
     print(f"{message.id} {common_pb2.State.Name(message.state)}", flush=True)
     if args.no_wait:
         return EXIT_OK
-    state = message.state
-    deadline = time.monotonic() + args.wait_timeout
-    from smsgw_client import DeadlineExceeded
-
-    if not _done(state, message.with_delivery_report):
-        stream = client.watch_messages(
-            after_event_id=0, message_ids=[message.id], timeout=max(deadline - time.monotonic(), 0.1)
-        )
+    if not is_settled(State(message.state), message.with_delivery_report):
+        stream = client.watch_messages(after_event_id=0, message_ids=[message.id], timeout=args.wait_timeout)
         try:
-            for event in _until_deadline(stream, DeadlineExceeded):
+            for event in stream:
                 print(
                     f"{message.id} #{event.recipient_index} {redact_number(event.phone_number)} "
                     f"{common_pb2.State.Name(event.state)}" + (f" ({event.error})" if event.error else ""),
                     flush=True,
                 )
-                state = event.message_state
-                if _done(state, message.with_delivery_report) or time.monotonic() > deadline:
+                if is_settled(State(event.message_state), message.with_delivery_report):
                     break
+        except DeadlineExceeded:
+            pass  # --wait-timeout ran out; the final read below says where the message is
         finally:
             stream.close()
     final = client.get_message(message.id)
@@ -119,22 +109,7 @@ def _send(client: object, args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def _until_deadline(stream, expected: type[Exception]):  # type: ignore[no-untyped-def]
-    """The stream's events until its overall deadline, which ends it quietly."""
-    try:
-        yield from stream
-    except expected:
-        return
-
-
-def _done(state: int, with_delivery_report: bool) -> bool:
-    return state in _FINAL or (state == common_pb2.SENT and not with_delivery_report)
-
-
-def _watch(client: object, args: argparse.Namespace) -> int:
-    from smsgw_client import Client
-
-    assert isinstance(client, Client)
+def _watch(client: Client, args: argparse.Namespace) -> int:
     for event in client.watch_messages(after_event_id=args.after, message_ids=args.message):
         print(
             json.dumps(
@@ -154,10 +129,7 @@ def _watch(client: object, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _devices_list(client: object) -> int:
-    from smsgw_client import Client
-
-    assert isinstance(client, Client)
+def _devices_list(client: Client) -> int:
     devices = client.list_devices().devices
     if not devices:
         print("no devices yet: run `smsgw devices pair`")
@@ -170,12 +142,9 @@ def _devices_list(client: object) -> int:
     return EXIT_OK
 
 
-def _devices_pair(client: object, args: argparse.Namespace) -> int:
+def _devices_pair(client: Client, args: argparse.Namespace) -> int:
     import qrcode
 
-    from smsgw_client import Client
-
-    assert isinstance(client, Client)
     code = client.create_pairing_code(device_name=args.name, ttl_seconds=args.ttl)
     url = args.device_url or f"ws://{args.server.rpartition(':')[0] or '127.0.0.1'}:8765/device/v1"
     qr = qrcode.QRCode(border=1)

@@ -37,6 +37,12 @@ class InvalidArgument(SmsgwError):
         self.violations: list[tuple[str, str]] = [(field, reason), *more]
         super().__init__("; ".join(f"{f}: {r}" for f, r in self.violations))
 
+    @classmethod
+    def raise_if_any(cls, violations: list[tuple[str, str]]) -> None:
+        """Raise one error listing every (field, reason) collected, if there are any."""
+        if violations:
+            raise cls(*violations[0], *violations[1:])
+
 
 class NotFound(SmsgwError):
     """No such resource for this caller."""

@@ -18,6 +18,7 @@ __all__ = [
     "FINAL_STATES",
     "UNACCEPTED_STATES",
     "may_move",
+    "is_settled",
     "derive_message_state",
     "utcnow",
 ]
@@ -75,6 +76,11 @@ def may_move(old: State, new: State) -> bool:
     return _RANK[new] > _RANK[old]
 
 
+def is_settled(state: State, with_delivery_report: bool) -> bool:
+    """Nothing more will happen: a final state, or SENT when no delivery report was asked."""
+    return state in FINAL_STATES or (state == State.SENT and not with_delivery_report)
+
+
 def derive_message_state(states: list[State], with_delivery_report: bool) -> State:
     """The message state shown to clients, from its recipients' states.
 
@@ -83,10 +89,7 @@ def derive_message_state(states: list[State], with_delivery_report: bool) -> Sta
     else EXPIRED, else CANCELLED, else SENT (a mix of SENT and DELIVERED).
     """
 
-    def done(s: State) -> bool:
-        return s in FINAL_STATES or (s == State.SENT and not with_delivery_report)
-
-    moving = [s for s in states if not done(s)]
+    moving = [s for s in states if not is_settled(s, with_delivery_report)]
     if moving:
         return min(moving, key=lambda s: (_RANK[s], s))
     distinct = set(states)

@@ -57,8 +57,7 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
         bad: list[tuple[str, str]] = []
         after = timestamp_field(request.created_after, "created_after", bad) if request.HasField("created_after") else None
         before = timestamp_field(request.created_before, "created_before", bad) if request.HasField("created_before") else None
-        if bad:
-            raise InvalidArgument(*bad[0], *bad[1:])
+        InvalidArgument.raise_if_any(bad)
         flt = MessageFilter(
             state=State(request.state) if request.state else None,
             device_id=request.device_id,

@@ -118,8 +118,7 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
     elif key and not _KEY.fullmatch(key):
         bad.append(("idempotency_key", "printable ASCII without spaces"))
 
-    if bad:
-        raise InvalidArgument(*bad[0], *bad[1:])
+    InvalidArgument.raise_if_any(bad)
 
     return NewMessage(
         phone_numbers=tuple(numbers),

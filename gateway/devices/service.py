@@ -29,8 +29,7 @@ class DeviceService:
             bad.append(("device_name", "at most 64 characters"))
         if ttl_seconds > _MAX_PAIRING_TTL:
             bad.append(("ttl_seconds", f"at most {_MAX_PAIRING_TTL}"))
-        if bad:
-            raise InvalidArgument(*bad[0], *bad[1:])
+        InvalidArgument.raise_if_any(bad)
         ttl = timedelta(seconds=ttl_seconds or self.default_pairing_ttl)
         return await asyncio.to_thread(self.repo.create_pairing_code, owner_id, device_name, ttl, utcnow())
 

@@ -190,15 +190,14 @@ class MessageRepository:
         now = to_utc(now)
         with self.db.write() as s:
             held = list(held_ids)
-            for row in s.exec(select(MessageRow).where(col(MessageRow.id).in_(held), MessageRow.device_id == device_id)):
-                self._transition(s, row, self._recipients_rows(s, row.id), State.ACCEPTED, "", now)
+            mine = select(MessageRow).where(col(MessageRow.id).in_(held), MessageRow.device_id == device_id)
+            self._move_all(s, s.exec(mine), State.ACCEPTED, "", now)
             stale = select(MessageRow).where(
                 MessageRow.device_id == device_id,
                 MessageRow.state == int(State.DISPATCHED),
                 MessageRow.session_id != session_id,
             )
-            for row in s.exec(stale):
-                self._transition(s, row, self._recipients_rows(s, row.id), State.PENDING, "session_lost", now)
+            for row in self._move_all(s, s.exec(stale), State.PENDING, "session_lost", now):
                 row.session_id = ""
             # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
             # never-dispatched ones routed to a device that is offline now.
@@ -224,8 +223,7 @@ class MessageRepository:
                 MessageRow.state == int(State.PENDING),
                 col(MessageRow.valid_until) <= now,
             )
-            for row in s.exec(due):
-                self._transition(s, row, self._recipients_rows(s, row.id), State.EXPIRED, _EXPIRED_REASON, now)
+            self._move_all(s, s.exec(due), State.EXPIRED, _EXPIRED_REASON, now)
             q = (
                 select(MessageRow)
                 .where(MessageRow.device_id == device_id, MessageRow.state == int(State.PENDING))
@@ -282,8 +280,7 @@ class MessageRepository:
                 MessageRow.session_id == session_id,
                 MessageRow.state == int(State.DISPATCHED),
             )
-            for row in s.exec(q):
-                self._transition(s, row, self._recipients_rows(s, row.id), State.PENDING, "session_lost", now)
+            for row in self._move_all(s, s.exec(q), State.PENDING, "session_lost", now):
                 row.session_id = ""
 
     def reroute_from(self, owner_id: str, device_id: str) -> set[str]:
@@ -330,15 +327,22 @@ class MessageRepository:
                     .where(col(MessageRow.state).in_(_UNACCEPTED), col(MessageRow.valid_until) <= now)
                     .limit(batch)
                 )
-                rows = list(s.exec(q))
-                for row in rows:
-                    if row.ever_dispatched and row.device_id:
-                        devices.add(row.device_id)
-                    self._transition(s, row, self._recipients_rows(s, row.id), State.EXPIRED, _EXPIRED_REASON, now)
+                rows = self._move_all(s, s.exec(q), State.EXPIRED, _EXPIRED_REASON, now)
+                devices.update(r.device_id for r in rows if r.ever_dispatched and r.device_id)
             if len(rows) < batch:
                 return devices
 
     # ---- internals ---------------------------------------------------------------
+
+    def _move_all(
+        self, s: Session, rows: Iterable[MessageRow], new: State, error: str, now: datetime
+    ) -> list[MessageRow]:
+        """`_transition` every recipient of each row to `new`, with one recipients query."""
+        rows = list(rows)
+        recipients = self._recipients_rows_many(s, [r.id for r in rows])
+        for row in rows:
+            self._transition(s, row, recipients[row.id], new, error, now)
+        return rows
 
     def _transition(
         self,
