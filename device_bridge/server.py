@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http import HTTPStatus
 
 import trio
@@ -21,6 +20,7 @@ from websockets.trio.server import serve as ws_serve
 
 from device_bridge.protocol import SUBPROTOCOLS
 from device_bridge.session_task import Admission, BridgeContext, run_session
+from gateway.types import utcnow
 
 __all__ = ["BridgeServer", "serve", "DEVICE_PATH", "SERVICE_RESTART"]
 
@@ -115,7 +115,6 @@ async def _admit(ctx: BridgeContext, headers: Headers) -> Admission | None:
         identity = await trio.to_thread.run_sync(ctx.devices.authenticate, credential)
         return Admission(identity, None) if identity else None
     if scheme == "Pairing":
-        now = datetime.now(UTC)
-        valid = await trio.to_thread.run_sync(ctx.devices.pairing_code_valid, credential, now)
+        valid = await trio.to_thread.run_sync(ctx.devices.pairing_code_valid, credential, utcnow())
         return Admission(None, credential) if valid else None
     return None

@@ -11,7 +11,6 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -39,7 +38,7 @@ from gateway.devices.records import DeviceIdentity, SimRecord
 from gateway.devices.repository import DeviceRepository
 from gateway.messages.records import MessageRecord, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
-from gateway.types import State
+from gateway.types import State, utcnow
 
 __all__ = ["BridgeContext", "Admission", "run_session"]
 
@@ -82,10 +81,6 @@ class _Aborted(Exception):
         self.code, self.reason = code, reason
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _delivery(m: MessageRecord) -> Delivery:
     return Delivery(
         message_id=m.id,
@@ -126,7 +121,7 @@ class _Session:
         identity, credentials = admission.identity, None
         if identity is None:
             assert admission.pairing_code is not None
-            redeemed = await trio.to_thread.run_sync(self.ctx.devices.redeem_pairing_code, admission.pairing_code, _now())
+            redeemed = await trio.to_thread.run_sync(self.ctx.devices.redeem_pairing_code, admission.pairing_code, utcnow())
             if redeemed is None:
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code already used or expired")
             identity, token = redeemed
@@ -143,7 +138,7 @@ class _Session:
         handle = SessionHandle(identity.device_id, identity.owner_id, session_id)
         async with self.ctx.registry.opening(identity.device_id):
             self.handle = handle  # from here on close_out() cleans up, even if the rest fails
-            now = _now()
+            now = utcnow()
             await trio.to_thread.run_sync(
                 lambda: self.ctx.devices.set_online(
                     identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now
@@ -184,7 +179,7 @@ class _Session:
             for r in receipts:
                 self.ctx.metrics.receipts.labels(r.state.name).inc()
             device_id = self.handle.device_id
-            changed = await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, _now())
+            changed = await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, utcnow())
             self.proto.send_ack([r.event_id for r in receipts])
             await self.drop_if_final([r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED])
             await self.flush()
@@ -249,7 +244,7 @@ class _Session:
             room = self.proto.window_available
             if room:
                 records = await trio.to_thread.run_sync(
-                    self.ctx.messages.dispatch, handle.device_id, handle.session_id, room, _now()
+                    self.ctx.messages.dispatch, handle.device_id, handle.session_id, room, utcnow()
                 )
                 if not self.open_now():
                     return  # claimed rows stay DISPATCHED on this session; close_out requeues them
@@ -268,8 +263,8 @@ class _Session:
         last = ctx.registry.unregister(handle)
 
         def clean_up() -> set[str]:
-            # One worker call: a shutdown deadline cannot cut it between the steps.
-            now = _now()
+            # One worker call: it always runs to the end, even when the caller stops waiting.
+            now = utcnow()
             ctx.messages.close_session(handle.device_id, handle.session_id, now)
             offline = ctx.devices.set_offline(handle.device_id, handle.session_id, now)
             rerouted = ctx.messages.reroute_from(handle.owner_id, handle.device_id) if last and offline else set()
@@ -277,7 +272,9 @@ class _Session:
             ctx.bus.notify_work(rerouted if last else {handle.device_id, *rerouted})
             return rerouted
 
-        await trio.to_thread.run_sync(clean_up, abandon_on_cancel=False)
+        # abandon_on_cancel: a stuck database may delay shutdown by _CLEANUP_TIMEOUT at most;
+        # the thread still finishes every step of clean_up on its own.
+        await trio.to_thread.run_sync(clean_up, abandon_on_cancel=True)
 
 
 async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admission) -> None:
