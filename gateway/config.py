@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "Settings",
+    "GatewaySettings",
+    "JwtSettings",
     "GrpcSettings",
     "BridgeSettings",
     "DatabaseSettings",
@@ -32,6 +34,11 @@ class _Section(BaseModel):
 
 class GrpcSettings(_Section):
     listen: str = "127.0.0.1:50051"
+    # TLS (RELIABILITY 25): both files, or neither (plaintext, loopback only unless gateway.insecure).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Mutual TLS: client certificates must chain to this CA.
+    tls_client_ca_file: Path | None = None
     # Graceful stop: in-flight RPCs get this long after SIGTERM.
     shutdown_grace: float = 5.0
     max_receive_message_length: int = 4 * 1024 * 1024
@@ -39,6 +46,9 @@ class GrpcSettings(_Section):
 
 class BridgeSettings(_Section):
     listen: str = "127.0.0.1:8765"
+    # WSS: both files, or neither (ws://, loopback only unless gateway.insecure).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     # websockets' names and defaults (RELIABILITY 7): a silent phone is dead <= 40 s after its last frame.
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -61,7 +71,67 @@ class MetricsSettings(_Section):
     listen: str = "127.0.0.1:9464"
 
 
+class GatewaySettings(_Section):
+    # public: anyone may CreateAccount and a pairing code alone registers a phone.
+    # private: accounts come from `smsgw users add`, and a phone also needs private_token.
+    mode: Literal["public", "private"] = "public"
+    private_token: str = ""
+    # Serve plaintext gRPC / ws:// on a non-loopback address (behind a TLS proxy, say).
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _private_needs_token(self) -> GatewaySettings:
+        if self.mode == "private" and len(self.private_token) < 32:
+            raise ValueError("gateway.private_token must be at least 32 characters in private mode")
+        return self
+
+
+class JwtSettings(_Section):
+    # HS256: `secret` (>= 32 characters; empty = a random one kept in DATA_DIR/jwt.secret).
+    # ES256: `private_key_file` (PEM, P-256) signs; its public key verifies.
+    algorithm: Literal["HS256", "ES256"] = "HS256"
+    secret: str = ""
+    private_key_file: Path | None = None
+    # Key rotation (RELIABILITY 19): old keys that still verify, until their tokens expire.
+    previous_secrets: tuple[str, ...] = ()
+    previous_public_key_files: tuple[Path, ...] = ()
+    issuer: str = "smsgw"
+    audience: str = "smsgw"
+    access_ttl: int = Field(default=15 * 60, gt=0)
+    refresh_ttl: int = Field(default=720 * 3600, gt=0)
+    max_access_ttl: int = Field(default=24 * 3600, gt=0)
+    max_refresh_ttl: int = Field(default=90 * 24 * 3600, gt=0)
+    # A refresh token not used for this long is dead even before its exp.
+    refresh_inactivity: int = Field(default=7 * 24 * 3600, gt=0)
+    # A retry of a just-rotated refresh token within this window gets the same new pair.
+    refresh_grace: float = Field(default=10.0, ge=0)
+    leeway: float = Field(default=30.0, ge=0, le=30)
+
+    @model_validator(mode="after")
+    def _keys(self) -> JwtSettings:
+        for secret in (self.secret, *self.previous_secrets):
+            if secret and len(secret) < 32:
+                raise ValueError("jwt.secret (and each of jwt.previous_secrets) must be at least 32 characters")
+        if self.algorithm == "ES256" and self.private_key_file is None:
+            raise ValueError("jwt.algorithm ES256 needs jwt.private_key_file (a PEM P-256 key)")
+        if self.refresh_ttl <= self.access_ttl:
+            raise ValueError("jwt.refresh_ttl must exceed jwt.access_ttl")
+        return self
+
+
 class LimitsSettings(_Section):
+    # Token bucket per access token (RELIABILITY 26): sustained requests/s and burst.
+    rate_per_token: float = Field(default=20.0, gt=0)
+    burst_per_token: int = Field(default=40, gt=0)
+    # Unauthenticated RPCs (IssueToken, RefreshToken, CreateAccount) per source address.
+    rate_per_source: float = Field(default=5.0, gt=0)
+    burst_per_source: int = Field(default=20, gt=0)
+    # SMS segments (parts x recipients) an owner may send per UTC day; 0 = no cap.
+    daily_segments: int = Field(default=10_000, ge=0)
+    # Failed authentications from one address before it is locked out, within the window.
+    auth_failures: int = Field(default=10, gt=0)
+    auth_failure_window: float = Field(default=300.0, gt=0)
+    auth_lockout: float = Field(default=300.0, gt=0)
     max_recipients: int = 100
     max_parts: int = 10
     max_data_bytes: int = 140 * 10
@@ -78,6 +148,8 @@ class Settings(_Section):
     """The whole tree; build it with `load_settings`."""
 
     data_dir: Path = Path("smsgw-data")
+    gateway: GatewaySettings = GatewaySettings()
+    jwt: JwtSettings = JwtSettings()
     grpc: GrpcSettings = GrpcSettings()
     bridge: BridgeSettings = BridgeSettings()
     database: DatabaseSettings = DatabaseSettings()

@@ -7,7 +7,7 @@
     ├── FailedPrecondition               -> FAILED_PRECONDITION
     ├── PermissionDenied                 -> PERMISSION_DENIED
     ├── Unauthenticated                  -> UNAUTHENTICATED
-    ├── ResourceExhausted(retry_after)   -> RESOURCE_EXHAUSTED + RetryInfo
+    ├── ResourceExhausted(retry_after)   -> RESOURCE_EXHAUSTED + RetryInfo + QuotaFailure
     └── Unavailable                      -> UNAVAILABLE (retry; e.g. a stream ended by shutdown)
 """
 
@@ -65,10 +65,15 @@ class Unauthenticated(SmsgwError):
 
 
 class ResourceExhausted(SmsgwError):
-    """A limit was hit; retry after `retry_after` seconds."""
+    """A limit was hit; retry after `retry_after` seconds.
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    `subject` names what is limited (google.rpc.QuotaFailure: "token:<jti>", "owner:<id>",
+    "source:<address>") and the message says which limit.
+    """
+
+    def __init__(self, message: str, retry_after: float, subject: str = "") -> None:
         self.retry_after = retry_after
+        self.subject = subject
         super().__init__(message)
 
 

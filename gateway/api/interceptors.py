@@ -70,6 +70,11 @@ def to_status(exc: SmsgwError) -> grpc.Status:
         delay = Duration()
         delay.FromNanoseconds(int(exc.retry_after * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        status.details.add().Pack(
+            error_details_pb2.QuotaFailure(
+                violations=[error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=str(exc))]
+            )
+        )
     return rpc_status.to_status(status)
 
 

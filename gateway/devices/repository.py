@@ -1,6 +1,6 @@
-"""Device storage: owners and their bootstrap token, pairing codes, device credentials, presence.
+"""Device storage: pairing codes, device credentials, presence, deletion.
 
-Secrets (API tokens, device tokens, pairing codes) are stored only as SHA-256 hashes:
+Secrets (device tokens, pairing codes) are stored only as SHA-256 hashes:
 they are 128+ bits of randomness, so a fast hash is enough and lookups stay O(1).
 """
 
@@ -18,7 +18,7 @@ from gateway.devices.records import DeviceIdentity, DeviceRecord, SimRecord, sim
 from gateway.errors import InvalidArgument
 from gateway.messages.repository import to_utc
 from gateway.storage.engine import Database
-from gateway.storage.models import ApiToken, Device, MessageRow, Owner, PairingCode
+from gateway.storage.models import Device, MessageRow, PairingCode
 from gateway.types import UNACCEPTED_STATES
 
 __all__ = ["DeviceRepository", "hash_secret", "PAIRING_ALPHABET"]
@@ -35,30 +35,6 @@ def hash_secret(secret: str) -> str:
 class DeviceRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    # ---- owners and API tokens ---------------------------------------------------
-
-    def first_owner(self) -> str | None:
-        with self.db.read() as s:
-            owner = s.exec(select(Owner).order_by(col(Owner.created_at))).first()
-            return owner.id if owner else None
-
-    def create_owner(self, name: str, now: datetime) -> str:
-        with self.db.write() as s:
-            owner = Owner(id=str(ULID()), name=name, created_at=to_utc(now))
-            s.add(owner)
-            return owner.id
-
-    def issue_api_token(self, owner_id: str, now: datetime) -> str:
-        token = "smsgw_" + secrets.token_urlsafe(32)
-        with self.db.write() as s:
-            s.add(ApiToken(token_hash=hash_secret(token), owner_id=owner_id, created_at=to_utc(now)))
-        return token
-
-    def owner_of_api_token(self, token: str) -> str | None:
-        with self.db.read() as s:
-            row = s.get(ApiToken, hash_secret(token))
-            return row.owner_id if row else None
 
     # ---- pairing -----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from gateway.devices.repository import DeviceRepository
 from gateway.errors import InvalidArgument
 from gateway.types import utcnow
 
-__all__ = ["DeviceService", "ApiTokenAuth"]
+__all__ = ["DeviceService"]
 
 _MAX_PAIRING_TTL = 3600
 
@@ -32,22 +32,3 @@ class DeviceService:
         InvalidArgument.raise_if_any(bad)
         ttl = timedelta(seconds=ttl_seconds or self.default_pairing_ttl)
         return await asyncio.to_thread(self.repo.create_pairing_code, owner_id, device_name, ttl, utcnow())
-
-
-class ApiTokenAuth:
-    """Bearer API tokens -> owner, with the answer cached per token (verify once, not per call).
-
-    The bootstrap credential of issue 2; accounts and JWT replace it.
-    """
-
-    def __init__(self, repo: DeviceRepository) -> None:
-        self.repo = repo
-        self._cache: dict[str, str] = {}
-
-    async def __call__(self, token: str) -> str | None:
-        owner = self._cache.get(token)
-        if owner is None:
-            owner = await asyncio.to_thread(self.repo.owner_of_api_token, token)
-            if owner is not None and len(self._cache) < 10_000:
-                self._cache[token] = owner
-        return owner

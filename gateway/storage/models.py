@@ -11,23 +11,90 @@ from datetime import datetime
 from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-__all__ = ["Owner", "ApiToken", "Device", "PairingCode", "MessageRow", "RecipientRow", "EventRow"]
+__all__ = [
+    "Owner",
+    "AuthTokenRow",
+    "TokenFamilyRow",
+    "AuditRow",
+    "DailyUsageRow",
+    "Device",
+    "PairingCode",
+    "MessageRow",
+    "RecipientRow",
+    "EventRow",
+]
 
 
 class Owner(SQLModel, table=True):
+    """An account: it owns messages, devices, webhooks and tokens (DESIGN "Security")."""
+
     __tablename__ = "owner"
+    __table_args__ = (UniqueConstraint("username", name="uq_owner_username"),)
     id: str = Field(primary_key=True)
     name: str
+    username: str
+    # scrypt, self-describing (gateway.auth.passwords); "" = cannot sign in.
+    password_hash: str = ""
+    # Space-separated: what tokens of this account may carry.
+    scopes: str = ""
+    disabled: bool = False
     created_at: datetime
 
 
-class ApiToken(SQLModel, table=True):
-    """Bootstrap API credential (admin.token); replaced by accounts + JWT later."""
+class TokenFamilyRow(SQLModel, table=True):
+    """One sign-in (IssueToken) and every token refreshed from it; revoked as a whole."""
 
-    __tablename__ = "api_token"
-    token_hash: str = Field(primary_key=True)
+    __tablename__ = "token_family"
+    id: str = Field(primary_key=True)
     owner_id: str = Field(foreign_key="owner.id", index=True)
+    scopes: str
+    access_ttl: int  # seconds; every access token of the family gets it
     created_at: datetime
+    expires_at: datetime  # the last refresh token's exp: after it nothing of the family is valid
+    revoked_at: datetime | None = None
+    revoked_reason: str = ""
+
+
+class AuthTokenRow(SQLModel, table=True):
+    """An issued JWT (access or refresh), by jti: for revocation, rotation and reuse detection."""
+
+    __tablename__ = "auth_token"
+    __table_args__ = (Index("ix_auth_token_revoked", "revoked_at", "expires_at"),)
+    jti: str = Field(primary_key=True)
+    family_id: str = Field(foreign_key="token_family.id", index=True)
+    owner_id: str = Field(foreign_key="owner.id", index=True)
+    kind: str  # "access" | "refresh"
+    issued_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
+    # Refresh tokens: when rotated, and the pair that replaced it (re-made for a retry in the grace window).
+    rotated_at: datetime | None = None
+    rotated_by_source: str = ""
+    successor_access_jti: str = ""
+    successor_refresh_jti: str = ""
+
+
+class AuditRow(SQLModel, table=True):
+    """The audit log: token and device life cycle, failed authentications. No secrets."""
+
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_owner", "owner_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: str | None = None  # None: the caller was not identified (unknown user, bad token)
+    time: datetime
+    action: str
+    actor: str = ""
+    source: str = ""
+    detail: str = ""
+
+
+class DailyUsageRow(SQLModel, table=True):
+    """SMS segments an owner sent on one UTC day, counted in the transaction that stores them."""
+
+    __tablename__ = "daily_usage"
+    owner_id: str = Field(foreign_key="owner.id", primary_key=True)
+    day: str = Field(primary_key=True)  # YYYY-MM-DD, UTC
+    segments: int = 0
 
 
 class Device(SQLModel, table=True):

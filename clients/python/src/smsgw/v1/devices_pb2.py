@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16smsgw/v1/devices.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x03Sim\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x15\n\roperator_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63ountry_iso\x18\x03 \x01(\t\"\xd4\x01\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04sims\x18\x05 \x03(\x0b\x32\r.smsgw.v1.Sim\x12\x13\n\x0b\x61pp_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\x08 \x01(\r\"\x14\n\x12ListDevicesRequest\"8\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.smsgw.v1.Device\"D\n\x18\x43reatePairingCodeRequest\x12\x13\n\x0b\x64\x65vice_name\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"K\n\x0bPairingCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xab\x01\n\rDeviceService\x12J\n\x0bListDevices\x12\x1c.smsgw.v1.ListDevicesRequest\x1a\x1d.smsgw.v1.ListDevicesResponse\x12N\n\x11\x43reatePairingCode\x12\".smsgw.v1.CreatePairingCodeRequest\x1a\x15.smsgw.v1.PairingCodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16smsgw/v1/devices.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x03Sim\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x15\n\roperator_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63ountry_iso\x18\x03 \x01(\t\"\xd4\x01\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04sims\x18\x05 \x03(\x0b\x32\r.smsgw.v1.Sim\x12\x13\n\x0b\x61pp_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\x08 \x01(\r\"\x14\n\x12ListDevicesRequest\"8\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.smsgw.v1.Device\"D\n\x18\x43reatePairingCodeRequest\x12\x13\n\x0b\x64\x65vice_name\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"K\n\x0bPairingCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x13\x44\x65leteDeviceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x14\x44\x65leteDeviceResponse\x12\x10\n\x08rerouted\x18\x01 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\r2\xfa\x01\n\rDeviceService\x12J\n\x0bListDevices\x12\x1c.smsgw.v1.ListDevicesRequest\x1a\x1d.smsgw.v1.ListDevicesResponse\x12N\n\x11\x43reatePairingCode\x12\".smsgw.v1.CreatePairingCodeRequest\x1a\x15.smsgw.v1.PairingCode\x12M\n\x0c\x44\x65leteDevice\x12\x1d.smsgw.v1.DeleteDeviceRequest\x1a\x1e.smsgw.v1.DeleteDeviceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEPAIRINGCODEREQUEST']._serialized_end=497
   _globals['_PAIRINGCODE']._serialized_start=499
   _globals['_PAIRINGCODE']._serialized_end=574
-  _globals['_DEVICESERVICE']._serialized_start=577
-  _globals['_DEVICESERVICE']._serialized_end=748
+  _globals['_DELETEDEVICEREQUEST']._serialized_start=576
+  _globals['_DELETEDEVICEREQUEST']._serialized_end=609
+  _globals['_DELETEDEVICERESPONSE']._serialized_start=611
+  _globals['_DELETEDEVICERESPONSE']._serialized_end=667
+  _globals['_DEVICESERVICE']._serialized_start=670
+  _globals['_DEVICESERVICE']._serialized_end=920
 # @@protoc_insertion_point(module_scope)

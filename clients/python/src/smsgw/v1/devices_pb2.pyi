@@ -64,3 +64,17 @@ class PairingCode(_message.Message):
     code: str
     expires_at: _timestamp_pb2.Timestamp
     def __init__(self, code: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DeleteDeviceRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteDeviceResponse(_message.Message):
+    __slots__ = ("rerouted", "failed")
+    REROUTED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    rerouted: int
+    failed: int
+    def __init__(self, rerouted: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...

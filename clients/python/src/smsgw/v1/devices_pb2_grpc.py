@@ -44,6 +44,11 @@ class DeviceServiceStub:
                 request_serializer=smsgw_dot_v1_dot_devices__pb2.CreatePairingCodeRequest.SerializeToString,
                 response_deserializer=smsgw_dot_v1_dot_devices__pb2.PairingCode.FromString,
                 _registered_method=True)
+        self.DeleteDevice = channel.unary_unary(
+                '/smsgw.v1.DeviceService/DeleteDevice',
+                request_serializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceRequest.SerializeToString,
+                response_deserializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -58,6 +63,16 @@ class DeviceServiceServicer:
     def CreatePairingCode(self, request, context):
         """A one-time code a phone trades for device credentials (see
         smsgw.device.v1: open the session with `authorization: Pairing <code>`).
+        In private mode the phone must also present the server's private token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDevice(self, request, context):
+        """Revokes the device's credentials and ends its live session at once (close
+        4004). Messages routed to it that it has not accepted go to another of the
+        owner's phones, or FAIL when they were pinned to it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +90,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.CreatePairingCode,
                     request_deserializer=smsgw_dot_v1_dot_devices__pb2.CreatePairingCodeRequest.FromString,
                     response_serializer=smsgw_dot_v1_dot_devices__pb2.PairingCode.SerializeToString,
+            ),
+            'DeleteDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDevice,
+                    request_deserializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceRequest.FromString,
+                    response_serializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +151,33 @@ class DeviceService:
             '/smsgw.v1.DeviceService/CreatePairingCode',
             smsgw_dot_v1_dot_devices__pb2.CreatePairingCodeRequest.SerializeToString,
             smsgw_dot_v1_dot_devices__pb2.PairingCode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smsgw.v1.DeviceService/DeleteDevice',
+            smsgw_dot_v1_dot_devices__pb2.DeleteDeviceRequest.SerializeToString,
+            smsgw_dot_v1_dot_devices__pb2.DeleteDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

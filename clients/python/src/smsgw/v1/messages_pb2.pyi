@@ -161,3 +161,15 @@ class MessageEvent(_message.Message):
     error: str
     time: _timestamp_pb2.Timestamp
     def __init__(self, event_id: _Optional[int] = ..., message_id: _Optional[str] = ..., recipient_index: _Optional[int] = ..., phone_number: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.State, str]] = ..., message_state: _Optional[_Union[_common_pb2.State, str]] = ..., error: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ExportMessagesRequest(_message.Message):
+    __slots__ = ("state", "device_id", "created_after", "created_before")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    state: _common_pb2.State
+    device_id: str
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[_common_pb2.State, str]] = ..., device_id: _Optional[str] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,11 @@ class MessageServiceStub:
                 request_serializer=smsgw_dot_v1_dot_messages__pb2.WatchMessagesRequest.SerializeToString,
                 response_deserializer=smsgw_dot_v1_dot_messages__pb2.MessageEvent.FromString,
                 _registered_method=True)
+        self.ExportMessages = channel.unary_stream(
+                '/smsgw.v1.MessageService/ExportMessages',
+                request_serializer=smsgw_dot_v1_dot_messages__pb2.ExportMessagesRequest.SerializeToString,
+                response_deserializer=smsgw_dot_v1_dot_messages__pb2.Message.FromString,
+                _registered_method=True)
 
 
 class MessageServiceServicer:
@@ -100,6 +105,14 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportMessages(self, request, context):
+        """Every message matching the filter, oldest first, as one stream (for
+        archiving; scope messages:export).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.WatchMessages,
                     request_deserializer=smsgw_dot_v1_dot_messages__pb2.WatchMessagesRequest.FromString,
                     response_serializer=smsgw_dot_v1_dot_messages__pb2.MessageEvent.SerializeToString,
+            ),
+            'ExportMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportMessages,
+                    request_deserializer=smsgw_dot_v1_dot_messages__pb2.ExportMessagesRequest.FromString,
+                    response_serializer=smsgw_dot_v1_dot_messages__pb2.Message.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class MessageService:
             '/smsgw.v1.MessageService/WatchMessages',
             smsgw_dot_v1_dot_messages__pb2.WatchMessagesRequest.SerializeToString,
             smsgw_dot_v1_dot_messages__pb2.MessageEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/smsgw.v1.MessageService/ExportMessages',
+            smsgw_dot_v1_dot_messages__pb2.ExportMessagesRequest.SerializeToString,
+            smsgw_dot_v1_dot_messages__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,

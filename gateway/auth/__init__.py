@@ -1,0 +1,1 @@
+"""Accounts, JWT access and refresh tokens, scopes, rate limits and the audit log (issue 3)."""
