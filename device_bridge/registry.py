@@ -22,6 +22,7 @@ class SessionHandle:
     _woken: bool = True  # dispatch once right after the handshake
     _event: trio.Event = field(default_factory=trio.Event)
     replaced: bool = False
+    revoked: bool = False
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def wake(self) -> None:
@@ -38,6 +39,11 @@ class SessionHandle:
     def replace(self) -> None:
         """A newer session of the same device took over: end this one (close 4003)."""
         self.replaced = True
+        self.cancel_scope.cancel()
+
+    def revoke(self) -> None:
+        """The device was deleted: end this session at once (close 4004)."""
+        self.revoked = True
         self.cancel_scope.cancel()
 
 
@@ -74,6 +80,12 @@ class SessionRegistry:
             handle = self._by_device.get(device_id)
             if handle is not None:
                 handle.wake()
+
+    def revoke(self, device_ids: Iterable[str]) -> None:
+        for device_id in device_ids:
+            handle = self._by_device.get(device_id)
+            if handle is not None:
+                handle.revoke()
 
     def __len__(self) -> int:
         return len(self._by_device)

@@ -7,6 +7,7 @@ write `bridge = await nursery.start(serve, ...)` and read `bridge.port`.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import weakref
 from dataclasses import dataclass
@@ -22,11 +23,12 @@ from device_bridge.protocol import SUBPROTOCOLS
 from device_bridge.session_task import Admission, BridgeContext, run_session
 from gateway.types import utcnow
 
-__all__ = ["BridgeServer", "serve", "DEVICE_PATH", "SERVICE_RESTART"]
+__all__ = ["BridgeServer", "serve", "DEVICE_PATH", "PRIVATE_TOKEN_HEADER", "SERVICE_RESTART"]
 
 log = logging.getLogger(__name__)
 
 DEVICE_PATH = "/device/v1"
+PRIVATE_TOKEN_HEADER = "X-Smsgw-Private-Token"
 # RFC 6455 1012: the phone reconnects after a short random delay (not 1001, "going away").
 SERVICE_RESTART = 1012
 
@@ -70,7 +72,7 @@ async def serve(
         if not offered & set(SUBPROTOCOLS):
             ctx.metrics.handshakes.labels("bad_subprotocol").inc()
             return _refuse(ws, HTTPStatus.BAD_REQUEST, "offer subprotocol " + " or ".join(SUBPROTOCOLS))
-        admission = await _admit(ctx, request.headers)
+        admission = await _admit(ctx, request.headers, _peer_host(ws))
         if admission is None:
             ctx.metrics.handshakes.labels("bad_credentials").inc()
             return _refuse(ws, HTTPStatus.UNAUTHORIZED, "bad or missing device credentials")
@@ -102,19 +104,30 @@ async def serve(
             )
         )
         bound = server.listeners[0].socket.getsockname()[1]
-        ctx.bus.attach_bridge(ctx.registry.wake)
+        ctx.bus.attach_bridge(ctx.registry.wake, ctx.registry.revoke)
         task_status.started(BridgeServer(server, bound, ctx))
 
 
-async def _admit(ctx: BridgeContext, headers: Headers) -> Admission | None:
+def _peer_host(ws: ServerConnection) -> str:
+    try:
+        return str(ws.remote_address[0])
+    except (OSError, TypeError, IndexError):
+        return "unknown"
+
+
+async def _admit(ctx: BridgeContext, headers: Headers, source: str) -> Admission | None:
     scheme, _, credential = headers.get("Authorization", "").partition(" ")
     credential = credential.strip()
     if not credential:
         return None
     if scheme == "Bearer":
         identity = await trio.to_thread.run_sync(ctx.devices.authenticate, credential)
-        return Admission(identity, None) if identity else None
+        return Admission(identity, None, source) if identity else None
     if scheme == "Pairing":
+        # Private mode (DESIGN "Pairing"): the code alone does not register a phone.
+        offered = headers.get(PRIVATE_TOKEN_HEADER, "")
+        if ctx.private_token and not hmac.compare_digest(offered.encode(), ctx.private_token.encode()):
+            return None
         valid = await trio.to_thread.run_sync(ctx.devices.pairing_code_valid, credential, utcnow())
-        return Admission(None, credential) if valid else None
+        return Admission(None, credential, source) if valid else None
     return None

@@ -64,6 +64,8 @@ class BridgeContext:
     settings: BridgeSettings
     metrics: BridgeMetrics
     registry: SessionRegistry
+    # Private mode: registering with a pairing code also needs this token ("" = public mode).
+    private_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Admission:
 
     identity: DeviceIdentity | None  # a device token
     pairing_code: str | None  # or a pairing code to redeem
+    source: str = ""  # the phone's address, for the audit log
 
 
 class _Aborted(Exception):
@@ -121,7 +124,9 @@ class _Session:
         identity, credentials = admission.identity, None
         if identity is None:
             assert admission.pairing_code is not None
-            redeemed = await trio.to_thread.run_sync(self.ctx.devices.redeem_pairing_code, admission.pairing_code, utcnow())
+            redeemed = await trio.to_thread.run_sync(
+                self.ctx.devices.redeem_pairing_code, admission.pairing_code, utcnow(), admission.source
+            )
             if redeemed is None:
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code already used or expired")
             identity, token = redeemed
@@ -294,7 +299,9 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
                     nursery.start_soon(session.keepalive)
                     await session.read()
                     nursery.cancel_scope.cancel()
-            if handle.replaced:
+            if handle.revoked:
+                close = (CloseCode.CREDENTIALS_REVOKED, "device deleted")
+            elif handle.replaced:
                 close = (CloseCode.REPLACED, "a newer session of this device took over")
         except* RemoteProtocolError as group:
             exc = group.exceptions[0]

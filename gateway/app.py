@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Callable
@@ -28,17 +29,22 @@ from device_bridge.server import BridgeServer
 from device_bridge.server import serve as serve_bridge
 from device_bridge.session_task import BridgeContext
 from gateway.api.server import GrpcServer, start_grpc_server
+from gateway.auth.passwords import hash_password
+from gateway.auth.repository import AuditEntry, AuthRepository
+from gateway.auth.scopes import ALL_SCOPES
+from gateway.auth.service import AuthService
+from gateway.auth.tokens import JwtKeys, TokenCodec
 from gateway.bus import LocalBus
 from gateway.config import Settings
 from gateway.devices.repository import DeviceRepository
-from gateway.devices.service import ApiTokenAuth, DeviceService
+from gateway.devices.service import DeviceService
 from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
 from gateway.storage.engine import Database
 from gateway.types import utcnow
 
-__all__ = ["serve", "ensure_admin_token", "split_hostport"]
+__all__ = ["serve", "ensure_admin_account", "split_hostport", "write_secret_file"]
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +56,43 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def ensure_admin_token(devices: DeviceRepository, data_dir: Path) -> tuple[Path, bool]:
-    """First start: create the owner and write its API token to DIR/admin.token (0600).
-
-    Returns (path, created). A deleted token file gets a fresh token for the same owner.
-    """
-    path = data_dir / "admin.token"
-    owner = devices.first_owner()
-    if owner is not None and path.exists():
-        return path, False
-    if owner is None:
-        owner = devices.create_owner("admin", utcnow())
-    token = devices.issue_api_token(owner, utcnow())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_secret_file(path: Path, text: str) -> None:
+    """Write a credential readable by its owner only (0600), replacing any old one."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+        f.write(text + "\n")
+
+
+def ensure_admin_account(auth: AuthRepository, data_dir: Path) -> tuple[Path, bool]:
+    """First start: an account `admin` with every scope and a random password, written to
+    DIR/admin.password (0600) for `smsgw login`. Returns (path, created).
+
+    Runs again while no account has a password (e.g. owners migrated from the bootstrap
+    token of earlier versions): the first of them gets the password.
+    """
+    path = data_dir / "admin.password"
+    if auth.any_password_set():
+        return path, False
+    accounts = auth.list_accounts()
+    password = secrets.token_urlsafe(18)
+    hashed = hash_password(password)
+    if accounts:
+        auth.update_account(accounts[0].username, utcnow(), password_hash=hashed, scopes=ALL_SCOPES)
+    else:
+        auth.create_account("admin", hashed, ALL_SCOPES, utcnow(), AuditEntry("account.create", actor="admin", source="serve"))
+    write_secret_file(path, password)
     return path, True
 
 
 class _GatewayThread:
     """Runs the asyncio loop (grpc.aio server, expiry job) in its own thread."""
 
-    def __init__(self, settings: Settings, db: Database, bus: LocalBus, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, bus: LocalBus, registry: CollectorRegistry, codec: TokenCodec
+    ) -> None:
         self.settings = settings
+        self.codec = codec
         self.db = db
         self.bus = bus
         self.metrics = GatewayMetrics(registry)
@@ -97,25 +117,29 @@ class _GatewayThread:
         self._stop = asyncio.Event()
         self.feed = feed = EventFeed()
         self.bus.attach_gateway(feed.notify)
-        devices_repo = DeviceRepository(self.db)
-        messages = MessageService(MessageRepository(self.db), self.bus, self.metrics)
-        devices = DeviceService(devices_repo, self.settings.jobs.pairing_code_ttl)
-        self.grpc = await start_grpc_server(
-            self.settings, messages, devices, feed, ApiTokenAuth(devices_repo), self.metrics
+        message_repo, auth_repo = MessageRepository(self.db), AuthRepository(self.db)
+        messages = MessageService(message_repo, self.bus, self.metrics, daily_segments=self.settings.limits.daily_segments)
+        devices = DeviceService(
+            DeviceRepository(self.db), message_repo, auth_repo, self.bus, self.settings.jobs.pairing_code_ttl
         )
+        auth = AuthService(auth_repo, self.codec, self.settings)
+        await auth.refresh_revocations()
+        self.grpc = await start_grpc_server(self.settings, messages, devices, feed, auth, self.metrics)
         self.started.set()
-        expiry = asyncio.create_task(self._expire_forever(messages))
+        jobs = asyncio.create_task(self._jobs_forever(messages, auth))
         await self._stop.wait()
-        expiry.cancel()
+        jobs.cancel()
         await self.grpc.stop(self.settings.grpc.shutdown_grace)
 
-    async def _expire_forever(self, messages: MessageService) -> None:
+    async def _jobs_forever(self, messages: MessageService, auth: AuthService) -> None:
+        """Expiry sweep, and the token deny lists re-read (revocations from `smsgw users`)."""
         while True:
             await asyncio.sleep(self.settings.jobs.expiry_interval)
             try:
                 await messages.expire_due()
+                await auth.refresh_revocations()
             except Exception:
-                log.exception("expiry job failed; will retry")
+                log.exception("background job failed; will retry")
 
     def start(self) -> int:
         self.thread.start()
@@ -159,11 +183,13 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     db.migrate()
     devices = DeviceRepository(db)
     devices.mark_all_offline()
-    token_path, created = ensure_admin_token(devices, data_dir)
+    password_path, created = ensure_admin_account(AuthRepository(db), data_dir)
+    keys = JwtKeys.from_settings(settings.jwt, data_dir)
+    codec = TokenCodec(keys, issuer=settings.jwt.issuer, audience=settings.jwt.audience, leeway=settings.jwt.leeway)
 
     registry = CollectorRegistry()
     bus = LocalBus()
-    gateway = _GatewayThread(settings, db, bus, registry)
+    gateway = _GatewayThread(settings, db, bus, registry, codec)
     grpc_port = await trio.to_thread.run_sync(gateway.start)
     metrics_host, metrics_port = split_hostport(settings.metrics.listen)
     metrics_server, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
@@ -174,6 +200,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
         settings=settings.bridge,
         metrics=BridgeMetrics(registry),
         registry=SessionRegistry(),
+        private_token=settings.gateway.private_token if settings.gateway.mode == "private" else "",
     )
     grpc_host, _ = split_hostport(settings.grpc.listen)
     bridge_host, bridge_port = split_hostport(settings.bridge.listen)
@@ -192,7 +219,8 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
             )
             _write_json(data_dir / "endpoints.json", endpoints.__dict__)
             announce(f"smsgw serving  gRPC {endpoints.grpc}  phones {endpoints.device}  metrics {endpoints.metrics}")
-            announce(("created" if created else "using") + f" admin credential {token_path}")
+            if created:
+                announce(f"created account admin; its password is in {password_path} (smsgw login)")
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     announce(f"smsgw: {signal.Signals(signum).name}, shutting down")

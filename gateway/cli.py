@@ -24,8 +24,19 @@ def _client_args(p: argparse.ArgumentParser) -> None:
         "--token-file",
         type=Path,
         default=None,
-        help="file holding the API token (default: env SMSGW_TOKEN, else ./smsgw-data/admin.token)",
+        help="file holding an access token (default: env SMSGW_TOKEN, else the credentials of `smsgw login`)",
     )
+    p.add_argument(
+        "--credentials",
+        type=Path,
+        default=None,
+        help="credentials file of `smsgw login` (default: env SMSGW_CREDENTIALS, else ./smsgw-data/credentials.json)",
+    )
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (see config.example.yml)")
+    p.add_argument("--data-dir", type=Path, help="the server's data directory (default ./smsgw-data)")
 
 
 def _version() -> str:
@@ -52,8 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run gateway + device bridge + jobs in one process (SQLite)")
     serve.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
-    serve.add_argument("--config", type=Path, help="YAML config file (see config.example.yml)")
-    serve.add_argument("--data-dir", type=Path, help="database, admin.token, endpoints.json (default ./smsgw-data)")
+    _server_args(serve)
     serve.add_argument("--grpc-listen", help="HOST:PORT for the gRPC API (default 127.0.0.1:50051; port 0 = any)")
     serve.add_argument("--device-listen", help="HOST:PORT for phone WebSockets (default 127.0.0.1:8765)")
     serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9464)")
@@ -79,7 +89,49 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--after", type=int, help="resume after this event id (0 = from the start)")
     watch.add_argument("--message", action="append", default=[], help="only this message id; repeatable")
 
-    devices = sub.add_parser("devices", help="list and pair phones")
+    users = sub.add_parser("users", help="manage accounts (opens the server's database directly)")
+    usub = users.add_subparsers(dest="users_command", required=True)
+    for name, text in (
+        ("add", "create an account (password: --password-stdin, a prompt, or one is made up and printed)"),
+        ("passwd", "set a new password (revokes the account's tokens)"),
+        ("disable", "refuse the account's sign-ins and revoke its tokens"),
+        ("enable", "allow the account to sign in again"),
+        ("scopes", "set the scopes the account's tokens may carry"),
+    ):
+        u = usub.add_parser(name, help=text)
+        _server_args(u)
+        u.add_argument("username")
+        if name in ("add", "passwd"):
+            u.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        if name in ("add", "scopes"):
+            u.add_argument("--scope", action="append", default=[], required=name == "scopes",
+                           help="a scope (repeatable; default for add: all)")
+    _server_args(usub.add_parser("list", help="accounts, their state and scopes"))
+
+    login = sub.add_parser("login", help="sign in and keep the tokens in the credentials file")
+    _client_args(login)
+    login.add_argument("--user", default="admin", help="username (default admin)")
+    login.add_argument("--password-file", type=Path, help="read the password from this file (e.g. smsgw-data/admin.password)")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    login.add_argument("--scope", action="append", default=[], help="a scope to ask for (repeatable; default: all of the account's)")
+    login.add_argument("--access-ttl", type=_non_negative, default=0, help="seconds (default 900)")
+    login.add_argument("--refresh-ttl", type=_non_negative, default=0, help="seconds (default 2592000)")
+    login.add_argument("--print", action="store_true", help="also print the access token (for scripts: SMSGW_TOKEN)")
+    logout = sub.add_parser("logout", help="revoke the stored sign-in and delete the credentials file")
+    _client_args(logout)
+
+    token = sub.add_parser("token", help="revoke tokens")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    revoke = tsub.add_parser("revoke", help="revoke a token by jti (a refresh token's revokes its whole sign-in)")
+    _client_args(revoke)
+    revoke.add_argument("jti")
+
+    audit = sub.add_parser("audit", help="your audit log: tokens, devices, failed sign-ins (newest first)")
+    _client_args(audit)
+    audit.add_argument("--action", default="", help="only this action (e.g. token.issue, auth.failure)")
+    audit.add_argument("--limit", type=int, default=50, help="entries to show (max 500)")
+
+    devices = sub.add_parser("devices", help="list, pair and delete phones")
     dsub = devices.add_subparsers(dest="devices_command", required=True)
     dlist = dsub.add_parser("list", help="phones with online state, last seen, SIMs")
     _client_args(dlist)
@@ -88,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     pair.add_argument("--name", default="", help="device name shown in the list")
     pair.add_argument("--ttl", type=int, default=0, help="seconds the code stays valid (default 600)")
     pair.add_argument("--device-url", help="phone endpoint to put in the QR code (default from --server, port 8765)")
+    delete = dsub.add_parser("delete", help="revoke a phone's credentials and end its session")
+    _client_args(delete)
+    delete.add_argument("device_id")
 
     sim = sub.add_parser("simulate", help="run N simulated phones against a running server")
     _client_args(sim)
@@ -120,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "users":
+            from gateway import cli_users
+
+            return cli_users.run(args)
         from gateway import cli_client
 
         return cli_client.run(args)
@@ -152,8 +211,8 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         trio.run(lambda: app.serve(settings, announce=lambda line: print(line, flush=True)))
-    except* OSError as group:
-        # A port in use, a data directory that cannot be written: say so, no traceback.
+    except* (OSError, ValueError) as group:
+        # A port in use, a data directory that cannot be written, a bad key: say so, no traceback.
         for exc in _leaves(group):
             print(f"smsgw serve: {exc}", file=sys.stderr)
         failed = True

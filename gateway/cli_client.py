@@ -1,4 +1,4 @@
-"""The client side of the `smsgw` command: send, watch, devices, simulate (over gRPC)."""
+"""The client side of the `smsgw` command: login, send, watch, devices, audit, simulate (over gRPC)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import grpc
 from smsgw.v1 import common_pb2
 from smsgw_client import Client, DeadlineExceeded, SmsgwError
 
+from gateway.cli_credentials import StoredCredentials, credentials_path
+from gateway.cli_users import read_password
 from gateway.redact import redact_number
 from gateway.types import State, is_settled
 
@@ -21,18 +23,65 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _token(args: argparse.Namespace) -> str:
+    """--token-file, else SMSGW_TOKEN, else the credentials of `smsgw login` (refreshed when
+    the access token is about to expire)."""
     if args.token_file is not None:
-        path = args.token_file
-    elif os.environ.get("SMSGW_TOKEN"):
+        try:
+            return args.token_file.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(_usage(f"cannot read token file {args.token_file}: {exc.strerror}")) from None
+    if os.environ.get("SMSGW_TOKEN"):
         return os.environ["SMSGW_TOKEN"].strip()
-    else:
-        path = Path("smsgw-data/admin.token")
+    path = credentials_path(args.credentials)
     try:
-        return path.read_text().strip()
-    except OSError as exc:
+        stored = StoredCredentials.load(path)
+    except (OSError, ValueError, TypeError):
         raise SystemExit(
-            _usage(f"cannot read token file {path}: {exc.strerror}; pass --token-file or set SMSGW_TOKEN")
+            _usage(f"not signed in ({path} missing or unreadable): run `smsgw login`, or pass --token-file / SMSGW_TOKEN")
         ) from None
+    if stored.access_expiring():
+        with Client(args.server) as client:
+            try:
+                pair = client.refresh_token(stored.refresh_token)
+            except SmsgwError as exc:
+                raise SystemExit(_usage(f"sign-in expired ({exc.details}): run `smsgw login` again")) from None
+        stored = StoredCredentials.from_pair(stored.server, stored.username, pair)
+        stored.save(path)
+    return stored.access_token
+
+
+def _login(args: argparse.Namespace) -> int:
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text().strip()
+        except OSError as exc:
+            return _usage(f"cannot read {args.password_file}: {exc.strerror}")
+    else:
+        password = read_password(args, confirm=False) or ""
+    path = credentials_path(args.credentials)
+    with Client(args.server) as client:
+        pair = client.issue_token(
+            args.user, password, scopes=args.scope, access_ttl=args.access_ttl, refresh_ttl=args.refresh_ttl
+        )
+    StoredCredentials.from_pair(args.server, args.user, pair).save(path)
+    print(f"signed in as {args.user}; scopes {' '.join(pair.scopes)}")
+    print(f"tokens in {path} (access until {pair.access_expires_at.ToJsonString()}, refreshed when needed)")
+    if args.print:
+        print(pair.access_token)
+    return EXIT_OK
+
+
+def _logout(args: argparse.Namespace) -> int:
+    path = credentials_path(args.credentials)
+    try:
+        stored = StoredCredentials.load(path)
+    except (OSError, ValueError, TypeError):
+        return _usage(f"not signed in ({path})")
+    with Client(args.server, _token(args)) as client:
+        client.revoke_token(stored.refresh_jti)
+    path.unlink(missing_ok=True)
+    print("signed out; the sign-in's tokens are revoked")
+    return EXIT_OK
 
 
 def _usage(message: str) -> int:
@@ -44,13 +93,26 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return _simulate(args)
     try:
+        if args.command == "login":
+            return _login(args)
+        if args.command == "logout":
+            return _logout(args)
         with Client(args.server, _token(args)) as client:
             if args.command == "send":
                 return _send(client, args)
             if args.command == "watch":
                 return _watch(client, args)
+            if args.command == "audit":
+                return _audit(client, args)
+            if args.command == "token":
+                print(f"revoked {client.revoke_token(args.jti)} token(s)")
+                return EXIT_OK
             if args.devices_command == "list":
                 return _devices_list(client)
+            if args.devices_command == "delete":
+                result = client.delete_device(args.device_id)
+                print(f"deleted {args.device_id}: {result.rerouted} unaccepted messages rerouted, {result.failed} failed")
+                return EXIT_OK
             return _devices_pair(client, args)
     except SmsgwError as exc:
         violations = getattr(exc, "field_violations", [])
@@ -126,6 +188,13 @@ def _watch(client: Client, args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
+    return EXIT_OK
+
+
+def _audit(client: Client, args: argparse.Namespace) -> int:
+    for e in client.list_audit_events(action=args.action, page_size=args.limit).events:
+        time = e.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{time}  {e.action:14}  {e.actor[:26]:26}  {e.source:15}  {e.detail}")
     return EXIT_OK
 
 

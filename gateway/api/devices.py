@@ -1,4 +1,4 @@
-"""smsgw.v1.DeviceService: list phones, create pairing codes."""
+"""smsgw.v1.DeviceService: list phones, create pairing codes, delete phones."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import grpc
 from smsgw.v1 import devices_pb2, devices_pb2_grpc
 
 from gateway.api.convert import device_to_pb, timestamp
-from gateway.api.interceptors import current_owner
+from gateway.api.interceptors import current_caller, current_owner
 from gateway.devices.service import DeviceService
 
 __all__ = ["DeviceServicer"]
@@ -28,3 +28,9 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
     ) -> devices_pb2.PairingCode:
         code, expires = await self.service.create_pairing_code(current_owner(), request.device_name, request.ttl_seconds)
         return devices_pb2.PairingCode(code=code, expires_at=timestamp(expires))
+
+    async def DeleteDevice(
+        self, request: devices_pb2.DeleteDeviceRequest, context: Context
+    ) -> devices_pb2.DeleteDeviceResponse:
+        rerouted, failed = await self.service.delete(current_caller(), request.id)
+        return devices_pb2.DeleteDeviceResponse(rerouted=rerouted, failed=failed)

@@ -1,7 +1,13 @@
-"""One server interceptor for what every RPC shares: authentication, the error mapping, timing.
+"""One server interceptor for what every RPC shares: authentication, scopes, rate limits, the
+error mapping, timing.
+
+Per call, in order: a source address locked out by failed authentications is refused; an RPC
+missing from `RPC_SCOPES` is refused (fail closed); public RPCs (IssueToken, RefreshToken,
+CreateAccount) are rate-limited per source and check their own credential; every other RPC
+needs a valid access token carrying its scope, and is rate-limited per token.
 
 Servicers never call `abort`: they raise from the `gateway.errors` tree and this module
-maps it, once, to a status with google.rpc details (BadRequest, RetryInfo).
+maps it, once, to a status with google.rpc details (BadRequest, RetryInfo, QuotaFailure).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.auth.records import Caller
+from gateway.auth.scopes import PUBLIC, RPC_SCOPES
+from gateway.auth.service import AuthService
 from gateway.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -30,11 +39,11 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 
-__all__ = ["ApiInterceptor", "current_owner", "to_status"]
+__all__ = ["ApiInterceptor", "current_owner", "current_caller", "call_source", "to_status"]
 
 log = logging.getLogger(__name__)
 
-_owner: contextvars.ContextVar[str] = contextvars.ContextVar("smsgw_owner")
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("smsgw_caller")
 
 # Services that answer without credentials (standard infrastructure).
 _PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -51,9 +60,33 @@ _CODES: dict[type[SmsgwError], grpc.StatusCode] = {
 }
 
 
+def current_caller() -> Caller:
+    """Who makes the RPC being served (set by the interceptor before the servicer runs)."""
+    return _caller.get()
+
+
 def current_owner() -> str:
     """The authenticated owner of the RPC being served."""
-    return _owner.get()
+    return _caller.get().owner_id
+
+
+def call_source(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The peer's address without its port ("ipv4:127.0.0.1:5000" -> "127.0.0.1"): a client
+    reconnecting from a new port is still the same source."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]") or rest
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    return peer or "unknown"
+
+
+def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 def to_status(exc: SmsgwError) -> grpc.Status:
@@ -78,12 +111,12 @@ def to_status(exc: SmsgwError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-Authenticate = Callable[[str], Awaitable[str | None]]
+_MISSING = object()
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticate, metrics: GatewayMetrics) -> None:
-        self._authenticate = authenticate
+    def __init__(self, auth: AuthService, metrics: GatewayMetrics) -> None:
+        self._auth = auth
         self._metrics = metrics
 
     async def intercept_service(
@@ -98,30 +131,40 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         rpc = method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, rpc),
+                self._wrap_unary(handler.unary_unary, method, rpc),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
+                self._wrap_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    async def _login(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        header = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else value.decode()
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
-        owner = await self._authenticate(token.strip())
-        if owner is None:
-            raise Unauthenticated("invalid token")
-        _owner.set(owner)
+    async def _login(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        source = call_source(context)
+        self._auth.check_locked(source)
+        scope = RPC_SCOPES.get(method, _MISSING)
+        if scope is _MISSING:
+            raise PermissionDenied(f"{method} has no scope: refused")
+        if scope is PUBLIC:
+            self._auth.limit_source(source)
+            _caller.set(Caller("", "", frozenset(), source))
+            return
+        scheme, _, token = metadata_value(context, "authorization").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("missing 'authorization: Bearer <access token>' metadata")
+        try:
+            caller = self._auth.authenticate(token.strip(), source)
+        except Unauthenticated as exc:
+            await self._auth.failed(source, f"bearer: {exc}")
+            raise
+        if scope not in caller.scopes:
+            raise PermissionDenied(f"the token lacks scope {scope}")
+        self._auth.limit_token(caller)
+        _caller.set(caller)
 
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
         if isinstance(exc, SmsgwError):
@@ -131,12 +174,12 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             st = rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
         await context.abort(st.code, st.details, st.trailing_metadata)
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], rpc: str) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str, rpc: str) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = "OK"
             try:
-                await self._login(context)
+                await self._login(context, method)
                 return await behavior(request, context)
             except Exception as exc:  # noqa: BLE001 — mapped to a status, never leaked
                 if isinstance(exc, grpc.aio.AbortError):
@@ -148,10 +191,10 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
-                await self._login(context)
+                await self._login(context, method)
                 async for item in behavior(request, context):
                     yield item
             except Exception as exc:  # noqa: BLE001

@@ -50,23 +50,26 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
     ) -> messages_pb2.ListMessagesResponse:
         if request.page_size > _PAGE_MAX:
             raise InvalidArgument("page_size", f"at most {_PAGE_MAX}")
-        if request.state and request.state not in State.__members__.values():
-            raise InvalidArgument("state", "unknown state")
         before_id = _decode_token(request.page_token) if request.page_token else None
         limit = request.page_size or _PAGE_DEFAULT
-        bad: list[tuple[str, str]] = []
-        after = timestamp_field(request.created_after, "created_after", bad) if request.HasField("created_after") else None
-        before = timestamp_field(request.created_before, "created_before", bad) if request.HasField("created_before") else None
-        InvalidArgument.raise_if_any(bad)
-        flt = MessageFilter(
-            state=State(request.state) if request.state else None,
-            device_id=request.device_id,
-            created_after=after,
-            created_before=before,
-        )
+        flt = _filter(request)
         records = await self.service.list(current_owner(), flt, limit=limit, before_id=before_id)
         token = _encode_token(records[-1].id) if len(records) == limit else ""
         return messages_pb2.ListMessagesResponse(messages=[message_to_pb(r) for r in records], next_page_token=token)
+
+    async def ExportMessages(
+        self, request: messages_pb2.ExportMessagesRequest, context: Context
+    ) -> AsyncIterator[messages_pb2.Message]:
+        """Every matching message, oldest first, read page by page (bounded memory)."""
+        owner, flt = current_owner(), _filter(request)
+        after_id = ""  # below every ULID
+        while True:
+            records = await self.service.list(owner, flt, limit=_PAGE_MAX, after_id=after_id)
+            for record in records:
+                yield message_to_pb(record)
+            if len(records) < _PAGE_MAX:
+                return
+            after_id = records[-1].id
 
     async def CancelMessage(self, request: messages_pb2.CancelMessageRequest, context: Context) -> messages_pb2.Message:
         _require_id(request.id)
@@ -100,6 +103,21 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
                 cursor = max(cursor, bound)
                 await self.feed.wait(waiter, _WATCH_POLL)
         raise Unavailable("server shutting down; resume with after_event_id")
+
+
+def _filter(request: messages_pb2.ListMessagesRequest | messages_pb2.ExportMessagesRequest) -> MessageFilter:
+    bad: list[tuple[str, str]] = []
+    if request.state and request.state not in State.__members__.values():
+        bad.append(("state", "unknown state"))
+    after = timestamp_field(request.created_after, "created_after", bad) if request.HasField("created_after") else None
+    before = timestamp_field(request.created_before, "created_before", bad) if request.HasField("created_before") else None
+    InvalidArgument.raise_if_any(bad)
+    return MessageFilter(
+        state=State(request.state) if request.state else None,
+        device_id=request.device_id,
+        created_after=after,
+        created_before=before,
+    )
 
 
 def _require_id(message_id: str) -> None:

@@ -7,11 +7,22 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from smsgw.v1 import devices_pb2, devices_pb2_grpc, messages_pb2, messages_pb2_grpc
+from smsgw.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    devices_pb2,
+    devices_pb2_grpc,
+    messages_pb2,
+    messages_pb2_grpc,
+)
 
+from gateway.api.auth import AuditServicer, AuthServicer
 from gateway.api.devices import DeviceServicer
-from gateway.api.interceptors import ApiInterceptor, Authenticate
+from gateway.api.interceptors import ApiInterceptor
 from gateway.api.messages import MessageServicer
+from gateway.auth.service import AuthService
 from gateway.config import Settings
 from gateway.devices.service import DeviceService
 from gateway.messages.service import EventFeed, MessageService
@@ -22,6 +33,8 @@ __all__ = ["GrpcServer", "start_grpc_server", "SERVICE_NAMES"]
 SERVICE_NAMES = (
     messages_pb2.DESCRIPTOR.services_by_name["MessageService"].full_name,
     devices_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 _SERVER_OPTIONS = [
@@ -52,15 +65,17 @@ async def start_grpc_server(
     messages: MessageService,
     devices: DeviceService,
     feed: EventFeed,
-    authenticate: Authenticate,
+    auth: AuthService,
     metrics: GatewayMetrics,
 ) -> GrpcServer:
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(authenticate, metrics)],
+        interceptors=[ApiInterceptor(auth, metrics)],
         options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.grpc.max_receive_message_length)],
     )
     messages_pb2_grpc.add_MessageServiceServicer_to_server(MessageServicer(messages, feed, settings.limits), server)
     devices_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(devices), server)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(auth), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -8,12 +8,13 @@ machine) resists GPU guessing while a sign-in stays cheap; sign-ins run off the 
 from __future__ import annotations
 
 import base64
+import functools
 import os
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-__all__ = ["hash_password", "verify_password", "DUMMY_HASH"]
+__all__ = ["hash_password", "verify_password", "dummy_hash"]
 
 _LOG2_N, _R, _P, _SALT, _LENGTH = 15, 8, 1, 16, 32
 
@@ -42,7 +43,9 @@ def verify_password(password: str, stored: str) -> bool:
         return False
 
 
-# Verified against when the username is unknown, so that the answer takes as long as for a
-# known one and does not tell which usernames exist.
-DUMMY_HASH = hash_password(base64.b64encode(os.urandom(12)).decode())
+@functools.cache
+def dummy_hash() -> str:
+    """Verified against when the username is unknown, so that the answer takes as long as
+    for a known one and does not tell which usernames exist."""
+    return hash_password(base64.b64encode(os.urandom(12)).decode())
 

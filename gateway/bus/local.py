@@ -1,7 +1,7 @@
 """In-process bus for `smsgw serve`: the one module that hops between the two event loops.
 
-Two signals flow: "device D has work" (gateway -> bridge, also bridge -> itself) and
-"new events were logged" (anyone -> gateway watchers). Hops are coalesced: while a hop
+Three signals flow: "device D has work" and "device D was deleted" (gateway -> bridge, also
+bridge -> itself), and "new events were logged" (anyone -> gateway watchers). Hops are coalesced: while a hop
 is scheduled and not yet run, further signals only add to the pending set, so a burst
 of N sends costs one hop, not N (DESIGN.md "What things cost here").
 """
@@ -19,11 +19,24 @@ __all__ = ["Bus", "LocalBus"]
 
 
 class Bus(Protocol):
-    def attach_bridge(self, on_work: Callable[[set[str]], None]) -> None:
-        """Subscribe the bridge (from its trio thread) to work signals."""
+    def attach_bridge(
+        self, on_work: Callable[[set[str]], None], on_revoked: Callable[[set[str]], None] | None = None
+    ) -> None:
+        """Subscribe the bridge (from its trio thread) to work and revocation signals."""
 
     def notify_work(self, device_ids: Iterable[str]) -> None:
         """Some devices have new work (messages to deliver or drop). Thread-safe, non-blocking."""
+
+    def notify_revoked(self, device_ids: Iterable[str]) -> None:
+        """These devices were deleted: end their live sessions. Thread-safe, non-blocking."""
+
+    def notify_revoked(self, device_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._revoked.update(device_ids)
+            if not self._revoked or self._work_scheduled or self._trio_token is None:
+                return
+            self._work_scheduled = True
+        self._schedule_work()
 
     def notify_events(self) -> None:
         """New rows were appended to the event log. Thread-safe, non-blocking."""
@@ -33,18 +46,23 @@ class LocalBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._work: set[str] = set()
+        self._revoked: set[str] = set()
         self._work_scheduled = False
         self._events_scheduled = False
         self._on_work: Callable[[set[str]], None] | None = None
+        self._on_revoked: Callable[[set[str]], None] | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._on_events: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
-    def attach_bridge(self, on_work: Callable[[set[str]], None]) -> None:
-        """Call from the bridge's trio thread; `on_work` then runs there, never concurrently."""
+    def attach_bridge(
+        self, on_work: Callable[[set[str]], None], on_revoked: Callable[[set[str]], None] | None = None
+    ) -> None:
+        """Call from the bridge's trio thread; the callbacks then run there, never concurrently."""
         with self._lock:
             self._on_work = on_work
+            self._on_revoked = on_revoked
             self._trio_token = trio.lowlevel.current_trio_token()
-            pending = bool(self._work) and not self._work_scheduled
+            pending = bool(self._work or self._revoked) and not self._work_scheduled
             self._work_scheduled = self._work_scheduled or pending
         if pending:
             self._schedule_work()
@@ -52,6 +70,7 @@ class LocalBus:
     def detach_bridge(self) -> None:
         with self._lock:
             self._on_work = None
+            self._on_revoked = None
             self._trio_token = None
             self._work_scheduled = False
 
@@ -97,8 +116,11 @@ class LocalBus:
     def _deliver_work(self) -> None:
         with self._lock:
             work, self._work = self._work, set()
+            revoked, self._revoked = self._revoked, set()
             self._work_scheduled = False
-            on_work = self._on_work
+            on_work, on_revoked = self._on_work, self._on_revoked
+        if on_revoked is not None and revoked:
+            on_revoked(revoked)
         if on_work is not None and work:
             on_work(work)
 

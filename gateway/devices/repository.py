@@ -14,6 +14,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from ulid import ULID
 
+from gateway.auth.repository import AuditEntry, audit_row
 from gateway.devices.records import DeviceIdentity, DeviceRecord, SimRecord, sims_from_json, sims_to_json
 from gateway.errors import InvalidArgument
 from gateway.messages.repository import to_utc
@@ -50,8 +51,9 @@ class DeviceRepository:
             row = s.get(PairingCode, hash_secret(_normal(code)))
             return row is not None and row.used_at is None and row.expires_at > to_utc(now)
 
-    def redeem_pairing_code(self, code: str, now: datetime) -> tuple[DeviceIdentity, str] | None:
-        """Trade a valid code for a new device and its token, once. None if spent/expired/unknown."""
+    def redeem_pairing_code(self, code: str, now: datetime, source: str = "") -> tuple[DeviceIdentity, str] | None:
+        """Trade a valid code for a new device and its token, once (audited as device.pair).
+        None if spent/expired/unknown."""
         now = to_utc(now)
         with self.db.write() as s:
             row = s.get(PairingCode, hash_secret(_normal(code)))
@@ -65,6 +67,7 @@ class DeviceRepository:
                 token_hash=hash_secret(token), created_at=now,
             )
             s.add(device)
+            s.add(audit_row(AuditEntry("device.pair", device.owner_id, device.id, source, f"paired {device.name!r}"), now))
             return DeviceIdentity(device.id, device.owner_id), token
 
     # ---- credentials and presence ------------------------------------------------

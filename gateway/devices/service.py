@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
+from gateway.auth.records import Caller
+from gateway.auth.repository import AuditEntry, AuthRepository
+from gateway.bus import Bus
 from gateway.devices.records import DeviceRecord
 from gateway.devices.repository import DeviceRepository
 from gateway.errors import InvalidArgument
+from gateway.messages.repository import MessageRepository
 from gateway.types import utcnow
 
 __all__ = ["DeviceService"]
@@ -16,12 +20,34 @@ _MAX_PAIRING_TTL = 3600
 
 
 class DeviceService:
-    def __init__(self, repo: DeviceRepository, default_pairing_ttl: int) -> None:
+    def __init__(
+        self, repo: DeviceRepository, messages: MessageRepository, audit: AuthRepository, bus: Bus, default_pairing_ttl: int
+    ) -> None:
         self.repo = repo
+        self.messages = messages
+        self.audit = audit
+        self.bus = bus
         self.default_pairing_ttl = default_pairing_ttl
 
     async def list(self, owner_id: str) -> list[DeviceRecord]:
         return await asyncio.to_thread(self.repo.list, owner_id)
+
+    async def delete(self, caller: Caller, device_id: str) -> tuple[int, int]:
+        """DeleteDevice: revoke, release its unaccepted messages, end its live session.
+        Returns (rerouted, failed)."""
+        if not device_id:
+            raise InvalidArgument("id", "required")
+        return await asyncio.to_thread(self._delete, caller, device_id)
+
+    def _delete(self, caller: Caller, device_id: str) -> tuple[int, int]:
+        # Signals go from the committing thread, as for sends (docs/design.md).
+        rerouted, failed, wake = self.messages.delete_device(caller.owner_id, device_id, utcnow())
+        self.bus.notify_revoked([device_id])
+        self.bus.notify_work(wake - {device_id})
+        self.bus.notify_events()
+        detail = f"deleted; {rerouted} unaccepted messages rerouted, {failed} failed"
+        self.audit.audit(AuditEntry("device.delete", caller.owner_id, device_id, caller.source, detail), utcnow())
+        return rerouted, failed
 
     async def create_pairing_code(self, owner_id: str, device_name: str, ttl_seconds: int) -> tuple[str, datetime]:
         bad = []

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 
 from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from ulid import ULID
 
-from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from gateway.messages.records import (
     EventRecord,
     MessageFilter,
@@ -26,7 +26,7 @@ from gateway.messages.records import (
     RecipientRecord,
 )
 from gateway.storage.engine import Database
-from gateway.storage.models import Device, EventRow, MessageRow, RecipientRow
+from gateway.storage.models import DailyUsageRow, Device, EventRow, MessageRow, RecipientRow
 from gateway.types import UNACCEPTED_STATES, State, derive_message_state, may_move
 
 __all__ = ["MessageRepository", "to_utc"]
@@ -48,16 +48,21 @@ class MessageRepository:
 
     # ---- client side -------------------------------------------------------------
 
-    def create(self, owner_id: str, new: NewMessage, now: datetime) -> tuple[MessageRecord, bool]:
+    def create(
+        self, owner_id: str, new: NewMessage, now: datetime, *, daily_segments: int = 0
+    ) -> tuple[MessageRecord, bool]:
         """Store a message (routed to a device) or return the one with the same key.
 
         Returns (message, created). Raises AlreadyExists when the key names different
-        content, InvalidArgument for a device that is not the owner's.
+        content, InvalidArgument for a device that is not the owner's, ResourceExhausted
+        when the message would take the owner past `daily_segments` today (0 = no cap);
+        a replay of a stored message is answered even then.
         """
         now = to_utc(now)
         # Insert first: a new key is the common case; the unique key catches a replay.
         try:
             with self.db.write() as s:
+                self._count_segments(s, owner_id, new.parts * len(new.phone_numbers), daily_segments, now)
                 device_id, pinned = self._route(s, owner_id, new.device_id)
                 row = MessageRow(
                     id=str(ULID()),
@@ -89,13 +94,57 @@ class MessageRepository:
                 for r in recipients:
                     s.add(self._event(row, r, now))
                 record = _record(row, recipients)
-        except IntegrityError:
+        except (IntegrityError, ResourceExhausted):
             # The key exists (a retry, or a concurrent send that won the insert).
             existing = self._existing(owner_id, new)
             if existing is None:
                 raise
             return existing, False
         return record, True
+
+    @staticmethod
+    def _count_segments(s: Session, owner_id: str, segments: int, cap: int, now: datetime) -> None:
+        """Add to the owner's segments of the UTC day, in the transaction that stores them."""
+        day = now.date().isoformat()
+        usage = s.get(DailyUsageRow, (owner_id, day)) or DailyUsageRow(owner_id=owner_id, day=day, segments=0)
+        if cap and usage.segments + segments > cap:
+            midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
+            raise ResourceExhausted(
+                f"daily cap of {cap} SMS segments reached ({usage.segments} sent today, this message needs {segments})",
+                (midnight - now).total_seconds(),
+                subject=f"owner:{owner_id}",
+            )
+        usage.segments += segments
+        s.add(usage)
+
+    def delete_device(self, owner_id: str, device_id: str, now: datetime) -> tuple[int, int, set[str]]:
+        """Revoke a device and release what it has not accepted, in one transaction.
+
+        Unpinned messages go to another of the owner's phones (or wait unrouted); messages
+        pinned to it FAIL. What it accepted stays as it is: the phone may have sent it, and
+        it can no longer report. Returns (rerouted, failed, devices to wake). NotFound for
+        an unknown, deleted or foreign device.
+        """
+        now = to_utc(now)
+        with self.db.write() as s:
+            device = s.get(Device, device_id)
+            if device is None or device.owner_id != owner_id or device.revoked:
+                raise NotFound(f"device {device_id} not found")
+            device.revoked, device.session_id = True, ""
+            s.add(device)
+            s.flush()
+            rows = list(
+                s.exec(select(MessageRow).where(MessageRow.device_id == device_id, col(MessageRow.state).in_(_UNACCEPTED)))
+            )
+            pinned = [r for r in rows if r.pinned]
+            self._move_all(s, pinned, State.FAILED, "device deleted", now)
+            moving = [r for r in rows if not r.pinned]
+            self._move_all(s, [r for r in moving if r.state == int(State.DISPATCHED)], State.PENDING, "device_deleted", now)
+            target, _ = self._route(s, owner_id, "") if moving else (None, False)
+            for row in moving:
+                row.device_id, row.session_id = target, ""
+                s.add(row)
+            return len(moving), len(pinned), {device_id, *([target] if target else [])}
 
     def get(self, owner_id: str, message_id: str) -> MessageRecord:
         with self.db.read() as s:
@@ -105,9 +154,9 @@ class MessageRepository:
             return _record(row, self._recipients_rows(s, row.id))
 
     def list(
-        self, owner_id: str, flt: MessageFilter, *, limit: int, before_id: str | None
+        self, owner_id: str, flt: MessageFilter, *, limit: int, before_id: str | None = None, after_id: str | None = None
     ) -> list[MessageRecord]:
-        """Newest first; `before_id` is the cursor (ULIDs sort by creation)."""
+        """Newest first below `before_id`; oldest first above `after_id` (export). ULIDs sort by creation."""
         with self.db.read() as s:
             q = select(MessageRow).where(MessageRow.owner_id == owner_id)
             if flt.state is not None:
@@ -120,7 +169,11 @@ class MessageRepository:
                 q = q.where(MessageRow.created_at < to_utc(flt.created_before))
             if before_id:
                 q = q.where(MessageRow.id < before_id)
-            rows = list(s.exec(q.order_by(col(MessageRow.id).desc()).limit(limit)))
+            if after_id is not None:
+                q = q.where(MessageRow.id > after_id).order_by(col(MessageRow.id))
+            else:
+                q = q.order_by(col(MessageRow.id).desc())
+            rows = list(s.exec(q.limit(limit)))
             recipients = self._recipients_rows_many(s, [r.id for r in rows])
             return [_record(r, recipients[r.id]) for r in rows]
 

@@ -52,10 +52,11 @@ class EventFeed:
 
 
 class MessageService:
-    def __init__(self, repo: MessageRepository, bus: Bus, metrics: GatewayMetrics) -> None:
+    def __init__(self, repo: MessageRepository, bus: Bus, metrics: GatewayMetrics, *, daily_segments: int = 0) -> None:
         self.repo = repo
         self.bus = bus
         self.metrics = metrics
+        self.daily_segments = daily_segments
 
     async def send(self, owner_id: str, new: NewMessage) -> tuple[MessageRecord, bool]:
         return await asyncio.to_thread(self._send, owner_id, new)
@@ -64,7 +65,7 @@ class MessageService:
         """Commit, then signal, in the same worker thread: if the RPC is cancelled while the
         thread runs, the commit still happens and so must the wake-up. A replay (same key)
         wakes the device too, in case the first attempt's signal was lost."""
-        record, created = self.repo.create(owner_id, new, utcnow())
+        record, created = self.repo.create(owner_id, new, utcnow(), daily_segments=self.daily_segments)
         if created:
             self.metrics.messages_accepted.inc()
             self.metrics.recipients_accepted.inc(len(record.recipients))
@@ -79,9 +80,9 @@ class MessageService:
         return await asyncio.to_thread(self.repo.get, owner_id, message_id)
 
     async def list(
-        self, owner_id: str, flt: MessageFilter, *, limit: int, before_id: str | None
+        self, owner_id: str, flt: MessageFilter, *, limit: int, before_id: str | None = None, after_id: str | None = None
     ) -> list[MessageRecord]:
-        return await asyncio.to_thread(self.repo.list, owner_id, flt, limit=limit, before_id=before_id)
+        return await asyncio.to_thread(self.repo.list, owner_id, flt, limit=limit, before_id=before_id, after_id=after_id)
 
     async def cancel(self, owner_id: str, message_id: str) -> MessageRecord:
         return await asyncio.to_thread(self._cancel, owner_id, message_id)

@@ -13,6 +13,7 @@ decision about the wire lives here once, so the two cannot drift apart:
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import time
@@ -35,6 +36,7 @@ __all__ = [
     "RETRIED_SERVICES",
     "SERVICE_CONFIG",
     "WatchCursor",
+    "basic_metadata",
     "call_metadata",
     "channel_options",
     "list_messages_request",
@@ -50,7 +52,9 @@ DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_RECONNECTS: Final = 8
 """Reconnects in a row ``watch_messages`` tries before it gives up."""
 
-RETRIED_SERVICES: Final = ("smsgw.v1.MessageService", "smsgw.v1.DeviceService")
+# AuthService is not retried: a RefreshToken retried after the server spent the token would
+# look like a reuse outside the grace window and revoke the sign-in.
+RETRIED_SERVICES: Final = ("smsgw.v1.MessageService", "smsgw.v1.DeviceService", "smsgw.v1.AuditService")
 
 MAX_RECEIVE_MESSAGE_LENGTH: Final = 16 * 1024 * 1024
 """Set explicitly (RELIABILITY 25): a page of 500 messages can exceed gRPC's 4 MiB."""
@@ -119,6 +123,12 @@ def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     if token is None:
         return ()
     return (("authorization", f"Bearer {token}"),)
+
+
+def basic_metadata(username: str, password: str) -> tuple[tuple[str, str], ...]:
+    """Return the metadata of ``IssueToken``: ``authorization: Basic base64(username:password)``."""
+    raw = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return (("authorization", f"Basic {raw}"),)
 
 
 def new_idempotency_key() -> str:

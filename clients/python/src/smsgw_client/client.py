@@ -16,7 +16,16 @@ from typing import Any
 
 import grpc
 
-from smsgw.v1 import devices_pb2, devices_pb2_grpc, messages_pb2, messages_pb2_grpc
+from smsgw.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    devices_pb2,
+    devices_pb2_grpc,
+    messages_pb2,
+    messages_pb2_grpc,
+)
 
 from . import _channel
 from .errors import from_rpc_error, map_rpc_errors
@@ -58,6 +67,12 @@ class Client:
         # The generated stubs are untyped (no mypy-protobuf grpc plugin yet).
         self._messages = messages_pb2_grpc.MessageServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+
+    def set_token(self, token: str | None) -> None:
+        """Use another access token from the next call on (after :meth:`refresh_token`)."""
+        self._metadata = _channel.call_metadata(token)
 
     def __enter__(self) -> Client:
         return self
@@ -309,5 +324,89 @@ class Client:
                 _channel.pairing_code_request(device_name, ttl_seconds),
                 timeout=self._deadline(timeout),
                 metadata=self._metadata,
+            )
+        return response
+
+    def delete_device(self, device_id: str, *, timeout: float | None = None) -> devices_pb2.DeleteDeviceResponse:
+        """Revoke a phone's credentials and end its session; its unaccepted messages move on.
+
+        Raises:
+            NotFound: No such device for this token's owner.
+        """
+        with map_rpc_errors():
+            response: devices_pb2.DeleteDeviceResponse = self._devices.DeleteDevice(
+                devices_pb2.DeleteDeviceRequest(id=device_id), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    def export_messages(
+        self, *, state: int | str = 0, device_id: str = "", created_after: datetime | None = None,
+        created_before: datetime | None = None, timeout: float | None = None,
+    ) -> Iterator[messages_pb2.Message]:
+        """Yield every matching message, oldest first (scope ``messages:export``).
+
+        Args:
+            timeout: Deadline of the whole stream in seconds (None = no deadline).
+        """
+        listed = _channel.list_messages_request(
+            state=state, device_id=device_id, created_after=created_after, created_before=created_before,
+            page_size=0, page_token="",
+        )
+        request = messages_pb2.ExportMessagesRequest(
+            state=listed.state, device_id=listed.device_id,
+            created_after=listed.created_after if listed.HasField("created_after") else None,
+            created_before=listed.created_before if listed.HasField("created_before") else None,
+        )
+        with map_rpc_errors():
+            yield from self._messages.ExportMessages(request, timeout=timeout, metadata=self._metadata)
+
+    def create_account(self, username: str, password: str, *, timeout: float | None = None) -> auth_pb2.Account:
+        """Open an account (servers in public mode only); no token needed."""
+        with map_rpc_errors():
+            response: auth_pb2.Account = self._auth.CreateAccount(
+                auth_pb2.CreateAccountRequest(username=username, password=password), timeout=self._deadline(timeout)
+            )
+        return response
+
+    def issue_token(
+        self, username: str, password: str, *, scopes: Sequence[str] = (), access_ttl: int = 0,
+        refresh_ttl: int = 0, timeout: float | None = None,
+    ) -> auth_pb2.TokenPair:
+        """Sign in: an access and a refresh token with ``scopes`` (empty = all of the account's).
+
+        Call :meth:`set_token` with ``access_token`` to use it on this client.
+        """
+        request = auth_pb2.IssueTokenRequest(scopes=scopes, access_ttl_seconds=access_ttl, refresh_ttl_seconds=refresh_ttl)
+        with map_rpc_errors():
+            response: auth_pb2.TokenPair = self._auth.IssueToken(
+                request, timeout=self._deadline(timeout), metadata=_channel.basic_metadata(username, password)
+            )
+        return response
+
+    def refresh_token(self, refresh_token: str, *, timeout: float | None = None) -> auth_pb2.TokenPair:
+        """Trade a refresh token for a new pair. The old refresh token is spent: presenting it
+        again (after a short grace for retries) revokes every token of the sign-in."""
+        with map_rpc_errors():
+            response: auth_pb2.TokenPair = self._auth.RefreshToken(
+                auth_pb2.RefreshTokenRequest(refresh_token=refresh_token), timeout=self._deadline(timeout)
+            )
+        return response
+
+    def revoke_token(self, jti: str, *, timeout: float | None = None) -> int:
+        """Revoke one of the owner's tokens by jti (a refresh token's revokes its sign-in)."""
+        with map_rpc_errors():
+            response: auth_pb2.RevokeTokenResponse = self._auth.RevokeToken(
+                auth_pb2.RevokeTokenRequest(jti=jti), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response.revoked
+
+    def list_audit_events(
+        self, *, action: str = "", page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> audit_pb2.ListAuditEventsResponse:
+        """One page of the owner's audit log, newest first (scope ``logs:read``)."""
+        request = audit_pb2.ListAuditEventsRequest(action=action, page_size=page_size, page_token=page_token)
+        with map_rpc_errors():
+            response: audit_pb2.ListAuditEventsResponse = self._audit.ListAuditEvents(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
             )
         return response
