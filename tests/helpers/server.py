@@ -12,17 +12,25 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["ServerProcess", "SMSGW"]
+__all__ = ["ServerProcess", "SMSGW", "LENIENT_LIMITS"]
 
 SMSGW = str(Path(sys.executable).parent / "smsgw")
 _START_TIMEOUT = 30.0
+# The default rate limits (20 requests/s per token) would throttle the bursts the other
+# tests send; the tests of the limits themselves pass their own values.
+LENIENT_LIMITS = {
+    "SMSGW_LIMITS__RATE_PER_TOKEN": "100000",
+    "SMSGW_LIMITS__BURST_PER_TOKEN": "100000",
+    "SMSGW_LIMITS__DAILY_SEGMENTS": "0",
+}
 
 
 class ServerProcess:
     def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.args = args
         self.data_dir = data_dir
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, **LENIENT_LIMITS, **(env or {})}
+        self._token: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, str] = {}
         self.log_path = data_dir.parent / "server.log"
@@ -37,8 +45,24 @@ class ServerProcess:
         return self.endpoints["device"]
 
     @property
+    def admin_password(self) -> str:
+        return (self.data_dir / "admin.password").read_text().strip()
+
+    @property
     def token(self) -> str:
-        return (self.data_dir / "admin.token").read_text().strip()
+        """An access token of the admin account (every scope), signed in once per server."""
+        if self._token is None:
+            from smsgw_client import Client
+
+            with Client(self.grpc_target) as client:
+                self._token = client.issue_token("admin", self.admin_password, access_ttl=3600).access_token
+        return self._token
+
+    def token_file(self) -> Path:
+        """The admin access token in a file, for `smsgw ... --token-file`."""
+        path = self.data_dir.parent / "admin.access-token"
+        path.write_text(self.token + "\n")
+        return path
 
     def start(self, *, same_ports: bool = False) -> None:
         """Start and wait until endpoints.json names this process's listeners."""

@@ -18,7 +18,7 @@ TIMEOUT = 60
 
 
 def _client_args(server: ServerProcess) -> list[str]:
-    return ["--server", server.grpc_target, "--token-file", str(server.data_dir / "admin.token")]
+    return ["--server", server.grpc_target, "--token-file", str(server.token_file())]
 
 
 def _smsgw(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:

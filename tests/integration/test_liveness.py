@@ -40,6 +40,7 @@ from gateway.messages.records import NewMessage
 from gateway.messages.repository import MessageRepository
 from gateway.storage.engine import Database
 from gateway.types import State
+from tests.helpers.accounts import create_owner
 from tests.helpers.memory_net import MemoryListener, MemoryWebSocket, VirtualTime
 
 PING_INTERVAL = 1.0
@@ -74,7 +75,7 @@ class World:
         self.devices = DeviceRepository(self.db)
         self.messages = MessageRepository(self.db)
         now = datetime.now(UTC)
-        self.owner_id = self.devices.create_owner("liveness", now)
+        self.owner_id = create_owner(self.db, "liveness", now)
         code, _ = self.devices.create_pairing_code(self.owner_id, "phone", timedelta(minutes=10), now)
         redeemed = self.devices.redeem_pairing_code(code, now)
         assert redeemed is not None

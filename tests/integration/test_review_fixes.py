@@ -62,11 +62,11 @@ def test_a_replay_wakes_the_phone_for_a_message_whose_wake_up_was_lost(server: S
 
 
 def _owner_of(db: Database) -> str:
-    from gateway.devices.repository import DeviceRepository
+    from gateway.auth.repository import AuthRepository
 
-    owner = DeviceRepository(db).first_owner()
-    assert owner is not None
-    return owner
+    found = AuthRepository(db).account_by_username("admin")
+    assert found is not None
+    return found[0].id
 
 
 @pytest.mark.parametrize(

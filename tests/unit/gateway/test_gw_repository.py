@@ -40,6 +40,7 @@ from gateway.messages.records import MessageFilter, NewMessage, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.storage.engine import Database
 from gateway.types import FINAL_STATES, State, derive_message_state, may_move
+from tests.helpers.accounts import create_owner
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 P, D, A, S = State.PENDING, State.DISPATCHED, State.ACCEPTED, State.SENT
@@ -135,7 +136,7 @@ class World:
             self.owner, self.device_ids = template.owner, list(template.device_ids)
             return
         self.db.create_all()
-        self.owner = self.devices.create_owner("owner", T0)
+        self.owner = create_owner(self.db, "owner", T0)
         self.device_ids = [self.pair() for _ in range(devices)]
 
     def freeze(self) -> World:
@@ -673,7 +674,7 @@ def test_create_is_idempotent_by_key(world: World) -> None:
         repo.create(owner, new_message(2, key="k", text="different"), T0)
     assert [m.id for m in repo.list(owner, ALL, limit=10, before_id=None)] == [first.id]
     # The key is per owner.
-    other_owner = world.devices.create_owner("other", T0)
+    other_owner = create_owner(world.db, "other", T0)
     theirs, created = repo.create(other_owner, new_message(2, key="k"), T0)
     assert created and theirs.id != first.id
     assert theirs.device_id is None  # that owner has no device: stored unrouted
@@ -716,7 +717,7 @@ def test_concurrent_creates_with_one_key_make_one_message(world: World) -> None:
 
 
 def test_create_rejects_another_owners_device(world: World) -> None:
-    other_owner = world.devices.create_owner("other", T0)
+    other_owner = create_owner(world.db, "other", T0)
     foreign = world.pair(other_owner)
     with pytest.raises(InvalidArgument) as info:
         world.repo.create(world.owner, new_message(device_id=foreign), T0)
@@ -728,7 +729,7 @@ def test_create_rejects_another_owners_device(world: World) -> None:
 
 def test_get_and_cancel_other_owner_is_not_found(world: World) -> None:
     record, _ = world.repo.create(world.owner, new_message(), T0)
-    other_owner = world.devices.create_owner("other", T0)
+    other_owner = create_owner(world.db, "other", T0)
     with pytest.raises(NotFound):
         world.repo.get(other_owner, record.id)
     with pytest.raises(NotFound):
@@ -901,7 +902,7 @@ def test_expire_due_only_moves_unaccepted_past_valid_until(world: World) -> None
     pending, _ = repo.create(owner, new_message(2, device_id=dev, valid_until=soon), T0)
     future, _ = repo.create(owner, new_message(device_id=dev, valid_until=soon + timedelta(hours=1)), T0)
     forever, _ = repo.create(owner, new_message(device_id=dev), T0)
-    unrouted_owner = world.devices.create_owner("nodevices", T0)
+    unrouted_owner = create_owner(world.db, "nodevices", T0)
     unrouted, _ = repo.create(unrouted_owner, new_message(valid_until=soon), T0)
 
     assert repo.expire_due(soon - timedelta(seconds=1)) == set()
@@ -980,7 +981,7 @@ def test_events_after_cursor_and_filter(world: World) -> None:
     assert repo.events_after(owner, events[2].id, limit=100) == events[3:]
     assert repo.events_after(owner, 0, limit=2) == events[:2]
     assert [e.message_id for e in repo.events_after(owner, 0, limit=100, message_ids=[b.id])] == [b.id]
-    assert repo.events_after(world.devices.create_owner("x", T0), 0, limit=100) == []
+    assert repo.events_after(create_owner(world.db, "x", T0), 0, limit=100) == []
     assert repo.last_event_id() == events[-1].id
 
 
