@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 from smsgw.v1 import common_pb2
-from smsgw_client import Client, DeadlineExceeded, SmsgwError
+from smsgw_client import Client, DeadlineExceeded, SmsgwError, tls_credentials
 
 from gateway.redact import redact_number
 from gateway.types import State, is_settled
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return _simulate(args)
     try:
-        with Client(args.server, _token(args)) as client:
+        with Client(args.server, _token(args), credentials=_channel_credentials(args)) as client:
             if args.command == "send":
                 return _send(client, args)
             if args.command == "watch":
@@ -176,11 +176,15 @@ def _simulate(args: argparse.Namespace) -> int:
         delivery_reports=not args.no_delivery_reports,
         reconnect_scale=args.reconnect_scale,
         duration=args.duration,
+        ca_file=args.ca_file,
+        grpc_credentials=_channel_credentials(args),
     )
     try:
         return run_simulator(options)
     except grpc.RpcError as exc:
         return _usage(f"cannot pair simulated phones: {exc.code().name}")
+    except OSError as exc:  # ssl.SSLError included: a CA file that is not PEM
+        return _usage(f"--ca-file {args.ca_file}: {exc}")
 
 
 def _device_url_from_endpoints(args: argparse.Namespace) -> str:
@@ -191,3 +195,18 @@ def _device_url_from_endpoints(args: argparse.Namespace) -> str:
             continue
     host = args.server.rpartition(":")[0] or "127.0.0.1"
     return f"ws://{host}:8765/device/v1"
+
+
+def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS when --tls, --ca-file or a client certificate is given (or their SMSGW_* variables).
+
+    None = plaintext, which the server accepts only on loopback (or with --insecure).
+    """
+    if not (args.tls or args.ca_file or args.client_cert or args.client_key):
+        return None
+    try:
+        return tls_credentials(args.ca_file, args.client_cert, args.client_key)
+    except ValueError:
+        raise SystemExit(_usage("--client-cert and --client-key go together")) from None
+    except OSError as exc:
+        raise SystemExit(_usage(str(exc))) from None
