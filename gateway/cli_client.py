@@ -146,7 +146,8 @@ def _devices_pair(client: Client, args: argparse.Namespace) -> int:
     import qrcode
 
     code = client.create_pairing_code(device_name=args.name, ttl_seconds=args.ttl)
-    url = args.device_url or f"ws://{args.server.rpartition(':')[0] or '127.0.0.1'}:8765/device/v1"
+    scheme = "wss" if _uses_tls(args) else "ws"
+    url = args.device_url or f"{scheme}://{args.server.rpartition(':')[0] or '127.0.0.1'}:8765/device/v1"
     qr = qrcode.QRCode(border=1)
     qr.add_data(f"smsgw://pair?url={url}&code={code.code}")
     qr.print_ascii(out=sys.stdout, invert=True)
@@ -194,7 +195,7 @@ def _device_url_from_endpoints(args: argparse.Namespace) -> str:
         except (OSError, ValueError, KeyError):
             continue
     host = args.server.rpartition(":")[0] or "127.0.0.1"
-    return f"ws://{host}:8765/device/v1"
+    return f"{'wss' if _uses_tls(args) else 'ws'}://{host}:8765/device/v1"
 
 
 def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
@@ -202,7 +203,7 @@ def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | 
 
     None = plaintext, which the server accepts only on loopback (or with --insecure).
     """
-    if not (args.tls or args.ca_file or args.client_cert or args.client_key):
+    if not _uses_tls(args):
         return None
     try:
         return tls_credentials(args.ca_file, args.client_cert, args.client_key)
@@ -210,3 +211,7 @@ def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | 
         raise SystemExit(_usage("--client-cert and --client-key go together")) from None
     except OSError as exc:
         raise SystemExit(_usage(str(exc))) from None
+
+
+def _uses_tls(args: argparse.Namespace) -> bool:
+    return bool(args.tls or args.ca_file or args.client_cert or args.client_key)

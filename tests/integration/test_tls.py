@@ -285,3 +285,31 @@ def test_bad_tls_configuration_is_one_line(tmp_path: Path, pki: Pki, args: tuple
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "PRIVATE KEY" not in done.stderr
+
+
+# --- the client commands ------------------------------------------------------------------
+
+
+def _client(*args: str) -> subprocess.CompletedProcess[str]:
+    # A made-up token: what matters is whether the call reaches the server (UNAUTHENTICATED)
+    # or not (UNAVAILABLE); it never authenticates.
+    env = {**_env(), "SMSGW_TOKEN": "not-a-token"}
+    return subprocess.run([SMSGW, *args], capture_output=True, text=True, timeout=_START_TIMEOUT, env=env)
+
+
+def test_client_commands_use_tls_when_given_a_ca(tls_server: ServerProcess, pki: Pki) -> None:
+    target = tls_server.grpc_target
+    over_tls = _client("devices", "list", "--server", target, "--ca-file", str(pki.ca_cert))
+    assert over_tls.returncode == 2
+    assert "UNAUTHENTICATED" in over_tls.stderr, over_tls.stderr  # TLS worked; the token did not
+    plaintext = _client("devices", "list", "--server", target)
+    assert "UNAVAILABLE" in plaintext.stderr, plaintext.stderr
+
+
+def test_client_commands_report_unreadable_tls_files(tmp_path: Path) -> None:
+    done = _client("devices", "list", "--server", "127.0.0.1:1", "--ca-file", str(tmp_path / "missing.pem"))
+    assert done.returncode == 2
+    assert "cannot read CA file" in done.stderr and "Traceback" not in done.stderr
+    done = _client("devices", "list", "--server", "127.0.0.1:1", "--client-cert", str(tmp_path / "c.pem"))
+    assert done.returncode == 2
+    assert "--client-cert and --client-key go together" in done.stderr
