@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import ssl
 import weakref
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -57,9 +58,14 @@ async def serve(
     port: int,
     *,
     listeners: list[trio.SocketListener] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[BridgeServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve phone sessions until cancelled (the caller calls `aclose()` first to drain)."""
+    """Serve phone sessions until cancelled (the caller calls `aclose()` first to drain).
+
+    With `ssl_context` the phones connect over WSS; the TLS handshake counts against
+    `open_timeout`, so a client that stalls it cannot hold a connection open.
+    """
     # Keyed by the connection object and held weakly: an upgrade that websockets refuses
     # after process_request (bad handshake headers, timeout) leaves nothing behind.
     admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = weakref.WeakKeyDictionary()
@@ -99,6 +105,7 @@ async def serve(
                 close_timeout=settings.close_timeout,
                 max_size=settings.max_size,
                 logger=logging.getLogger("device_bridge.websockets"),
+                ssl=ssl_context,
                 task_status=task_status,
                 **kwargs,
             )

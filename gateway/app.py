@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +43,7 @@ from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
 from gateway.storage.engine import Database
+from gateway.tls import bridge_ssl_context, check_plaintext_allowed
 from gateway.types import utcnow
 
 __all__ = ["serve", "ensure_admin_account", "split_hostport", "write_secret_file"]
@@ -171,10 +173,13 @@ class Endpoints:
     grpc: str
     device: str
     metrics: str
+    grpc_tls: bool = False  # the gRPC entry has no scheme; clients read TLS from here
 
 
 async def serve(settings: Settings, *, announce: Callable[[str], None] = print) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully (bridge first, then gRPC)."""
+    check_plaintext_allowed(settings)  # RELIABILITY 25, before anything listens
+    bridge_ssl = bridge_ssl_context(settings.bridge)  # gRPC's credentials: gateway.api.server
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.umask(0o077)  # the database holds message texts and numbers: owner-only files
@@ -207,15 +212,18 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     try:
         async with trio.open_nursery() as nursery:
             try:
-                bridge: BridgeServer = await nursery.start(serve_bridge, ctx, bridge_host, bridge_port)
+                bridge: BridgeServer = await nursery.start(
+                    partial(serve_bridge, ssl_context=bridge_ssl), ctx, bridge_host, bridge_port
+                )
             except* OSError as group:
                 first = group.exceptions[0]
                 reason = getattr(first, "strerror", None) or first
                 raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {reason}") from None
             endpoints = Endpoints(
                 grpc=f"{grpc_host}:{grpc_port}",
-                device=f"ws://{bridge_host}:{bridge.port}/device/v1",
+                device=f"{'ws' if bridge_ssl is None else 'wss'}://{bridge_host}:{bridge.port}/device/v1",
                 metrics=f"http://{metrics_host}:{metrics_server.server_port}/metrics",
+                grpc_tls=settings.grpc.tls_cert_file is not None,
             )
             _write_json(data_dir / "endpoints.json", endpoints.__dict__)
             announce(f"smsgw serving  gRPC {endpoints.grpc}  phones {endpoints.device}  metrics {endpoints.metrics}")

@@ -32,11 +32,24 @@ def _client_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="credentials file of `smsgw login` (default: env SMSGW_CREDENTIALS, else ./smsgw-data/credentials.json)",
     )
+    _client_tls_args(p)
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config file (see config.example.yml)")
     p.add_argument("--data-dir", type=Path, help="the server's data directory (default ./smsgw-data)")
+
+
+def _client_tls_args(p: argparse.ArgumentParser) -> None:
+    """TLS to the server: any of these turns it on (cli_client.channel_credentials)."""
+    env = os.environ.get
+    p.add_argument("--tls", action="store_true", help="use TLS, trusting the system's root certificates")
+    p.add_argument("--ca-file", type=Path, default=env("SMSGW_CA_FILE") or None,
+                   help="use TLS, trusting this CA (PEM) (env SMSGW_CA_FILE); simulate: also for wss://")
+    p.add_argument("--client-cert", type=Path, default=env("SMSGW_CLIENT_CERT") or None,
+                   help="client certificate for mutual TLS (PEM) (env SMSGW_CLIENT_CERT)")
+    p.add_argument("--client-key", type=Path, default=env("SMSGW_CLIENT_KEY") or None,
+                   help="its private key (PEM) (env SMSGW_CLIENT_KEY)")
 
 
 def _version() -> str:
@@ -67,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-listen", help="HOST:PORT for the gRPC API (default 127.0.0.1:50051; port 0 = any)")
     serve.add_argument("--device-listen", help="HOST:PORT for phone WebSockets (default 127.0.0.1:8765)")
     serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9464)")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate (chain) for gRPC and the phones' WSS")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="mutual TLS: gRPC clients need a certificate from this CA")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow plaintext gRPC / ws:// on a non-loopback address (e.g. behind a TLS proxy)")
 
     send = sub.add_parser("send", help="send an SMS and follow it to a final state")
     _client_args(send)
@@ -189,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
-    from gateway import app
+    from gateway import app, tls
     from gateway.config import load_settings
 
     overrides: dict[str, object] = {}
@@ -204,8 +222,10 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"smsgw serve: --{flag.replace('_', '-')}: {exc}", file=sys.stderr)
                 return EXIT_USAGE
             overrides[section] = {"listen": value}
+    _tls_overrides(args, overrides)
     try:
         settings = load_settings(args.config, **overrides)
+        tls.check_server_settings(settings)  # one line naming the setting, before anything listens
     except (OSError, ValueError) as exc:
         print(f"smsgw serve: bad configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -219,6 +239,26 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         failed = False
     return EXIT_USAGE if failed else EXIT_OK
+
+
+def _tls_overrides(args: argparse.Namespace, overrides: dict[str, object]) -> None:
+    """--tls-cert/--tls-key serve both gRPC and the bridge; --tls-client-ca is gRPC's mTLS."""
+    sections: dict[str, dict[str, str]] = {}
+    for flag, targets in (
+        ("tls_cert", (("grpc", "tls_cert_file"), ("bridge", "tls_cert_file"))),
+        ("tls_key", (("grpc", "tls_key_file"), ("bridge", "tls_key_file"))),
+        ("tls_client_ca", (("grpc", "tls_client_ca_file"),)),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            for section, key in targets:
+                sections.setdefault(section, {})[key] = str(value)
+    for section, values in sections.items():
+        existing = overrides.setdefault(section, {})
+        assert isinstance(existing, dict)
+        existing.update(values)
+    if args.insecure:
+        overrides["gateway"] = {"insecure": True}
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 from smsgw.v1 import common_pb2
-from smsgw_client import Client, DeadlineExceeded, SmsgwError
+from smsgw_client import Client, DeadlineExceeded, SmsgwError, tls_credentials
 
 from gateway.cli_credentials import StoredCredentials, credentials_path
 from gateway.cli_users import read_password
@@ -40,7 +40,7 @@ def _token(args: argparse.Namespace) -> str:
             _usage(f"not signed in ({path} missing or unreadable): run `smsgw login`, or pass --token-file / SMSGW_TOKEN")
         ) from None
     if stored.access_expiring():
-        with Client(args.server) as client:
+        with Client(args.server, credentials=_channel_credentials(args)) as client:
             try:
                 pair = client.refresh_token(stored.refresh_token)
             except SmsgwError as exc:
@@ -59,7 +59,7 @@ def _login(args: argparse.Namespace) -> int:
     else:
         password = read_password(args, confirm=False) or ""
     path = credentials_path(args.credentials)
-    with Client(args.server) as client:
+    with Client(args.server, credentials=_channel_credentials(args)) as client:
         pair = client.issue_token(
             args.user, password, scopes=args.scope, access_ttl=args.access_ttl, refresh_ttl=args.refresh_ttl
         )
@@ -77,7 +77,7 @@ def _logout(args: argparse.Namespace) -> int:
         stored = StoredCredentials.load(path)
     except (OSError, ValueError, TypeError):
         return _usage(f"not signed in ({path})")
-    with Client(args.server, _token(args)) as client:
+    with Client(args.server, _token(args), credentials=_channel_credentials(args)) as client:
         client.revoke_token(stored.refresh_jti)
     path.unlink(missing_ok=True)
     print("signed out; the sign-in's tokens are revoked")
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             return _login(args)
         if args.command == "logout":
             return _logout(args)
-        with Client(args.server, _token(args)) as client:
+        with Client(args.server, _token(args), credentials=_channel_credentials(args)) as client:
             if args.command == "send":
                 return _send(client, args)
             if args.command == "watch":
@@ -215,7 +215,8 @@ def _devices_pair(client: Client, args: argparse.Namespace) -> int:
     import qrcode
 
     code = client.create_pairing_code(device_name=args.name, ttl_seconds=args.ttl)
-    url = args.device_url or f"ws://{args.server.rpartition(':')[0] or '127.0.0.1'}:8765/device/v1"
+    scheme = "wss" if _uses_tls(args) else "ws"
+    url = args.device_url or f"{scheme}://{args.server.rpartition(':')[0] or '127.0.0.1'}:8765/device/v1"
     qr = qrcode.QRCode(border=1)
     qr.add_data(f"smsgw://pair?url={url}&code={code.code}")
     qr.print_ascii(out=sys.stdout, invert=True)
@@ -245,11 +246,15 @@ def _simulate(args: argparse.Namespace) -> int:
         delivery_reports=not args.no_delivery_reports,
         reconnect_scale=args.reconnect_scale,
         duration=args.duration,
+        ca_file=args.ca_file,
+        grpc_credentials=_channel_credentials(args),
     )
     try:
         return run_simulator(options)
     except grpc.RpcError as exc:
         return _usage(f"cannot pair simulated phones: {exc.code().name}")
+    except OSError as exc:  # ssl.SSLError included: a CA file that is not PEM
+        return _usage(f"--ca-file {args.ca_file}: {exc}")
 
 
 def _device_url_from_endpoints(args: argparse.Namespace) -> str:
@@ -259,4 +264,23 @@ def _device_url_from_endpoints(args: argparse.Namespace) -> str:
         except (OSError, ValueError, KeyError):
             continue
     host = args.server.rpartition(":")[0] or "127.0.0.1"
-    return f"ws://{host}:8765/device/v1"
+    return f"{'wss' if _uses_tls(args) else 'ws'}://{host}:8765/device/v1"
+
+
+def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS when --tls, --ca-file or a client certificate is given (or their SMSGW_* variables).
+
+    None = plaintext, which the server accepts only on loopback (or with --insecure).
+    """
+    if not _uses_tls(args):
+        return None
+    try:
+        return tls_credentials(args.ca_file, args.client_cert, args.client_key)
+    except ValueError:
+        raise SystemExit(_usage("--client-cert and --client-key go together")) from None
+    except OSError as exc:
+        raise SystemExit(_usage(str(exc))) from None
+
+
+def _uses_tls(args: argparse.Namespace) -> bool:
+    return bool(args.tls or args.ca_file or args.client_cert or args.client_key)

@@ -188,7 +188,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 # Client-side variables share the prefix but are not server settings.
-_CLIENT_VARIABLES = frozenset({"SMSGW_SERVER", "SMSGW_TOKEN", "SMSGW_VENV"})
+_CLIENT_VARIABLES = frozenset(
+    {"SMSGW_SERVER", "SMSGW_TOKEN", "SMSGW_VENV", "SMSGW_CA_FILE", "SMSGW_CLIENT_CERT", "SMSGW_CLIENT_KEY"}
+)
 
 
 def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:

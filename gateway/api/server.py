@@ -1,4 +1,4 @@
-"""Builds the grpc.aio server: servicers, health, reflection, keepalive (RELIABILITY 23, 24)."""
+"""Builds the grpc.aio server: servicers, health, reflection, keepalive, TLS (RELIABILITY 23, 24, 25)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from gateway.config import Settings
 from gateway.devices.service import DeviceService
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
+from gateway.tls import grpc_server_credentials
 
 __all__ = ["GrpcServer", "start_grpc_server", "SERVICE_NAMES"]
 
@@ -81,7 +82,13 @@ async def start_grpc_server(
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.grpc.listen)
+    # TLS when configured (mTLS with tls_client_ca_file); plaintext only where
+    # gateway.tls.check_plaintext_allowed let it through (loopback or gateway.insecure).
+    credentials = grpc_server_credentials(settings.grpc)
+    if credentials is None:
+        port = server.add_insecure_port(settings.grpc.listen)
+    else:
+        port = server.add_secure_port(settings.grpc.listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc.listen} for gRPC")
     await server.start()

@@ -71,7 +71,7 @@ class ServerProcess:
         if same_ports and self.endpoints:
             self._ports = (
                 self.endpoints["grpc"],
-                self.endpoints["device"].removeprefix("ws://").removesuffix("/device/v1"),
+                self.endpoints["device"].partition("://")[2].removesuffix("/device/v1"),  # ws:// or wss://
                 self.endpoints["metrics"].removeprefix("http://").removesuffix("/metrics"),
             )
         grpc_listen, device_listen, metrics_listen = self._ports

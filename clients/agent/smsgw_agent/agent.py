@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class PhoneAgent:
     """A simulated phone holding one WebSocket session at a time.
 
     Args:
-        device_url: ``ws://HOST:PORT/device/v1``.
+        device_url: ``ws://HOST:PORT/device/v1``, or ``wss://`` for a bridge serving TLS.
         token: The device token for ``Authorization: Bearer``.
         pairing_code: A one-time code for the first connect, used when no
             token is known; the Welcome's credentials replace it.
@@ -145,6 +146,9 @@ class PhoneAgent:
         ping_timeout: Seconds to wait for a pong.
         welcome_timeout: Seconds to wait for Welcome after Hello before
             giving the connection up (and reconnecting).
+        ssl_context: TLS client settings for a ``wss://`` URL, e.g.
+            ``ssl.create_default_context(cafile=...)`` for a private CA; None
+            uses the system's roots. Refused with a ``ws://`` URL.
 
     Attributes (test hooks; read them, do not write them, except
     ``pause_accepting``):
@@ -183,6 +187,7 @@ class PhoneAgent:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         welcome_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not token and not pairing_code:
             raise ValueError("a phone needs a device token or a pairing code")
@@ -190,7 +195,10 @@ class PhoneAgent:
             raise ValueError("encoding must be 'proto' or 'json'")
         if not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window must be in 1..{MAX_WINDOW}")
+        if ssl_context is not None and not device_url.startswith("wss://"):
+            raise ValueError("ssl_context needs a wss:// device_url")
         self.device_url = device_url
+        self.ssl_context = ssl_context
         self.token = token or None
         self.pairing_code = pairing_code or None
         self.encoding = _ENCODINGS[encoding]
@@ -525,6 +533,7 @@ class PhoneAgent:
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout,
                 close_timeout=5,
+                **({"ssl": self.ssl_context} if self.device_url.startswith("wss://") else {}),
             ) as ws:
                 return await self._converse(ws)
         except InvalidStatus as exc:
@@ -534,7 +543,12 @@ class PhoneAgent:
                 return True
             self._log.debug("! upgrade refused with HTTP %d", status)
         except (OSError, TimeoutError, WebSocketException, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._log.debug("! connection failed: %s", type(exc).__name__)
+            tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+            if isinstance(tls_error, ssl.SSLError):
+                # A wrong CA or certificate does not fix itself: say so above DEBUG.
+                self._log.warning("! TLS handshake failed: %s", tls_error.reason or type(tls_error).__name__)
+            else:
+                self._log.debug("! connection failed: %s", type(exc).__name__)
         return False
 
     async def _converse(self, ws: ClientConnection) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -59,7 +60,7 @@ class SimulatorOptions:
 
     server: str  # gRPC target host:port, for pairing codes
     token: str  # API token allowed to create pairing codes
-    device_url: str  # ws://HOST:PORT/device/v1
+    device_url: str  # ws://HOST:PORT/device/v1 (wss:// for TLS)
     devices: int
     state_file: Path
     encoding: str = "proto"
@@ -70,6 +71,8 @@ class SimulatorOptions:
     delivery_reports: bool = True
     reconnect_scale: float = 1.0
     duration: float | None = None
+    ca_file: Path | None = None  # the CA of the bridge's certificate (wss://); None = system roots
+    grpc_credentials: Any = None  # grpc.ChannelCredentials for pairing; None = plaintext
 
 
 # --- the state file -------------------------------------------------------------
@@ -148,6 +151,7 @@ class _Simulator:
         self._shutting_down = False
         self._main_scope: trio.CancelScope | None = None
         self._phones_running = 0
+        self._ssl_context = _ssl_context(options)
 
     # output
 
@@ -240,6 +244,7 @@ class _Simulator:
             modem=modem,
             backoff=Backoff(scale=o.reconnect_scale),
             name=_name(index),
+            ssl_context=self._ssl_context,
             **auth,
         )
         self.agents[index] = agent
@@ -306,7 +311,9 @@ class _Simulator:
             if self._client is None:
                 from smsgw_client import Client
 
-                self._client = Client(self.options.server, self.options.token)
+                self._client = Client(
+                    self.options.server, self.options.token, credentials=self.options.grpc_credentials
+                )
             client = self._client
         return client.create_pairing_code(device_name=name)
 
@@ -401,6 +408,17 @@ def _name(index: int) -> str:
     return f"sim-{index + 1}"
 
 
+def _ssl_context(options: SimulatorOptions) -> ssl.SSLContext | None:
+    """One client context for every phone of a wss:// run (it reads the CA file once).
+
+    Raises:
+        OSError: The CA file cannot be read or holds no certificate (ssl.SSLError).
+    """
+    if not options.device_url.startswith("wss://"):
+        return None
+    return ssl.create_default_context(cafile=None if options.ca_file is None else str(options.ca_file))
+
+
 def _rpc_error(exc: BaseException) -> BaseException:
     """The ``grpc.RpcError`` behind a client error (the CLI reports those), else ``exc``."""
     import grpc
@@ -423,6 +441,7 @@ def run_simulator(options: SimulatorOptions, *, out: TextIO | None = None, err: 
         grpc.RpcError: A pairing code could not be obtained (bad token,
             server unreachable after retries).
         ValueError: Invalid options.
+        OSError: ``ca_file`` cannot be read or is not a PEM CA certificate.
     """
     if options.devices < 1:
         raise ValueError("devices must be at least 1")

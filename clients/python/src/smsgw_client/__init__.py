@@ -3,7 +3,8 @@
 :class:`Client` (blocking) and :class:`AsyncClient` (asyncio) wrap the
 generated stubs in :mod:`smsgw.v1` with a default deadline, retries of
 UNAVAILABLE, idempotent sends, a self-resuming status stream and the typed
-errors of :mod:`smsgw_client.errors`.
+errors of :mod:`smsgw_client.errors`. :func:`tls_credentials` builds the
+``credentials`` argument for a TLS (or mutual TLS) server.
 """
 
 from .aio import AsyncClient
@@ -22,6 +23,7 @@ from .errors import (
     from_rpc_error,
     map_rpc_errors,
 )
+from .tls import tls_credentials
 
 __all__ = [
     "AlreadyExists",
@@ -38,4 +40,5 @@ __all__ = [
     "Unavailable",
     "from_rpc_error",
     "map_rpc_errors",
+    "tls_credentials",
 ]
