@@ -16,6 +16,7 @@ import binascii
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from ulid import ULID
@@ -47,14 +48,19 @@ def check_new_credentials(username: str, password: str) -> None:
     InvalidArgument.raise_if_any(bad)
 
 
-def _now() -> datetime:
-    # JWT times are whole seconds; keep the claims we store equal to the ones we sign.
-    return utcnow().replace(microsecond=0)
-
-
 class AuthService:
-    def __init__(self, repo: AuthRepository, codec: TokenCodec, settings: Settings, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        repo: AuthRepository,
+        codec: TokenCodec,
+        settings: Settings,
+        *,
+        clock: Clock = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """`clock` drives the rate limits, `now` the token times (both injectable for tests)."""
         self.repo = repo
+        self._wall = now
         self.codec = codec
         self.jwt = settings.jwt
         self.mode = settings.gateway.mode
@@ -66,11 +72,15 @@ class AuthService:
         self._denied_tokens: dict[str, datetime] = {}
         self._verified: OrderedDict[str, Claims] = OrderedDict()
 
+    def _now(self) -> datetime:
+        # JWT times are whole seconds; keep the claims we store equal to the ones we sign.
+        return self._wall().replace(microsecond=0)
+
     # ---- verification (every RPC) ------------------------------------------------
 
     async def refresh_revocations(self) -> None:
         """Re-read the deny lists (revocations made in another process, expiries)."""
-        self._denied_families, self._denied_tokens = await asyncio.to_thread(self.repo.revocations, utcnow())
+        self._denied_families, self._denied_tokens = await asyncio.to_thread(self.repo.revocations, self._now())
 
     def authenticate(self, token: str, source: str) -> Caller:
         """The caller behind an access token. Raises Unauthenticated."""
@@ -80,7 +90,7 @@ class AuthService:
             self._verified[token] = claims
             if len(self._verified) > _CACHE_SIZE:
                 self._verified.popitem(last=False)
-        if claims.expires_at + timedelta(seconds=self.jwt.leeway) <= utcnow():
+        if claims.expires_at + timedelta(seconds=self.jwt.leeway) <= self._now():
             self._verified.pop(token, None)
             raise Unauthenticated("token expired")
         if claims.family_id in self._denied_families or claims.jti in self._denied_tokens:
@@ -113,7 +123,7 @@ class AuthService:
         """Count a failed authentication against `source` and audit it."""
         locked = self.failures.fail(source)
         detail = why + ("; address locked out" if locked else "")
-        await asyncio.to_thread(self.repo.audit, AuditEntry("auth.failure", owner_id, actor, source, detail), utcnow())
+        await asyncio.to_thread(self.repo.audit, AuditEntry("auth.failure", owner_id, actor, source, detail), self._now())
 
     # ---- accounts ------------------------------------------------------------------
 
@@ -123,7 +133,7 @@ class AuthService:
         check_new_credentials(username, password)
         hashed = await asyncio.to_thread(hash_password, password)
         return await asyncio.to_thread(
-            self.repo.create_account, username, hashed, ALL_SCOPES, utcnow(), AuditEntry("account.create", source=source)
+            self.repo.create_account, username, hashed, ALL_SCOPES, self._now(), AuditEntry("account.create", source=source)
         )
 
     # ---- tokens --------------------------------------------------------------------
@@ -168,7 +178,7 @@ class AuthService:
         if refresh_ttl <= access_ttl:
             bad.append(("refresh_ttl_seconds", "must exceed the access token's TTL"))
         InvalidArgument.raise_if_any(bad)
-        now = _now()
+        now = self._now()
         family = str(ULID())
         access = Claims(TokenKind.ACCESS, str(ULID()), account.id, family, wanted, now, now + timedelta(seconds=access_ttl))
         refresh = Claims(TokenKind.REFRESH, str(ULID()), account.id, family, wanted, now, now + timedelta(seconds=refresh_ttl))
@@ -194,7 +204,7 @@ class AuthService:
             if state is None or state.revoked:
                 await self.failed(source, "refresh: unknown or revoked refresh token", owner_id=claims.owner_id, actor=claims.jti)
                 raise Unauthenticated("refresh token revoked")
-            now = _now()
+            now = self._now()
             if state.rotated_at is not None:
                 in_grace = now - state.rotated_at <= timedelta(seconds=self.jwt.refresh_grace)
                 if in_grace and state.rotated_by_source == source and state.successors is not None:
@@ -220,16 +230,16 @@ class AuthService:
         audit = AuditEntry(
             "token.reuse", claims.owner_id, claims.jti, source, f"spent refresh token presented again; family {claims.family_id} revoked"
         )
-        await asyncio.to_thread(self.repo.revoke_family, claims.family_id, utcnow(), "refresh token reuse", audit)
-        self._denied_families[claims.family_id] = utcnow() + timedelta(seconds=self.jwt.max_refresh_ttl)
+        await asyncio.to_thread(self.repo.revoke_family, claims.family_id, self._now(), "refresh token reuse", audit)
+        self._denied_families[claims.family_id] = self._now() + timedelta(seconds=self.jwt.max_refresh_ttl)
         self.failures.fail(source)
 
     async def revoke(self, caller: Caller, jti: str) -> int:
         if not jti:
             raise InvalidArgument("jti", "required")
         audit = AuditEntry("token.revoke", caller.owner_id, caller.jti, caller.source, f"revoked {jti}")
-        count, family, access_jti = await asyncio.to_thread(self.repo.revoke, caller.owner_id, jti, utcnow(), audit)
-        forget = utcnow() + timedelta(seconds=self.jwt.max_refresh_ttl)
+        count, family, access_jti = await asyncio.to_thread(self.repo.revoke, caller.owner_id, jti, self._now(), audit)
+        forget = self._now() + timedelta(seconds=self.jwt.max_refresh_ttl)
         if family is not None:
             self._denied_families[family] = forget
         if access_jti is not None:
@@ -242,6 +252,6 @@ class AuthService:
         return await asyncio.to_thread(self.repo.list_audit, owner_id, action=action, limit=limit, before_id=before_id)
 
     async def audit(self, entry: AuditEntry) -> None:
-        await asyncio.to_thread(self.repo.audit, entry, utcnow())
+        await asyncio.to_thread(self.repo.audit, entry, self._now())
 
 
