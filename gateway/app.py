@@ -124,7 +124,7 @@ class _GatewayThread:
         devices = DeviceService(
             DeviceRepository(self.db), message_repo, auth_repo, self.bus, self.settings.jobs.pairing_code_ttl
         )
-        auth = AuthService(auth_repo, self.codec, self.settings)
+        auth = AuthService(auth_repo, self.codec, self.settings, metrics=self.metrics)
         await auth.refresh_revocations()
         self.grpc = await start_grpc_server(self.settings, messages, devices, feed, auth, self.metrics)
         self.started.set()

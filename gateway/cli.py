@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
             u.add_argument("--scope", action="append", default=[], required=name == "scopes",
                            help="a scope (repeatable; default for add: all)")
     _server_args(usub.add_parser("list", help="accounts, their state and scopes"))
+    uaudit = usub.add_parser("audit", help="the whole audit log (every account, and failures of unknown users)")
+    _server_args(uaudit)
+    uaudit.add_argument("--action", default="", help="only this action (e.g. auth.failure)")
+    uaudit.add_argument("--limit", type=int, default=50, help="entries to show, newest first")
 
     login = sub.add_parser("login", help="sign in and keep the tokens in the credentials file")
     _client_args(login)

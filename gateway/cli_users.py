@@ -63,6 +63,12 @@ def _run(repo: AuthRepository, args: argparse.Namespace) -> int:
             state = "disabled" if a.disabled else "active"
             print(f"{a.username:24}  {a.id:26}  {state:8}  {' '.join(sorted(a.scopes))}")
         return EXIT_OK
+    if cmd == "audit":
+        owners = {a.id: a.username for a in repo.list_accounts()}
+        for e in repo.list_audit(None, action=args.action, limit=max(1, args.limit), before_id=None):
+            owner = owners.get(e.owner_id or "", "-")
+            print(f"{e.time:%Y-%m-%d %H:%M:%S}  {owner[:16]:16}  {e.action:14}  {e.actor[:26]:26}  {e.source:15}  {e.detail}")
+        return EXIT_OK
     if cmd in ("add", "passwd"):
         password = read_password(args, confirm=True)
         generated = password is None

@@ -20,6 +20,29 @@ class GatewayMetrics:
             "SendMessage calls answered with an existing message (same idempotency key)",
             registry=registry,
         )
+        self.auth_failures = Counter(
+            "smsgw_gateway_auth_failures_total",
+            "Failed authentications (bad password, bad/revoked/reused token)",
+            registry=registry,
+        )
+        self.tokens_issued = Counter(
+            "smsgw_gateway_tokens_issued_total", "Token pairs issued, by sign-in or refresh", ["kind"], registry=registry
+        )
+        self.refresh_reuse = Counter(
+            "smsgw_gateway_refresh_reuse_total",
+            "Spent refresh tokens presented again (their token family was revoked)",
+            registry=registry,
+        )
+        self.limited = Counter(
+            "smsgw_gateway_limited_total",
+            "Calls refused by a limit: token (per-token rate), source (sign-in rate or lockout), owner (daily cap)",
+            ["limit"],
+            registry=registry,
+        )
+        for kind in ("issue", "refresh"):
+            self.tokens_issued.labels(kind)
+        for limit in ("token", "source", "owner"):
+            self.limited.labels(limit)
         self.rpc_seconds = Histogram(
             "smsgw_gateway_rpc_seconds",
             "Unary RPC handling time",

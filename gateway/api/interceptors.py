@@ -39,7 +39,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 
-__all__ = ["ApiInterceptor", "current_owner", "current_caller", "call_source", "to_status"]
+__all__ = ["ApiInterceptor", "current_owner", "current_caller", "call_source", "metadata_value", "to_status"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,12 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         self._auth.limit_token(caller)
         _caller.set(caller)
 
+    def _count_limited(self, exc: BaseException) -> None:
+        if isinstance(exc, ResourceExhausted) and exc.subject:
+            limit = exc.subject.partition(":")[0]
+            if limit in ("token", "source", "owner"):
+                self._metrics.limited.labels(limit).inc()
+
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
         if isinstance(exc, SmsgwError):
             st = to_status(exc)
@@ -185,6 +191,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL).name
+                self._count_limited(exc)
                 await self._fail(context, exc)
             finally:
                 self._metrics.rpc_seconds.labels(rpc, code).observe(time.perf_counter() - started)
@@ -200,6 +207,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
+                self._count_limited(exc)
                 await self._fail(context, exc)
 
         return stream

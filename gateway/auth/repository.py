@@ -240,16 +240,18 @@ class AuthRepository:
         if family is not None and family.revoked_at is None:
             family.revoked_at, family.revoked_reason = now, reason
             s.add(family)
-        result = s.execute(
-            update(AuthTokenRow)
-            .where(
+        live = s.exec(
+            select(AuthTokenRow).where(
                 col(AuthTokenRow.family_id) == family_id,
                 col(AuthTokenRow.revoked_at).is_(None),
                 col(AuthTokenRow.expires_at) > now,
             )
-            .values(revoked_at=now)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        ).all()
+        for row in live:
+            row.revoked_at = now
+            s.add(row)
+        # A rotated refresh token was already spent: it does not count as newly revoked.
+        return sum(1 for row in live if row.rotated_at is None)
 
     def _revoke_owner(self, s: Session, owner_id: str, now: datetime, reason: str) -> None:
         families = s.exec(

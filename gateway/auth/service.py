@@ -29,6 +29,7 @@ from gateway.auth.scopes import ALL_SCOPES, parse_scopes
 from gateway.auth.tokens import Claims, TokenCodec, TokenKind
 from gateway.config import Settings
 from gateway.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from gateway.metrics import GatewayMetrics
 from gateway.types import utcnow
 
 __all__ = ["AuthService", "check_new_credentials", "USERNAME_RULE"]
@@ -57,9 +58,11 @@ class AuthService:
         *,
         clock: Clock = time.monotonic,
         now: Callable[[], datetime] = utcnow,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """`clock` drives the rate limits, `now` the token times (both injectable for tests)."""
         self.repo = repo
+        self.metrics = metrics
         self._wall = now
         self.codec = codec
         self.jwt = settings.jwt
@@ -122,6 +125,8 @@ class AuthService:
     async def failed(self, source: str, why: str, *, owner_id: str | None = None, actor: str = "") -> None:
         """Count a failed authentication against `source` and audit it."""
         locked = self.failures.fail(source)
+        if self.metrics is not None:
+            self.metrics.auth_failures.inc()
         detail = why + ("; address locked out" if locked else "")
         await asyncio.to_thread(self.repo.audit, AuditEntry("auth.failure", owner_id, actor, source, detail), self._now())
 
@@ -187,6 +192,8 @@ class AuthService:
             f"access {access.jti} ({access_ttl} s), refresh {refresh.jti}; scopes {' '.join(sorted(wanted))}",
         )
         await asyncio.to_thread(self.repo.record_pair, access, refresh, access_ttl, now, audit)
+        if self.metrics is not None:
+            self.metrics.tokens_issued.labels("issue").inc()
         return self._pair(access, refresh)
 
     def _pair(self, access: Claims, refresh: Claims) -> TokenPair:
@@ -223,6 +230,8 @@ class AuthService:
             )
             audit = AuditEntry("token.refresh", state.owner_id, claims.jti, source, f"rotated into {access.jti}, {refresh.jti}")
             if await asyncio.to_thread(self.repo.rotate, claims.jti, access, refresh, source, now, audit):
+                if self.metrics is not None:
+                    self.metrics.tokens_issued.labels("refresh").inc()
                 return self._pair(access, refresh)
         raise Unauthenticated("refresh token revoked")
 
@@ -233,6 +242,8 @@ class AuthService:
         await asyncio.to_thread(self.repo.revoke_family, claims.family_id, self._now(), "refresh token reuse", audit)
         self._denied_families[claims.family_id] = self._now() + timedelta(seconds=self.jwt.max_refresh_ttl)
         self.failures.fail(source)
+        if self.metrics is not None:
+            self.metrics.refresh_reuse.inc()
 
     async def revoke(self, caller: Caller, jti: str) -> int:
         if not jti:

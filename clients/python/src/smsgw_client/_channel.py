@@ -39,6 +39,7 @@ __all__ = [
     "basic_metadata",
     "call_metadata",
     "channel_options",
+    "export_messages_request",
     "list_messages_request",
     "new_idempotency_key",
     "pairing_code_request",
@@ -129,6 +130,22 @@ def basic_metadata(username: str, password: str) -> tuple[tuple[str, str], ...]:
     """Return the metadata of ``IssueToken``: ``authorization: Basic base64(username:password)``."""
     raw = base64.b64encode(f"{username}:{password}".encode()).decode()
     return (("authorization", f"Basic {raw}"),)
+
+
+def export_messages_request(
+    *, state: int | str, device_id: str, created_after: datetime | None, created_before: datetime | None
+) -> messages_pb2.ExportMessagesRequest:
+    """Build an ``ExportMessagesRequest`` with the filter rules of :func:`list_messages_request`."""
+    listed = list_messages_request(
+        state=state, device_id=device_id, created_after=created_after, created_before=created_before,
+        page_size=0, page_token="",
+    )
+    request = messages_pb2.ExportMessagesRequest(state=listed.state, device_id=listed.device_id)
+    if listed.HasField("created_after"):
+        request.created_after.CopyFrom(listed.created_after)
+    if listed.HasField("created_before"):
+        request.created_before.CopyFrom(listed.created_before)
+    return request
 
 
 def new_idempotency_key() -> str:

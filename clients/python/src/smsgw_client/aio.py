@@ -16,7 +16,16 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from smsgw.v1 import devices_pb2, devices_pb2_grpc, messages_pb2, messages_pb2_grpc
+from smsgw.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    devices_pb2,
+    devices_pb2_grpc,
+    messages_pb2,
+    messages_pb2_grpc,
+)
 
 from . import _channel
 from .errors import from_rpc_error, map_rpc_errors
@@ -25,14 +34,15 @@ __all__ = ["AsyncClient"]
 
 
 class AsyncClient:
-    """An asyncio client for the smsgw ``MessageService`` and ``DeviceService``.
+    """An asyncio client for the smsgw API (messages, devices, auth, audit).
 
     Create it inside the event loop that will use it (grpc.aio binds the
     channel to that loop). Use ``async with``, or await :meth:`close`.
 
     Args:
         target: ``host:port`` of the gateway's gRPC endpoint.
-        token: API token, sent as ``authorization: Bearer <token>`` on every call.
+        token: Access token (``issue_token``), sent as ``authorization: Bearer <token>``
+            on every call; None for the calls that need none (sign-in, CreateAccount).
         credentials: TLS channel credentials; None opens a plaintext channel,
             meant for loopback and development only.
         timeout: Default deadline of unary calls, in seconds.
@@ -58,6 +68,12 @@ class AsyncClient:
         # The generated stubs are untyped (no mypy-protobuf grpc plugin yet).
         self._messages = messages_pb2_grpc.MessageServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+
+    def set_token(self, token: str | None) -> None:
+        """Use another access token from the next call on (after :meth:`refresh_token`)."""
+        self._metadata = _channel.call_metadata(token)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -251,5 +267,76 @@ class AsyncClient:
                 _channel.pairing_code_request(device_name, ttl_seconds),
                 timeout=self._deadline(timeout),
                 metadata=self._metadata,
+            )
+        return response
+
+    async def delete_device(self, device_id: str, *, timeout: float | None = None) -> devices_pb2.DeleteDeviceResponse:
+        """See :meth:`smsgw_client.Client.delete_device`."""
+        with map_rpc_errors():
+            response: devices_pb2.DeleteDeviceResponse = await self._devices.DeleteDevice(
+                devices_pb2.DeleteDeviceRequest(id=device_id), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    async def export_messages(
+        self, *, state: int | str = 0, device_id: str = "", created_after: datetime | None = None,
+        created_before: datetime | None = None, timeout: float | None = None,
+    ) -> AsyncIterator[messages_pb2.Message]:
+        """See :meth:`smsgw_client.Client.export_messages`."""
+        request = _channel.export_messages_request(
+            state=state, device_id=device_id, created_after=created_after, created_before=created_before
+        )
+        call = self._messages.ExportMessages(request, timeout=timeout, metadata=self._metadata)
+        try:
+            with map_rpc_errors():
+                async for message in call:
+                    yield message
+        finally:
+            call.cancel()
+
+    async def create_account(self, username: str, password: str, *, timeout: float | None = None) -> auth_pb2.Account:
+        """See :meth:`smsgw_client.Client.create_account`."""
+        with map_rpc_errors():
+            response: auth_pb2.Account = await self._auth.CreateAccount(
+                auth_pb2.CreateAccountRequest(username=username, password=password), timeout=self._deadline(timeout)
+            )
+        return response
+
+    async def issue_token(
+        self, username: str, password: str, *, scopes: Sequence[str] = (), access_ttl: int = 0,
+        refresh_ttl: int = 0, timeout: float | None = None,
+    ) -> auth_pb2.TokenPair:
+        """See :meth:`smsgw_client.Client.issue_token`."""
+        request = auth_pb2.IssueTokenRequest(scopes=scopes, access_ttl_seconds=access_ttl, refresh_ttl_seconds=refresh_ttl)
+        with map_rpc_errors():
+            response: auth_pb2.TokenPair = await self._auth.IssueToken(
+                request, timeout=self._deadline(timeout), metadata=_channel.basic_metadata(username, password)
+            )
+        return response
+
+    async def refresh_token(self, refresh_token: str, *, timeout: float | None = None) -> auth_pb2.TokenPair:
+        """See :meth:`smsgw_client.Client.refresh_token`."""
+        with map_rpc_errors():
+            response: auth_pb2.TokenPair = await self._auth.RefreshToken(
+                auth_pb2.RefreshTokenRequest(refresh_token=refresh_token), timeout=self._deadline(timeout)
+            )
+        return response
+
+    async def revoke_token(self, jti: str, *, timeout: float | None = None) -> int:
+        """See :meth:`smsgw_client.Client.revoke_token`."""
+        with map_rpc_errors():
+            response: auth_pb2.RevokeTokenResponse = await self._auth.RevokeToken(
+                auth_pb2.RevokeTokenRequest(jti=jti), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response.revoked
+
+    async def list_audit_events(
+        self, *, action: str = "", page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> audit_pb2.ListAuditEventsResponse:
+        """See :meth:`smsgw_client.Client.list_audit_events`."""
+        request = audit_pb2.ListAuditEventsRequest(action=action, page_size=page_size, page_token=page_token)
+        with map_rpc_errors():
+            response: audit_pb2.ListAuditEventsResponse = await self._audit.ListAuditEvents(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
             )
         return response

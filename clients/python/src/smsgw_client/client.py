@@ -34,14 +34,15 @@ __all__ = ["Client"]
 
 
 class Client:
-    """A blocking client for the smsgw ``MessageService`` and ``DeviceService``.
+    """A blocking client for the smsgw API (messages, devices, auth, audit).
 
     Safe to share between threads (as the underlying gRPC channel is). Use it
     as a context manager, or call :meth:`close`, to release the connection.
 
     Args:
         target: ``host:port`` of the gateway's gRPC endpoint.
-        token: API token, sent as ``authorization: Bearer <token>`` on every call.
+        token: Access token (``issue_token``), sent as ``authorization: Bearer <token>``
+            on every call; None for the calls that need none (sign-in, CreateAccount).
         credentials: TLS channel credentials; None opens a plaintext channel,
             meant for loopback and development only.
         timeout: Default deadline of unary calls, in seconds.
@@ -348,14 +349,8 @@ class Client:
         Args:
             timeout: Deadline of the whole stream in seconds (None = no deadline).
         """
-        listed = _channel.list_messages_request(
-            state=state, device_id=device_id, created_after=created_after, created_before=created_before,
-            page_size=0, page_token="",
-        )
-        request = messages_pb2.ExportMessagesRequest(
-            state=listed.state, device_id=listed.device_id,
-            created_after=listed.created_after if listed.HasField("created_after") else None,
-            created_before=listed.created_before if listed.HasField("created_before") else None,
+        request = _channel.export_messages_request(
+            state=state, device_id=device_id, created_after=created_after, created_before=created_before
         )
         with map_rpc_errors():
             yield from self._messages.ExportMessages(request, timeout=timeout, metadata=self._metadata)
