@@ -1,10 +1,11 @@
 """One server interceptor for what every RPC shares: authentication, scopes, rate limits, the
 error mapping, timing.
 
-Per call, in order: a source address locked out by failed authentications is refused; an RPC
-missing from `RPC_SCOPES` is refused (fail closed); public RPCs (IssueToken, RefreshToken,
-CreateAccount) are rate-limited per source and check their own credential; every other RPC
-needs a valid access token carrying its scope, and is rate-limited per token.
+Per call, in order: an RPC missing from `RPC_SCOPES` is refused (fail closed); public RPCs
+(IssueToken, RefreshToken, CreateAccount) are refused to an address locked out by failed
+authentications, rate-limited per address, and check their own credential; every other RPC
+needs a valid access token carrying its scope (an invalid one from a locked-out address gets
+RESOURCE_EXHAUSTED), and is rate-limited per token.
 
 Servicers never call `abort`: they raise from the `gateway.errors` tree and this module
 maps it, once, to a status with google.rpc details (BadRequest, RetryInfo, QuotaFailure).
@@ -145,11 +146,11 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
 
     async def _login(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         source = call_source(context)
-        self._auth.check_locked(source)
         scope = RPC_SCOPES.get(method, _MISSING)
         if scope is _MISSING:
             raise PermissionDenied(f"{method} has no scope: refused")
         if scope is PUBLIC:
+            self._auth.check_locked(source)
             self._auth.limit_source(source)
             _caller.set(Caller("", "", frozenset(), source))
             return
@@ -159,6 +160,10 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         try:
             caller = self._auth.authenticate(token.strip(), source)
         except Unauthenticated as exc:
+            # A locked-out address gets no more verdicts on tokens (nor audit rows); a valid
+            # token is never locked out, so guessers behind a shared address (a proxy, NAT)
+            # cannot shut out the services that hold real tokens.
+            self._auth.check_locked(source)
             await self._auth.failed(source, f"bearer: {exc}")
             raise
         if scope not in caller.scopes:

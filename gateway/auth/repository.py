@@ -138,7 +138,7 @@ class AuthRepository:
         self, username: str, now: datetime, *, password_hash: str | None = None,
         scopes: frozenset[Scope] | None = None, disabled: bool | None = None,
     ) -> AccountRecord:
-        """Change an account; a new password or disabling it also revokes its token families."""
+        """Change an account; a new password, new scopes or disabling it revoke its tokens."""
         with self.db.write() as s:
             row = s.exec(select(Owner).where(Owner.username == username)).first()
             if row is None:
@@ -150,7 +150,8 @@ class AuthRepository:
             if disabled is not None:
                 row.disabled = disabled
             s.add(row)
-            if password_hash is not None or disabled:
+            if password_hash is not None or scopes is not None or disabled:
+                # Tokens carry their scopes: fewer scopes must not wait for old tokens to expire.
                 self._revoke_owner(s, row.id, now, "account changed")
             self._audit(s, AuditEntry("account.update", row.id, username, "cli"), now)
             return _account(row)
