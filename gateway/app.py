@@ -226,7 +226,8 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 grpc_tls=settings.grpc.tls_cert_file is not None,
             )
             _write_json(data_dir / "endpoints.json", endpoints.__dict__)
-            announce(f"smsgw serving  gRPC {endpoints.grpc}  phones {endpoints.device}  metrics {endpoints.metrics}")
+            grpc_shown = endpoints.grpc + (" (TLS)" if endpoints.grpc_tls else "")
+            announce(f"smsgw serving  gRPC {grpc_shown}  phones {endpoints.device}  metrics {endpoints.metrics}")
             if created:
                 announce(f"created account admin; its password is in {password_path} (smsgw login)")
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
