@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, note, settings
+from hypothesis import HealthCheck, event, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gateway.auth.passwords import hash_password
-from gateway.auth.records import TokenPair
+from gateway.auth.records import Caller, TokenPair
 from gateway.auth.repository import AuditEntry, AuthRepository
 from gateway.auth.scopes import ALL_SCOPES, Scope
 from gateway.auth.service import AuthService
@@ -487,3 +487,197 @@ def test_refresh_revocations_is_repeatable_and_forgets_expired_entries(env: Env)
     env.wall.advance(env.settings.jwt.max_refresh_ttl + 1)
     run(env.service.refresh_revocations())
     assert not env.service._denied_families and not env.service._denied_tokens
+
+
+# ---- RELIABILITY 18: random refresh / retry / theft sequences -------------------------
+
+GRACE = 2  # seconds (jwt.refresh_grace, lowered so that a few steps of fake time pass it)
+MAX_ADVANCE = 25  # keep fake time within pyjwt's 30 s leeway of real time
+
+
+@dataclass
+class Spent:
+    at: datetime
+    source: str
+    successor: TokenPair
+
+
+@dataclass
+class Family:
+    id: str
+    pairs: list[TokenPair]
+    spent: dict[str, Spent] = field(default_factory=dict)  # refresh jti -> its rotation
+    revoked: bool = False
+    revoked_access: set[str] = field(default_factory=set)
+
+    @property
+    def latest(self) -> TokenPair:
+        return self.pairs[-1]
+
+
+class RefreshMachine(RuleBasedStateMachine):
+    """Sign-ins, refreshes, same-source retries, presentations of spent tokens (theft or a
+    late retry), time passing and revocations, against a model of the rules:
+
+    * presenting the unspent refresh token of a live family rotates it;
+    * presenting a spent one within the grace window from the source that spent it returns
+      the very pair it was rotated into; anything else is reuse and kills the family;
+    * a dead family's tokens are all refused, here and in another process; other families
+      are untouched; a live family has exactly one unspent refresh token.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="smsgw-auth-"))
+        self.env = build(self.tmp / "data", synchronous="NORMAL", refresh_grace=float(GRACE))
+        self.loop = asyncio.new_event_loop()
+        self.families: list[Family] = []
+        self.advanced = 0
+        self.reuses = 0
+
+    def teardown(self) -> None:
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        self.loop.close()
+        self.env.db.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def now(self) -> datetime:
+        return self.env.wall().replace(microsecond=0)
+
+    def family(self, index: int) -> Family:
+        return self.families[index % len(self.families)]
+
+    def expect_dead(self, fam: Family) -> None:
+        """Every refresh token of a dead family is refused (and nothing rotates)."""
+        for pair in fam.pairs:
+            with pytest.raises(Unauthenticated):
+                self.run(self.env.service.refresh(pair.refresh_token, THIEF))
+
+    # ---- rules ----
+
+    @initialize(source=st.sampled_from([A, B]))
+    def first_sign_in(self, source: str) -> None:
+        self.sign_in(source)
+
+    @precondition(lambda self: len(self.families) < 4)
+    @rule(source=st.sampled_from([A, B]))
+    def sign_in(self, source: str) -> None:
+        pair = self.run(self.env.service.issue(basic(USER, PASSWORD), [], 0, 0, source))
+        assert pair.access.family_id not in {f.id for f in self.families}
+        self.families.append(Family(pair.access.family_id, [pair]))
+        note(f"sign in -> family {len(self.families) - 1}")
+
+    @precondition(lambda self: self.families)
+    @rule(index=st.integers(0, 3), source=st.sampled_from([A, B]))
+    def refresh_latest(self, index: int, source: str) -> None:
+        fam = self.family(index)
+        old = fam.latest
+        if fam.revoked:
+            with pytest.raises(Unauthenticated):
+                self.run(self.env.service.refresh(old.refresh_token, source))
+            return
+        new = self.run(self.env.service.refresh(old.refresh_token, source))
+        assert new.access.family_id == new.refresh.family_id == fam.id
+        seen = {j for p in fam.pairs for j in (p.access.jti, p.refresh.jti)}
+        assert new.access.jti not in seen and new.refresh.jti not in seen
+        fam.spent[old.refresh.jti] = Spent(self.now(), source, new)
+        fam.pairs.append(new)
+
+    def _present_spent(self, fam: Family, jti: str, source: str) -> None:
+        spent = fam.spent[jti]
+        token = next(p.refresh_token for p in fam.pairs if p.refresh.jti == jti)
+        if fam.revoked:
+            with pytest.raises(Unauthenticated):
+                self.run(self.env.service.refresh(token, source))
+        elif self.now() - spent.at <= timedelta(seconds=GRACE) and source == spent.source:
+            again = self.run(self.env.service.refresh(token, source))
+            assert (again.access_token, again.refresh_token) == (
+                spent.successor.access_token, spent.successor.refresh_token
+            )
+            event("retry within grace")
+        else:
+            with pytest.raises(Unauthenticated, match="reused"):
+                self.run(self.env.service.refresh(token, source))
+            fam.revoked = True
+            self.reuses += 1
+            event("reuse" if source == spent.source else "reuse from another source")
+            self.expect_dead(fam)
+
+    @precondition(lambda self: any(f.spent for f in self.families))
+    @rule(index=st.integers(0, 3))
+    def retry_previous(self, index: int) -> None:
+        """The client retries the token it just spent (a lost response), from the same place."""
+        fam = next(f for f in (self.family(index + k) for k in range(len(self.families))) if f.spent)
+        jti = list(fam.spent)[-1]
+        self._present_spent(fam, jti, fam.spent[jti].source)
+
+    @precondition(lambda self: any(f.spent for f in self.families))
+    @rule(index=st.integers(0, 3), which=st.integers(0, 20), source=st.sampled_from([A, B, THIEF]))
+    def present_spent(self, index: int, which: int, source: str) -> None:
+        """Any spent refresh token from anywhere: a thief, or a very late retry."""
+        fam = next(f for f in (self.family(index + k) for k in range(len(self.families))) if f.spent)
+        jtis = list(fam.spent)
+        self._present_spent(fam, jtis[which % len(jtis)], source)
+
+    @rule(seconds=st.sampled_from([0, 1, 2, 3]))
+    def advance(self, seconds: int) -> None:
+        seconds = min(seconds, MAX_ADVANCE - self.advanced)
+        self.advanced += seconds
+        self.env.wall.advance(seconds)
+
+    @precondition(lambda self: self.families)
+    @rule(index=st.integers(0, 3), which=st.integers(0, 40), refresh=st.booleans())
+    def revoke(self, index: int, which: int, refresh: bool) -> None:
+        fam = self.family(index)
+        pair = fam.pairs[which % len(fam.pairs)]
+        caller = Caller(self.env.owner_id, "01REVOKER000000000000000", ALL_SCOPES, A)
+        if refresh:
+            live = 0 if fam.revoked else 2 * len(fam.pairs) - len(fam.revoked_access)
+            assert self.run(self.env.service.revoke(caller, pair.refresh.jti)) == live
+            fam.revoked = True
+            self.expect_dead(fam)
+        else:
+            live = 0 if fam.revoked or pair.access.jti in fam.revoked_access else 1
+            assert self.run(self.env.service.revoke(caller, pair.access.jti)) == live
+            fam.revoked_access.add(pair.access.jti)
+
+    # ---- invariants ----
+
+    @invariant()
+    def access_tokens_follow_the_model(self) -> None:
+        other = self.env.another_process()
+        self.run(other.refresh_revocations())
+        for fam in self.families:
+            for pair in fam.pairs:
+                alive = not fam.revoked and pair.access.jti not in fam.revoked_access
+                for service in (self.env.service, other):
+                    if alive:
+                        assert service.authenticate(pair.access_token, A).jti == pair.access.jti
+                    else:
+                        with pytest.raises(Unauthenticated, match="revoked"):
+                            service.authenticate(pair.access_token, A)
+
+    @invariant()
+    def at_most_one_unspent_refresh_token_per_family(self) -> None:
+        for fam in self.families:
+            unspent = []
+            for pair in fam.pairs:
+                state = self.env.repo.refresh_state(pair.refresh.jti)
+                assert state is not None and state.family_id == fam.id
+                assert state.revoked == fam.revoked
+                if not state.revoked and state.rotated_at is None:
+                    unspent.append(pair.refresh.jti)
+            assert unspent == ([] if fam.revoked else [fam.latest.refresh.jti])
+
+    @invariant()
+    def every_reuse_is_audited(self) -> None:
+        assert len(self.env.audit("token.reuse")) == self.reuses
+
+
+TestRefreshSequences = RefreshMachine.TestCase
+TestRefreshSequences.settings = settings(
+    max_examples=40, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
