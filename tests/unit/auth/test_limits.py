@@ -145,3 +145,14 @@ def test_failure_table_is_bounded() -> None:
     for i in range(1000):
         tracker.fail(f"10.0.{i // 256}.{i % 256}")
     assert len(tracker._failures) <= 10
+
+
+def test_lockout_table_is_bounded() -> None:
+    """Lockouts of addresses that never come back must not pile up (an address spray)."""
+    clock = FakeClock()
+    tracker = FailureTracker(limit=1, window=60, lockout=300, clock=clock, max_keys=10)
+    for i in range(1000):
+        assert tracker.fail(f"2001:db8::{i:x}") is True
+    assert len(tracker._locked_until) <= 10
+    assert len(tracker._failures) <= 10
+    assert tracker.locked_for("2001:db8::3e7") > 0  # the most recent lockouts are kept
