@@ -98,7 +98,11 @@ class FailureTracker:
         while times and now - times[0] > self.window:
             times.popleft()
         if len(times) >= self.limit:
+            # Re-inserted so that the table is in lockout order; bounded like the counts.
+            self._locked_until.pop(source, None)
             self._locked_until[source] = now + self.lockout
+            if len(self._locked_until) > self.max_keys:
+                del self._locked_until[next(iter(self._locked_until))]
             times.clear()
             return True
         return False

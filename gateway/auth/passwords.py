@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 __all__ = ["hash_password", "verify_password", "dummy_hash"]
 
 _LOG2_N, _R, _P, _SALT, _LENGTH = 15, 8, 1, 16, 32
+_MIN_LENGTH = 16  # bytes of derived key a stored hash must carry
 
 
 def _b64(raw: bytes) -> str:
@@ -33,13 +34,16 @@ def verify_password(password: str, stored: str) -> bool:
     """True when `password` matches `stored`; False for a wrong password or a malformed hash."""
     try:
         scheme, log2_n, r, p, salt, key = stored.split("$")
-        if scheme != "scrypt" or not 10 <= int(log2_n) <= 20:
+        if scheme != "scrypt" or not 10 <= int(log2_n) <= 20 or not 1 <= int(r) <= 32 or not 1 <= int(p) <= 16:
             return False
         expected = base64.b64decode(key)
+        # An empty or truncated key would match every (or one in 256) password.
+        if not _MIN_LENGTH <= len(expected) <= 64:
+            return False
         kdf = Scrypt(salt=base64.b64decode(salt), length=len(expected), n=2 ** int(log2_n), r=int(r), p=int(p))
         kdf.verify(password.encode(), expected)
         return True
-    except (ValueError, InvalidKey):
+    except (ValueError, InvalidKey, MemoryError):  # MemoryError: cryptography's "parameters need too much memory"
         return False
 
 

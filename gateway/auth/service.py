@@ -83,7 +83,12 @@ class AuthService:
 
     async def refresh_revocations(self) -> None:
         """Re-read the deny lists (revocations made in another process, expiries)."""
-        self._denied_families, self._denied_tokens = await asyncio.to_thread(self.repo.revocations, self._now())
+        families, tokens = await asyncio.to_thread(self.repo.revocations, self._now())
+        # Merge, not replace: a revocation made through this service while the read was in
+        # flight is not in it yet. Revocations are never undone; entries only expire.
+        now = self._now()
+        self._denied_families = {**{k: v for k, v in self._denied_families.items() if v > now}, **families}
+        self._denied_tokens = {**{k: v for k, v in self._denied_tokens.items() if v > now}, **tokens}
 
     def authenticate(self, token: str, source: str) -> Caller:
         """The caller behind an access token. Raises Unauthenticated."""
@@ -146,7 +151,7 @@ class AuthService:
     async def _sign_in(self, basic: str, source: str) -> AccountRecord:
         try:
             username, sep, password = base64.b64decode(basic, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or a str that is not ASCII
             username, sep, password = "", "", ""
         if not sep or not username:
             await self.failed(source, "malformed Basic credentials")

@@ -163,7 +163,7 @@ class TokenCodec:
         """Verify `token` as a `kind` token. Raises Unauthenticated saying why, never more."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, UnicodeError):  # UnicodeError: a str not encodable as UTF-8 (lone surrogates)
             raise Unauthenticated("malformed token") from None
         if any(name in header for name in _FORBIDDEN_HEADERS):
             raise Unauthenticated("token names its own keys (jku/x5u/jwk/x5c/crit): refused")
