@@ -18,6 +18,7 @@ __all__ = ["AuthServicer", "AuditServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _PAGE_DEFAULT, _PAGE_MAX = 50, 500
+_MAX_ID = 2**63 - 1  # audit ids are SQL BIGINTs
 
 
 def _pair_to_pb(pair: TokenPair) -> auth_pb2.TokenPair:
@@ -77,6 +78,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 before_id = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
             except (ValueError, UnicodeDecodeError):
                 raise InvalidArgument("page_token", "not a token from next_page_token") from None
+            if not 0 < before_id <= _MAX_ID:  # beyond a BIGINT the database refuses the query
+                raise InvalidArgument("page_token", "not a token from next_page_token")
         limit = request.page_size or _PAGE_DEFAULT
         records = await self.service.list_audit(current_caller().owner_id, request.action, limit, before_id)
         token = base64.urlsafe_b64encode(str(records[-1].id).encode()).decode() if len(records) == limit else ""

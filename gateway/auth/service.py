@@ -216,9 +216,13 @@ class AuthService:
             if state is None or state.revoked:
                 await self.failed(source, "refresh: unknown or revoked refresh token", owner_id=claims.owner_id, actor=claims.jti)
                 raise Unauthenticated("refresh token revoked")
-            now = self._now()
+            # The grace window is measured on the exact clock: JWT times are whole seconds,
+            # and comparing truncated times would stretch it by up to a second (a grace of 0
+            # would still let a reuse within the same second through).
+            exact = self._wall()
+            now = exact.replace(microsecond=0)
             if state.rotated_at is not None:
-                in_grace = now - state.rotated_at <= timedelta(seconds=self.jwt.refresh_grace)
+                in_grace = exact - state.rotated_at <= timedelta(seconds=self.jwt.refresh_grace)
                 if in_grace and state.rotated_by_source == source and state.successors is not None:
                     return self._pair(*state.successors)
                 await self._revoke_reused(claims, source)
@@ -234,7 +238,7 @@ class AuthService:
                 state.family_expires_at,
             )
             audit = AuditEntry("token.refresh", state.owner_id, claims.jti, source, f"rotated into {access.jti}, {refresh.jti}")
-            if await asyncio.to_thread(self.repo.rotate, claims.jti, access, refresh, source, now, audit):
+            if await asyncio.to_thread(self.repo.rotate, claims.jti, access, refresh, source, exact, audit):
                 if self.metrics is not None:
                     self.metrics.tokens_issued.labels("refresh").inc()
                 return self._pair(access, refresh)
