@@ -30,14 +30,6 @@ class Bus(Protocol):
     def notify_revoked(self, device_ids: Iterable[str]) -> None:
         """These devices were deleted: end their live sessions. Thread-safe, non-blocking."""
 
-    def notify_revoked(self, device_ids: Iterable[str]) -> None:
-        with self._lock:
-            self._revoked.update(device_ids)
-            if not self._revoked or self._work_scheduled or self._trio_token is None:
-                return
-            self._work_scheduled = True
-        self._schedule_work()
-
     def notify_events(self) -> None:
         """New rows were appended to the event log. Thread-safe, non-blocking."""
 
@@ -87,6 +79,14 @@ class LocalBus:
         with self._lock:
             self._work.update(device_ids)
             if not self._work or self._work_scheduled or self._trio_token is None:
+                return
+            self._work_scheduled = True
+        self._schedule_work()
+
+    def notify_revoked(self, device_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._revoked.update(device_ids)
+            if not self._revoked or self._work_scheduled or self._trio_token is None:
                 return
             self._work_scheduled = True
         self._schedule_work()
