@@ -14,7 +14,7 @@ from smsgw.v1 import common_pb2
 from smsgw_client import Client, InvalidArgument, NotFound
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from device_bridge.protocol import AckReceived, CloseCode, ReceiptState
+from device_bridge.protocol import AckReceived, CloseCode, DeviceSession, Encoding, ReceiptState, Side, SimInfo, WelcomeReceived
 from tests.helpers.raw_phone import open_raw, pair_raw
 from tests.helpers.server import SMSGW, ServerProcess
 
@@ -163,3 +163,27 @@ def test_cli_devices_delete(server: ServerProcess, tmp_path: Path) -> None:
     with pytest.raises(InvalidStatus) as caught:
         open_raw(server.device_url, f"Bearer {creds.token}")
     assert caught.value.response.status_code == 401
+
+
+def test_delete_between_upgrade_and_hello_refuses_the_session(server: ServerProcess) -> None:
+    """The device token was checked at the upgrade; a delete before Hello still ends the session
+    with 4004 (no Welcome), and the deleted device takes no messages."""
+    _, token = _account(server)
+    first, creds = pair_raw(server.grpc_target, token, server.device_url)
+    first.ws.close()
+    ws = open_raw(server.device_url, f"Bearer {creds.token}")  # upgraded, Hello not sent yet
+    with Client(server.grpc_target, token) as client:
+        assert client.delete_device(creds.device_id).failed == 0
+        session = DeviceSession(Side.PHONE, Encoding.PROTO, window=4)
+        session.send_hello(app_version="raw/1", sims=[SimInfo(1)])
+        for frame in session.frames_to_send():
+            ws.send(frame)
+        with pytest.raises(ConnectionClosed) as caught:
+            for _ in range(50):
+                session.receive_frame(ws.recv(10))
+                assert not any(isinstance(e, WelcomeReceived) for e in session.events_received()), "welcomed"
+        assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.CREDENTIALS_REVOKED
+        assert client.list_devices().devices == []
+        # A message sent now waits unrouted for a phone of the owner, not on the deleted one.
+        message = client.send_message(["+15551230007"], "after delete")
+        assert message.device_id == ""
