@@ -187,3 +187,48 @@ def test_delete_between_upgrade_and_hello_refuses_the_session(server: ServerProc
         # A message sent now waits unrouted for a phone of the owner, not on the deleted one.
         message = client.send_message(["+15551230007"], "after delete")
         assert message.device_id == ""
+
+
+def test_delete_only_phone_leaves_messages_unrouted_for_the_next_phone(server: ServerProcess) -> None:
+    _, token = _account(server)
+    a, a_creds = pair_raw(server.grpc_target, token, server.device_url, window=4)
+    with Client(server.grpc_target, token) as client:
+        mid = client.send_message(["+15551230008"], "outlives its phone").id
+        assert a.next_deliver().delivery.message_id == mid
+        _wait(client, mid, common_pb2.DISPATCHED)
+        result = client.delete_device(a_creds.device_id)
+        assert (result.rerouted, result.failed) == (1, 0)
+        _closed_with(a.ws, CloseCode.CREDENTIALS_REVOKED)
+        waiting = client.get_message(mid)
+        assert waiting.state == common_pb2.PENDING and waiting.device_id == ""
+        c, c_creds = pair_raw(server.grpc_target, token, server.device_url, window=4)
+        deliver = c.next_deliver()
+        assert deliver.delivery.message_id == mid and deliver.delivery.text == "outlives its phone"
+        c.receipt(mid, ReceiptState.ACCEPTED)
+        _wait(client, mid, common_pb2.ACCEPTED)
+        assert client.get_message(mid).device_id == c_creds.device_id
+    c.ws.close()
+
+
+def test_messages_moved_to_an_offline_phone_follow_the_next_online_one(server: ServerProcess) -> None:
+    _, token = _account(server)
+    b, b_creds = pair_raw(server.grpc_target, token, server.device_url)
+    b.ws.close()  # B is paired but offline
+    a, a_creds = pair_raw(server.grpc_target, token, server.device_url, window=4)
+    with Client(server.grpc_target, token) as client:
+        deadline = time.monotonic() + 10
+        while any(d.online for d in client.list_devices().devices if d.id == b_creds.device_id):
+            assert time.monotonic() < deadline, "B stayed online"
+            time.sleep(0.02)
+        mid = client.send_message(["+15551230009"], "A had it").id
+        assert a.next_deliver().delivery.message_id == mid
+        _wait(client, mid, common_pb2.DISPATCHED)
+        assert client.delete_device(a_creds.device_id).rerouted == 1
+        _closed_with(a.ws, CloseCode.CREDENTIALS_REVOKED)
+        assert client.get_message(mid).device_id == b_creds.device_id  # the only phone left, offline
+        c, c_creds = pair_raw(server.grpc_target, token, server.device_url, window=4)
+        assert c.next_deliver().delivery.message_id == mid  # B is offline: C adopts it
+        c.receipt(mid, ReceiptState.ACCEPTED)
+        _wait(client, mid, common_pb2.ACCEPTED)
+        assert client.get_message(mid).device_id == c_creds.device_id
+    c.ws.close()
