@@ -52,6 +52,10 @@ class SessionRegistry:
         self._by_device: dict[str, SessionHandle] = {}
         # Held only while a session of that device is being opened; dropped when unused.
         self._opening: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
+        # Devices deleted while this bridge runs: a session of one that registers after the
+        # revocation signal went by (it was still being opened) is revoked at once. Deletions
+        # are rare and permanent, so the set stays small.
+        self._revoked: set[str] = set()
 
     @asynccontextmanager
     async def opening(self, device_id: str) -> AsyncIterator[None]:
@@ -66,6 +70,8 @@ class SessionRegistry:
         """Make `handle` the device's session; returns the one it replaces."""
         old = self._by_device.get(handle.device_id)
         self._by_device[handle.device_id] = handle
+        if handle.device_id in self._revoked:
+            handle.revoke()
         return old
 
     def unregister(self, handle: SessionHandle) -> bool:
@@ -83,6 +89,7 @@ class SessionRegistry:
 
     def revoke(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
+            self._revoked.add(device_id)
             handle = self._by_device.get(device_id)
             if handle is not None:
                 handle.revoke()

@@ -144,11 +144,13 @@ class _Session:
         async with self.ctx.registry.opening(identity.device_id):
             self.handle = handle  # from here on close_out() cleans up, even if the rest fails
             now = utcnow()
-            await trio.to_thread.run_sync(
+            online = await trio.to_thread.run_sync(
                 lambda: self.ctx.devices.set_online(
                     identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now
                 )
             )
+            if not online:  # deleted between the upgrade and Hello
+                raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
             await trio.to_thread.run_sync(
                 lambda: self.ctx.messages.open_session(
                     identity.owner_id, identity.device_id, session_id, hello.held_message_ids, now
@@ -157,6 +159,8 @@ class _Session:
             old = self.ctx.registry.register(handle)
         if old is not None:
             old.replace()
+        if handle.revoked:  # deleted while this session was being opened
+            raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
         self.proto.send_welcome(
             identity.device_id,
             ping_interval=int(self.ctx.settings.ping_interval),

@@ -81,16 +81,21 @@ class DeviceRepository:
 
     def set_online(
         self, device_id: str, session_id: str, *, app_version: str, sims: tuple[SimRecord, ...], now: datetime
-    ) -> None:
+    ) -> bool:
+        """Mark the device online on `session_id`. False (nothing changed) when it was deleted
+        after its credentials were checked at the upgrade."""
         with self.db.write() as s:
             row = s.get(Device, device_id)
             if row is None:
                 raise InvalidArgument("device_id", "unknown device")
+            if row.revoked:
+                return False
             row.session_id = session_id
             row.app_version = app_version[:64]
             row.sims_json = sims_to_json(sims)
             row.last_seen = to_utc(now)
             s.add(row)
+            return True
 
     def set_offline(self, device_id: str, session_id: str, now: datetime) -> bool:
         """Mark offline unless a newer session already took over. Returns whether it did."""

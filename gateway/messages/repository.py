@@ -142,7 +142,9 @@ class MessageRepository:
             self._move_all(s, [r for r in moving if r.state == int(State.DISPATCHED)], State.PENDING, "device_deleted", now)
             target, _ = self._route(s, owner_id, "") if moving else (None, False)
             for row in moving:
-                row.device_id, row.session_id = target, ""
+                # The phone that was sent them is gone: like new messages, they may now follow
+                # the phones (adopted when unrouted, rerouted from an offline target).
+                row.device_id, row.session_id, row.ever_dispatched = target, "", False
                 s.add(row)
             return len(moving), len(pinned), {device_id, *([target] if target else [])}
 
