@@ -50,6 +50,8 @@ __all__ = ["serve", "ensure_admin_account", "split_hostport", "write_secret_file
 
 log = logging.getLogger(__name__)
 
+_TOKEN_PURGE_INTERVAL = 3600.0
+
 
 def split_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
@@ -134,12 +136,18 @@ class _GatewayThread:
         await self.grpc.stop(self.settings.grpc.shutdown_grace)
 
     async def _jobs_forever(self, messages: MessageService, auth: AuthService) -> None:
-        """Expiry sweep, and the token deny lists re-read (revocations from `smsgw users`)."""
+        """Expiry sweep, the token deny lists re-read (revocations from `smsgw users`), and
+        once an hour the expired token rows purged."""
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time()
         while True:
             await asyncio.sleep(self.settings.jobs.expiry_interval)
             try:
                 await messages.expire_due()
                 await auth.refresh_revocations()
+                if loop.time() >= next_purge:
+                    next_purge = loop.time() + _TOKEN_PURGE_INTERVAL
+                    await auth.purge_expired()
             except Exception:
                 log.exception("background job failed; will retry")
 

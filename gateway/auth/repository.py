@@ -121,11 +121,6 @@ class AuthRepository:
             row = s.exec(select(Owner).where(Owner.username == username)).first()
             return (_account(row), row.password_hash) if row else None
 
-    def account(self, owner_id: str) -> AccountRecord | None:
-        with self.db.read() as s:
-            row = s.get(Owner, owner_id)
-            return _account(row) if row else None
-
     def any_password_set(self) -> bool:
         with self.db.read() as s:
             return s.exec(select(Owner.id).where(Owner.password_hash != "")).first() is not None
@@ -299,10 +294,15 @@ class AuthRepository:
             return dict(families), dict(tokens)
 
     def purge_expired(self, now: datetime, keep: timedelta) -> int:
-        """Drop token rows expired for longer than `keep` (they can no longer be presented)."""
+        """Forget tokens and families expired for longer than `keep`: an expired token fails
+        verification before its row is read, so the row only served the audit trail (which
+        keeps its own rows). Returns how many token rows went."""
         cutoff = to_utc(now) - keep
         with self.db.write() as s:
             stale = s.exec(select(AuthTokenRow).where(col(AuthTokenRow.expires_at) < cutoff)).all()
             for row in stale:
                 s.delete(row)
+            s.flush()
+            for family in s.exec(select(TokenFamilyRow).where(col(TokenFamilyRow.expires_at) < cutoff)).all():
+                s.delete(family)
             return len(stale)

@@ -90,6 +90,10 @@ class AuthService:
         self._denied_families = {**{k: v for k, v in self._denied_families.items() if v > now}, **families}
         self._denied_tokens = {**{k: v for k, v in self._denied_tokens.items() if v > now}, **tokens}
 
+    async def purge_expired(self) -> int:
+        """Drop token rows a day past their expiry (the jobs loop calls this now and then)."""
+        return await asyncio.to_thread(self.repo.purge_expired, self._now(), timedelta(days=1))
+
     def authenticate(self, token: str, source: str) -> Caller:
         """The caller behind an access token. Raises Unauthenticated."""
         claims = self._verified.get(token)
@@ -270,8 +274,3 @@ class AuthService:
 
     async def list_audit(self, owner_id: str, action: str, limit: int, before_id: int | None) -> list[AuditRecord]:
         return await asyncio.to_thread(self.repo.list_audit, owner_id, action=action, limit=limit, before_id=before_id)
-
-    async def audit(self, entry: AuditEntry) -> None:
-        await asyncio.to_thread(self.repo.audit, entry, self._now())
-
-

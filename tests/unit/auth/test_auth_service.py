@@ -682,3 +682,18 @@ TestRefreshSequences = RefreshMachine.TestCase
 TestRefreshSequences.settings = settings(
     max_examples=40, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+# ---- retention ------------------------------------------------------------------------
+
+
+def test_purge_forgets_tokens_a_day_past_expiry_and_keeps_live_ones(env: Env) -> None:
+    old = issue(env, access=60, refresh=120)
+    live = issue(env)
+    run(env.service.refresh(old.refresh_token, A))  # a rotation: two more rows in the old family
+    assert env.repo.purge_expired(env.wall(), timedelta(days=1)) == 0
+    later = env.wall() + timedelta(seconds=120) + timedelta(days=1, seconds=1)
+    assert env.repo.purge_expired(later, timedelta(days=1)) == 4
+    assert env.repo.refresh_state(old.refresh.jti) is None
+    assert env.repo.refresh_state(live.refresh.jti) is not None
+    assert env.repo.purge_expired(later, timedelta(days=1)) == 0
