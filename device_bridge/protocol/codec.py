@@ -30,9 +30,14 @@ from .events import (
     Credentials,
     Delivery,
     DropReceived,
+    FailureClass,
+    HeldRecipient,
     HelloReceived,
+    PacingSettings,
     Receipt,
+    SettingsReceived,
     SimInfo,
+    SimPacing,
     WelcomeReceived,
 )
 
@@ -52,6 +57,8 @@ __all__ = [
     "hello_to_proto",
     "receipt_from_proto",
     "receipt_to_proto",
+    "settings_from_proto",
+    "settings_to_proto",
     "timestamp_from_proto",
     "timestamp_to_proto",
     "welcome_from_proto",
@@ -220,6 +227,10 @@ def hello_to_proto(hello: HelloReceived) -> device_pb2.Hello:
         ],
         window=hello.window,
         held_message_ids=hello.held_message_ids,
+        held=[
+            device_pb2.HeldRecipient(message_id=h.message_id, recipient_index=h.recipient_index, attempt=h.attempt)
+            for h in hello.held
+        ],
     )
 
 
@@ -235,6 +246,7 @@ def hello_from_proto(message: device_pb2.Hello) -> HelloReceived:
             sims=tuple(SimInfo(sim.slot, sim.operator_name, sim.country_iso) for sim in message.sims),
             window=message.window,
             held_message_ids=tuple(message.held_message_ids),
+            held=tuple(HeldRecipient(h.message_id, h.recipient_index, h.attempt or 1) for h in message.held),
         )
     except (ValueError, TypeError) as exc:
         raise _invalid("Hello", exc) from None
@@ -252,6 +264,8 @@ def welcome_to_proto(welcome: WelcomeReceived) -> device_pb2.Welcome:
     if welcome.credentials is not None:
         message.credentials.device_id = welcome.credentials.device_id
         message.credentials.token = welcome.credentials.token
+    if welcome.settings is not None:
+        message.settings.CopyFrom(settings_to_proto(welcome.settings))
     return message
 
 
@@ -271,6 +285,7 @@ def welcome_from_proto(message: device_pb2.Welcome) -> WelcomeReceived:
             ping_interval=message.ping_interval_seconds,
             server_time=_optional_timestamp(message, "server_time"),
             credentials=credentials,
+            settings=_pacing(message.settings) if message.HasField("settings") else None,
         )
     except (ValueError, TypeError) as exc:
         raise _invalid("Welcome", exc) from None
@@ -289,6 +304,9 @@ def delivery_to_proto(delivery: Delivery) -> device_pb2.Deliver:
         is_encrypted=delivery.is_encrypted,
         with_delivery_report=delivery.with_delivery_report,
         priority=delivery.priority,
+        recipient_indices=delivery.recipient_indices,
+        attempt=delivery.attempt,
+        parts=delivery.parts,
     )
     if delivery.text is not None:
         message.text = delivery.text
@@ -322,6 +340,9 @@ def delivery_from_proto(message: device_pb2.Deliver) -> Delivery:
             with_delivery_report=message.with_delivery_report,
             priority=message.priority,
             valid_until=_optional_timestamp(message, "valid_until"),
+            recipient_indices=tuple(message.recipient_indices),
+            attempt=message.attempt or 1,
+            parts=message.parts,
         )
     except (ValueError, TypeError) as exc:
         raise _invalid("Deliver", exc) from None
@@ -335,6 +356,10 @@ def receipt_to_proto(receipt: Receipt) -> device_pb2.Receipt:
         state=int(receipt.state),  # type: ignore[arg-type]  # the stub wants the proto enum
         recipient_index=receipt.recipient_index,
         error=receipt.error,
+        recipient_indices=receipt.recipient_indices,
+        attempt=receipt.attempt,
+        failure_class=int(receipt.failure_class or 0),  # type: ignore[arg-type]
+        parts_done=receipt.parts_done,
     )
     if receipt.time is not None:
         message.time.CopyFrom(timestamp_to_proto(receipt.time))
@@ -356,6 +381,10 @@ def receipt_from_proto(message: device_pb2.Receipt) -> Receipt:
             recipient_index=message.recipient_index,
             error=message.error,
             time=_optional_timestamp(message, "time"),
+            recipient_indices=tuple(message.recipient_indices),
+            attempt=message.attempt,
+            failure_class=FailureClass(message.failure_class) if message.failure_class else None,
+            parts_done=message.parts_done,
         )
     except (ValueError, TypeError) as exc:
         raise _invalid("Receipt", exc) from None
@@ -393,3 +422,47 @@ def drop_from_proto(message: device_pb2.Drop) -> DropReceived:
         return DropReceived(message.message_id, message.reason)
     except (ValueError, TypeError) as exc:
         raise _invalid("Drop", exc) from None
+
+
+def settings_to_proto(settings: PacingSettings) -> device_pb2.Settings:
+    """Build the ``Settings`` the bridge pushes (in Welcome, or as a frame)."""
+    return device_pb2.Settings(
+        sims=[
+            device_pb2.SimPacing(
+                slot=p.slot,
+                parts_per_minute=p.parts_per_minute,
+                min_interval_ms=p.min_interval_ms,
+                parts_per_hour=p.parts_per_hour,
+                parts_per_day=p.parts_per_day,
+                recipients_per_month=p.recipients_per_month,
+            )
+            for p in settings.sims
+        ],
+        phone_parts_per_minute=settings.phone_parts_per_minute,
+        priority_bypass=settings.priority_bypass,
+    )
+
+
+def _pacing(message: device_pb2.Settings) -> PacingSettings:
+    return PacingSettings(
+        sims=tuple(
+            SimPacing(
+                p.slot, p.parts_per_minute, p.min_interval_ms, p.parts_per_hour, p.parts_per_day, p.recipients_per_month
+            )
+            for p in message.sims
+        ),
+        phone_parts_per_minute=message.phone_parts_per_minute,
+        priority_bypass=message.priority_bypass,
+    )
+
+
+def settings_from_proto(message: device_pb2.Settings) -> SettingsReceived:
+    """Validate a received ``Settings`` frame.
+
+    Raises:
+        RemoteProtocolError: ``BAD_FRAME`` (a SIM slot of 0).
+    """
+    try:
+        return SettingsReceived(_pacing(message))
+    except (ValueError, TypeError) as exc:
+        raise _invalid("Settings", exc) from None

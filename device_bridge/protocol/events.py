@@ -26,12 +26,17 @@ __all__ = [
     "Delivery",
     "DropReceived",
     "Event",
+    "FailureClass",
+    "HeldRecipient",
     "HelloReceived",
+    "PacingSettings",
     "Receipt",
     "ReceiptReceived",
     "ReceiptState",
     "Side",
+    "SettingsReceived",
     "SimInfo",
+    "SimPacing",
     "WelcomeReceived",
 ]
 
@@ -51,10 +56,22 @@ class Side(IntEnum):
 class ReceiptState(IntEnum):
     """What a Receipt reports; mirrors ``smsgw.device.v1.ReceiptState``."""
 
-    ACCEPTED = 1  # the phone holds the message durably (whole message)
+    ACCEPTED = 1  # the phone holds the recipients durably (Receipt.recipient_indices)
     SENT = 2  # per recipient
     DELIVERED = 3  # per recipient
-    FAILED = 4  # per recipient, with an error
+    FAILED = 4  # per recipient, with an error and a failure class
+
+
+class FailureClass(IntEnum):
+    """Why a send failed; mirrors ``smsgw.device.v1.FailureClass`` (0 reads as GENERIC_FAILURE)."""
+
+    GENERIC_FAILURE = 1
+    LIMIT_EXCEEDED = 2
+    NO_SERVICE = 3
+    RADIO_OFF = 4
+    INVALID_NUMBER = 5
+    BLOCKED = 6
+    DECRYPT_FAILED = 7
 
 
 # --- validation helpers (messages name the field, never its value) ---------
@@ -76,6 +93,17 @@ def _check_int(value: object, low: int, high: int, what: str) -> None:
         raise TypeError(f"{what} must be an int")
     if not low <= value <= high:
         raise ValueError(f"{what} must be in {low}..{high}")
+
+
+def _indices(values: Iterable[int], what: str) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} must be a sequence of ints")
+    result = tuple(values)
+    for value in result:
+        _check_int(value, 0, _UINT32_MAX, f"each of {what}")
+    if len(set(result)) != len(result):
+        raise ValueError(f"{what} must not repeat an index")
+    return result
 
 
 def _ids(values: Iterable[str], what: str) -> tuple[str, ...]:
@@ -140,7 +168,10 @@ class Delivery:
     it in :class:`DeliverReceived`. Exactly one of ``text`` and ``data`` is
     set (``data=b""`` with ``text=None`` is an empty data message). ``port``
     belongs to data messages and stays 0 for text. ``sim_number`` 0 means "any
-    SIM". ``repr()`` shows sizes, never the numbers or the body.
+    SIM". ``phone_numbers[k]`` is recipient ``recipient_indices[k]`` of the
+    message (empty indices read as 0..n-1); the phone's duplicate key is
+    ``(message_id, recipient_index, attempt)``. ``repr()`` shows sizes, never
+    the numbers or the body.
     """
 
     message_id: str
@@ -153,6 +184,9 @@ class Delivery:
     with_delivery_report: bool = True
     priority: int = 0
     valid_until: datetime | None = None
+    recipient_indices: tuple[int, ...] = ()
+    attempt: int = 1
+    parts: int = 0
 
     def __post_init__(self) -> None:
         _check_id(self.message_id, "Deliver.message_id")
@@ -160,6 +194,12 @@ class Delivery:
         if not numbers:
             raise ValueError("Deliver.phone_numbers must not be empty")
         object.__setattr__(self, "phone_numbers", numbers)
+        indices = _indices(self.recipient_indices, "Deliver.recipient_indices") or tuple(range(len(numbers)))
+        if len(indices) != len(numbers):
+            raise ValueError("Deliver.recipient_indices must have one index per phone number")
+        object.__setattr__(self, "recipient_indices", indices)
+        _check_int(self.attempt, 1, _UINT32_MAX, "Deliver.attempt")
+        _check_int(self.parts, 0, _UINT32_MAX, "Deliver.parts")
         if (self.text is None) == (self.data is None):
             raise ValueError("Deliver needs exactly one of text and data")
         if self.text is not None:
@@ -185,8 +225,13 @@ class Delivery:
             f"phone_numbers=<{len(self.phone_numbers)}>, {content}, "
             f"sim_number={self.sim_number}, is_encrypted={self.is_encrypted}, "
             f"with_delivery_report={self.with_delivery_report}, "
-            f"priority={self.priority}, valid_until={self.valid_until!r})"
+            f"priority={self.priority}, valid_until={self.valid_until!r}, "
+            f"recipient_indices={self.recipient_indices}, attempt={self.attempt}, parts={self.parts})"
         )
+
+    def numbers_by_index(self) -> dict[int, str]:
+        """Recipient index -> phone number, for the recipients of this Deliver."""
+        return dict(zip(self.recipient_indices, self.phone_numbers, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +240,11 @@ class Receipt:
 
     The phone builds it (``DeviceSession.send_receipt``); the bridge receives
     it in :class:`ReceiptReceived`. ``event_id`` is unique per device and
-    > 0; the bridge Acks it once stored. ``recipient_index`` is ignored for
-    ACCEPTED, which covers the whole message.
+    > 0; the bridge Acks it once stored. ACCEPTED covers ``recipient_indices``
+    (empty = every recipient dispatched and not yet accepted); the other
+    states name one ``recipient_index``. ``attempt`` 0 means "the current
+    one". ``parts_done`` counts the parts that reached SENT / DELIVERED so far
+    (0 = all); ``failure_class`` says why a FAILED send failed.
     """
 
     event_id: int
@@ -205,6 +253,10 @@ class Receipt:
     recipient_index: int = 0
     error: str = ""
     time: datetime | None = None
+    recipient_indices: tuple[int, ...] = ()
+    attempt: int = 0
+    failure_class: FailureClass | None = None
+    parts_done: int = 0
 
     def __post_init__(self) -> None:
         _check_int(self.event_id, 1, _UINT64_MAX, "Receipt.event_id")
@@ -217,6 +269,64 @@ class Receipt:
         _check_int(self.recipient_index, 0, _UINT32_MAX, "Receipt.recipient_index")
         _check_text(self.error, "Receipt.error")
         object.__setattr__(self, "time", _utc(self.time, "Receipt.time"))
+        object.__setattr__(self, "recipient_indices", _indices(self.recipient_indices, "Receipt.recipient_indices"))
+        _check_int(self.attempt, 0, _UINT32_MAX, "Receipt.attempt")
+        _check_int(self.parts_done, 0, _UINT32_MAX, "Receipt.parts_done")
+        if self.failure_class is not None:
+            try:
+                object.__setattr__(self, "failure_class", FailureClass(self.failure_class))
+            except ValueError:
+                raise ValueError("Receipt.failure_class is not a known class") from None
+        if state == ReceiptState.FAILED and self.failure_class is None:
+            object.__setattr__(self, "failure_class", FailureClass.GENERIC_FAILURE)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRecipient:
+    """One recipient (and attempt) a phone holds, reported in Hello."""
+
+    message_id: str
+    recipient_index: int
+    attempt: int = 1
+
+    def __post_init__(self) -> None:
+        _check_id(self.message_id, "HeldRecipient.message_id")
+        _check_int(self.recipient_index, 0, _UINT32_MAX, "HeldRecipient.recipient_index")
+        _check_int(self.attempt, 1, _UINT32_MAX, "HeldRecipient.attempt")
+
+
+@dataclass(frozen=True, slots=True)
+class SimPacing:
+    """The pacing of one SIM (``SimPacing``); 0 = no such limit."""
+
+    slot: int
+    parts_per_minute: int = 0
+    min_interval_ms: int = 0
+    parts_per_hour: int = 0
+    parts_per_day: int = 0
+    recipients_per_month: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int(self.slot, 1, _UINT32_MAX, "SimPacing.slot")
+        for name in ("parts_per_minute", "min_interval_ms", "parts_per_hour", "parts_per_day", "recipients_per_month"):
+            _check_int(getattr(self, name), 0, _UINT32_MAX, f"SimPacing.{name}")
+
+
+@dataclass(frozen=True, slots=True)
+class PacingSettings:
+    """What the bridge applies to a phone (``Settings``), pushed in Welcome and live."""
+
+    sims: tuple[SimPacing, ...] = ()
+    phone_parts_per_minute: int = 0
+    priority_bypass: bool = False
+
+    def __post_init__(self) -> None:
+        sims = tuple(self.sims)
+        for sim in sims:
+            if not isinstance(sim, SimPacing):
+                raise TypeError("Settings.sims must hold SimPacing")
+        object.__setattr__(self, "sims", sims)
+        _check_int(self.phone_parts_per_minute, 0, _UINT32_MAX, "Settings.phone_parts_per_minute")
 
 
 # --- events: what DeviceSession.events_received() returns -------------------
@@ -236,6 +346,7 @@ class HelloReceived:
     sims: tuple[SimInfo, ...]
     window: int
     held_message_ids: tuple[str, ...] = ()
+    held: tuple[HeldRecipient, ...] = ()
 
     def __post_init__(self) -> None:
         _check_text(self.app_version, "Hello.app_version")
@@ -247,6 +358,11 @@ class HelloReceived:
         _check_int(self.window, 1, MAX_WINDOW, "Hello.window")
         held = _ids(self.held_message_ids, "Hello.held_message_ids")
         object.__setattr__(self, "held_message_ids", held)
+        recipients = tuple(self.held)
+        for h in recipients:
+            if not isinstance(h, HeldRecipient):
+                raise TypeError("Hello.held must hold HeldRecipient")
+        object.__setattr__(self, "held", recipients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +390,12 @@ class WelcomeReceived:
     ping_interval: int
     server_time: datetime | None = None
     credentials: Credentials | None = None
+    settings: PacingSettings | None = None
 
     def __post_init__(self) -> None:
         _check_id(self.device_id, "Welcome.device_id")
+        if self.settings is not None and not isinstance(self.settings, PacingSettings):
+            raise TypeError("Welcome.settings must be PacingSettings")
         _check_int(self.window, 1, MAX_WINDOW, "Welcome.window")
         _check_int(self.ping_interval, 0, _UINT32_MAX, "Welcome.ping_interval_seconds")
         object.__setattr__(self, "server_time", _utc(self.server_time, "Welcome.server_time"))
@@ -330,4 +449,17 @@ class DropReceived:
         _check_text(self.reason, "Drop.reason")
 
 
-Event: TypeAlias = HelloReceived | ReceiptReceived | WelcomeReceived | DeliverReceived | AckReceived | DropReceived
+@dataclass(frozen=True, slots=True)
+class SettingsReceived:
+    """PHONE side: the owner changed this phone's pacing; it applies from now on."""
+
+    settings: PacingSettings
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.settings, PacingSettings):
+            raise TypeError("settings must be PacingSettings")
+
+
+Event: TypeAlias = (
+    HelloReceived | ReceiptReceived | WelcomeReceived | DeliverReceived | AckReceived | DropReceived | SettingsReceived
+)

@@ -45,6 +45,8 @@ from .codec import (
     hello_to_proto,
     receipt_from_proto,
     receipt_to_proto,
+    settings_from_proto,
+    settings_to_proto,
     welcome_from_proto,
     welcome_to_proto,
 )
@@ -56,7 +58,9 @@ from .events import (
     Delivery,
     DropReceived,
     Event,
+    HeldRecipient,
     HelloReceived,
+    PacingSettings,
     Receipt,
     ReceiptReceived,
     Side,
@@ -101,7 +105,7 @@ _RECEIVE_TRANSITIONS: Final[_Transitions] = {
     (_BRIDGE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
     (_BRIDGE, OPEN): {"receipt": OPEN},
     (_PHONE, AWAIT_WELCOME): {"welcome": OPEN},
-    (_PHONE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN},
+    (_PHONE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN, "settings": OPEN},
 }
 
 # Frame kinds that may be sent, per side and state. Anything missing is an
@@ -110,7 +114,7 @@ _SEND_TRANSITIONS: Final[_Transitions] = {
     (_PHONE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
     (_PHONE, OPEN): {"receipt": OPEN},
     (_BRIDGE, AWAIT_WELCOME): {"welcome": OPEN},
-    (_BRIDGE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN},
+    (_BRIDGE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN, "settings": OPEN},
 }
 
 
@@ -306,6 +310,8 @@ class DeviceSession:
             event = self._on_deliver(frame.deliver)
         elif kind == "ack":
             event = ack_from_proto(frame.ack)
+        elif kind == "settings":
+            event = settings_from_proto(frame.settings)
         else:
             event = self._on_drop(frame.drop)
         self._state = next_state
@@ -354,6 +360,7 @@ class DeviceSession:
         app_version: str,
         sims: Sequence[SimInfo],
         held_message_ids: Sequence[str] = (),
+        held: Sequence[HeldRecipient] = (),
     ) -> None:
         """PHONE: open the session with Hello, advertising the window.
 
@@ -363,14 +370,16 @@ class DeviceSession:
         Args:
             app_version: The agent's version, for the device list.
             sims: The SIMs it can send from.
-            held_message_ids: Messages it already holds (accepted), so the
-                bridge does not re-send them.
+            held_message_ids: Messages it holds (accepted), so the bridge
+                drops those cancelled or expired meanwhile.
+            held: The recipients (and attempts) it holds, so the bridge marks
+                them ACCEPTED and does not re-send them.
 
         Raises:
             InvalidState: Not a PHONE session, or Hello was already sent.
         """
         next_state = self._check_send("hello")
-        hello = HelloReceived(app_version, tuple(sims), self._flow.window, tuple(held_message_ids))
+        hello = HelloReceived(app_version, tuple(sims), self._flow.window, tuple(held_message_ids), tuple(held))
         self._queue(device_pb2.DeviceFrame(hello=hello_to_proto(hello)), next_state)
 
     def send_welcome(
@@ -380,6 +389,7 @@ class DeviceSession:
         ping_interval: int,
         server_time: datetime,
         credentials: Credentials | None = None,
+        settings: PacingSettings | None = None,
     ) -> None:
         """BRIDGE: accept the session after :class:`HelloReceived`; it becomes OPEN.
 
@@ -391,12 +401,13 @@ class DeviceSession:
             ping_interval: Seconds between the bridge's WebSocket pings.
             server_time: Now (aware), from the adapter's clock.
             credentials: Only for a session opened with a pairing code.
+            settings: The pacing the bridge applies to this phone.
 
         Raises:
             InvalidState: Not a BRIDGE session, or not right after Hello.
         """
         next_state = self._check_send("welcome")
-        welcome = WelcomeReceived(device_id, self._flow.window, ping_interval, server_time, credentials)
+        welcome = WelcomeReceived(device_id, self._flow.window, ping_interval, server_time, credentials, settings)
         self._queue(device_pb2.BridgeFrame(welcome=welcome_to_proto(welcome)), next_state)
 
     def send_deliver(self, delivery: Delivery) -> None:
@@ -429,6 +440,15 @@ class DeviceSession:
         drop = DropReceived(message_id, reason)
         self._queue(device_pb2.BridgeFrame(drop=drop_to_proto(drop)), next_state)
         self._flow.discard(message_id)
+
+    def send_settings(self, settings: PacingSettings) -> None:
+        """BRIDGE: push changed pacing settings to the phone.
+
+        Raises:
+            InvalidState: Not an OPEN BRIDGE session.
+        """
+        next_state = self._check_send("settings")
+        self._queue(device_pb2.BridgeFrame(settings=settings_to_proto(settings)), next_state)
 
     def send_ack(self, event_ids: Sequence[int]) -> None:
         """BRIDGE: tell the phone these device events are stored; it may forget them.

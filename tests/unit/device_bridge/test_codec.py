@@ -207,7 +207,8 @@ class TestJsonMapping:
         data = encode(device_pb2.BridgeFrame(deliver=codec.delivery_to_proto(delivery)), Encoding.JSON)
         assert data == (
             '{"deliver":{"messageId":"m1","phoneNumbers":["+15550000001"],"text":"hi",'
-            '"simNumber":2,"withDeliveryReport":true,"validUntil":"2026-01-01T00:00:00Z"}}'
+            '"simNumber":2,"withDeliveryReport":true,"validUntil":"2026-01-01T00:00:00Z",'
+            '"recipientIndices":[0],"attempt":1}}'
         )
 
     def test_enums_are_names_and_uint64_are_strings(self) -> None:
