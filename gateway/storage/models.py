@@ -22,6 +22,7 @@ __all__ = [
     "MessageRow",
     "RecipientRow",
     "EventRow",
+    "DispatchLogRow",
 ]
 
 
@@ -110,6 +111,8 @@ class Device(SQLModel, table=True):
     app_version: str = ""
     sims_json: str = "[]"
     revoked: bool = False
+    # Pacing overrides set with UpdateDeviceSettings (gateway.messages.pacing); "{}" = config defaults.
+    settings_json: str = "{}"
 
 
 class PairingCode(SQLModel, table=True):
@@ -138,14 +141,14 @@ class MessageRow(SQLModel, table=True):
     device_id: str | None = Field(default=None, foreign_key="device.id")
     pinned: bool = False  # the client chose the device; never rerouted
     ever_dispatched: bool = False  # a phone may hold it; never rerouted to another phone
-    session_id: str = ""  # the session it is DISPATCHED on
-    sim_number: int = 0
+    sim_number: int = 0  # the SIM the client asked for; 0 = the scheduler picks one per recipient
     text: str | None = None
     data: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     port: int = 0
     is_encrypted: bool = False
     priority: int = 0
     valid_until: datetime | None = None
+    schedule_at: datetime | None = None  # held until then (its recipients' not_before)
     with_delivery_report: bool = True
     state: int
     parts: int = 1
@@ -155,13 +158,24 @@ class MessageRow(SQLModel, table=True):
 
 
 class RecipientRow(SQLModel, table=True):
+    """One recipient of a message: the unit the scheduler dispatches, paces and retries."""
+
     __tablename__ = "recipient"
+    __table_args__ = (Index("ix_recipient_session", "session_id"),)
     message_id: str = Field(foreign_key="message.id", primary_key=True)
     idx: int = Field(primary_key=True)
     phone_number: str
     state: int
     error: str = ""
     updated_at: datetime
+    attempt: int = 1  # 1-based; a retry after a retryable failure is the next attempt
+    session_id: str = ""  # the session it is DISPATCHED on
+    sim: int = 0  # the SIM it was last dispatched from
+    not_before: datetime | None = None  # schedule_at, or the retry backoff: not dispatched before
+    paced_until: datetime | None = None  # when pacing lets it go (head of the queue), for display
+    parts_sent: int = 0
+    parts_delivered: int = 0
+    last_error: str = ""  # the last failed attempt's reason, retried or not
 
 
 class EventRow(SQLModel, table=True):
@@ -177,3 +191,20 @@ class EventRow(SQLModel, table=True):
     message_state: int
     error: str = ""
     created_at: datetime
+
+
+class DispatchLogRow(SQLModel, table=True):
+    """Every dispatch of a recipient: the history pacing windows are computed over.
+
+    Pruned after the longest window (a calendar month for the distinct-recipients cap).
+    """
+
+    __tablename__ = "dispatch_log"
+    __table_args__ = (Index("ix_dispatch_log_device", "device_id", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str
+    sim: int
+    at: datetime
+    parts: int
+    message_id: str
+    recipient_index: int
