@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ class SessionHandle:
     _event: trio.Event = field(default_factory=trio.Event)
     replaced: bool = False
     revoked: bool = False
+    _settings_changed: bool = False
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def wake(self) -> None:
@@ -30,10 +32,21 @@ class SessionHandle:
         self._woken = True
         self._event.set()
 
-    async def wait_woken(self) -> None:
-        while not self._woken:
-            await self._event.wait()
-            self._event = trio.Event()
+    def settings_changed(self) -> None:
+        """The owner changed this phone's pacing: push it, and dispatch under it."""
+        self._settings_changed = True
+        self.wake()
+
+    def take_settings_changed(self) -> bool:
+        changed, self._settings_changed = self._settings_changed, False
+        return changed
+
+    async def wait_woken(self, deadline: float = math.inf) -> None:
+        """Until woken, or until trio time `deadline` (a paced or scheduled send comes due)."""
+        with trio.move_on_at(deadline):
+            while not self._woken:
+                await self._event.wait()
+                self._event = trio.Event()
         self._woken = False
 
     def replace(self) -> None:
@@ -86,6 +99,12 @@ class SessionRegistry:
             handle = self._by_device.get(device_id)
             if handle is not None:
                 handle.wake()
+
+    def settings_changed(self, device_ids: Iterable[str]) -> None:
+        for device_id in device_ids:
+            handle = self._by_device.get(device_id)
+            if handle is not None:
+                handle.settings_changed()
 
     def revoke(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:

@@ -8,9 +8,11 @@ not accept, presence, rerouting) is shielded so it runs even when the bridge shu
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -25,18 +27,21 @@ from device_bridge.protocol import (
     DeviceSession,
     Encoding,
     HelloReceived,
+    PacingSettings,
     ReceiptReceived,
     ReceiptState,
     RemoteProtocolError,
     SessionState,
     Side,
+    SimPacing,
 )
 from device_bridge.registry import SessionHandle, SessionRegistry
 from gateway.bus import Bus
 from gateway.config import BridgeSettings
 from gateway.devices.records import DeviceIdentity, SimRecord
 from gateway.devices.repository import DeviceRepository
-from gateway.messages.records import MessageRecord, ReceiptUpdate
+from gateway.messages.pacing import DevicePacing
+from gateway.messages.records import DispatchUnit, HeldRecipient, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.types import State, utcnow
 
@@ -84,19 +89,34 @@ class _Aborted(Exception):
         self.code, self.reason = code, reason
 
 
-def _delivery(m: MessageRecord) -> Delivery:
+def _delivery(unit: DispatchUnit) -> Delivery:
+    m = unit.message
     return Delivery(
         message_id=m.id,
-        phone_numbers=tuple(r.phone_number for r in m.recipients),
+        phone_numbers=tuple(m.recipients[i].phone_number for i in unit.recipient_indices),
         text=m.text,
         data=m.data if m.text is None else None,
         port=m.port,
-        sim_number=m.sim_number,
+        sim_number=unit.sim,
         is_encrypted=m.is_encrypted,
         with_delivery_report=m.with_delivery_report,
         priority=m.priority,
         valid_until=m.valid_until,
+        recipient_indices=unit.recipient_indices,
+        attempt=unit.attempt,
+        parts=m.parts,
     )
+
+
+def _settings(pacing: DevicePacing, slots: Sequence[int]) -> PacingSettings:
+    """The pacing the bridge applies, per SIM the phone reported, as the phone sees it."""
+    sims = []
+    for slot in sorted(set(slots) | set(pacing.sims)):
+        x = pacing.for_sim(slot)
+        sims.append(
+            SimPacing(slot, x.parts_per_minute, x.min_interval_ms, x.parts_per_hour, x.parts_per_day, x.recipients_per_month)
+        )
+    return PacingSettings(tuple(sims), pacing.phone_parts_per_minute, pacing.priority_bypass)
 
 
 class _Session:
@@ -106,6 +126,7 @@ class _Session:
         self.proto = DeviceSession(Side.BRIDGE, encoding, max_window=ctx.settings.max_window)
         self.send_lock = trio.Lock()
         self.handle: SessionHandle | None = None
+        self.slots: tuple[int, ...] = ()
         self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
 
     async def flush(self) -> None:
@@ -151,23 +172,25 @@ class _Session:
             )
             if not online:  # deleted between the upgrade and Hello
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
+            held = [HeldRecipient(h.message_id, h.recipient_index, h.attempt) for h in hello.held]
             await trio.to_thread.run_sync(
-                lambda: self.ctx.messages.open_session(
-                    identity.owner_id, identity.device_id, session_id, hello.held_message_ids, now
-                )
+                lambda: self.ctx.messages.open_session(identity.owner_id, identity.device_id, session_id, held, now)
             )
+            pacing = await trio.to_thread.run_sync(self.ctx.messages.pacing_of, identity.device_id)
             old = self.ctx.registry.register(handle)
         if old is not None:
             old.replace()
         if handle.revoked:  # deleted while this session was being opened
             raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
+        self.slots = tuple(sim.slot for sim in sims) or (1,)
         self.proto.send_welcome(
             identity.device_id,
             ping_interval=int(self.ctx.settings.ping_interval),
             server_time=now,
             credentials=credentials,
+            settings=_settings(pacing, self.slots),
         )
-        await self.drop_if_final(hello.held_message_ids)
+        await self.drop_if_final([*hello.held_message_ids, *{h.message_id for h in hello.held}])
         await self.flush()
         self.ctx.bus.notify_events()
         self.log.info("= session open for device %s (window %d)", identity.device_id, self.proto.window)
@@ -182,7 +205,16 @@ class _Session:
             if not receipts:
                 continue
             updates = [
-                ReceiptUpdate(r.message_id, _RECEIPT_STATES[r.state], r.recipient_index, r.error[:200])
+                ReceiptUpdate(
+                    r.message_id,
+                    _RECEIPT_STATES[r.state],
+                    r.recipient_index,
+                    r.error[:200],
+                    recipient_indices=r.recipient_indices,
+                    attempt=r.attempt,
+                    failure_class=r.failure_class.name.lower() if r.failure_class else "",
+                    parts_done=r.parts_done,
+                )
                 for r in receipts
             ]
             for r in receipts:
@@ -235,32 +267,39 @@ class _Session:
         return self.proto.state is SessionState.OPEN
 
     async def dispatch(self) -> None:
-        """On each wake-up: Drop what was cancelled/expired, then fill the window."""
+        """On each wake-up (or when pacing, a schedule or a retry comes due): push changed
+        settings, Drop what was cancelled/expired, then send what the scheduler allows."""
         assert self.handle is not None
-        handle = self.handle
+        handle, ctx = self.handle, self.ctx
+        wake_at: datetime | None = None
         while True:
-            await handle.wait_woken()
-            if self.proto.in_flight:
-                finals = await trio.to_thread.run_sync(
-                    self.ctx.messages.final_states, handle.device_id, self.proto.in_flight
-                )
+            deadline = math.inf
+            if wake_at is not None:
+                deadline = trio.current_time() + max(0.0, (wake_at - utcnow()).total_seconds())
+            await handle.wait_woken(deadline)
+            if handle.take_settings_changed():
+                pacing = await trio.to_thread.run_sync(ctx.messages.pacing_of, handle.device_id)
                 if not self.open_now():
                     return
-                for message_id, state in finals.items():
-                    if message_id in self.proto.in_flight:
-                        self.proto.send_drop(message_id, state.name.lower())
-                        self.ctx.metrics.drops.inc()
-            room = self.proto.window_available
-            if room:
-                records = await trio.to_thread.run_sync(
-                    self.ctx.messages.dispatch, handle.device_id, handle.session_id, room, utcnow()
-                )
-                if not self.open_now():
-                    return  # claimed rows stay DISPATCHED on this session; close_out requeues them
-                for record in records:
-                    self.proto.send_deliver(_delivery(record))
-                self.ctx.metrics.delivers.inc(len(records))
-                self.ctx.bus.notify_events()  # DISPATCHED, and any EXPIRED found on the way
+                self.proto.send_settings(_settings(pacing, self.slots))
+            in_flight = self.proto.in_flight
+            finals = {}
+            if in_flight:
+                finals = await trio.to_thread.run_sync(ctx.messages.final_states, handle.device_id, in_flight)
+            batch = await trio.to_thread.run_sync(
+                ctx.messages.dispatch, handle.device_id, handle.session_id, self.proto.window_available, utcnow(), in_flight
+            )
+            if not self.open_now():
+                return  # claimed rows stay DISPATCHED on this session; close_out requeues them
+            for message_id, state in {**finals, **batch.drops}.items():
+                self.proto.send_drop(message_id, state.name.lower())
+                ctx.metrics.drops.inc()
+            for unit in batch.units:
+                self.proto.send_deliver(_delivery(unit))
+            ctx.metrics.delivers.inc(len(batch.units))
+            wake_at = batch.wake_at
+            if batch.units or batch.drops:
+                ctx.bus.notify_events()  # DISPATCHED, and any EXPIRED found on the way
             await self.flush()
 
     async def close_out(self) -> None:

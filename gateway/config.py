@@ -24,6 +24,7 @@ __all__ = [
     "MetricsSettings",
     "LimitsSettings",
     "JobsSettings",
+    "SchedulerSettings",
     "load_settings",
 ]
 
@@ -139,6 +140,29 @@ class LimitsSettings(_Section):
     max_idempotency_key: int = 128
 
 
+class SchedulerSettings(_Section):
+    """Dispatch pacing defaults (each phone may override them: UpdateDeviceSettings) and retries."""
+
+    # Per SIM (RELIABILITY 27), sliding windows in SMS parts; 0 = no such limit.
+    sim_parts_per_minute: int = Field(default=24, ge=0)
+    sim_min_interval: float = Field(default=2.5, ge=0)  # seconds between two sends of one SIM
+    sim_parts_per_hour: int = Field(default=0, ge=0)
+    sim_parts_per_day: int = Field(default=0, ge=0)
+    sim_recipients_per_month: int = Field(default=0, ge=0)  # distinct numbers per calendar month
+    # All SIMs of a phone together: Android allows 30 parts per 60 s per app; a margin
+    # absorbs the network's jitter between our dispatch and the phone's send.
+    phone_parts_per_minute: int = Field(default=27, ge=0)
+    # Priority >= 100 may skip the SIM limits (never the phone's) on phones that allow it.
+    priority_bypass: bool = False
+    # Retries of LIMIT_EXCEEDED / NO_SERVICE / RADIO_OFF failures: attempts in all, and the
+    # backoff before attempt n+1: retry_base * 4**(n-1), at most retry_max, +-20 % jitter.
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    retry_base: float = Field(default=30.0, gt=0)
+    retry_max: float = Field(default=3600.0, gt=0)
+    # How far ahead schedule_at may be.
+    max_schedule_days: int = Field(default=30, ge=1)
+
+
 class JobsSettings(_Section):
     expiry_interval: float = 5.0
     pairing_code_ttl: int = 600
@@ -155,6 +179,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     metrics: MetricsSettings = MetricsSettings()
     limits: LimitsSettings = LimitsSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     jobs: JobsSettings = JobsSettings()
 
     @property

@@ -17,6 +17,7 @@ __all__ = [
     "State",
     "FINAL_STATES",
     "UNACCEPTED_STATES",
+    "UNSENT_STATES",
     "may_move",
     "is_settled",
     "derive_message_state",
@@ -44,6 +45,8 @@ class State(IntEnum):
 FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED})
 # "Not yet held by a phone": the states a session death returns to PENDING and cancel may end.
 UNACCEPTED_STATES = frozenset({State.PENDING, State.DISPATCHED})
+# "Not yet sent": what valid_until can still expire.
+UNSENT_STATES = frozenset({State.PENDING, State.DISPATCHED, State.ACCEPTED})
 
 # Rank along the forward path. PENDING and DISPATCHED share a rank: a dispatch to a
 # session that dies before the phone accepts returns the message to PENDING, and
@@ -65,12 +68,15 @@ def may_move(old: State, new: State) -> bool:
 
     Final states never change. Otherwise the move must go up in rank, except the
     PENDING <-> DISPATCHED pair (dispatch, and return after a lost session).
-    EXPIRED and CANCELLED are only reachable before a phone accepted the message.
+    CANCELLED is only reachable before a phone accepted the recipient, EXPIRED before
+    it was sent (the phone is told to drop it).
     """
     if old in FINAL_STATES or old == new:
         return False
-    if new in (State.EXPIRED, State.CANCELLED):
+    if new == State.CANCELLED:
         return old in UNACCEPTED_STATES
+    if new == State.EXPIRED:
+        return old in UNSENT_STATES
     if {old, new} == {State.PENDING, State.DISPATCHED}:
         return True
     return _RANK[new] > _RANK[old]

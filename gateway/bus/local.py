@@ -1,7 +1,8 @@
 """In-process bus for `smsgw serve`: the one module that hops between the two event loops.
 
-Three signals flow: "device D has work" and "device D was deleted" (gateway -> bridge, also
-bridge -> itself), and "new events were logged" (anyone -> gateway watchers). Hops are coalesced: while a hop
+Four signals flow: "device D has work", "device D was deleted" and "device D's settings
+changed" (gateway -> bridge, also bridge -> itself), and "new events were logged"
+(anyone -> gateway watchers). Hops are coalesced: while a hop
 is scheduled and not yet run, further signals only add to the pending set, so a burst
 of N sends costs one hop, not N (DESIGN.md "What things cost here").
 """
@@ -18,17 +19,28 @@ import trio
 __all__ = ["Bus", "LocalBus"]
 
 
+_DeviceCallback = Callable[[set[str]], None]
+# The device signals, in the order the bridge gets them when several are pending.
+_REVOKED, _SETTINGS, _WORK = "revoked", "settings", "work"
+
+
 class Bus(Protocol):
     def attach_bridge(
-        self, on_work: Callable[[set[str]], None], on_revoked: Callable[[set[str]], None] | None = None
+        self,
+        on_work: _DeviceCallback,
+        on_revoked: _DeviceCallback | None = None,
+        on_settings: _DeviceCallback | None = None,
     ) -> None:
-        """Subscribe the bridge (from its trio thread) to work and revocation signals."""
+        """Subscribe the bridge (from its trio thread) to work, revocation and settings signals."""
 
     def notify_work(self, device_ids: Iterable[str]) -> None:
         """Some devices have new work (messages to deliver or drop). Thread-safe, non-blocking."""
 
     def notify_revoked(self, device_ids: Iterable[str]) -> None:
         """These devices were deleted: end their live sessions. Thread-safe, non-blocking."""
+
+    def notify_settings(self, device_ids: Iterable[str]) -> None:
+        """These devices' pacing settings changed: push them. Thread-safe, non-blocking."""
 
     def notify_events(self) -> None:
         """New rows were appended to the event log. Thread-safe, non-blocking."""
@@ -37,32 +49,31 @@ class Bus(Protocol):
 class LocalBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._work: set[str] = set()
-        self._revoked: set[str] = set()
+        self._pending: dict[str, set[str]] = {_REVOKED: set(), _SETTINGS: set(), _WORK: set()}
+        self._callbacks: dict[str, _DeviceCallback | None] = {}
         self._work_scheduled = False
         self._events_scheduled = False
-        self._on_work: Callable[[set[str]], None] | None = None
-        self._on_revoked: Callable[[set[str]], None] | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._on_events: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     def attach_bridge(
-        self, on_work: Callable[[set[str]], None], on_revoked: Callable[[set[str]], None] | None = None
+        self,
+        on_work: _DeviceCallback,
+        on_revoked: _DeviceCallback | None = None,
+        on_settings: _DeviceCallback | None = None,
     ) -> None:
         """Call from the bridge's trio thread; the callbacks then run there, never concurrently."""
         with self._lock:
-            self._on_work = on_work
-            self._on_revoked = on_revoked
+            self._callbacks = {_REVOKED: on_revoked, _SETTINGS: on_settings, _WORK: on_work}
             self._trio_token = trio.lowlevel.current_trio_token()
-            pending = bool(self._work or self._revoked) and not self._work_scheduled
+            pending = any(self._pending.values()) and not self._work_scheduled
             self._work_scheduled = self._work_scheduled or pending
         if pending:
             self._schedule_work()
 
     def detach_bridge(self) -> None:
         with self._lock:
-            self._on_work = None
-            self._on_revoked = None
+            self._callbacks = {}
             self._trio_token = None
             self._work_scheduled = False
 
@@ -76,17 +87,20 @@ class LocalBus:
             self._on_events = [(loop, cb) for loop, cb in self._on_events if cb is not on_events]
 
     def notify_work(self, device_ids: Iterable[str]) -> None:
-        with self._lock:
-            self._work.update(device_ids)
-            if not self._work or self._work_scheduled or self._trio_token is None:
-                return
-            self._work_scheduled = True
-        self._schedule_work()
+        self._signal(_WORK, device_ids)
 
     def notify_revoked(self, device_ids: Iterable[str]) -> None:
+        self._signal(_REVOKED, device_ids)
+
+    def notify_settings(self, device_ids: Iterable[str]) -> None:
+        self._signal(_SETTINGS, device_ids)
+
+    def _signal(self, kind: str, device_ids: Iterable[str]) -> None:
+        """Add to the pending set of `kind`; schedule one hop to the bridge unless one is due."""
         with self._lock:
-            self._revoked.update(device_ids)
-            if not self._revoked or self._work_scheduled or self._trio_token is None:
+            pending = self._pending[kind]
+            pending.update(device_ids)
+            if not pending or self._work_scheduled or self._trio_token is None:
                 return
             self._work_scheduled = True
         self._schedule_work()
@@ -115,14 +129,14 @@ class LocalBus:
 
     def _deliver_work(self) -> None:
         with self._lock:
-            work, self._work = self._work, set()
-            revoked, self._revoked = self._revoked, set()
+            taken = {kind: ids for kind, ids in self._pending.items() if ids}
+            self._pending = {kind: set() for kind in self._pending}
             self._work_scheduled = False
-            on_work, on_revoked = self._on_work, self._on_revoked
-        if on_revoked is not None and revoked:
-            on_revoked(revoked)
-        if on_work is not None and work:
-            on_work(work)
+            callbacks = dict(self._callbacks)
+        for kind in (_REVOKED, _SETTINGS, _WORK):
+            callback = callbacks.get(kind)
+            if callback is not None and kind in taken:
+                callback(taken[kind])
 
     def _deliver_events(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:

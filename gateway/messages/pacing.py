@@ -113,6 +113,10 @@ class PacingHistory:
         if sent.number:
             self._month.setdefault(sent.sim, set()).add(sent.number)
 
+    def last_at(self, sim: int) -> datetime:
+        """When SIM `sim` last sent (the epoch if never): the rotation's tie-break."""
+        return max((s.at for s in self._sent if s.sim == sim), default=datetime.min.replace(tzinfo=UTC))
+
     def ready_at(self, pacing: DevicePacing, sim: int, parts: int, number: str, now: datetime, *, bypass: bool) -> datetime:
         """The earliest time (>= now) SIM `sim` may send `parts` parts to `number`.
 

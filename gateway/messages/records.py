@@ -7,7 +7,17 @@ from datetime import datetime
 
 from gateway.types import State
 
-__all__ = ["RecipientRecord", "MessageRecord", "NewMessage", "EventRecord", "ReceiptUpdate", "MessageFilter"]
+__all__ = [
+    "RecipientRecord",
+    "MessageRecord",
+    "NewMessage",
+    "EventRecord",
+    "ReceiptUpdate",
+    "MessageFilter",
+    "DispatchUnit",
+    "DispatchBatch",
+    "HeldRecipient",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +27,13 @@ class RecipientRecord:
     state: State
     error: str
     updated_at: datetime
+    attempt: int = 1
+    sim: int = 0  # the SIM it was (last) dispatched from; 0 = not yet
+    parts_sent: int = 0
+    parts_delivered: int = 0
+    last_error: str = ""
+    # PENDING only: not dispatched before this (schedule, retry backoff or pacing); None = now.
+    next_attempt_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +56,24 @@ class MessageRecord:
     updated_at: datetime
     parts: int
     encoding: str
+    schedule_at: datetime | None = None
+
+    @property
+    def attempts(self) -> int:
+        """The most attempts any recipient has had (1 until a retry)."""
+        return max((r.attempt for r in self.recipients), default=1)
+
+    @property
+    def last_error(self) -> str:
+        """The most recent failure of any recipient, retried or final."""
+        failed = [r for r in self.recipients if r.last_error]
+        return max(failed, key=lambda r: r.updated_at).last_error if failed else ""
+
+    @property
+    def next_attempt_at(self) -> datetime | None:
+        """The earliest time a PENDING recipient may go (None = now, or none is pending)."""
+        times = [r.next_attempt_at for r in self.recipients if r.state == State.PENDING and r.next_attempt_at]
+        return min(times) if times else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +94,7 @@ class NewMessage:
     content_hash: str
     parts: int
     encoding: str
+    schedule_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +117,10 @@ class ReceiptUpdate:
     state: State  # ACCEPTED, SENT, DELIVERED or FAILED
     recipient_index: int
     error: str = ""
+    recipient_indices: tuple[int, ...] = ()  # ACCEPTED: these (empty = every dispatched one)
+    attempt: int = 0  # 0 = the current attempt
+    failure_class: str = ""  # FAILED: e.g. "no_service" (gateway.messages.retry)
+    parts_done: int = 0  # SENT/DELIVERED: parts so far (0 = all); FAILED: parts sent before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +129,31 @@ class MessageFilter:
     device_id: str = ""
     created_after: datetime | None = None
     created_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRecipient:
+    """A recipient (and attempt) a phone said it holds, at the start of its session."""
+
+    message_id: str
+    recipient_index: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchUnit:
+    """What one Deliver carries: these recipients of a message, at one attempt, from one SIM."""
+
+    message: MessageRecord
+    recipient_indices: tuple[int, ...]
+    attempt: int
+    sim: int
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchBatch:
+    """The outcome of one dispatch round for a phone."""
+
+    units: list[DispatchUnit]
+    drops: dict[str, State]  # messages the phone may hold that ended (CANCELLED / EXPIRED)
+    wake_at: datetime | None  # when to try again though nothing woke the session (pacing, schedule, retry)

@@ -8,17 +8,33 @@ re-derives the message state and appends the event rows in the same transaction
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from ulid import ULID
 
+from gateway.config import SchedulerSettings
+from gateway.devices.records import sims_from_json
 from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from gateway.messages.pacing import (
+    BYPASS_PRIORITY,
+    DevicePacing,
+    PacingHistory,
+    Sent,
+    SimLimits,
+    history_span,
+    month_start,
+)
 from gateway.messages.records import (
+    DispatchBatch,
+    DispatchUnit,
     EventRecord,
+    HeldRecipient,
     MessageFilter,
     MessageRecord,
     NewMessage,
@@ -26,15 +42,32 @@ from gateway.messages.records import (
     RecipientRecord,
 )
 from gateway.storage.engine import Database
-from gateway.storage.models import DailyUsageRow, Device, EventRow, MessageRow, RecipientRow
-from gateway.types import UNACCEPTED_STATES, State, derive_message_state, may_move
+from gateway.messages.retry import RETRYABLE, backoff
+from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
+from gateway.types import UNACCEPTED_STATES, UNSENT_STATES, State, derive_message_state, may_move
 
-__all__ = ["MessageRepository", "to_utc"]
+__all__ = ["MessageRepository", "to_utc", "pacing_defaults"]
 
 log = logging.getLogger(__name__)
 
 _UNACCEPTED = [int(s) for s in UNACCEPTED_STATES]
-_EXPIRED_REASON = "valid_until passed before a phone accepted it"
+_UNSENT = [int(s) for s in UNSENT_STATES]
+_EXPIRED_REASON = "valid_until passed before it was sent"
+
+
+def pacing_defaults(settings: SchedulerSettings) -> DevicePacing:
+    """The pacing of a phone without overrides, from the `scheduler` config section."""
+    return DevicePacing(
+        default=SimLimits(
+            parts_per_minute=settings.sim_parts_per_minute,
+            min_interval_ms=round(settings.sim_min_interval * 1000),
+            parts_per_hour=settings.sim_parts_per_hour,
+            parts_per_day=settings.sim_parts_per_day,
+            recipients_per_month=settings.sim_recipients_per_month,
+        ),
+        phone_parts_per_minute=settings.phone_parts_per_minute,
+        priority_bypass=settings.priority_bypass,
+    )
 
 
 def to_utc(t: datetime) -> datetime:
@@ -43,8 +76,11 @@ def to_utc(t: datetime) -> datetime:
 
 
 class MessageRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, scheduler: SchedulerSettings | None = None, *, rng: random.Random | None = None) -> None:
         self.db = db
+        self.scheduler = scheduler if scheduler is not None else SchedulerSettings()
+        self.base_pacing = pacing_defaults(self.scheduler)
+        self._rng = rng if rng is not None else random.Random()
 
     # ---- client side -------------------------------------------------------------
 
@@ -78,6 +114,7 @@ class MessageRepository:
                     is_encrypted=new.is_encrypted,
                     priority=new.priority,
                     valid_until=to_utc(new.valid_until) if new.valid_until else None,
+                    schedule_at=to_utc(new.schedule_at) if new.schedule_at else None,
                     with_delivery_report=new.with_delivery_report,
                     state=int(State.PENDING),
                     parts=new.parts,
@@ -87,7 +124,14 @@ class MessageRepository:
                 )
                 s.add(row)
                 recipients = [
-                    RecipientRow(message_id=row.id, idx=i, phone_number=n, state=int(State.PENDING), updated_at=now)
+                    RecipientRow(
+                        message_id=row.id,
+                        idx=i,
+                        phone_number=n,
+                        state=int(State.PENDING),
+                        updated_at=now,
+                        not_before=row.schedule_at,
+                    )
                     for i, n in enumerate(new.phone_numbers)
                 ]
                 s.add_all(recipients)
@@ -237,23 +281,33 @@ class MessageRepository:
     # ---- bridge side -------------------------------------------------------------
 
     def open_session(
-        self, owner_id: str, device_id: str, session_id: str, held_ids: Iterable[str], now: datetime
+        self, owner_id: str, device_id: str, session_id: str, held: Iterable[HeldRecipient], now: datetime
     ) -> None:
-        """A phone's session started: the phone's held messages are ACCEPTED, messages
+        """A phone's session started: the recipients the phone holds are ACCEPTED, those
         dispatched on any older session of this device go back to PENDING (they will be
         sent again), and the owner's unrouted messages are routed here."""
         now = to_utc(now)
         with self.db.write() as s:
-            held = list(held_ids)
-            mine = select(MessageRow).where(col(MessageRow.id).in_(held), MessageRow.device_id == device_id)
-            self._move_all(s, s.exec(mine), State.ACCEPTED, "", now)
-            stale = select(MessageRow).where(
-                MessageRow.device_id == device_id,
-                MessageRow.state == int(State.DISPATCHED),
-                MessageRow.session_id != session_id,
+            held_keys = {(h.message_id, h.recipient_index): h.attempt for h in held}
+            mine = select(MessageRow).where(
+                col(MessageRow.id).in_({m for m, _ in held_keys}), MessageRow.device_id == device_id
             )
-            for row in self._move_all(s, s.exec(stale), State.PENDING, "session_lost", now):
-                row.session_id = ""
+            rows = list(s.exec(mine))
+            recipients = self._recipients_rows_many(s, [r.id for r in rows])
+            for row in rows:
+                rs = recipients[row.id]
+                only = [r for r in rs if held_keys.get((row.id, r.idx)) == r.attempt]
+                self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
+            stale = (
+                select(RecipientRow)
+                .join(MessageRow, MessageRow.id == RecipientRow.message_id)
+                .where(
+                    MessageRow.device_id == device_id,
+                    RecipientRow.state == int(State.DISPATCHED),
+                    RecipientRow.session_id != session_id,
+                )
+            )
+            self._move_recipients(s, s.exec(stale), State.PENDING, "session_lost", now)
             # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
             # never-dispatched ones routed to a device that is offline now.
             offline = select(Device.id).where(Device.owner_id == owner_id, Device.session_id == "", Device.id != device_id)
@@ -265,38 +319,169 @@ class MessageRepository:
                 .values(device_id=device_id)
             )
 
-    def dispatch(self, device_id: str, session_id: str, limit: int, now: datetime) -> list[MessageRecord]:
-        """Claim up to `limit` PENDING messages of the device (priority, then FIFO) and mark
-        them DISPATCHED on `session_id`. Due messages are expired first, so they never take
-        a window slot from a live one."""
-        if limit <= 0:
-            return []
+    def dispatch(
+        self, device_id: str, session_id: str, room: int, now: datetime, in_flight: Iterable[str] = ()
+    ) -> DispatchBatch:
+        """One dispatch round for a phone: expire what is due, then claim what its SIMs may
+        send now, in priority-then-FIFO order, at most `room` Delivers, at most one per
+        message and none for a message in flight (`in_flight`).
+
+        Pacing (gateway.messages.pacing) picks each recipient's SIM: the pinned one, else
+        the one free soonest (least recently used on a tie: SIM rotation). A recipient its
+        SIMs may not send yet closes them for this round, so nothing overtakes it on them.
+        Returns the Delivers to send, the messages to Drop, and when to look again.
+        """
         now = to_utc(now)
         with self.db.write() as s:
-            due = select(MessageRow).where(
+            self._expire_rows(s, now, device_id=device_id)
+            drops = self._take_drops(s, device_id)
+            device = s.get(Device, device_id)
+            if device is None or room <= 0:
+                return DispatchBatch([], drops, None)
+            pacing = DevicePacing.from_json(device.settings_json, self.base_pacing)
+            slots = tuple(sorted(x.slot for x in sims_from_json(device.sims_json))) or (1,)
+            history = None if pacing.unpaced else self._history(s, device_id, pacing, now)
+            rows = list(s.exec(self._candidates(device_id, now).limit(max(room * 4, 64))))
+            recipients = self._recipients_rows_many(s, [r.id for r in rows])
+            busy = set(in_flight)
+            closed: set[int] = set()
+            claims: dict[str, tuple[int, int, list[RecipientRow]]] = {}  # message -> (attempt, sim, recipients)
+            wake_at: datetime | None = None
+            for row in rows:
+                if row.id in busy or (row.id not in claims and len(claims) >= room):
+                    continue
+                for r in recipients[row.id]:
+                    if r.state != int(State.PENDING) or (r.not_before is not None and r.not_before > now):
+                        continue
+                    if row.sim_number and row.sim_number not in slots:
+                        self._transition(
+                            s, row, recipients[row.id], State.FAILED, f"sim_not_present: SIM {row.sim_number} is not in this phone", now, only=[r]
+                        )
+                        continue
+                    options = [x for x in ((row.sim_number,) if row.sim_number else slots) if x not in closed]
+                    if not options:
+                        break
+                    sim, ready = self._pick_sim(history, pacing, options, row, r, now)
+                    claim = claims.get(row.id)
+                    if claim is not None and (claim[0], claim[1]) != (r.attempt, sim):
+                        break  # one Deliver per message per round
+                    if ready > now:
+                        closed.update(options)  # FIFO per SIM: nothing later overtakes it there
+                        wake_at = min(wake_at or ready, ready)
+                        if r.paced_until != ready:
+                            r.paced_until = ready
+                            s.add(r)
+                        break
+                    if history is not None:
+                        history.record(Sent(now, sim, max(row.parts, 1), r.phone_number))
+                    claims.setdefault(row.id, (r.attempt, sim, []))[2].append(r)
+            units = []
+            by_id = {row.id: row for row in rows}
+            for message_id, (attempt, sim, claimed) in claims.items():
+                row = by_id[message_id]
+                self._transition(s, row, recipients[row.id], State.DISPATCHED, "", now, only=claimed)
+                row.ever_dispatched = True
+                for r in claimed:
+                    r.session_id, r.sim, r.paced_until = session_id, sim, None
+                    s.add(r)
+                    s.add(
+                        DispatchLogRow(
+                            device_id=device_id, sim=sim, at=now, parts=max(row.parts, 1), message_id=row.id, recipient_index=r.idx
+                        )
+                    )
+                units.append(DispatchUnit(_record(row, recipients[row.id]), tuple(r.idx for r in claimed), attempt, sim))
+            gate = self._next_gate(s, device_id, now)
+            wake = min((t for t in (wake_at, gate) if t is not None), default=None)
+            return DispatchBatch(units, drops, wake)
+
+    def _pick_sim(
+        self,
+        history: PacingHistory | None,
+        pacing: DevicePacing,
+        options: list[int],
+        row: MessageRow,
+        r: RecipientRow,
+        now: datetime,
+    ) -> tuple[int, datetime]:
+        """The SIM free soonest among `options` (least recently used on a tie) and when."""
+        if history is None:
+            # Unpaced: a pinned SIM, else the phone's default SIM (0).
+            return row.sim_number, now
+        bypass = pacing.priority_bypass and row.priority >= BYPASS_PRIORITY
+        parts = max(row.parts, 1)
+        timed = [(history.ready_at(pacing, x, parts, r.phone_number, now, bypass=bypass), history.last_at(x), x) for x in options]
+        ready, _, sim = min(timed)
+        return sim, ready
+
+    @staticmethod
+    def _candidates(device_id: str, now: datetime) -> Any:
+        """The device's messages with a recipient that may go now, priority first, then FIFO."""
+        due = (
+            select(RecipientRow.message_id)
+            .where(
+                RecipientRow.message_id == MessageRow.id,
+                RecipientRow.state == int(State.PENDING),
+                col(RecipientRow.not_before).is_(None) | (col(RecipientRow.not_before) <= now),
+            )
+            .exists()
+        )
+        return (
+            select(MessageRow)
+            .where(MessageRow.device_id == device_id, MessageRow.state == int(State.PENDING), due)
+            .order_by(col(MessageRow.priority).desc(), col(MessageRow.id))
+        )
+
+    @staticmethod
+    def _next_gate(s: Session, device_id: str, now: datetime) -> datetime | None:
+        """When the device's next scheduled or backed-off recipient comes due."""
+        q = (
+            select(func.min(RecipientRow.not_before))
+            .join(MessageRow, MessageRow.id == RecipientRow.message_id)
+            .where(
                 MessageRow.device_id == device_id,
                 MessageRow.state == int(State.PENDING),
-                col(MessageRow.valid_until) <= now,
+                RecipientRow.state == int(State.PENDING),
+                col(RecipientRow.not_before) > now,
             )
-            self._move_all(s, s.exec(due), State.EXPIRED, _EXPIRED_REASON, now)
+        )
+        found = s.exec(q).one()
+        return to_utc(found) if found is not None else None
+
+    @staticmethod
+    def _history(s: Session, device_id: str, pacing: DevicePacing, now: datetime) -> PacingHistory:
+        since = now - history_span(pacing)
+        sent = [
+            Sent(to_utc(at), sim, parts)
+            for at, sim, parts in s.exec(
+                select(DispatchLogRow.at, DispatchLogRow.sim, DispatchLogRow.parts).where(
+                    DispatchLogRow.device_id == device_id, DispatchLogRow.at > since
+                )
+            )
+        ]
+        month: dict[int, set[str]] = {}
+        if any(x.recipients_per_month for x in (pacing.default, *pacing.sims.values())):
             q = (
-                select(MessageRow)
-                .where(MessageRow.device_id == device_id, MessageRow.state == int(State.PENDING))
-                .order_by(col(MessageRow.priority).desc(), col(MessageRow.id))
-                .limit(limit)
+                select(DispatchLogRow.sim, RecipientRow.phone_number)
+                .join(
+                    RecipientRow,
+                    (RecipientRow.message_id == DispatchLogRow.message_id)
+                    & (RecipientRow.idx == DispatchLogRow.recipient_index),
+                )
+                .where(DispatchLogRow.device_id == device_id, DispatchLogRow.at >= month_start(now))
+                .distinct()
             )
-            rows = list(s.exec(q))
-            recipients = self._recipients_rows_many(s, [r.id for r in rows])
-            for row in rows:
-                self._transition(s, row, recipients[row.id], State.DISPATCHED, "", now)
-                row.session_id = session_id
-                row.ever_dispatched = True
-            return [_record(row, recipients[row.id]) for row in rows]
+            for sim, number in s.exec(q):
+                month.setdefault(sim, set()).add(number)
+        return PacingHistory(sent, month)
 
     def apply_receipts(self, device_id: str, receipts: Sequence[ReceiptUpdate], now: datetime) -> int:
         """Apply a phone's receipts, forward only; stale, repeated or foreign ones change nothing.
 
-        Returns how many changed a state. Safe to call again with the same receipts.
+        A report on one part of a multipart SMS updates the part counts; the recipient moves
+        to SENT / DELIVERED once every part has. A retryable FAILED (gateway.messages.retry)
+        with no part sent returns the recipient to PENDING for its next attempt after a
+        backoff, until `max_attempts`. Returns how many states changed. Safe to call again
+        with the same receipts.
         """
         now = to_utc(now)
         changed = 0
@@ -312,31 +497,72 @@ class MessageRepository:
                 if row is None:
                     log.warning("receipt for a message not routed to this device ignored")
                     continue
-                rs = recipients[row.id]
-                # Any receipt means the phone holds the message: the recipients not yet
-                # accepted are now (so a cancel cannot claim an SMS that is on its way).
-                changed += self._transition(s, row, rs, State.ACCEPTED, "", now)
-                if receipt.state == State.ACCEPTED:
-                    continue
-                if receipt.recipient_index < len(rs):
-                    changed += self._transition(
-                        s, row, rs, receipt.state, receipt.error, now, only=[rs[receipt.recipient_index]]
-                    )
-                else:
-                    log.warning("receipt names recipient %d of %d; ignored", receipt.recipient_index, len(rs))
+                changed += self._apply_receipt(s, row, recipients[row.id], receipt, now)
         return changed
+
+    def _apply_receipt(
+        self, s: Session, row: MessageRow, rs: list[RecipientRow], receipt: ReceiptUpdate, now: datetime
+    ) -> int:
+        current = [r for r in rs if receipt.attempt in (0, r.attempt)]  # a late report of an old attempt is stale
+        if receipt.state == State.ACCEPTED:
+            wanted = set(receipt.recipient_indices)
+            only = [r for r in current if (r.idx in wanted if wanted else r.state == int(State.DISPATCHED))]
+            return self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
+        if receipt.recipient_index >= len(rs):
+            log.warning("receipt names recipient %d of %d; ignored", receipt.recipient_index, len(rs))
+            return 0
+        r = rs[receipt.recipient_index]
+        if r not in current:
+            return 0
+        # Any report on a recipient means the phone holds it.
+        changed = self._transition(s, row, rs, State.ACCEPTED, "", now, only=[r])
+        total = max(row.parts, 1)
+        if receipt.state in (State.SENT, State.DELIVERED):
+            done = receipt.parts_done or total
+            if receipt.state == State.SENT:
+                r.parts_sent = max(r.parts_sent, min(done, total))
+            else:
+                r.parts_sent = total
+                r.parts_delivered = max(r.parts_delivered, min(done, total))
+            s.add(r)
+            if done < total:
+                return changed  # one part of several: counted, no state change, no event
+            return changed + self._transition(s, row, rs, receipt.state, "", now, only=[r])
+        cls = receipt.failure_class or "generic_failure"
+        reason = cls if not receipt.error or receipt.error == cls else f"{cls}: {receipt.error}"
+        r.last_error = reason
+        r.parts_sent = max(r.parts_sent, min(receipt.parts_done, total))
+        s.add(r)
+        settings = self.scheduler
+        if (
+            cls in RETRYABLE
+            and receipt.parts_done == 0
+            and State(r.state) in UNSENT_STATES
+            and r.attempt < settings.max_attempts
+        ):
+            delay = backoff(r.attempt, settings.retry_base, settings.retry_max, self._rng)
+            return changed + self._retry(s, row, rs, r, reason, now + timedelta(seconds=delay), now)
+        return changed + self._transition(s, row, rs, State.FAILED, reason, now, only=[r])
+
+    def _retry(
+        self, s: Session, row: MessageRow, rs: list[RecipientRow], r: RecipientRow, reason: str, at: datetime, now: datetime
+    ) -> int:
+        """Back to PENDING for the next attempt, not before `at` (the one backward move)."""
+        r.attempt += 1
+        r.state, r.session_id, r.not_before, r.paced_until, r.error = int(State.PENDING), "", at, None, ""
+        r.updated_at = now
+        s.add(r)
+        note = f"retry {r.attempt} of {self.scheduler.max_attempts} after {reason}"
+        return self._changed(s, row, rs, [r], note, now)
 
     def close_session(self, device_id: str, session_id: str, now: datetime) -> None:
         """The session ended: what it dispatched and the phone did not accept goes back to PENDING."""
         now = to_utc(now)
         with self.db.write() as s:
-            q = select(MessageRow).where(
-                MessageRow.device_id == device_id,
-                MessageRow.session_id == session_id,
-                MessageRow.state == int(State.DISPATCHED),
+            q = select(RecipientRow).where(
+                RecipientRow.session_id == session_id, RecipientRow.state == int(State.DISPATCHED)
             )
-            for row in self._move_all(s, s.exec(q), State.PENDING, "session_lost", now):
-                row.session_id = ""
+            self._move_recipients(s, s.exec(q), State.PENDING, "session_lost", now)
 
     def reroute_from(self, owner_id: str, device_id: str) -> set[str]:
         """Move the never-dispatched, unpinned PENDING messages of an offline device to the
@@ -359,33 +585,67 @@ class MessageRepository:
             return {target} if result.rowcount else set()
 
     def final_states(self, device_id: str, message_ids: Iterable[str]) -> dict[str, State]:
-        """Which of these messages of the device are CANCELLED or EXPIRED (the phone must drop them)."""
+        """Which of these messages of the device ended CANCELLED or EXPIRED (the phone must drop them)."""
         ids = list(message_ids)
         if not ids:
             return {}
         with self.db.read() as s:
-            q = select(MessageRow.id, MessageRow.state).where(
-                col(MessageRow.id).in_(ids),
-                MessageRow.device_id == device_id,
-                col(MessageRow.state).in_([int(State.CANCELLED), int(State.EXPIRED)]),
+            q = (
+                select(RecipientRow.message_id, RecipientRow.state)
+                .join(MessageRow, MessageRow.id == RecipientRow.message_id)
+                .where(
+                    col(RecipientRow.message_id).in_(ids),
+                    MessageRow.device_id == device_id,
+                    col(RecipientRow.state).in_([int(State.CANCELLED), int(State.EXPIRED)]),
+                )
             )
             return {mid: State(st) for mid, st in s.exec(q)}
 
     def expire_due(self, now: datetime, *, batch: int = 500) -> set[str]:
-        """Expire unaccepted messages past valid_until; returns the devices to wake (Drop)."""
+        """Expire unsent recipients past valid_until; returns the devices to wake (Drop)."""
         now = to_utc(now)
         devices: set[str] = set()
         while True:
             with self.db.write() as s:
-                q = (
-                    select(MessageRow)
-                    .where(col(MessageRow.state).in_(_UNACCEPTED), col(MessageRow.valid_until) <= now)
-                    .limit(batch)
-                )
-                rows = self._move_all(s, s.exec(q), State.EXPIRED, _EXPIRED_REASON, now)
-                devices.update(r.device_id for r in rows if r.ever_dispatched and r.device_id)
+                dropped, rows = self._expire_rows(s, now, batch=batch)
+                devices.update(r.device_id for r in rows if r.id in dropped and r.device_id)
             if len(rows) < batch:
                 return devices
+
+    @staticmethod
+    def _take_drops(s: Session, device_id: str) -> dict[str, State]:
+        """The device's messages flagged for a Drop, unflagged: the phone is told once per
+        session; a phone that missed it lists the message in its next Hello and is told then."""
+        rows = list(s.exec(select(MessageRow).where(MessageRow.drop_pending == True, MessageRow.device_id == device_id)))  # noqa: E712
+        for row in rows:
+            row.drop_pending = False
+            s.add(row)
+        return {row.id: State.EXPIRED for row in rows}
+
+    def _expire_rows(
+        self, s: Session, now: datetime, *, device_id: str | None = None, batch: int | None = None
+    ) -> tuple[set[str], list[MessageRow]]:
+        """Expire the unsent recipients of messages past valid_until. Returns the messages a
+        phone may hold (ever dispatched: the phone gets a Drop) and the rows looked at."""
+        q = select(MessageRow).where(
+            col(MessageRow.state).in_(_UNSENT), col(MessageRow.valid_until) <= now
+        )
+        if device_id is not None:
+            q = q.where(MessageRow.device_id == device_id)
+        if batch is not None:
+            q = q.limit(batch)
+        rows = self._move_all(s, s.exec(q), State.EXPIRED, _EXPIRED_REASON, now)
+        for row in rows:
+            if row.ever_dispatched:
+                row.drop_pending = True
+                s.add(row)
+        return {r.id for r in rows if r.ever_dispatched}, rows
+
+    def prune_dispatch_log(self, before: datetime) -> int:
+        """Drop dispatch history older than every pacing window (the calendar month cap's included)."""
+        with self.db.write() as s:
+            result = s.exec(delete(DispatchLogRow).where(col(DispatchLogRow.at) < to_utc(before)))
+            return int(result.rowcount or 0)
 
     # ---- internals ---------------------------------------------------------------
 
@@ -398,6 +658,23 @@ class MessageRepository:
         for row in rows:
             self._transition(s, row, recipients[row.id], new, error, now)
         return rows
+
+    def _move_recipients(
+        self, s: Session, recipient_rows: Iterable[RecipientRow], new: State, error: str, now: datetime
+    ) -> int:
+        """`_transition` these recipients (of any messages) to `new`."""
+        chosen: dict[str, set[int]] = {}
+        for r in recipient_rows:
+            chosen.setdefault(r.message_id, set()).add(r.idx)
+        if not chosen:
+            return 0
+        rows = s.exec(select(MessageRow).where(col(MessageRow.id).in_(list(chosen))))
+        recipients = self._recipients_rows_many(s, list(chosen))
+        moved = 0
+        for row in rows:
+            rs = recipients[row.id]
+            moved += self._transition(s, row, rs, new, error, now, only=[r for r in rs if r.idx in chosen[row.id]])
+        return moved
 
     def _transition(
         self,
@@ -417,9 +694,19 @@ class MessageRepository:
             if may_move(State(r.state), new):
                 r.state = int(new)
                 r.error = error if new in (State.FAILED, State.EXPIRED, State.CANCELLED) else ""
+                if new == State.FAILED:
+                    r.last_error = error
+                if new == State.PENDING:
+                    r.session_id = ""
                 r.updated_at = now
                 s.add(r)
                 moved.append(r)
+        return self._changed(s, row, recipients, moved, error, now)
+
+    def _changed(
+        self, s: Session, row: MessageRow, recipients: list[RecipientRow], moved: list[RecipientRow], error: str, now: datetime
+    ) -> int:
+        """Re-derive the message state after `moved` changed and log one event each."""
         if not moved:
             return 0
         row.state = int(derive_message_state([State(r.state) for r in recipients], row.with_delivery_report))
@@ -510,9 +797,27 @@ def _record(row: MessageRow, recipients: list[RecipientRow]) -> MessageRecord:
         valid_until=row.valid_until,
         with_delivery_report=row.with_delivery_report,
         state=State(row.state),
-        recipients=tuple(RecipientRecord(r.idx, r.phone_number, State(r.state), r.error, r.updated_at) for r in recipients),
+        recipients=tuple(_recipient_record(r) for r in recipients),
         created_at=row.created_at,
         updated_at=row.updated_at,
         parts=row.parts,
         encoding=row.encoding,
+        schedule_at=row.schedule_at,
+    )
+
+
+def _recipient_record(r: RecipientRow) -> RecipientRecord:
+    gates = [t for t in (r.not_before, r.paced_until) if t is not None]
+    return RecipientRecord(
+        r.idx,
+        r.phone_number,
+        State(r.state),
+        r.error,
+        r.updated_at,
+        attempt=r.attempt,
+        sim=r.sim,
+        parts_sent=r.parts_sent,
+        parts_delivered=r.parts_delivered,
+        last_error=r.last_error,
+        next_attempt_at=max(gates) if gates and r.state == int(State.PENDING) else None,
     )

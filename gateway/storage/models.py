@@ -133,6 +133,8 @@ class MessageRow(SQLModel, table=True):
         # The expiry sweep: unaccepted messages with a deadline.
         Index("ix_message_expiry", "state", "valid_until"),
         Index("ix_message_owner_id", "owner_id", "id"),
+        # Messages whose phone must be told to drop them (expired while it held them).
+        Index("ix_message_drop", "drop_pending", "device_id"),
     )
     id: str = Field(primary_key=True)  # ULID: sortable by creation
     owner_id: str = Field(foreign_key="owner.id")
@@ -141,6 +143,7 @@ class MessageRow(SQLModel, table=True):
     device_id: str | None = Field(default=None, foreign_key="device.id")
     pinned: bool = False  # the client chose the device; never rerouted
     ever_dispatched: bool = False  # a phone may hold it; never rerouted to another phone
+    drop_pending: bool = False  # it expired while its phone may hold it: the next dispatch round sends Drop
     sim_number: int = 0  # the SIM the client asked for; 0 = the scheduler picks one per recipient
     text: str | None = None
     data: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))

@@ -63,12 +63,18 @@ def upgrade() -> None:
 
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.add_column(sa.Column('schedule_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('drop_pending', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.drop_column('session_id')
+        batch_op.create_index('ix_message_drop', ['drop_pending', 'device_id'], unique=False)
+    with op.batch_alter_table('message', schema=None) as batch_op:
+        batch_op.alter_column('drop_pending', existing_type=sa.Boolean(), server_default=None)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.add_column(sa.Column('session_id', sa.VARCHAR(), nullable=False, server_default=''))
+        batch_op.drop_index('ix_message_drop')
+        batch_op.drop_column('drop_pending')
         batch_op.drop_column('schedule_at')
 
     with op.batch_alter_table('recipient', schema=None) as batch_op:
