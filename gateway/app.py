@@ -121,7 +121,7 @@ class _GatewayThread:
         self._stop = asyncio.Event()
         self.feed = feed = EventFeed()
         self.bus.attach_gateway(feed.notify)
-        message_repo, auth_repo = MessageRepository(self.db), AuthRepository(self.db)
+        message_repo, auth_repo = MessageRepository(self.db, self.settings.scheduler), AuthRepository(self.db)
         messages = MessageService(message_repo, self.bus, self.metrics, daily_segments=self.settings.limits.daily_segments)
         devices = DeviceService(
             DeviceRepository(self.db), message_repo, auth_repo, self.bus, self.settings.jobs.pairing_code_ttl
@@ -137,7 +137,8 @@ class _GatewayThread:
 
     async def _jobs_forever(self, messages: MessageService, auth: AuthService) -> None:
         """Expiry sweep, the token deny lists re-read (revocations from `smsgw users`), and
-        once an hour the expired token rows purged."""
+        once an hour the expired token rows and the dispatch history past every pacing
+        window purged."""
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
         while True:
@@ -148,6 +149,7 @@ class _GatewayThread:
                 if loop.time() >= next_purge:
                     next_purge = loop.time() + _TOKEN_PURGE_INTERVAL
                     await auth.purge_expired()
+                    await messages.prune_dispatch_log()
             except Exception:
                 log.exception("background job failed; will retry")
 
@@ -207,7 +209,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     metrics_host, metrics_port = split_hostport(settings.metrics.listen)
     metrics_server, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
     ctx = BridgeContext(
-        messages=MessageRepository(db),
+        messages=MessageRepository(db, settings.scheduler),
         devices=devices,
         bus=bus,
         settings=settings.bridge,

@@ -242,6 +242,32 @@ class MessageRepository:
                 self._transition(s, row, recipients, State.CANCELLED, "cancelled by client", now)
             return _record(row, recipients), row.device_id if row.ever_dispatched else None
 
+    def reschedule(
+        self, owner_id: str, message_id: str, schedule_at: datetime | None, now: datetime
+    ) -> tuple[MessageRecord, str | None]:
+        """Move a message's send time (None = send now) while every recipient is PENDING.
+        Returns it and the device to wake (its next wake-up time changed)."""
+        now = to_utc(now)
+        at = to_utc(schedule_at) if schedule_at is not None else None
+        with self.db.write() as s:
+            row = s.get(MessageRow, message_id)
+            if row is None or row.owner_id != owner_id:
+                raise NotFound(f"message {message_id} not found")
+            recipients = self._recipients_rows(s, row.id)
+            moving = [r for r in recipients if State(r.state) != State.PENDING]
+            if moving:
+                raise FailedPrecondition(
+                    f"message {message_id} cannot be rescheduled: recipient {moving[0].idx} is {State(moving[0].state).name}"
+                )
+            if at is not None and row.valid_until is not None and at >= row.valid_until:
+                raise InvalidArgument("schedule_at", "must be before the message's valid_until")
+            row.schedule_at, row.updated_at = at, now
+            s.add(row)
+            for r in recipients:
+                r.not_before, r.paced_until, r.updated_at = at, None, now
+                s.add(r)
+            return _record(row, recipients), row.device_id
+
     def events_after(
         self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = (), upto: int | None = None
     ) -> list[EventRecord]:
@@ -640,6 +666,38 @@ class MessageRepository:
                 row.drop_pending = True
                 s.add(row)
         return {r.id for r in rows if r.ever_dispatched}, rows
+
+    def pacing_of(self, device_id: str) -> DevicePacing:
+        """The pacing the bridge applies to a phone: its overrides on the config defaults."""
+        with self.db.read() as s:
+            device = s.get(Device, device_id)
+            return DevicePacing.from_json(device.settings_json if device else "", self.base_pacing)
+
+    def device_pacing(self, owner_id: str, device_id: str) -> DevicePacing:
+        with self.db.read() as s:
+            return DevicePacing.from_json(self._owned_device(s, owner_id, device_id).settings_json, self.base_pacing)
+
+    def set_device_pacing(self, owner_id: str, device_id: str, pacing: DevicePacing | None) -> DevicePacing:
+        """Store a phone's pacing overrides (None = back to the config defaults)."""
+        with self.db.write() as s:
+            device = self._owned_device(s, owner_id, device_id)
+            device.settings_json = "{}" if pacing is None else pacing.to_json()
+            s.add(device)
+            # Pacing stamps were computed under the old settings.
+            s.exec(
+                update(RecipientRow)
+                .where(col(RecipientRow.paced_until).is_not(None))
+                .where(col(RecipientRow.message_id).in_(select(MessageRow.id).where(MessageRow.device_id == device_id, MessageRow.state == int(State.PENDING))))
+                .values(paced_until=None)
+            )
+            return DevicePacing.from_json(device.settings_json, self.base_pacing)
+
+    @staticmethod
+    def _owned_device(s: Session, owner_id: str, device_id: str) -> Device:
+        device = s.get(Device, device_id)
+        if device is None or device.owner_id != owner_id or device.revoked:
+            raise NotFound(f"device {device_id} not found")
+        return device
 
     def prune_dispatch_log(self, before: datetime) -> int:
         """Drop dispatch history older than every pacing window (the calendar month cap's included)."""

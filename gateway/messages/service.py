@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from gateway.bus import Bus
 from gateway.messages.records import EventRecord, MessageFilter, MessageRecord, NewMessage
@@ -94,6 +95,19 @@ class MessageService:
         if device:
             self.bus.notify_work([device])  # its session Drops the message
         return record
+
+    async def reschedule(self, owner_id: str, message_id: str, schedule_at: datetime | None) -> MessageRecord:
+        return await asyncio.to_thread(self._reschedule, owner_id, message_id, schedule_at)
+
+    def _reschedule(self, owner_id: str, message_id: str, schedule_at: datetime | None) -> MessageRecord:
+        record, device = self.repo.reschedule(owner_id, message_id, schedule_at, utcnow())
+        if device:
+            self.bus.notify_work([device])  # its session recomputes when to look again
+        return record
+
+    async def prune_dispatch_log(self) -> None:
+        """Keep the dispatch history the longest pacing window needs (a calendar month) plus a day."""
+        await asyncio.to_thread(self.repo.prune_dispatch_log, utcnow() - timedelta(days=32))
 
     async def events_after(
         self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = (), upto: int | None = None
