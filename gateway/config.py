@@ -137,6 +137,7 @@ class LimitsSettings(_Section):
     max_parts: int = 10
     max_data_bytes: int = 140 * 10
     max_ttl_seconds: int = 30 * 24 * 3600
+    max_schedule_seconds: int = 30 * 24 * 3600  # how far ahead schedule_at may be
     max_idempotency_key: int = 128
 
 
@@ -159,8 +160,6 @@ class SchedulerSettings(_Section):
     max_attempts: int = Field(default=4, ge=1, le=20)
     retry_base: float = Field(default=30.0, gt=0)
     retry_max: float = Field(default=3600.0, gt=0)
-    # How far ahead schedule_at may be.
-    max_schedule_days: int = Field(default=30, ge=1)
 
 
 class JobsSettings(_Section):

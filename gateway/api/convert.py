@@ -8,9 +8,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smsgw.v1 import devices_pb2, messages_pb2
 
 from gateway.devices.records import DeviceRecord
+from gateway.messages.pacing import DevicePacing, SimLimits
 from gateway.messages.records import EventRecord, MessageRecord
 
-__all__ = ["timestamp", "message_to_pb", "event_to_pb", "device_to_pb"]
+__all__ = ["timestamp", "message_to_pb", "event_to_pb", "device_to_pb", "pacing_to_pb", "sim_limits_to_pb"]
 
 
 def timestamp(t: datetime | None) -> Timestamp | None:
@@ -34,7 +35,17 @@ def message_to_pb(m: MessageRecord) -> messages_pb2.Message:
         state=int(m.state),
         recipients=[
             messages_pb2.Recipient(
-                phone_number=r.phone_number, state=int(r.state), error=r.error, updated_at=timestamp(r.updated_at)
+                phone_number=r.phone_number,
+                state=int(r.state),
+                error=r.error,
+                updated_at=timestamp(r.updated_at),
+                attempt=r.attempt,
+                last_error=r.last_error,
+                next_attempt_at=timestamp(r.next_attempt_at),
+                sim_number=r.sim,
+                parts_total=m.parts,
+                parts_sent=r.parts_sent,
+                parts_delivered=r.parts_delivered,
             )
             for r in m.recipients
         ],
@@ -42,6 +53,10 @@ def message_to_pb(m: MessageRecord) -> messages_pb2.Message:
         updated_at=timestamp(m.updated_at),
         parts=m.parts,
         encoding=m.encoding,
+        schedule_at=timestamp(m.schedule_at),
+        attempts=m.attempts,
+        last_error=m.last_error,
+        next_attempt_at=timestamp(m.next_attempt_at),
     )
     if m.text is not None:
         out.text_message.text = m.text
@@ -74,4 +89,26 @@ def device_to_pb(d: DeviceRecord) -> devices_pb2.Device:
         app_version=d.app_version,
         created_at=timestamp(d.created_at),
         pending=d.pending,
+    )
+
+
+def sim_limits_to_pb(slot: int, x: SimLimits) -> devices_pb2.SimPacing:
+    return devices_pb2.SimPacing(
+        slot=slot,
+        parts_per_minute=x.parts_per_minute,
+        min_interval_ms=x.min_interval_ms,
+        parts_per_hour=x.parts_per_hour,
+        parts_per_day=x.parts_per_day,
+        recipients_per_month=x.recipients_per_month,
+    )
+
+
+def pacing_to_pb(device_id: str, pacing: DevicePacing, customized: bool) -> devices_pb2.DeviceSettings:
+    return devices_pb2.DeviceSettings(
+        device_id=device_id,
+        default_pacing=sim_limits_to_pb(0, pacing.default),
+        sims=[sim_limits_to_pb(slot, x) for slot, x in sorted(pacing.sims.items())],
+        phone_parts_per_minute=pacing.phone_parts_per_minute,
+        priority_bypass=pacing.priority_bypass,
+        customized=customized,
     )

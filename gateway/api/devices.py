@@ -1,4 +1,4 @@
-"""smsgw.v1.DeviceService: list phones, create pairing codes, delete phones."""
+"""smsgw.v1.DeviceService: list phones, create pairing codes, delete phones, their pacing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 import grpc
 from smsgw.v1 import devices_pb2, devices_pb2_grpc
 
-from gateway.api.convert import device_to_pb, timestamp
+from gateway.api.convert import device_to_pb, pacing_to_pb, timestamp
 from gateway.api.interceptors import current_caller, current_owner
 from gateway.devices.service import DeviceService
+from gateway.errors import InvalidArgument
+from gateway.messages.pacing import DevicePacing, SimLimits
 
 __all__ = ["DeviceServicer"]
 
@@ -34,3 +36,51 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
     ) -> devices_pb2.DeleteDeviceResponse:
         rerouted, failed = await self.service.delete(current_caller(), request.id)
         return devices_pb2.DeleteDeviceResponse(rerouted=rerouted, failed=failed)
+
+    async def GetDeviceSettings(
+        self, request: devices_pb2.GetDeviceSettingsRequest, context: Context
+    ) -> devices_pb2.DeviceSettings:
+        pacing, customized = await self.service.settings(current_owner(), request.device_id)
+        return pacing_to_pb(request.device_id, pacing, customized)
+
+    async def UpdateDeviceSettings(
+        self, request: devices_pb2.UpdateDeviceSettingsRequest, context: Context
+    ) -> devices_pb2.DeviceSettings:
+        device_id = request.settings.device_id
+        pacing = None if request.reset else parse_pacing(request.settings)
+        stored, customized = await self.service.update_settings(current_caller(), device_id, pacing)
+        return pacing_to_pb(device_id, stored, customized)
+
+
+# Generous upper bounds: anything above them is a typo, not a phone.
+_MAX = {
+    "parts_per_minute": 1000,
+    "min_interval_ms": 3_600_000,
+    "parts_per_hour": 60_000,
+    "parts_per_day": 1_000_000,
+    "recipients_per_month": 1_000_000,
+}
+
+
+def parse_pacing(settings: devices_pb2.DeviceSettings) -> DevicePacing:
+    """Validate DeviceSettings; INVALID_ARGUMENT names each bad field."""
+    bad: list[tuple[str, str]] = []
+
+    def limits(p: devices_pb2.SimPacing, path: str) -> SimLimits:
+        for name, top in _MAX.items():
+            if getattr(p, name) > top:
+                bad.append((f"{path}.{name}", f"at most {top}"))
+        return SimLimits(p.parts_per_minute, p.min_interval_ms, p.parts_per_hour, p.parts_per_day, p.recipients_per_month)
+
+    default = limits(settings.default_pacing, "settings.default_pacing")
+    sims: dict[int, SimLimits] = {}
+    for i, p in enumerate(settings.sims):
+        if not 1 <= p.slot <= 8:
+            bad.append((f"settings.sims[{i}].slot", "must be a SIM slot 1..8"))
+        elif p.slot in sims:
+            bad.append((f"settings.sims[{i}].slot", f"SIM {p.slot} is listed twice"))
+        sims[p.slot] = limits(p, f"settings.sims[{i}]")
+    if settings.phone_parts_per_minute > _MAX["parts_per_minute"]:
+        bad.append(("settings.phone_parts_per_minute", f"at most {_MAX['parts_per_minute']}"))
+    InvalidArgument.raise_if_any(bad)
+    return DevicePacing(default, sims, settings.phone_parts_per_minute, settings.priority_bypass)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -74,6 +75,19 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
     async def CancelMessage(self, request: messages_pb2.CancelMessageRequest, context: Context) -> messages_pb2.Message:
         _require_id(request.id)
         return message_to_pb(await self.service.cancel(current_owner(), request.id))
+
+    async def RescheduleMessage(
+        self, request: messages_pb2.RescheduleMessageRequest, context: Context
+    ) -> messages_pb2.Message:
+        _require_id(request.id)
+        bad: list[tuple[str, str]] = []
+        at = timestamp_field(request.schedule_at, "schedule_at", bad) if request.HasField("schedule_at") else None
+        now = utcnow()
+        if at is not None and at > now + timedelta(seconds=self.limits.max_schedule_seconds):
+            bad.append(("schedule_at", f"at most {self.limits.max_schedule_seconds // 86400} days ahead"))
+        InvalidArgument.raise_if_any(bad)
+        record = await self.service.reschedule(current_owner(), request.id, at if at is not None and at > now else None)
+        return message_to_pb(record)
 
     async def WatchMessages(
         self, request: messages_pb2.WatchMessagesRequest, context: Context

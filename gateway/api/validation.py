@@ -112,6 +112,18 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         elif valid_until > now + timedelta(seconds=limits.max_ttl_seconds):
             bad.append(("valid_until", f"at most {limits.max_ttl_seconds} seconds ahead"))
 
+    schedule_at: datetime | None = None
+    if req.HasField("schedule_at"):
+        schedule_at = timestamp_field(req.schedule_at, "schedule_at", bad)
+        if schedule_at is None:
+            pass
+        elif schedule_at <= now:
+            schedule_at = None  # a time already past: send now
+        elif schedule_at > now + timedelta(seconds=limits.max_schedule_seconds):
+            bad.append(("schedule_at", f"at most {limits.max_schedule_seconds // 86400} days ahead"))
+        elif valid_until is not None and schedule_at >= valid_until:
+            bad.append(("schedule_at", "must be before valid_until (the message would expire unsent)"))
+
     key = req.idempotency_key
     if len(key) > limits.max_idempotency_key:
         bad.append(("idempotency_key", f"at most {limits.max_idempotency_key} characters"))
@@ -136,6 +148,7 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         content_hash=_content_hash(req),
         parts=parts,
         encoding=str(encoding),
+        schedule_at=schedule_at,
     )
 
 

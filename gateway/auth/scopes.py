@@ -38,6 +38,7 @@ PUBLIC: Final = None
 RPC_SCOPES: Final[dict[str, Scope | None]] = {
     "/smsgw.v1.MessageService/SendMessage": Scope.MESSAGES_SEND,
     "/smsgw.v1.MessageService/CancelMessage": Scope.MESSAGES_SEND,
+    "/smsgw.v1.MessageService/RescheduleMessage": Scope.MESSAGES_SEND,
     "/smsgw.v1.MessageService/GetMessage": Scope.MESSAGES_READ,
     "/smsgw.v1.MessageService/WatchMessages": Scope.MESSAGES_READ,
     "/smsgw.v1.MessageService/ListMessages": Scope.MESSAGES_LIST,
@@ -45,6 +46,8 @@ RPC_SCOPES: Final[dict[str, Scope | None]] = {
     "/smsgw.v1.DeviceService/ListDevices": Scope.DEVICES_LIST,
     "/smsgw.v1.DeviceService/CreatePairingCode": Scope.DEVICES_WRITE,
     "/smsgw.v1.DeviceService/DeleteDevice": Scope.DEVICES_DELETE,
+    "/smsgw.v1.DeviceService/GetDeviceSettings": Scope.DEVICES_LIST,
+    "/smsgw.v1.DeviceService/UpdateDeviceSettings": Scope.DEVICES_WRITE,
     "/smsgw.v1.AuthService/CreateAccount": PUBLIC,
     "/smsgw.v1.AuthService/IssueToken": PUBLIC,
     "/smsgw.v1.AuthService/RefreshToken": PUBLIC,

@@ -11,6 +11,7 @@ from gateway.bus import Bus
 from gateway.devices.records import DeviceRecord
 from gateway.devices.repository import DeviceRepository
 from gateway.errors import InvalidArgument
+from gateway.messages.pacing import DevicePacing
 from gateway.messages.repository import MessageRepository
 from gateway.types import utcnow
 
@@ -58,3 +59,23 @@ class DeviceService:
         InvalidArgument.raise_if_any(bad)
         ttl = timedelta(seconds=ttl_seconds or self.default_pairing_ttl)
         return await asyncio.to_thread(self.repo.create_pairing_code, owner_id, device_name, ttl, utcnow())
+
+    async def settings(self, owner_id: str, device_id: str) -> tuple[DevicePacing, bool]:
+        """The phone's pacing, and whether it differs from the server's defaults."""
+        if not device_id:
+            raise InvalidArgument("device_id", "required")
+        pacing = await asyncio.to_thread(self.messages.device_pacing, owner_id, device_id)
+        return pacing, pacing != self.messages.base_pacing
+
+    async def update_settings(self, caller: Caller, device_id: str, pacing: DevicePacing | None) -> tuple[DevicePacing, bool]:
+        """Store the phone's pacing (None = the defaults) and push it to its live session."""
+        if not device_id:
+            raise InvalidArgument("settings.device_id", "required")
+        return await asyncio.to_thread(self._update_settings, caller, device_id, pacing)
+
+    def _update_settings(self, caller: Caller, device_id: str, pacing: DevicePacing | None) -> tuple[DevicePacing, bool]:
+        stored = self.messages.set_device_pacing(caller.owner_id, device_id, pacing)
+        self.bus.notify_settings([device_id])
+        detail = "pacing reset to the defaults" if pacing is None else f"pacing set: {stored.to_json()}"
+        self.audit.audit(AuditEntry("device.settings", caller.owner_id, device_id, caller.source, detail), utcnow())
+        return stored, stored != self.messages.base_pacing

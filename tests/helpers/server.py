@@ -16,12 +16,16 @@ __all__ = ["ServerProcess", "SMSGW", "LENIENT_LIMITS"]
 
 SMSGW = str(Path(sys.executable).parent / "smsgw")
 _START_TIMEOUT = 30.0
-# The default rate limits (20 requests/s per token) would throttle the bursts the other
-# tests send; the tests of the limits themselves pass their own values.
+# The default rate limits (20 requests/s per token) and send pacing (24 parts a minute per
+# SIM) would throttle the bursts the other tests send; the tests of the limits and of the
+# scheduler themselves pass their own values.
 LENIENT_LIMITS = {
     "SMSGW_LIMITS__RATE_PER_TOKEN": "100000",
     "SMSGW_LIMITS__BURST_PER_TOKEN": "100000",
     "SMSGW_LIMITS__DAILY_SEGMENTS": "0",
+    "SMSGW_SCHEDULER__SIM_PARTS_PER_MINUTE": "0",
+    "SMSGW_SCHEDULER__SIM_MIN_INTERVAL": "0",
+    "SMSGW_SCHEDULER__PHONE_PARTS_PER_MINUTE": "0",
 }
 
 

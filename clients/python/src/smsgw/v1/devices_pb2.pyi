@@ -78,3 +78,49 @@ class DeleteDeviceResponse(_message.Message):
     rerouted: int
     failed: int
     def __init__(self, rerouted: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+
+class SimPacing(_message.Message):
+    __slots__ = ("slot", "parts_per_minute", "min_interval_ms", "parts_per_hour", "parts_per_day", "recipients_per_month")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    MIN_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    PARTS_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    PARTS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENTS_PER_MONTH_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    parts_per_minute: int
+    min_interval_ms: int
+    parts_per_hour: int
+    parts_per_day: int
+    recipients_per_month: int
+    def __init__(self, slot: _Optional[int] = ..., parts_per_minute: _Optional[int] = ..., min_interval_ms: _Optional[int] = ..., parts_per_hour: _Optional[int] = ..., parts_per_day: _Optional[int] = ..., recipients_per_month: _Optional[int] = ...) -> None: ...
+
+class DeviceSettings(_message.Message):
+    __slots__ = ("device_id", "default_pacing", "sims", "phone_parts_per_minute", "priority_bypass", "customized")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PACING_FIELD_NUMBER: _ClassVar[int]
+    SIMS_FIELD_NUMBER: _ClassVar[int]
+    PHONE_PARTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_BYPASS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMIZED_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    default_pacing: SimPacing
+    sims: _containers.RepeatedCompositeFieldContainer[SimPacing]
+    phone_parts_per_minute: int
+    priority_bypass: bool
+    customized: bool
+    def __init__(self, device_id: _Optional[str] = ..., default_pacing: _Optional[_Union[SimPacing, _Mapping]] = ..., sims: _Optional[_Iterable[_Union[SimPacing, _Mapping]]] = ..., phone_parts_per_minute: _Optional[int] = ..., priority_bypass: _Optional[bool] = ..., customized: _Optional[bool] = ...) -> None: ...
+
+class GetDeviceSettingsRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class UpdateDeviceSettingsRequest(_message.Message):
+    __slots__ = ("settings", "reset")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    settings: DeviceSettings
+    reset: bool
+    def __init__(self, settings: _Optional[_Union[DeviceSettings, _Mapping]] = ..., reset: _Optional[bool] = ...) -> None: ...

@@ -49,6 +49,16 @@ class DeviceServiceStub:
                 request_serializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceRequest.SerializeToString,
                 response_deserializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceResponse.FromString,
                 _registered_method=True)
+        self.GetDeviceSettings = channel.unary_unary(
+                '/smsgw.v1.DeviceService/GetDeviceSettings',
+                request_serializer=smsgw_dot_v1_dot_devices__pb2.GetDeviceSettingsRequest.SerializeToString,
+                response_deserializer=smsgw_dot_v1_dot_devices__pb2.DeviceSettings.FromString,
+                _registered_method=True)
+        self.UpdateDeviceSettings = channel.unary_unary(
+                '/smsgw.v1.DeviceService/UpdateDeviceSettings',
+                request_serializer=smsgw_dot_v1_dot_devices__pb2.UpdateDeviceSettingsRequest.SerializeToString,
+                response_deserializer=smsgw_dot_v1_dot_devices__pb2.DeviceSettings.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -78,6 +88,21 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeviceSettings(self, request, context):
+        """The pacing the bridge applies to a phone (docs/scheduler.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDeviceSettings(self, request, context):
+        """Replaces the phone's pacing (read, change, write back) and pushes it to a
+        connected phone at once; `reset` returns it to the server's defaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +120,16 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.DeleteDevice,
                     request_deserializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceRequest.FromString,
                     response_serializer=smsgw_dot_v1_dot_devices__pb2.DeleteDeviceResponse.SerializeToString,
+            ),
+            'GetDeviceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceSettings,
+                    request_deserializer=smsgw_dot_v1_dot_devices__pb2.GetDeviceSettingsRequest.FromString,
+                    response_serializer=smsgw_dot_v1_dot_devices__pb2.DeviceSettings.SerializeToString,
+            ),
+            'UpdateDeviceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeviceSettings,
+                    request_deserializer=smsgw_dot_v1_dot_devices__pb2.UpdateDeviceSettingsRequest.FromString,
+                    response_serializer=smsgw_dot_v1_dot_devices__pb2.DeviceSettings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +213,60 @@ class DeviceService:
             '/smsgw.v1.DeviceService/DeleteDevice',
             smsgw_dot_v1_dot_devices__pb2.DeleteDeviceRequest.SerializeToString,
             smsgw_dot_v1_dot_devices__pb2.DeleteDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smsgw.v1.DeviceService/GetDeviceSettings',
+            smsgw_dot_v1_dot_devices__pb2.GetDeviceSettingsRequest.SerializeToString,
+            smsgw_dot_v1_dot_devices__pb2.DeviceSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeviceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smsgw.v1.DeviceService/UpdateDeviceSettings',
+            smsgw_dot_v1_dot_devices__pb2.UpdateDeviceSettingsRequest.SerializeToString,
+            smsgw_dot_v1_dot_devices__pb2.DeviceSettings.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ class DataMessage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., port: _Optional[int] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("phone_numbers", "text_message", "data_message", "device_id", "sim_number", "priority", "ttl", "valid_until", "with_delivery_report", "is_encrypted", "idempotency_key")
+    __slots__ = ("phone_numbers", "text_message", "data_message", "device_id", "sim_number", "priority", "ttl", "valid_until", "with_delivery_report", "is_encrypted", "idempotency_key", "schedule_at")
     PHONE_NUMBERS_FIELD_NUMBER: _ClassVar[int]
     TEXT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     DATA_MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class SendMessageRequest(_message.Message):
     WITH_DELIVERY_REPORT_FIELD_NUMBER: _ClassVar[int]
     IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_AT_FIELD_NUMBER: _ClassVar[int]
     phone_numbers: _containers.RepeatedScalarFieldContainer[str]
     text_message: TextMessage
     data_message: DataMessage
@@ -48,22 +49,37 @@ class SendMessageRequest(_message.Message):
     with_delivery_report: bool
     is_encrypted: bool
     idempotency_key: str
-    def __init__(self, phone_numbers: _Optional[_Iterable[str]] = ..., text_message: _Optional[_Union[TextMessage, _Mapping]] = ..., data_message: _Optional[_Union[DataMessage, _Mapping]] = ..., device_id: _Optional[str] = ..., sim_number: _Optional[int] = ..., priority: _Optional[int] = ..., ttl: _Optional[int] = ..., valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., with_delivery_report: _Optional[bool] = ..., is_encrypted: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    schedule_at: _timestamp_pb2.Timestamp
+    def __init__(self, phone_numbers: _Optional[_Iterable[str]] = ..., text_message: _Optional[_Union[TextMessage, _Mapping]] = ..., data_message: _Optional[_Union[DataMessage, _Mapping]] = ..., device_id: _Optional[str] = ..., sim_number: _Optional[int] = ..., priority: _Optional[int] = ..., ttl: _Optional[int] = ..., valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., with_delivery_report: _Optional[bool] = ..., is_encrypted: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., schedule_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Recipient(_message.Message):
-    __slots__ = ("phone_number", "state", "error", "updated_at")
+    __slots__ = ("phone_number", "state", "error", "updated_at", "attempt", "last_error", "next_attempt_at", "sim_number", "parts_total", "parts_sent", "parts_delivered")
     PHONE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    SIM_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PARTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PARTS_SENT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_DELIVERED_FIELD_NUMBER: _ClassVar[int]
     phone_number: str
     state: _common_pb2.State
     error: str
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, phone_number: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.State, str]] = ..., error: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    attempt: int
+    last_error: str
+    next_attempt_at: _timestamp_pb2.Timestamp
+    sim_number: int
+    parts_total: int
+    parts_sent: int
+    parts_delivered: int
+    def __init__(self, phone_number: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.State, str]] = ..., error: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., last_error: _Optional[str] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sim_number: _Optional[int] = ..., parts_total: _Optional[int] = ..., parts_sent: _Optional[int] = ..., parts_delivered: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "idempotency_key", "device_id", "sim_number", "text_message", "data_message", "is_encrypted", "priority", "valid_until", "with_delivery_report", "state", "recipients", "created_at", "updated_at", "parts", "encoding")
+    __slots__ = ("id", "idempotency_key", "device_id", "sim_number", "text_message", "data_message", "is_encrypted", "priority", "valid_until", "with_delivery_report", "state", "recipients", "created_at", "updated_at", "parts", "encoding", "schedule_at", "attempts", "last_error", "next_attempt_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +96,10 @@ class Message(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     idempotency_key: str
     device_id: str
@@ -96,7 +116,11 @@ class Message(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     parts: int
     encoding: str
-    def __init__(self, id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., device_id: _Optional[str] = ..., sim_number: _Optional[int] = ..., text_message: _Optional[_Union[TextMessage, _Mapping]] = ..., data_message: _Optional[_Union[DataMessage, _Mapping]] = ..., is_encrypted: _Optional[bool] = ..., priority: _Optional[int] = ..., valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., with_delivery_report: _Optional[bool] = ..., state: _Optional[_Union[_common_pb2.State, str]] = ..., recipients: _Optional[_Iterable[_Union[Recipient, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parts: _Optional[int] = ..., encoding: _Optional[str] = ...) -> None: ...
+    schedule_at: _timestamp_pb2.Timestamp
+    attempts: int
+    last_error: str
+    next_attempt_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., device_id: _Optional[str] = ..., sim_number: _Optional[int] = ..., text_message: _Optional[_Union[TextMessage, _Mapping]] = ..., data_message: _Optional[_Union[DataMessage, _Mapping]] = ..., is_encrypted: _Optional[bool] = ..., priority: _Optional[int] = ..., valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., with_delivery_report: _Optional[bool] = ..., state: _Optional[_Union[_common_pb2.State, str]] = ..., recipients: _Optional[_Iterable[_Union[Recipient, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parts: _Optional[int] = ..., encoding: _Optional[str] = ..., schedule_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetMessageRequest(_message.Message):
     __slots__ = ("id",)
@@ -133,6 +157,14 @@ class CancelMessageRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RescheduleMessageRequest(_message.Message):
+    __slots__ = ("id", "schedule_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    schedule_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., schedule_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchMessagesRequest(_message.Message):
     __slots__ = ("after_event_id", "message_ids")

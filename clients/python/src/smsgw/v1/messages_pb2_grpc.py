@@ -54,6 +54,11 @@ class MessageServiceStub:
                 request_serializer=smsgw_dot_v1_dot_messages__pb2.CancelMessageRequest.SerializeToString,
                 response_deserializer=smsgw_dot_v1_dot_messages__pb2.Message.FromString,
                 _registered_method=True)
+        self.RescheduleMessage = channel.unary_unary(
+                '/smsgw.v1.MessageService/RescheduleMessage',
+                request_serializer=smsgw_dot_v1_dot_messages__pb2.RescheduleMessageRequest.SerializeToString,
+                response_deserializer=smsgw_dot_v1_dot_messages__pb2.Message.FromString,
+                _registered_method=True)
         self.WatchMessages = channel.unary_stream(
                 '/smsgw.v1.MessageService/WatchMessages',
                 request_serializer=smsgw_dot_v1_dot_messages__pb2.WatchMessagesRequest.SerializeToString,
@@ -97,6 +102,14 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RescheduleMessage(self, request, context):
+        """Moves a message's schedule_at (unset = send now) while every recipient is
+        PENDING; FAILED_PRECONDITION once a phone has been handed any of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchMessages(self, request, context):
         """State changes of the caller's messages, in event-id order. Resume after a
         disconnect by passing the last `event_id` seen as `after_event_id`.
@@ -134,6 +147,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
             'CancelMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelMessage,
                     request_deserializer=smsgw_dot_v1_dot_messages__pb2.CancelMessageRequest.FromString,
+                    response_serializer=smsgw_dot_v1_dot_messages__pb2.Message.SerializeToString,
+            ),
+            'RescheduleMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RescheduleMessage,
+                    request_deserializer=smsgw_dot_v1_dot_messages__pb2.RescheduleMessageRequest.FromString,
                     response_serializer=smsgw_dot_v1_dot_messages__pb2.Message.SerializeToString,
             ),
             'WatchMessages': grpc.unary_stream_rpc_method_handler(
@@ -254,6 +272,33 @@ class MessageService:
             target,
             '/smsgw.v1.MessageService/CancelMessage',
             smsgw_dot_v1_dot_messages__pb2.CancelMessageRequest.SerializeToString,
+            smsgw_dot_v1_dot_messages__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RescheduleMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smsgw.v1.MessageService/RescheduleMessage',
+            smsgw_dot_v1_dot_messages__pb2.RescheduleMessageRequest.SerializeToString,
             smsgw_dot_v1_dot_messages__pb2.Message.FromString,
             options,
             channel_credentials,
