@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,6 +71,9 @@ class BridgeContext:
     registry: SessionRegistry
     # Private mode: registering with a pairing code also needs this token ("" = public mode).
     private_token: str = ""
+    # The wall clock the scheduler's times come from (called on the trio thread only); tests
+    # drive it from trio's virtual clock.
+    clock: Callable[[], datetime] = utcnow
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ class _Session:
         if identity is None:
             assert admission.pairing_code is not None
             redeemed = await trio.to_thread.run_sync(
-                self.ctx.devices.redeem_pairing_code, admission.pairing_code, utcnow(), admission.source
+                self.ctx.devices.redeem_pairing_code, admission.pairing_code, self.ctx.clock(), admission.source
             )
             if redeemed is None:
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code already used or expired")
@@ -164,7 +167,7 @@ class _Session:
         handle = SessionHandle(identity.device_id, identity.owner_id, session_id)
         async with self.ctx.registry.opening(identity.device_id):
             self.handle = handle  # from here on close_out() cleans up, even if the rest fails
-            now = utcnow()
+            now = self.ctx.clock()
             online = await trio.to_thread.run_sync(
                 lambda: self.ctx.devices.set_online(
                     identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now
@@ -220,7 +223,7 @@ class _Session:
             for r in receipts:
                 self.ctx.metrics.receipts.labels(r.state.name).inc()
             device_id = self.handle.device_id
-            changed = await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, utcnow())
+            changed = await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, self.ctx.clock())
             self.proto.send_ack([r.event_id for r in receipts])
             await self.drop_if_final([r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED])
             await self.flush()
@@ -275,7 +278,7 @@ class _Session:
         while True:
             deadline = math.inf
             if wake_at is not None:
-                deadline = trio.current_time() + max(0.0, (wake_at - utcnow()).total_seconds())
+                deadline = trio.current_time() + max(0.0, (wake_at - ctx.clock()).total_seconds())
             await handle.wait_woken(deadline)
             if handle.take_settings_changed():
                 pacing = await trio.to_thread.run_sync(ctx.messages.pacing_of, handle.device_id)
@@ -287,7 +290,7 @@ class _Session:
             if in_flight:
                 finals = await trio.to_thread.run_sync(ctx.messages.final_states, handle.device_id, in_flight)
             batch = await trio.to_thread.run_sync(
-                ctx.messages.dispatch, handle.device_id, handle.session_id, self.proto.window_available, utcnow(), in_flight
+                ctx.messages.dispatch, handle.device_id, handle.session_id, self.proto.window_available, ctx.clock(), in_flight
             )
             if not self.open_now():
                 return  # claimed rows stay DISPATCHED on this session; close_out requeues them
@@ -309,10 +312,10 @@ class _Session:
             return
         ctx = self.ctx
         last = ctx.registry.unregister(handle)
+        now = ctx.clock()  # read here: a test's virtual clock is only readable on the trio thread
 
         def clean_up() -> set[str]:
             # One worker call: it always runs to the end, even when the caller stops waiting.
-            now = utcnow()
             ctx.messages.close_session(handle.device_id, handle.session_id, now)
             offline = ctx.devices.set_offline(handle.device_id, handle.session_id, now)
             rerouted = ctx.messages.reroute_from(handle.owner_id, handle.device_id) if last and offline else set()

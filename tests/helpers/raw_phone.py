@@ -16,6 +16,7 @@ from device_bridge.protocol import (
     DeviceSession,
     Encoding,
     Event,
+    FailureClass,
     Receipt,
     ReceiptState,
     Side,
@@ -45,7 +46,7 @@ class RawPhone:
     def __init__(self, ws: ClientConnection, encoding: Encoding, window: int) -> None:
         self.ws = ws
         self.proto = DeviceSession(Side.PHONE, encoding, window=window)
-        self.proto.send_hello(app_version="raw/1", sims=[SimInfo(1)])
+        self.proto.send_hello(app_version="raw/1", sims=[SimInfo(1), SimInfo(2)])
         self.flush()
         self.welcome = self.next_event()
         assert isinstance(self.welcome, WelcomeReceived)
@@ -71,9 +72,24 @@ class RawPhone:
             if isinstance(event, DeliverReceived):
                 return event
 
-    def receipt(self, message_id: str, state: ReceiptState, recipient_index: int = 0, error: str = "") -> int:
+    def receipt(
+        self,
+        message_id: str,
+        state: ReceiptState,
+        recipient_index: int = 0,
+        error: str = "",
+        *,
+        failure_class: FailureClass | None = None,
+        attempt: int = 0,
+        parts_done: int = 0,
+    ) -> int:
         self._event_id += 1
-        self.proto.send_receipt(Receipt(self._event_id, message_id, state, recipient_index, error))
+        self.proto.send_receipt(
+            Receipt(
+                self._event_id, message_id, state, recipient_index, error,
+                attempt=attempt, failure_class=failure_class, parts_done=parts_done,
+            )
+        )
         self.flush()
         return self._event_id
 

@@ -8,7 +8,7 @@ import pytest
 from smsgw.v1 import common_pb2
 from smsgw_client import Client, FailedPrecondition
 
-from device_bridge.protocol import AckReceived, DropReceived, Encoding, ReceiptState
+from device_bridge.protocol import AckReceived, DropReceived, Encoding, FailureClass, ReceiptState
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
 from tests.helpers.server import ServerProcess
 
@@ -74,19 +74,20 @@ def test_unaccepted_message_redelivered_after_reconnect_accepted_one_not(server:
 
 
 def test_held_ids_in_hello_are_not_resent(server: ServerProcess) -> None:
-    """A phone that accepted but lost its receipt says so in Hello; the bridge marks it ACCEPTED."""
+    """A phone that accepted but lost its receipt says so in Hello (`held`: message, recipient,
+    attempt); the bridge marks it ACCEPTED and does not send it again."""
     phone, creds = pair_raw(server.grpc_target, server.token, server.device_url, window=4)
     with Client(server.grpc_target, server.token) as client:
         mid = client.send_message(["+15551234567"], "held", device_id=creds.device_id).id
         assert phone.next_deliver().delivery.message_id == mid
         phone.ws.close()
         ws = open_raw(server.device_url, f"Bearer {creds.token}")
-        from device_bridge.protocol import DeviceSession, Side, SimInfo
+        from device_bridge.protocol import DeviceSession, HeldRecipient, Side, SimInfo
 
         again = RawPhone.__new__(RawPhone)
         again.ws, again._pending, again._event_id = ws, [], 0
         again.proto = DeviceSession(Side.PHONE, Encoding.PROTO, window=4)
-        again.proto.send_hello(app_version="raw/1", sims=[SimInfo(1)], held_message_ids=[mid])
+        again.proto.send_hello(app_version="raw/1", sims=[SimInfo(1)], held_message_ids=[mid], held=[HeldRecipient(mid, 0, 1)])
         again.flush()
         again.next_event()  # Welcome
         _wait_state(client, mid, common_pb2.ACCEPTED)
@@ -104,13 +105,13 @@ def test_receipts_move_forward_only_and_watch_sees_each_state(server: ServerProc
         phone.receipt(mid, ReceiptState.SENT, 0)
         phone.receipt(mid, ReceiptState.DELIVERED, 0)
         phone.receipt(mid, ReceiptState.SENT, 0)  # late duplicate: no step back
-        phone.receipt(mid, ReceiptState.FAILED, 1, "radio_off")
+        phone.receipt(mid, ReceiptState.FAILED, 1, "carrier refused", failure_class=FailureClass.INVALID_NUMBER)
         phone.receipt(mid, ReceiptState.DELIVERED, 1)  # after FAILED: ignored
         phone.receipt(mid, ReceiptState.ACCEPTED)  # repeated: ignored
         _wait_state(client, mid, common_pb2.FAILED)
         final = client.get_message(mid)
         assert [r.state for r in final.recipients] == [common_pb2.DELIVERED, common_pb2.FAILED]
-        assert final.recipients[1].error == "radio_off"
+        assert final.recipients[1].error == "invalid_number: carrier refused"
         history = [
             (e.recipient_index, e.state)
             for e in _take(client.watch_messages(after_event_id=0, message_ids=[mid], timeout=10), 9)
@@ -156,7 +157,7 @@ def _take(stream, n: int) -> list:  # type: ignore[no-untyped-def]
 def test_message_cancelled_while_its_phone_was_away_is_dropped_on_reconnect(server: ServerProcess) -> None:
     """The phone took it but its ACCEPTED receipt died with the session; the client then
     cancels. On reconnect the phone lists it as held: the bridge must say Drop."""
-    from device_bridge.protocol import DeviceSession, Side, SimInfo
+    from device_bridge.protocol import DeviceSession, HeldRecipient, Side, SimInfo
 
     phone, creds = pair_raw(server.grpc_target, server.token, server.device_url, window=4)
     with Client(server.grpc_target, server.token) as client:
@@ -168,7 +169,7 @@ def test_message_cancelled_while_its_phone_was_away_is_dropped_on_reconnect(serv
         again = RawPhone.__new__(RawPhone)
         again.ws, again._pending, again._event_id = open_raw(server.device_url, f"Bearer {creds.token}"), [], 0
         again.proto = DeviceSession(Side.PHONE, Encoding.PROTO, window=4)
-        again.proto.send_hello(app_version="raw/1", sims=[SimInfo(1)], held_message_ids=[mid])
+        again.proto.send_hello(app_version="raw/1", sims=[SimInfo(1)], held_message_ids=[mid], held=[HeldRecipient(mid, 0, 1)])
         again.flush()
         again.next_event()  # Welcome
         drop = again.next_event()

@@ -98,6 +98,8 @@ class World:
             settings=BridgeSettings(ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT),
             metrics=BridgeMetrics(CollectorRegistry()),
             registry=self.registry,
+            # The scheduler's clock follows the virtual one (its pacing gap before the redelivery).
+            clock=lambda: now + timedelta(seconds=trio.current_time()),
         )
 
     def online(self) -> bool:

@@ -2,7 +2,10 @@
 
 DESIGN.md "Message model": PENDING -> DISPATCHED -> ACCEPTED -> SENT -> DELIVERED, or
 FAILED / EXPIRED (before send) / CANCELLED; transitions only move forward, a late or
-repeated receipt never moves a state back.
+repeated receipt never moves a state back. EXPIRED is reachable until a phone reports SENT
+(issue 4: a phone holding an expired recipient is told to drop it); CANCELLED only before a
+phone accepted. (A retry after a retryable failure is a new attempt, not a move: see
+test_gw_scheduler.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ DL, F, E, C = State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED
 ALLOWED: dict[State, set[State]] = {
     P: {D, A, S, DL, F, E, C},
     D: {P, A, S, DL, F, E, C},
-    A: {S, DL, F},
+    A: {S, DL, F, E},
     S: {DL, F},
     DL: set(),
     F: set(),
@@ -53,9 +56,12 @@ def test_final_states_never_change(final: State) -> None:
     assert not any(may_move(final, new) for new in State)
 
 
-@pytest.mark.parametrize("target", [E, C])
-def test_expired_and_cancelled_only_before_a_phone_accepted(target: State) -> None:
-    assert {old for old in State if may_move(old, target)} == {P, D}
+def test_cancelled_only_before_a_phone_accepted() -> None:
+    assert {old for old in State if may_move(old, C)} == {P, D}
+
+
+def test_expired_only_before_a_phone_sent() -> None:
+    assert {old for old in State if may_move(old, E)} == {P, D, A}
 
 
 @given(st.lists(st.sampled_from(list(State)), max_size=40), st.sampled_from([P, D]))
@@ -71,10 +77,12 @@ def test_any_attempted_sequence_keeps_rank_non_decreasing(attempts: list[State],
         if RANK[after] == RANK[before]:
             assert {before, after} == {P, D}, history
         assert before not in FINAL_STATES, history
-    # Once accepted, EXPIRED and CANCELLED are unreachable.
+    # Once accepted, CANCELLED is unreachable; once sent, EXPIRED too.
     if A in history or S in history:
         first_accepted = min(i for i, s in enumerate(history) if s in (A, S))
-        assert not {E, C} & set(history[first_accepted:]), history
+        assert C not in history[first_accepted:], history
+    if S in history:
+        assert E not in history[history.index(S):], history
 
 
 # ---- derive_message_state -----------------------------------------------------------

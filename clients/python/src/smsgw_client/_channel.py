@@ -177,6 +177,7 @@ def send_message_request(
     with_delivery_report: bool | None,
     is_encrypted: bool,
     idempotency_key: str | None,
+    schedule_at: datetime | None = None,
 ) -> messages_pb2.SendMessageRequest:
     """Build a ``SendMessageRequest``, filling in the idempotency key if missing.
 
@@ -214,6 +215,16 @@ def send_message_request(
         request.valid_until.CopyFrom(_timestamp(valid_until, "valid_until"))
     if with_delivery_report is not None:
         request.with_delivery_report = with_delivery_report
+    if schedule_at is not None:
+        request.schedule_at.CopyFrom(_timestamp(schedule_at, "schedule_at"))
+    return request
+
+
+def reschedule_request(message_id: str, schedule_at: datetime | None) -> messages_pb2.RescheduleMessageRequest:
+    """Build a ``RescheduleMessageRequest``; None = send now."""
+    request = messages_pb2.RescheduleMessageRequest(id=message_id)
+    if schedule_at is not None:
+        request.schedule_at.CopyFrom(_timestamp(schedule_at, "schedule_at"))
     return request
 
 

@@ -108,6 +108,7 @@ class AsyncClient:
         with_delivery_report: bool | None = None,
         is_encrypted: bool = False,
         idempotency_key: str | None = None,
+        schedule_at: datetime | None = None,
         timeout: float | None = None,
     ) -> messages_pb2.Message:
         """Store a message for sending; see :meth:`smsgw_client.Client.send_message`.
@@ -128,6 +129,7 @@ class AsyncClient:
             with_delivery_report=with_delivery_report,
             is_encrypted=is_encrypted,
             idempotency_key=idempotency_key,
+            schedule_at=schedule_at,
         )
         with map_rpc_errors():
             response: messages_pb2.Message = await self._messages.SendMessage(
@@ -216,6 +218,22 @@ class AsyncClient:
             )
         return response
 
+    async def reschedule_message(
+        self, message_id: str, schedule_at: datetime | None, *, timeout: float | None = None
+    ) -> messages_pb2.Message:
+        """Move a message's send time (None = now) while no phone has been handed it.
+
+        Raises:
+            FailedPrecondition: A recipient was already dispatched to a phone.
+            InvalidArgument: ``schedule_at`` is too far ahead or not before the message's valid_until.
+            NotFound: No such message for this token's owner.
+        """
+        with map_rpc_errors():
+            response: messages_pb2.Message = await self._messages.RescheduleMessage(
+                _channel.reschedule_request(message_id, schedule_at), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
     async def watch_messages(
         self,
         *,
@@ -275,6 +293,34 @@ class AsyncClient:
         with map_rpc_errors():
             response: devices_pb2.DeleteDeviceResponse = await self._devices.DeleteDevice(
                 devices_pb2.DeleteDeviceRequest(id=device_id), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return response
+
+    async def get_device_settings(self, device_id: str, *, timeout: float | None = None) -> devices_pb2.DeviceSettings:
+        """The pacing the bridge applies to a phone (per SIM and phone-wide)."""
+        with map_rpc_errors():
+            response: devices_pb2.DeviceSettings = await self._devices.GetDeviceSettings(
+                devices_pb2.GetDeviceSettingsRequest(device_id=device_id),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+        return response
+
+    async def update_device_settings(
+        self, settings: devices_pb2.DeviceSettings, *, reset: bool = False, timeout: float | None = None
+    ) -> devices_pb2.DeviceSettings:
+        """Replace a phone's pacing (``settings.device_id`` names it; get, change, write back);
+        ``reset`` returns it to the server's defaults. A connected phone gets it at once.
+
+        Raises:
+            InvalidArgument: A limit out of range or a SIM slot outside 1..8 (the field is named).
+            NotFound: No such device for this token's owner.
+        """
+        with map_rpc_errors():
+            response: devices_pb2.DeviceSettings = await self._devices.UpdateDeviceSettings(
+                devices_pb2.UpdateDeviceSettingsRequest(settings=settings, reset=reset),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
             )
         return response
 
