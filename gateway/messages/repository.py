@@ -188,7 +188,7 @@ class MessageRepository:
             for row in moving:
                 # The phone that was sent them is gone: like new messages, they may now follow
                 # the phones (adopted when unrouted, rerouted from an offline target).
-                row.device_id, row.session_id, row.ever_dispatched = target, "", False
+                row.device_id, row.ever_dispatched = target, False
                 s.add(row)
             return len(moving), len(pinned), {device_id, *([target] if target else [])}
 
