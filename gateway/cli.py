@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 __all__ = ["main"]
@@ -68,6 +69,12 @@ def _non_negative(value: str) -> int:
     return number
 
 
+def _time(value: str) -> datetime:
+    from gateway.cli_messages import parse_time
+
+    return parse_time(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw", description="On-premise SMS gateway over your own phones.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -97,10 +104,24 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--sim", type=_non_negative, default=0, help="SIM slot (1-based)")
     send.add_argument("--priority", type=int, default=0)
     send.add_argument("--ttl", type=_non_negative, help="seconds before it expires unsent")
+    send.add_argument("--at", type=_time, metavar="TIME", help="hold it until then (ISO 8601, e.g. 2026-12-24T09:00:00Z; at most 30 days ahead)")
     send.add_argument("--no-delivery-report", action="store_true")
     send.add_argument("--idempotency-key", help="retry-safe key (default: a new random one)")
     send.add_argument("--no-wait", action="store_true", help="print the message id and return at once")
     send.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to follow the message (default 120)")
+
+    show = sub.add_parser("show", help="one message: state, parts, attempts, next attempt, per recipient")
+    _client_args(show)
+    show.add_argument("message_id")
+    cancel = sub.add_parser("cancel", help="cancel a message no phone has accepted yet")
+    _client_args(cancel)
+    cancel.add_argument("message_id")
+    resched = sub.add_parser("reschedule", help="move a pending message's send time")
+    _client_args(resched)
+    resched.add_argument("message_id")
+    when = resched.add_mutually_exclusive_group(required=True)
+    when.add_argument("--at", type=_time, metavar="TIME", help="the new time (ISO 8601)")
+    when.add_argument("--now", action="store_true", help="send as soon as pacing allows")
 
     watch = sub.add_parser("watch", help="stream state changes of your messages")
     _client_args(watch)
@@ -165,6 +186,22 @@ def _parser() -> argparse.ArgumentParser:
     delete = dsub.add_parser("delete", help="revoke a phone's credentials and end its session")
     _client_args(delete)
     delete.add_argument("device_id")
+    dset = dsub.add_parser("settings", help="show a phone's send pacing; with options, change it (pushed to the phone at once)")
+    _client_args(dset)
+    dset.add_argument("device_id")
+    dset.add_argument("--sim", type=int, default=0, metavar="SLOT", help="change this SIM's limits (default: every SIM's)")
+    for flag, text in (
+        ("--parts-per-minute", "SMS parts in any 60 s (0 = no limit)"),
+        ("--min-interval-ms", "milliseconds between two sends of a SIM"),
+        ("--parts-per-hour", "parts in any hour (0 = no cap)"),
+        ("--parts-per-day", "parts in any 24 h (0 = no cap)"),
+        ("--recipients-per-month", "distinct numbers per calendar month (0 = no cap)"),
+    ):
+        dset.add_argument(flag, type=_non_negative, help=text)
+    dset.add_argument("--phone-parts-per-minute", type=_non_negative, help="all SIMs together (Android allows 30)")
+    dset.add_argument("--priority-bypass", action=argparse.BooleanOptionalAction, default=None,
+                      help="priority >= 100 skips the SIM limits")
+    dset.add_argument("--reset", action="store_true", help="back to the server's defaults")
 
     sim = sub.add_parser("simulate", help="run N simulated phones against a running server")
     _client_args(sim)
@@ -173,9 +210,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--state-file", type=Path, default=Path("smsgw-data/simulator.json"), help="credentials of the simulated phones")
     sim.add_argument("--encoding", choices=["proto", "json"], default="proto")
     sim.add_argument("--window", type=int, default=16)
-    sim.add_argument("--send-delay", type=float, default=0.05, help="seconds the modem takes to send")
-    sim.add_argument("--delivery-delay", type=float, default=0.05, help="seconds until the delivery report")
+    sim.add_argument("--sims", type=int, default=1, metavar="N", help="SIMs per phone, reported as slots 1..N (1..8)")
+    sim.add_argument("--send-delay", type=float, default=0.05, help="seconds the modem takes to send one SMS part")
+    sim.add_argument("--delivery-delay", type=float, default=0.05, help="seconds until a part's delivery report")
     sim.add_argument("--failure-rate", type=float, default=0.0, help="share of sends that fail (0..1)")
+    sim.add_argument("--failure-class", default="generic_failure",
+                     choices=["generic_failure", "limit_exceeded", "no_service", "radio_off", "invalid_number", "blocked", "decrypt_failed"],
+                     help="what the --failure-rate share fails with (default generic_failure)")
+    sim.add_argument("--android-limit", type=int, default=30, metavar="PARTS",
+                     help="Android's per-app limit: parts per sliding 60 s per phone, else the confirmation dialog (0 = off)")
     sim.add_argument("--no-delivery-reports", action="store_true", help="the carrier never reports delivery")
     sim.add_argument("--reconnect-scale", type=float, default=1.0, help="multiply reconnect backoff delays (tests use small values)")
     sim.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")

@@ -12,6 +12,7 @@ import grpc
 from smsgw.v1 import common_pb2
 from smsgw_client import Client, DeadlineExceeded, SmsgwError, tls_credentials
 
+from gateway import cli_messages
 from gateway.cli_credentials import StoredCredentials, credentials_path
 from gateway.cli_users import read_password
 from gateway.redact import redact_number
@@ -104,11 +105,15 @@ def run(args: argparse.Namespace) -> int:
                 return _watch(client, args)
             if args.command == "audit":
                 return _audit(client, args)
+            if args.command in ("show", "cancel", "reschedule"):
+                return getattr(cli_messages, args.command)(client, args)
             if args.command == "token":
                 print(f"revoked {client.revoke_token(args.jti)} token(s)")
                 return EXIT_OK
             if args.devices_command == "list":
                 return _devices_list(client)
+            if args.devices_command == "settings":
+                return cli_messages.device_settings(client, args)
             if args.devices_command == "delete":
                 result = client.delete_device(args.device_id)
                 print(f"deleted {args.device_id}: {result.rerouted} unaccepted messages rerouted, {result.failed} failed")
@@ -145,6 +150,7 @@ def _send(client: Client, args: argparse.Namespace) -> int:
         ttl=args.ttl,
         with_delivery_report=False if args.no_delivery_report else None,
         idempotency_key=args.idempotency_key,
+        schedule_at=args.at,
     )
     print(f"{message.id} {common_pb2.State.Name(message.state)}", flush=True)
     if args.no_wait:
@@ -243,6 +249,9 @@ def _simulate(args: argparse.Namespace) -> int:
         send_delay=args.send_delay,
         delivery_delay=args.delivery_delay,
         failure_rate=args.failure_rate,
+        failure_class=args.failure_class,
+        sims=args.sims,
+        android_limit=args.android_limit,
         delivery_reports=not args.no_delivery_reports,
         reconnect_scale=args.reconnect_scale,
         duration=args.duration,

@@ -267,3 +267,54 @@ def test_expiry_of_a_held_message_drops_it_on_the_phone(client: Client, phone: t
     raw.receipt(mid, ReceiptState.SENT, 0)
     time.sleep(QUIET)
     assert client.get_message(mid).state == common_pb2.EXPIRED
+
+
+def test_cli_schedule_show_reschedule_cancel_and_device_settings(
+    server: ServerProcess, client: Client, phone: tuple[RawPhone, str]
+) -> None:
+    import subprocess
+
+    from tests.helpers.server import SMSGW
+
+    raw, device = phone
+    auth = ["--server", server.grpc_target, "--token-file", str(server.token_file())]
+
+    def smsgw(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SMSGW, *args, *auth], capture_output=True, text=True, timeout=60)
+
+    sent = smsgw("send", "--to", "+15551230030", "--text", "x" * 200, "--device", device,
+                 "--at", "2099-01-01T09:00:00Z", "--no-wait")
+    # 2099 is more than 30 days ahead: refused with the field named, exit 2.
+    assert sent.returncode == 2 and "schedule_at" in sent.stderr, sent
+    at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    sent = smsgw("send", "--to", "+15551230030", "--text", "x" * 200, "--device", device,
+                 "--at", at.isoformat().replace("+00:00", "Z"), "--no-wait")
+    assert sent.returncode == 0, sent
+    mid = sent.stdout.split()[0]
+    shown = smsgw("show", mid)
+    assert shown.returncode == 0, shown
+    assert "PENDING  parts=2 GSM_7" in shown.stdout
+    assert f"scheduled for {at:%Y-%m-%d %H:%M:%S} UTC" in shown.stdout
+    assert "+15551230030" not in shown.stdout  # numbers are redacted
+    assert f"next attempt {at:%Y-%m-%d %H:%M:%S} UTC" in shown.stdout
+
+    moved = smsgw("reschedule", mid, "--now")
+    assert moved.returncode == 0, moved
+    assert _next_deliver_for(raw, mid).message_id == mid
+    cancelled = smsgw("cancel", mid)  # dispatched, not yet accepted: still cancellable, the phone drops it
+    assert cancelled.returncode == 0 and f"{mid} CANCELLED" in cancelled.stdout, cancelled
+    drop = next(e for e in (raw.next_event() for _ in range(20)) if isinstance(e, DropReceived))
+    assert (drop.message_id, drop.reason) == (mid, "cancelled")
+    resched = smsgw("reschedule", mid, "--now")
+    assert resched.returncode == 2 and "FAILED_PRECONDITION" in resched.stderr
+
+    changed = smsgw("devices", "settings", device, "--sim", "2", "--parts-per-minute", "10", "--parts-per-hour", "200")
+    assert changed.returncode == 0, changed
+    assert "custom" in changed.stdout and "SIM 2: 10 parts/min" in changed.stdout and "200/h" in changed.stdout
+    stored = client.get_device_settings(device)
+    assert [(s.slot, s.parts_per_minute, s.parts_per_hour) for s in stored.sims] == [(2, 10, 200)]
+    assert _next_settings(raw).settings.sims[1].parts_per_minute == 10
+    bad = smsgw("devices", "settings", device, "--sim", "9", "--parts-per-minute", "1")
+    assert bad.returncode == 2 and "settings.sims[1].slot: must be a SIM slot 1..8" in bad.stderr  # [0] is SIM 2
+    reset = smsgw("devices", "settings", device, "--reset")
+    assert reset.returncode == 0 and "server defaults" in reset.stdout
