@@ -14,7 +14,7 @@ asks `ready_at` for each candidate and records what it dispatched (`record`).
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -22,6 +22,9 @@ from datetime import UTC, datetime, timedelta
 __all__ = ["SimLimits", "DevicePacing", "Sent", "PacingHistory", "month_start", "history_span", "BYPASS_PRIORITY"]
 
 MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+# Windows are closed, [now - span, now], as Android's SmsUsageMonitor counts (it keeps a send
+# exactly one period old): a send leaves the window this long after `at + span`.
+_TICK = timedelta(milliseconds=1)
 #: Messages at or above this priority skip the SIM limits where the phone's settings allow it.
 BYPASS_PRIORITY = 100
 
@@ -132,19 +135,25 @@ class PacingHistory:
             ready = max(ready, mine[-1].at + timedelta(milliseconds=limits.min_interval_ms))
         for limit, span in ((limits.parts_per_minute, MINUTE), (limits.parts_per_hour, HOUR), (limits.parts_per_day, DAY)):
             ready = max(ready, self._window(mine, limit, span, parts, now))
-        if limits.recipients_per_month and number:
-            numbers = self._month.get(sim, set())
-            if number not in numbers and len(numbers) >= limits.recipients_per_month:
-                ready = max(ready, _next_month(now))
+        if self.month_full(pacing, sim, number):
+            ready = max(ready, _next_month(now))
         return ready
+
+    def month_full(self, pacing: DevicePacing, sim: int, number: str) -> bool:
+        """Whether `number` would be one distinct recipient too many for SIM `sim` this month."""
+        cap = pacing.for_sim(sim).recipients_per_month
+        if not cap or not number:
+            return False
+        numbers = self._month.get(sim, set())
+        return number not in numbers and len(numbers) >= cap
 
     @staticmethod
     def _window(sent: list[Sent], limit: int, span: timedelta, parts: int, now: datetime) -> datetime:
-        """When `parts` more fit under `limit` parts in any `span`: drop the oldest sends
-        inside the window until they do; the last one dropped leaves it at `at + span`."""
+        """When `parts` more fit under `limit` parts in any closed `span`: drop the oldest sends
+        inside the window until they do; the last one dropped leaves it just after `at + span`."""
         if not limit:
             return now
-        start = bisect_right([s.at for s in sent], now - span)
+        start = bisect_left([s.at for s in sent], now - span)
         inside = sent[start:]
         used = sum(s.parts for s in inside)
         if used + parts <= limit or not inside:
@@ -153,14 +162,16 @@ class PacingHistory:
         for s in inside:
             need -= s.parts
             if need <= 0:
-                return max(now, s.at + span)
-        return max(now, inside[-1].at + span)  # oversized (parts > limit): wait for an empty window
+                return max(now, s.at + span + _TICK)
+        return max(now, inside[-1].at + span + _TICK)  # oversized (parts > limit): wait for an empty window
 
 
 def history_span(pacing: DevicePacing) -> timedelta:
-    """How far back a phone's history must reach for these limits."""
+    """How far back a phone's history must reach for these limits (a minimum interval
+    longer than a minute included: it needs the SIM's last send)."""
     spans = [MINUTE]
     for limits in (pacing.default, *pacing.sims.values()):
+        spans.append(timedelta(milliseconds=limits.min_interval_ms))
         if limits.parts_per_hour:
             spans.append(HOUR)
         if limits.parts_per_day:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -44,7 +45,7 @@ from gateway.messages.records import (
 from gateway.storage.engine import Database
 from gateway.messages.retry import RETRYABLE, backoff
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
-from gateway.types import UNACCEPTED_STATES, UNSENT_STATES, State, derive_message_state, may_move
+from gateway.types import FINAL_STATES, UNACCEPTED_STATES, UNSENT_STATES, State, derive_message_state, may_move
 
 __all__ = ["MessageRepository", "to_utc", "pacing_defaults"]
 
@@ -53,6 +54,25 @@ log = logging.getLogger(__name__)
 _UNACCEPTED = [int(s) for s in UNACCEPTED_STATES]
 _UNSENT = [int(s) for s in UNSENT_STATES]
 _EXPIRED_REASON = "valid_until passed before it was sent"
+_EXPIRE_BATCH = 500  # messages one dispatch round expires at most
+
+
+_id_lock = threading.Lock()
+_last_id = 0
+
+
+def _new_message_id() -> str:
+    """A ULID greater than every one this process made before.
+
+    Dispatch order is priority, then FIFO by id; plain ULIDs made in one millisecond
+    sort by their random part, which let a message created later overtake an earlier one
+    of the same priority (LIFO by chance). Within a millisecond the next id is the last + 1.
+    """
+    global _last_id
+    with _id_lock:
+        new = int(ULID())
+        _last_id = new if new > _last_id else _last_id + 1
+        return str(ULID.from_int(_last_id))
 
 
 def pacing_defaults(settings: SchedulerSettings) -> DevicePacing:
@@ -101,7 +121,7 @@ class MessageRepository:
                 self._count_segments(s, owner_id, new.parts * len(new.phone_numbers), daily_segments, now)
                 device_id, pinned = self._route(s, owner_id, new.device_id)
                 row = MessageRow(
-                    id=str(ULID()),
+                    id=_new_message_id(),
                     owner_id=owner_id,
                     idempotency_key=new.idempotency_key,
                     content_hash=new.content_hash,
@@ -168,6 +188,10 @@ class MessageRepository:
         pinned to it FAIL. What it accepted stays as it is: the phone may have sent it, and
         it can no longer report. Returns (rerouted, failed, devices to wake). NotFound for
         an unknown, deleted or foreign device.
+
+        Per recipient (the dispatch unit since the scheduler): a message shows PENDING while
+        any recipient is, even with others DISPATCHED or ACCEPTED, so only its PENDING and
+        DISPATCHED recipients are failed or released; the accepted ones keep their state.
         """
         now = to_utc(now)
         with self.db.write() as s:
@@ -180,10 +204,17 @@ class MessageRepository:
             rows = list(
                 s.exec(select(MessageRow).where(MessageRow.device_id == device_id, col(MessageRow.state).in_(_UNACCEPTED)))
             )
+            recipients = self._recipients_rows_many(s, [r.id for r in rows])
             pinned = [r for r in rows if r.pinned]
-            self._move_all(s, pinned, State.FAILED, "device deleted", now)
+            for row in pinned:
+                rs = recipients[row.id]
+                only = [r for r in rs if State(r.state) in UNACCEPTED_STATES]
+                self._transition(s, row, rs, State.FAILED, "device deleted", now, only=only)
             moving = [r for r in rows if not r.pinned]
-            self._move_all(s, [r for r in moving if r.state == int(State.DISPATCHED)], State.PENDING, "device_deleted", now)
+            for row in moving:
+                rs = recipients[row.id]
+                only = [r for r in rs if r.state == int(State.DISPATCHED)]
+                self._transition(s, row, rs, State.PENDING, "device_deleted", now, only=only)
             target, _ = self._route(s, owner_id, "") if moving else (None, False)
             for row in moving:
                 # The phone that was sent them is gone: like new messages, they may now follow
@@ -354,12 +385,18 @@ class MessageRepository:
 
         Pacing (gateway.messages.pacing) picks each recipient's SIM: the pinned one, else
         the one free soonest (least recently used on a tie: SIM rotation). A recipient its
-        SIMs may not send yet closes them for this round, so nothing overtakes it on them.
+        SIMs may not send yet closes them for this round, so nothing overtakes it on them;
+        except one held back only by the distinct-recipients-per-month cap (a number new
+        this month on SIMs that reached it): it waits for the next month without stopping
+        the messages behind it to numbers already counted.
         Returns the Delivers to send, the messages to Drop, and when to look again.
+
+        Bounded work per round: at most `_EXPIRE_BATCH` messages expired (the rest by the
+        next round or `expire_due`; the candidates exclude them) and a window of candidates.
         """
         now = to_utc(now)
         with self.db.write() as s:
-            self._expire_rows(s, now, device_id=device_id)
+            self._expire_rows(s, now, device_id=device_id, batch=_EXPIRE_BATCH)
             drops = self._take_drops(s, device_id)
             device = s.get(Device, device_id)
             if device is None or room <= 0:
@@ -392,11 +429,13 @@ class MessageRepository:
                     if claim is not None and (claim[0], claim[1]) != (r.attempt, sim):
                         break  # one Deliver per message per round
                     if ready > now:
-                        closed.update(options)  # FIFO per SIM: nothing later overtakes it there
                         wake_at = min(wake_at or ready, ready)
                         if r.paced_until != ready:
                             r.paced_until = ready
                             s.add(r)
+                        if history is not None and self._month_capped(history, pacing, options, row, r):
+                            continue  # it cannot go this month: the numbers already counted may
+                        closed.update(options)  # FIFO per SIM: nothing later overtakes it there
                         break
                     if history is not None:
                         history.record(Sent(now, sim, max(row.parts, 1), r.phone_number))
@@ -440,6 +479,15 @@ class MessageRepository:
         return sim, ready
 
     @staticmethod
+    def _month_capped(
+        history: PacingHistory, pacing: DevicePacing, options: list[int], row: MessageRow, r: RecipientRow
+    ) -> bool:
+        """Whether only the distinct-recipients-per-month cap keeps `r` off every SIM it may use."""
+        if pacing.priority_bypass and row.priority >= BYPASS_PRIORITY:
+            return False
+        return all(history.month_full(pacing, x, r.phone_number) for x in options)
+
+    @staticmethod
     def _candidates(device_id: str, now: datetime) -> Any:
         """The device's messages with a recipient that may go now, priority first, then FIFO."""
         due = (
@@ -454,6 +502,7 @@ class MessageRepository:
         return (
             select(MessageRow)
             .where(MessageRow.device_id == device_id, MessageRow.state == int(State.PENDING), due)
+            .where(col(MessageRow.valid_until).is_(None) | (col(MessageRow.valid_until) > now))
             .order_by(col(MessageRow.priority).desc(), col(MessageRow.id))
         )
 
@@ -480,7 +529,7 @@ class MessageRepository:
             Sent(to_utc(at), sim, parts)
             for at, sim, parts in s.exec(
                 select(DispatchLogRow.at, DispatchLogRow.sim, DispatchLogRow.parts).where(
-                    DispatchLogRow.device_id == device_id, DispatchLogRow.at > since
+                    DispatchLogRow.device_id == device_id, DispatchLogRow.at >= since  # closed windows
                 )
             )
         ]
@@ -548,12 +597,17 @@ class MessageRepository:
             if receipt.state == State.SENT:
                 r.parts_sent = max(r.parts_sent, min(done, total))
             else:
-                r.parts_sent = total
+                # A delivered part was sent, but a report on part 1 says nothing of part 3:
+                # parts_sent only rises to what is delivered (it used to jump to the total,
+                # showing every part sent while the recipient was not SENT).
                 r.parts_delivered = max(r.parts_delivered, min(done, total))
+                r.parts_sent = max(r.parts_sent, r.parts_delivered)
             s.add(r)
             if done < total:
                 return changed  # one part of several: counted, no state change, no event
             return changed + self._transition(s, row, rs, receipt.state, "", now, only=[r])
+        if State(r.state) in FINAL_STATES:
+            return changed  # a late FAILED for a finished recipient: not even its last_error changes
         cls = receipt.failure_class or "generic_failure"
         reason = cls if not receipt.error or receipt.error == cls else f"{cls}: {receipt.error}"
         r.last_error = reason

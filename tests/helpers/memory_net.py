@@ -129,7 +129,9 @@ class MemoryWebSocket:
             await self._read_some()
         return self._messages.pop(0)
 
-    async def aclose(self) -> None:
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Drop the link (no closing handshake; `code` and `reason` are accepted for
+        callers written against websockets' connections, and ignored)."""
         await self.stream.aclose()
 
     async def _read_some(self) -> None:
