@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -55,24 +54,6 @@ _UNACCEPTED = [int(s) for s in UNACCEPTED_STATES]
 _UNSENT = [int(s) for s in UNSENT_STATES]
 _EXPIRED_REASON = "valid_until passed before it was sent"
 _EXPIRE_BATCH = 500  # messages one dispatch round expires at most
-
-
-_id_lock = threading.Lock()
-_last_id = 0
-
-
-def _new_message_id() -> str:
-    """A ULID greater than every one this process made before.
-
-    Dispatch order is priority, then FIFO by id; plain ULIDs made in one millisecond
-    sort by their random part, which let a message created later overtake an earlier one
-    of the same priority (LIFO by chance). Within a millisecond the next id is the last + 1.
-    """
-    global _last_id
-    with _id_lock:
-        new = int(ULID())
-        _last_id = new if new > _last_id else _last_id + 1
-        return str(ULID.from_int(_last_id))
 
 
 def pacing_defaults(settings: SchedulerSettings) -> DevicePacing:
@@ -121,7 +102,7 @@ class MessageRepository:
                 self._count_segments(s, owner_id, new.parts * len(new.phone_numbers), daily_segments, now)
                 device_id, pinned = self._route(s, owner_id, new.device_id)
                 row = MessageRow(
-                    id=_new_message_id(),
+                    id=str(ULID()),  # python-ulid 4: monotonic within a millisecond, so FIFO by id holds
                     owner_id=owner_id,
                     idempotency_key=new.idempotency_key,
                     content_hash=new.content_hash,

@@ -1,13 +1,18 @@
 """gateway.messages.repository.MessageRepository over a real SQLite file.
 
-The stateful test is RELIABILITY 4: random sends, session opens (with the phone's held
-ids), dispatches, accepts (some with the receipt lost), late/duplicated/out-of-order
-receipts, session drops, stale closes, cancels and expiry. After every step:
+The stateful test is RELIABILITY 4: random sends, session opens (with the recipients the
+phone holds), dispatches, accepts (some with the receipt lost), late/duplicated/out-of-order
+receipts (SENT / DELIVERED / FAILED, retryable failures included), session drops, stale
+closes, cancels and expiry. The repository runs unpaced (every limit 0) so that dispatch is
+decided by order, `room`, schedules and retry backoffs only; pacing has its own tests
+(test_gw_scheduler.py, test_gw_pacing.py). After every step:
 
-(a) every recipient's history in the event log is forward-only (`may_move`);
-(b) every message is accepted-or-later / final, or PENDING, or DISPATCHED on the
+(a) every recipient's history in the event log is forward-only (`may_move`); a retry (a
+    retryable FAILED answered with PENDING at attempt + 1) restarts that recipient's
+    history, and the number of restarts is its attempt - 1;
+(b) every recipient is accepted-or-later / final, or PENDING, or DISPATCHED on the
     currently open session of its device (nothing is stuck on a closed session);
-(c) a message the server recorded as ACCEPTED never goes back below it;
+(c) a recipient the server recorded as ACCEPTED never goes back below it at that attempt;
 (d) the stored message state is `derive_message_state` of its recipients;
 (e) each message id appears exactly once in `list`;
 (f) a pinned or ever-dispatched message never changes device.
@@ -16,14 +21,13 @@ receipts, session drops, stale closes, cancels and expiry. After every step:
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import random
 import shutil
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,22 +38,41 @@ from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from gateway.config import SchedulerSettings
+from gateway.devices.records import SimRecord
 from gateway.devices.repository import DeviceRepository
 from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from gateway.messages.records import MessageFilter, NewMessage, ReceiptUpdate
+from gateway.messages.records import DispatchBatch, HeldRecipient, MessageFilter, NewMessage, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
+from gateway.messages.retry import RETRYABLE
 from gateway.storage.engine import Database
-from gateway.types import FINAL_STATES, State, derive_message_state, may_move
+from gateway.types import FINAL_STATES, UNSENT_STATES, State, derive_message_state, may_move
 from tests.helpers.accounts import create_owner
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 P, D, A, S = State.PENDING, State.DISPATCHED, State.ACCEPTED, State.SENT
 DL, F, E, C = State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED
-NOT_HELD = frozenset({P, D, E, C})  # what a message the server saw ACCEPTED may never be again
+# What a recipient the server saw ACCEPTED may never be again at that attempt (EXPIRED may
+# follow ACCEPTED: valid_until passed before it was sent, and the phone is told to drop it).
+NOT_HELD = frozenset({P, D, C})
 ALL = MessageFilter()
+# No pacing at all; short retry backoffs so that retries come due within a run.
+UNPACED = SchedulerSettings(
+    sim_parts_per_minute=0, sim_min_interval=0, phone_parts_per_minute=0, max_attempts=3, retry_base=2, retry_max=10
+)
 
 
 # ---- helpers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RSnap:
+    """One recipient as stored."""
+
+    state: State
+    session_id: str
+    attempt: int
+    not_before: datetime | None
 
 
 @dataclass(frozen=True)
@@ -59,33 +82,47 @@ class Snap:
     id: str
     state: State
     device_id: str | None
-    session_id: str
     pinned: bool
     ever_dispatched: bool
+    drop_pending: bool
     valid_until: datetime | None
     priority: int
     with_delivery_report: bool
-    recipients: tuple[State, ...]
+    recipients: tuple[RSnap, ...]
+
+    @property
+    def states(self) -> tuple[State, ...]:
+        return tuple(r.state for r in self.recipients)
+
+
+def _time(raw: str | None) -> datetime | None:
+    return None if raw is None else datetime.fromisoformat(raw).replace(tzinfo=UTC)
 
 
 def snapshot(db: Database) -> dict[str, Snap]:
     """Plain SQL on the driver (no ORM, no statement compilation): this runs every step."""
-    recipients: dict[str, list[State]] = defaultdict(list)
+    recipients: dict[str, list[RSnap]] = defaultdict(list)
     out = {}
     with db.engine.connect() as conn:
-        for mid, state in conn.exec_driver_sql("SELECT message_id, state FROM recipient ORDER BY message_id, idx"):
-            recipients[mid].append(State(state))
+        for mid, state, session, attempt, not_before in conn.exec_driver_sql(
+            "SELECT message_id, state, session_id, attempt, not_before FROM recipient ORDER BY message_id, idx"
+        ):
+            recipients[mid].append(RSnap(State(state), session, attempt, _time(not_before)))
         rows = conn.exec_driver_sql(
-            "SELECT id, state, device_id, session_id, pinned, ever_dispatched, valid_until, priority,"
+            "SELECT id, state, device_id, pinned, ever_dispatched, drop_pending, valid_until, priority,"
             " with_delivery_report FROM message"
         )
-        for mid, state, device, session, pinned, ever, vu, priority, report in rows:
-            valid_until = None if vu is None else datetime.fromisoformat(vu).replace(tzinfo=UTC)
+        for mid, state, device, pinned, ever, drop, vu, priority, report in rows:
             out[mid] = Snap(
-                mid, State(state), device, session, bool(pinned), bool(ever), valid_until, priority, bool(report),
+                mid, State(state), device, bool(pinned), bool(ever), bool(drop), _time(vu), priority, bool(report),
                 tuple(recipients[mid]),
             )
     return out
+
+
+def ids(batch: DispatchBatch) -> list[str]:
+    """The messages of a dispatch round's Delivers, in order."""
+    return [u.message.id for u in batch.units]
 
 
 _keys = itertools.count(1)
@@ -100,38 +137,51 @@ def new_message(
     priority: int = 0,
     valid_until: datetime | None = None,
     with_delivery_report: bool = True,
+    sim_number: int = 0,
+    parts: int = 1,
+    schedule_at: datetime | None = None,
+    numbers: Sequence[str] | None = None,
 ) -> NewMessage:
     k = key or f"key-{next(_keys)}"
-    numbers = tuple(f"+1415555{i:04d}" for i in range(n))
+    phones = tuple(numbers) if numbers is not None else tuple(f"+1415555{i:04d}" for i in range(n))
     return NewMessage(
-        phone_numbers=numbers,
+        phone_numbers=phones,
         text=text,
         data=None,
         port=0,
         device_id=device_id,
-        sim_number=0,
+        sim_number=sim_number,
         priority=priority,
         valid_until=valid_until,
         with_delivery_report=with_delivery_report,
         is_encrypted=False,
         idempotency_key=k,
-        content_hash=f"hash:{text}:{n}:{device_id}:{priority}:{valid_until}:{with_delivery_report}",
-        parts=1,
+        content_hash=f"hash:{text}:{phones}:{device_id}:{priority}:{valid_until}:{with_delivery_report}:{sim_number}",
+        parts=parts,
         encoding="GSM_7",
+        schedule_at=schedule_at,
     )
 
 
 class World:
     """A database with one owner and its paired devices (or a copy of a template World)."""
 
-    def __init__(self, path: Path, devices: int = 2, *, template: World | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        devices: int = 2,
+        *,
+        template: World | None = None,
+        scheduler: SchedulerSettings = UNPACED,
+        rng: random.Random | None = None,
+    ) -> None:
         file = path / "smsgw.db"
         if template is not None:
             shutil.copyfile(template.file, file)
         self.file = file
         self.db = Database(f"sqlite:///{file}", sqlite_synchronous="NORMAL")
         self.devices = DeviceRepository(self.db)
-        self.repo = MessageRepository(self.db)
+        self.repo = MessageRepository(self.db, scheduler, rng=rng or random.Random(4))
         if template is not None:
             self.owner, self.device_ids = template.owner, list(template.device_ids)
             return
@@ -150,22 +200,44 @@ class World:
         assert redeemed is not None
         return redeemed[0].device_id
 
-    def online(self, device: str, session: str, held: Sequence[str] = (), now: datetime = T0) -> None:
-        self.devices.set_online(device, session, app_version="t", sims=(), now=now)
-        self.repo.open_session(self.owner, device, session, held, now)
+    def held(self, items: Iterable[str | HeldRecipient]) -> list[HeldRecipient]:
+        """A message id stands for every recipient of it at its current attempt."""
+        out: list[HeldRecipient] = []
+        with self.db.engine.connect() as conn:
+            for item in items:
+                if isinstance(item, HeldRecipient):
+                    out.append(item)
+                    continue
+                rows = conn.exec_driver_sql(
+                    "SELECT idx, attempt FROM recipient WHERE message_id = ? ORDER BY idx", (item,)
+                ).all()
+                out.extend(HeldRecipient(item, idx, attempt) for idx, attempt in rows or [(0, 1)])
+        return out
+
+    def online(
+        self,
+        device: str,
+        session: str,
+        held: Sequence[str | HeldRecipient] = (),
+        now: datetime = T0,
+        sims: Sequence[int] = (),
+    ) -> None:
+        self.devices.set_online(device, session, app_version="t", sims=tuple(SimRecord(x) for x in sims), now=now)
+        self.repo.open_session(self.owner, device, session, self.held(held), now)
 
     def state(self, message_id: str) -> State:
         return self.repo.get(self.owner, message_id).state
 
 
 class EventLogChecker:
-    """(a): every recipient history starts PENDING, moves only as `may_move` allows, and
-    ends in the recipient's stored state. Reads the log incrementally, by cursor."""
+    """(a): every recipient history starts PENDING, moves only as `may_move` allows (a retry
+    restarts it), and ends in the recipient's stored state. Reads the log incrementally."""
 
     def __init__(self, repo: MessageRepository, owner: str) -> None:
         self.repo, self.owner = repo, owner
         self.last = 0
         self.history: dict[tuple[str, int], list[State]] = defaultdict(list)
+        self.restarts: dict[tuple[str, int], int] = defaultdict(int)
         self.message_state: dict[str, State] = {}
 
     def check(self, snaps: dict[str, Snap]) -> None:
@@ -173,9 +245,14 @@ class EventLogChecker:
         for e in events:
             assert e.id > self.last, "event ids must increase"
             self.last = e.id
-            states = self.history[(e.message_id, e.recipient_index)]
+            key = (e.message_id, e.recipient_index)
+            states = self.history[key]
             if not states:
                 assert e.state == P, (e, "first state must be PENDING")
+            elif e.state == P and e.error.startswith("retry ") and states[-1] in UNSENT_STATES:
+                # The next attempt: its history starts again at PENDING.
+                self.restarts[key] += 1
+                states.clear()
             else:
                 assert may_move(states[-1], e.state), (
                     f"{e.message_id}[{e.recipient_index}] moved {states[-1].name} -> {e.state.name}: {states}"
@@ -183,10 +260,11 @@ class EventLogChecker:
             states.append(e.state)
             self.message_state[e.message_id] = e.message_state
         for mid, snap in snaps.items():
-            for idx, state in enumerate(snap.recipients):
+            for idx, r in enumerate(snap.recipients):
                 states = self.history.get((mid, idx))
                 assert states, f"{mid}[{idx}] has no event"
-                assert states[-1] == state, (mid, idx, states, snap.recipients)
+                assert states[-1] == r.state, (mid, idx, states, snap.recipients)
+                assert self.restarts[(mid, idx)] == r.attempt - 1, (mid, idx, r)
             # The last event of a message carries its current derived state.
             assert self.message_state[mid] == snap.state, (mid, self.message_state[mid], snap)
 
@@ -213,6 +291,9 @@ class _Writes:
         return call
 
 
+Key = tuple[str, int, int]  # (message, recipient index, attempt): what a phone holds
+
+
 class RepositoryMachine(RuleBasedStateMachine):
     # Set by the module fixture: a database file with the owner and devices, copied per example.
     template: World | None = None
@@ -236,9 +317,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         self.old_sessions: dict[str, list[str]] = {d: [] for d in self.devs}
         # The model of the phones and of what the server must remember.
         self.sent: dict[str, NewMessage] = {}  # id -> request (for idempotent replays)
-        self.in_flight: dict[str, set[str]] = {d: set() for d in self.devs}  # delivered, not yet accepted by the phone
-        self.phone_held: dict[str, set[str]] = {d: set() for d in self.devs}
-        self.server_accepted: set[str] = set()
+        self.in_flight: dict[str, set[Key]] = {d: set() for d in self.devs}  # delivered, not yet accepted
+        self.phone_held: dict[str, set[Key]] = {d: set() for d in self.devs}
+        self.server_accepted: set[Key] = set()
         self.pinned: dict[str, str] = {}
         self.dispatched_to: dict[str, str] = {}
 
@@ -261,9 +342,19 @@ class RepositoryMachine(RuleBasedStateMachine):
             self.cached = snapshot(self.world.db)
         return self.cached
 
-    def online(self, device: str, session: str, held: list[str], now: datetime) -> None:
+    def online(self, device: str, session: str, held: list[HeldRecipient], now: datetime) -> None:
         self.device_repo.set_online(device, session, app_version="t", sims=(), now=now)
         self.repo.open_session(self.owner, device, session, held, now)
+
+    def reportable(self) -> list[str]:
+        """Messages with a recipient the server saw ACCEPTED at its current attempt, on an open device."""
+        snaps, online = self.snaps(), self.open_devices()
+        return sorted(
+            {
+                mid for mid, idx, att in self.server_accepted
+                if self.dispatched_to.get(mid) in online and snaps[mid].recipients[idx].attempt == att
+            }
+        )
 
     # -- one rule, weighted actions --
     #
@@ -277,7 +368,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         out: dict[str, float] = {}
         if any(self.in_flight[d] for d in online):
             out["accept"] = 6
-        if any(self.dispatched_to.get(m) in online for m in self.server_accepted):
+        if self.reportable():
             out["report"] = 4
         if self.dispatchable():
             out["dispatch"] = 6
@@ -293,6 +384,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         if self.sent:
             out["cancel"] = 1
             out["replay"] = out["expire"] = 0.5
+            out["wait"] = 0.5
         return out
 
     def dispatchable(self) -> list[str]:
@@ -323,6 +415,8 @@ class RepositoryMachine(RuleBasedStateMachine):
             self.replay_send(data.draw(st.sampled_from(sorted(self.sent)), label="message"))
         elif action == "expire":
             self.expire_due(data.draw(st.integers(0, 15), label="seconds"))
+        elif action == "wait":  # time passes: retry backoffs come due
+            self.now += timedelta(seconds=data.draw(st.integers(1, 12), label="wait"))
         elif action == "connect":
             self.open_session(data.draw(st.sampled_from([d for d in self.devs if d not in online])), data)
         elif action == "reconnect":  # a new session replaces one that is still open
@@ -356,6 +450,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         record, created = self.repo.create(self.owner, new, now)
         assert created
         assert record.state == P and [r.state for r in record.recipients] == [P] * n
+        assert [r.attempt for r in record.recipients] == [1] * n
         self.sent[record.id] = new
         if pin is not None:
             assert record.device_id == device
@@ -376,7 +471,7 @@ class RepositoryMachine(RuleBasedStateMachine):
     def cancel(self, mid: str) -> None:
         before = self.snaps()[mid]
         now = self.tick()
-        if before.state in (P, D):
+        if all(s in (P, D) for s in before.states):
             record, device = self.repo.cancel(self.owner, mid, now)
             assert record.state == C
             assert all(r.state == C for r in record.recipients)
@@ -393,13 +488,19 @@ class RepositoryMachine(RuleBasedStateMachine):
     def expire_due(self, seconds: int) -> None:
         self.now += timedelta(seconds=seconds)
         before = self.snaps()
-        due = {m.id for m in before.values() if m.state in (P, D) and m.valid_until is not None and m.valid_until <= self.now}
+        due = {
+            m.id for m in before.values()
+            if m.state in UNSENT_STATES and m.valid_until is not None and m.valid_until <= self.now
+        }
         devices = self.repo.expire_due(self.now)
         assert devices == {before[m].device_id for m in due if before[m].ever_dispatched}
         after = self.snaps()
         for mid, m in after.items():
             if mid in due:
-                assert m.state == E and set(m.recipients) == {E}
+                # Every recipient not yet sent (PENDING, DISPATCHED or ACCEPTED) expires.
+                old = before[mid]
+                assert m.states == tuple(E if s in UNSENT_STATES else s for s in old.states), (old, m)
+                assert m.drop_pending == (old.drop_pending or old.ever_dispatched)
             else:
                 assert m == before[mid]
 
@@ -424,55 +525,101 @@ class RepositoryMachine(RuleBasedStateMachine):
         sid = f"s{next(self.sessions)}"
         if self.session[device] is not None:
             self.old_sessions[device].append(self.session[device])  # replaced by the new session
-        self.online(device, sid, held, self.tick())
+        self.online(device, sid, [HeldRecipient(*k) for k in held], self.tick())
         self.session[device] = sid
         self.in_flight[device] = set()
         after = self.snaps()
+        held_set = set(held)
         for mid, m in before.items():
-            if mid in held and m.device_id == device and m.state in (P, D):
-                assert after[mid].state == A, (mid, m, after[mid])
-                self.server_accepted.add(mid)
-            elif m.device_id == device and m.state == D:
-                # Dispatched on an older session and not held: back to PENDING, re-sendable.
-                assert after[mid].state == P, (mid, m, after[mid])
+            got = after[mid]
+            if m.device_id == device:
+                expect = []
+                for idx, r in enumerate(m.recipients):
+                    if (mid, idx, r.attempt) in held_set and r.state in (P, D):
+                        expect.append(A)
+                        self.server_accepted.add((mid, idx, r.attempt))
+                    elif r.state == D:
+                        # Dispatched on an older session and not held: back to PENDING, re-sendable.
+                        expect.append(P)
+                    else:
+                        expect.append(r.state)
+                assert got.states == tuple(expect), (mid, m, got)
+                assert got.device_id == device
             elif (
-                m.state == P and not m.pinned and not m.ever_dispatched and m.device_id != device
+                m.state == P and not m.pinned and not m.ever_dispatched
                 and (m.device_id is None or self.session[m.device_id] is None)
             ):
                 # Waiting for no phone in particular (unrouted, or routed to an offline phone
                 # that never got it): the phone that connects adopts it.
-                assert after[mid] == dataclasses.replace(m, device_id=device), (mid, m, after[mid])
+                assert got == dataclasses.replace(m, device_id=device), (mid, m, got)
             else:
-                assert after[mid] == m
+                assert got == m
+
+    def expected_round(self, before: dict[str, Snap], device: str, limit: int, now: datetime) -> list[tuple[str, tuple[int, ...], int]]:
+        """What an unpaced dispatch round claims: priority then FIFO, messages in flight
+        skipped, per message the due PENDING recipients of one attempt, at most `limit` Delivers."""
+        busy = {mid for mid, _, _ in self.in_flight[device]}
+        out = []
+        queue = sorted(
+            (m for m in before.values() if m.device_id == device and m.state == P and m.id not in busy),
+            key=lambda m: (-m.priority, m.id),
+        )
+        for m in queue:
+            if m.valid_until is not None and m.valid_until <= now:
+                continue  # expired first
+            claimed: list[int] = []
+            attempt = 0
+            for idx, r in enumerate(m.recipients):
+                if r.state != P or (r.not_before is not None and r.not_before > now):
+                    continue
+                if claimed and r.attempt != attempt:
+                    break  # one Deliver per message per round, at one attempt
+                attempt = r.attempt
+                claimed.append(idx)
+            if claimed:
+                out.append((m.id, tuple(claimed), attempt))
+        return out[:limit]
 
     def dispatch(self, device: str, limit: int) -> None:
         sid = self.session[device]
         assert sid is not None
         now = self.tick()
         before = self.snaps()
-        pending = sorted(
-            (m for m in before.values() if m.device_id == device and m.state == P), key=lambda m: (-m.priority, m.id)
-        )
-        live = [m.id for m in pending if m.valid_until is None or m.valid_until > now]
-        out = self.repo.dispatch(device, sid, limit, now)
-        ids = [r.id for r in out]
-        # Priority then FIFO; due ones are expired and never take a slot from a live one.
-        assert ids == live[:limit]
+        expected = self.expected_round(before, device, limit, now)
+        busy = sorted({mid for mid, _, _ in self.in_flight[device]})
+        batch = self.repo.dispatch(device, sid, limit, now, busy)
+        assert [(u.message.id, u.recipient_indices, u.attempt) for u in batch.units] == expected
         after = self.snaps()
-        for r in out:
-            assert r.state == D and r.device_id == device
-            assert after[r.id].session_id == sid and after[r.id].ever_dispatched
-            self.dispatched_to[r.id] = device
-        for m in pending:
-            if m.id not in live:
-                assert after[m.id].state == E
-        self.in_flight[device] |= set(ids)
+        newly_expired = {
+            m.id for m in before.values()
+            if m.device_id == device and m.state in UNSENT_STATES and m.valid_until is not None and m.valid_until <= now
+        }
+        dropped = {m.id for m in before.values() if m.device_id == device and m.drop_pending}
+        dropped |= {mid for mid in newly_expired if before[mid].ever_dispatched}
+        assert batch.drops == {mid: E for mid in dropped}
+        for mid in newly_expired:
+            assert after[mid].states == tuple(E if s in UNSENT_STATES else s for s in before[mid].states)
+        for u in batch.units:
+            m = after[u.message.id]
+            assert m.device_id == device and m.ever_dispatched and not m.drop_pending
+            assert u.sim == 0  # unpaced: the phone's default SIM
+            for idx in u.recipient_indices:
+                assert m.recipients[idx].state == D and m.recipients[idx].session_id == sid
+                assert u.message.recipients[idx].state == D
+                self.in_flight[device].add((u.message.id, idx, u.attempt))
+            self.dispatched_to[u.message.id] = device
+        # A PENDING recipient not due yet is reported for when it is.
+        gates = [
+            r.not_before for m in after.values() if m.device_id == device and m.state == P
+            for r in m.recipients if r.state == P and r.not_before is not None and r.not_before > now
+        ]
+        assert batch.wake_at == (min(gates) if gates else None)
 
     def phone_accepts(self, data: st.DataObject) -> None:
-        """The phone stores some delivered messages and answers ACCEPTED. The delivered ones
+        """The phone stores some delivered recipients and answers ACCEPTED. The delivered ones
         may have been cancelled or expired since (the Drop did not reach it yet). With
         `lost` the receipt never reaches storage (its session is about to die); the phone
-        holds the messages anyway and lists them in a later Hello."""
+        holds them anyway and lists them in a later Hello."""
         device = data.draw(st.sampled_from([d for d in self.open_devices() if self.in_flight[d]]))
         chosen = data.draw(st.lists(st.sampled_from(sorted(self.in_flight[device])), min_size=1, unique=True))
         lost, repeat = data.draw(st.booleans(), label="lost"), data.draw(st.booleans(), label="repeat")
@@ -481,27 +628,37 @@ class RepositoryMachine(RuleBasedStateMachine):
         if lost:
             return
         before = self.snaps()
-        receipts = [ReceiptUpdate(mid, A, 0) for mid in chosen]
+        grouped: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for mid, idx, att in chosen:
+            grouped[(mid, att)].append(idx)
+        receipts = [
+            ReceiptUpdate(mid, A, 0, recipient_indices=tuple(sorted(idxs)), attempt=att)
+            for (mid, att), idxs in sorted(grouped.items())
+        ]
         changed = self.repo.apply_receipts(device, receipts * (2 if repeat else 1), self.tick())
         after = self.snaps()
         expected = 0
-        for mid in chosen:
-            if before[mid].state in (P, D):
-                assert after[mid].state == A, (before[mid], after[mid])
-                expected += sum(1 for s in before[mid].recipients if may_move(s, A))
-                self.server_accepted.add(mid)
+        for mid, idx, att in chosen:
+            old, new = before[mid].recipients[idx], after[mid].recipients[idx]
+            if old.attempt == att and old.state in (P, D):
+                assert new.state == A, (old, new)
+                expected += 1
+                self.server_accepted.add((mid, idx, att))
             else:
-                assert after[mid] == before[mid]
+                assert new == old
         assert changed == expected
         assert self.repo.apply_receipts(device, receipts, self.tick()) == 0  # a repeat changes nothing
 
     def phone_reports(self, data: st.DataObject) -> None:
-        """SENT / DELIVERED / FAILED for recipients of accepted messages, in any order,
-        repeated; from the wrong device they change nothing."""
-        mid = data.draw(st.sampled_from(sorted(m for m in self.server_accepted if self.dispatched_to[m] in self.open_devices())))
+        """SENT / DELIVERED / FAILED (final or retryable) for recipients of accepted messages,
+        in any order, repeated, some naming an old attempt; from the wrong device they change
+        nothing. A retryable failure returns the recipient to PENDING at attempt + 1."""
+        mid = data.draw(st.sampled_from(self.reportable()), label="message")
         device = self.dispatched_to[mid]
         before = self.snaps()
-        n = len(before[mid].recipients)
+        m = before[mid]
+        n = len(m.recipients)
+        max_att = max(r.attempt for r in m.recipients)
         receipts = data.draw(
             st.lists(
                 st.builds(
@@ -510,24 +667,52 @@ class RepositoryMachine(RuleBasedStateMachine):
                     st.sampled_from([S, DL, F]),
                     st.integers(0, n),  # n is out of range: ignored
                     st.sampled_from(["", "carrier says no"]),
+                    attempt=st.integers(0, max_att),  # 0 = current; below the current one: stale
+                    failure_class=st.sampled_from(["", "no_service", "radio_off", "invalid_number"]),
+                    parts_done=st.sampled_from([0, 0, 1]),
                 ),
                 min_size=1,
                 max_size=5,
-            )
+            ),
+            label="receipts",
         )
         if data.draw(st.integers(0, 4), label="wrong device") == 0:
             other = next(d for d in self.devs if d != device)
             assert self.repo.apply_receipts(other, receipts, self.tick()) == 0
             assert self.snaps() == before
             return
-        expect = list(before[mid].recipients)
+        states = list(m.states)
+        attempts = [r.attempt for r in m.recipients]
         moves = 0
+        retried: set[int] = set()
         for r in receipts:
-            if r.recipient_index < n and may_move(expect[r.recipient_index], r.state):
-                expect[r.recipient_index] = r.state
-                moves += 1
-        assert self.repo.apply_receipts(device, receipts, self.tick()) == moves
-        assert self.snaps()[mid].recipients == tuple(expect)
+            i = r.recipient_index
+            if i >= n or r.attempt not in (0, attempts[i]):
+                continue  # out of range, or a stale report of an earlier attempt
+            if may_move(states[i], A):  # any report means the phone holds it
+                states[i], moves = A, moves + 1
+            if (
+                r.state == F and r.failure_class in RETRYABLE and r.parts_done == 0
+                and states[i] in UNSENT_STATES and attempts[i] < UNPACED.max_attempts
+            ):
+                states[i], attempts[i], moves = P, attempts[i] + 1, moves + 1
+                retried.add(i)
+            elif may_move(states[i], r.state):
+                states[i], moves = r.state, moves + 1
+        now = self.tick()
+        assert self.repo.apply_receipts(device, receipts, now) == moves
+        after = self.snaps()[mid]
+        assert after.states == tuple(states)
+        assert [r.attempt for r in after.recipients] == attempts
+        for i in retried:
+            # Backoff: not before retry_base * 4**(attempt-2) +-20 % from now.
+            r = after.recipients[i]
+            assert r.not_before is not None and r.session_id == ""
+            base = UNPACED.retry_base * 4 ** (r.attempt - 2)
+            delay = (r.not_before - now).total_seconds()
+            assert min(base, UNPACED.retry_max) * 0.8 - 1e-3 <= delay <= min(base, UNPACED.retry_max) * 1.2 + 1e-3
+            # The phone reported the failure: it no longer holds that attempt.
+            self.phone_held[device] = {k for k in self.phone_held[device] if k[:2] != (mid, i)}
 
     def phone_drops(self, device: str) -> None:
         """The session ends: close_session, set_offline, reroute (as the bridge's close_out)."""
@@ -542,8 +727,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         self.in_flight[device] = set()
         mid_state = self.snaps()
         for mid, m in before.items():
-            if m.device_id == device and m.state == D and m.session_id == sid:
-                assert mid_state[mid].state == P
+            expect = tuple(P if r.state == D and r.session_id == sid else r.state for r in m.recipients)
+            if m.device_id == device:
+                assert mid_state[mid].states == expect, (m, mid_state[mid])
             else:
                 assert mid_state[mid] == m
         rerouted = self.repo.reroute_from(self.owner, device)
@@ -579,15 +765,16 @@ class RepositoryMachine(RuleBasedStateMachine):
         device = data.draw(st.sampled_from([d for d in self.devs if self.old_sessions[d]]))
         sid = data.draw(st.sampled_from(self.old_sessions[device]))
         now = self.tick()
-        out = self.repo.dispatch(device, sid, data.draw(st.integers(1, 3), label="limit"), now)
-        for r in out:
-            self.dispatched_to[r.id] = device
-        if out:
-            self.phone_held[device] |= set(data.draw(st.lists(st.sampled_from([r.id for r in out]), unique=True)))
+        batch = self.repo.dispatch(device, sid, data.draw(st.integers(1, 3), label="limit"), now)
+        keys = [(u.message.id, idx, u.attempt) for u in batch.units for idx in u.recipient_indices]
+        for u in batch.units:
+            self.dispatched_to[u.message.id] = device
+        if keys:
+            self.phone_held[device] |= set(data.draw(st.lists(st.sampled_from(keys), unique=True), label="stored"))
         self.repo.close_session(device, sid, now)
         after = self.snaps()
-        for r in out:
-            assert after[r.id].state == P and after[r.id].ever_dispatched
+        for mid, idx, _ in keys:
+            assert after[mid].recipients[idx].state == P and after[mid].ever_dispatched
 
     # -- invariants --
 
@@ -598,19 +785,21 @@ class RepositoryMachine(RuleBasedStateMachine):
         # (a)
         self.events.check(snaps)
         for mid, m in snaps.items():
-            # (b)
-            if m.state == D or D in m.recipients:
-                assert m.device_id is not None and m.session_id == self.session[m.device_id], (
-                    f"{mid} is DISPATCHED on session {m.session_id!r}, but the open one is "
-                    f"{self.session.get(m.device_id or '')!r}: stuck, never re-sent"
-                )
-            assert m.state in (P, D) or m.state in FINAL_STATES or m.state in (A, S)
-            # (c)
-            if mid in self.server_accepted:
-                assert m.state not in NOT_HELD, (mid, m)
-                assert not set(m.recipients) & NOT_HELD, (mid, m)
+            for idx, r in enumerate(m.recipients):
+                # (b)
+                if r.state == D:
+                    assert m.device_id is not None and r.session_id == self.session[m.device_id], (
+                        f"{mid}[{idx}] is DISPATCHED on session {r.session_id!r}, but the open one is "
+                        f"{self.session.get(m.device_id or '')!r}: stuck, never re-sent"
+                    )
+                else:
+                    assert r.session_id == "" or r.state != P, (mid, idx, r)
+                # (c)
+                if (mid, idx, r.attempt) in self.server_accepted:
+                    assert r.state not in NOT_HELD, (mid, idx, m)
+                assert 1 <= r.attempt <= UNPACED.max_attempts
             # (d)
-            assert m.state == derive_message_state(list(m.recipients), m.with_delivery_report), m
+            assert m.state == derive_message_state(list(m.states), m.with_delivery_report), m
             # (f)
             if mid in self.pinned:
                 assert m.device_id == self.pinned[mid] and m.pinned
@@ -622,12 +811,13 @@ class RepositoryMachine(RuleBasedStateMachine):
             return
         self.created_since_list = False
         listed = self.world.repo.list(self.owner, ALL, limit=10_000, before_id=None)
-        ids = [r.id for r in listed]
-        assert len(ids) == len(set(ids)) == len(snaps)
-        assert ids == sorted(ids, reverse=True)
+        got = [r.id for r in listed]
+        assert len(got) == len(set(got)) == len(snaps)
+        assert got == sorted(got, reverse=True)
         for r in listed:
             assert r.state == snaps[r.id].state
             assert r.state == derive_message_state([x.state for x in r.recipients], r.with_delivery_report)
+            assert r.attempts == max(x.attempt for x in snaps[r.id].recipients)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -750,7 +940,7 @@ def test_cancel_pending_dispatched_and_after_accepted(world: World) -> None:
     dispatched, _ = repo.create(owner, new_message(device_id=dev), T0)
     accepted, _ = repo.create(owner, new_message(2, device_id=dev), T0)
     world.online(dev, "s1")
-    assert {r.id for r in repo.dispatch(dev, "s1", 10, T0)} == {dispatched.id, accepted.id}
+    assert set(ids(repo.dispatch(dev, "s1", 10, T0))) == {dispatched.id, accepted.id}
     record, device = repo.cancel(owner, dispatched.id, T0)
     assert record.state == C and device == dev  # the session must send Drop
 
@@ -782,7 +972,9 @@ def test_receipts_forward_only_and_foreign_ones_ignored(world: World) -> None:
     assert got.state == S  # least advanced, still waiting for a delivery report
     assert repo.apply_receipts(dev, [ReceiptUpdate(m.id, F, 1, "no credit")], T0) == 1
     got = repo.get(owner, m.id)
-    assert got.state == F and got.recipients[1].error == "no credit"
+    assert got.state == F and got.recipients[1].error == "generic_failure: no credit"
+    assert got.recipients[1].last_error == got.last_error == "generic_failure: no credit"
+    assert got.recipients[1].attempt == 1  # a final class: never retried
     assert repo.apply_receipts(dev, [ReceiptUpdate(m.id, DL, 1), ReceiptUpdate(m.id, A, 0)], T0) == 0
 
 
@@ -807,19 +999,19 @@ def test_session_loss_returns_unaccepted_to_pending_and_held_ids_accept(world: W
     b, _ = repo.create(owner, new_message(device_id=dev), T0)
     c, _ = repo.create(owner, new_message(device_id=dev), T0)
     world.online(dev, "s1")
-    assert len(repo.dispatch(dev, "s1", 10, T0)) == 3
+    assert len(repo.dispatch(dev, "s1", 10, T0).units) == 3
     repo.apply_receipts(dev, [ReceiptUpdate(a.id, A, 0)], T0)
     # The phone also stored b, but the session died before its receipt was stored.
     repo.close_session(dev, "s1", T0)
     assert [world.state(x.id) for x in (a, b, c)] == [A, P, P]
     world.online(dev, "s2", held=[b.id])
     assert [world.state(x.id) for x in (a, b, c)] == [A, A, P]
-    assert [r.id for r in repo.dispatch(dev, "s2", 10, T0)] == [c.id]
+    assert ids(repo.dispatch(dev, "s2", 10, T0)) == [c.id]
     # A new session that replaces s2 without s2 closing first still frees c.
     world.online(dev, "s3")
     assert world.state(c.id) == P
     repo.close_session(dev, "s2", T0)  # the late close of the replaced session
-    assert [r.id for r in repo.dispatch(dev, "s3", 10, T0)] == [c.id]
+    assert ids(repo.dispatch(dev, "s3", 10, T0)) == [c.id]
     events = [(e.message_id, e.state, e.error) for e in repo.events_after(owner, 0, limit=100, message_ids=[c.id])]
     assert events == [(c.id, P, ""), (c.id, D, ""), (c.id, P, "session_lost"), (c.id, D, ""),
                       (c.id, P, "session_lost"), (c.id, D, "")]
@@ -841,7 +1033,7 @@ def test_open_session_routes_unrouted_messages(tmp_path: Path) -> None:
         dev = world.pair()
         world.online(dev, "s1")
         assert world.repo.get(world.owner, m.id).device_id == dev
-        assert [r.id for r in world.repo.dispatch(dev, "s1", 5, T0)] == [m.id]
+        assert ids(world.repo.dispatch(dev, "s1", 5, T0)) == [m.id]
     finally:
         world.db.close()
 
@@ -865,11 +1057,11 @@ def test_dispatch_order_and_limit(world: World) -> None:
     high, _ = repo.create(owner, new_message(device_id=dev, priority=9), T0)
     second, _ = repo.create(owner, new_message(device_id=dev), T0)
     world.online(dev, "s1")
-    assert repo.dispatch(dev, "s1", 0, T0) == []
-    got = [r.id for r in repo.dispatch(dev, "s1", 2, T0)] + [r.id for r in repo.dispatch(dev, "s1", 5, T0)]
+    assert repo.dispatch(dev, "s1", 0, T0).units == []
+    got = ids(repo.dispatch(dev, "s1", 2, T0)) + ids(repo.dispatch(dev, "s1", 5, T0))
     mids = sorted([first.id, second.id])
     assert got == [high.id, *mids, low.id]
-    assert repo.dispatch(dev, "s1", 5, T0) == []
+    assert repo.dispatch(dev, "s1", 5, T0).units == []
 
 
 def test_dispatch_skips_expired_and_still_fills_the_window(world: World) -> None:
@@ -887,18 +1079,22 @@ def test_dispatch_skips_expired_and_still_fills_the_window(world: World) -> None
     later = T0 + timedelta(seconds=10)
     got = repo.dispatch(dev, "s1", 3, later)
     assert all(world.state(m.id) == E for m in expired)
-    assert sorted(r.id for r in got) == sorted(m.id for m in live)
+    assert sorted(ids(got)) == sorted(m.id for m in live)
 
 
-def test_expire_due_only_moves_unaccepted_past_valid_until(world: World) -> None:
+def test_expire_due_moves_every_unsent_recipient_past_valid_until(world: World) -> None:
+    """PENDING, DISPATCHED and ACCEPTED recipients expire (the phone holding them is told to
+    drop them); a SENT one stays."""
     repo, owner = world.repo, world.owner
     dev = world.device_ids[0]
     soon = T0 + timedelta(seconds=30)
     world.online(dev, "s1")
     dispatched, _ = repo.create(owner, new_message(device_id=dev, valid_until=soon, priority=3), T0)
     accepted, _ = repo.create(owner, new_message(device_id=dev, valid_until=soon, priority=2), T0)
-    assert [r.id for r in repo.dispatch(dev, "s1", 2, T0)] == [dispatched.id, accepted.id]
-    repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, A, 0)], T0)
+    half_sent, _ = repo.create(owner, new_message(2, device_id=dev, valid_until=soon, priority=1), T0)
+    assert ids(repo.dispatch(dev, "s1", 3, T0)) == [dispatched.id, accepted.id, half_sent.id]
+    repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, A, 0), ReceiptUpdate(half_sent.id, A, 0)], T0)
+    repo.apply_receipts(dev, [ReceiptUpdate(half_sent.id, S, 0)], T0)
     pending, _ = repo.create(owner, new_message(2, device_id=dev, valid_until=soon), T0)
     future, _ = repo.create(owner, new_message(device_id=dev, valid_until=soon + timedelta(hours=1)), T0)
     forever, _ = repo.create(owner, new_message(device_id=dev), T0)
@@ -906,19 +1102,29 @@ def test_expire_due_only_moves_unaccepted_past_valid_until(world: World) -> None
     unrouted, _ = repo.create(unrouted_owner, new_message(valid_until=soon), T0)
 
     assert repo.expire_due(soon - timedelta(seconds=1)) == set()
-    assert repo.expire_due(soon) == {dev}  # only the DISPATCHED one needs a Drop
+    assert repo.expire_due(soon) == {dev}  # the ones a phone may hold need a Drop
     assert world.state(dispatched.id) == E
+    assert world.state(accepted.id) == E
     assert world.state(pending.id) == E
-    assert [r.error for r in repo.get(owner, pending.id).recipients] == [
-        "valid_until passed before a phone accepted it"
-    ] * 2
+    assert [r.state for r in repo.get(owner, half_sent.id).recipients] == [S, E]
+    assert [r.error for r in repo.get(owner, pending.id).recipients] == ["valid_until passed before it was sent"] * 2
     assert repo.get(unrouted_owner, unrouted.id).state == E
-    assert world.state(accepted.id) == A
     assert world.state(future.id) == P
     assert world.state(forever.id) == P
-    assert repo.final_states(dev, [dispatched.id, accepted.id, future.id]) == {dispatched.id: E}
+    assert repo.final_states(dev, [dispatched.id, accepted.id, future.id, pending.id]) == {
+        dispatched.id: E, accepted.id: E, pending.id: E
+    }
     assert repo.final_states("other-device", [dispatched.id]) == {}  # scoped to the device
     assert repo.expire_due(soon) == set()  # nothing left to do
+    # The next round tells the phone to drop what it may hold, once; the never-dispatched
+    # `pending` needs no Drop.
+    batch = repo.dispatch(dev, "s1", 5, soon)
+    assert batch.drops == {dispatched.id: E, accepted.id: E, half_sent.id: E}
+    assert ids(batch) == [future.id, forever.id]
+    assert repo.dispatch(dev, "s1", 5, soon).drops == {}
+    # A late SENT for an expired recipient changes nothing.
+    assert repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, S, 0)], soon) == 0
+    assert world.state(accepted.id) == E
 
 
 def test_expire_due_drains_every_due_message_in_batches(world: World) -> None:
@@ -936,8 +1142,8 @@ def test_reroute_from_never_moves_dispatched_or_pinned(world: World) -> None:
     world.online(d0, "s1")
     was_dispatched, _ = repo.create(owner, new_message(), T0)
     assert was_dispatched.device_id == d0
-    assert [r.id for r in repo.dispatch(d0, "s1", 1, T0)] == [pinned.id]
-    assert [r.id for r in repo.dispatch(d0, "s1", 1, T0)] == [was_dispatched.id]
+    assert ids(repo.dispatch(d0, "s1", 1, T0)) == [pinned.id]
+    assert ids(repo.dispatch(d0, "s1", 1, T0)) == [was_dispatched.id]
     free = [repo.create(owner, new_message(), T0)[0] for _ in range(2)]
     assert {m.device_id for m in free} == {d0}
     repo.close_session(d0, "s1", T0)  # pinned and was_dispatched back to PENDING
@@ -998,3 +1204,37 @@ def test_list_filters_and_cursor(world: World) -> None:
     assert [m.id for m in repo.list(owner, MessageFilter(state=C), limit=10, before_id=None)] == [ids[0]]
     on_d0 = repo.list(owner, MessageFilter(device_id=d0), limit=10, before_id=None)
     assert sorted(m.id for m in on_d0) == sorted(ids[1::2])
+
+
+def test_delete_device_releases_per_recipient(world: World) -> None:
+    """Deleting a phone: the unaccepted recipients of its unpinned messages go back to
+    PENDING on another phone; those of pinned messages FAIL; accepted ones keep their state,
+    including in a message that shows PENDING (another recipient waits for a retry)."""
+    repo, owner = world.repo, world.owner
+    d0, d1 = world.device_ids
+    world.online(d0, "s1")
+    free = repo.create(owner, new_message(2, device_id=""), T0)[0]
+    pinned = repo.create(owner, new_message(2, device_id=d0), T0)[0]
+    assert free.device_id == d0
+    assert set(ids(repo.dispatch(d0, "s1", 10, T0))) == {free.id, pinned.id}
+    repo.apply_receipts(
+        d0,
+        [
+            ReceiptUpdate(free.id, A, 0, recipient_indices=(0,)),
+            ReceiptUpdate(free.id, F, 0, failure_class="no_service"),  # recipient 0: retry later
+            ReceiptUpdate(pinned.id, A, 0, recipient_indices=(0,)),
+        ],
+        T0,
+    )
+    assert [r.state for r in repo.get(owner, free.id).recipients] == [P, D]
+    assert world.state(free.id) == P
+    world.online(d1, "s2")
+    rerouted, failed, wake = repo.delete_device(owner, d0, T0 + timedelta(seconds=1))
+    assert (rerouted, failed) == (1, 1) and wake == {d0, d1}
+    got = repo.get(owner, free.id)
+    assert got.device_id == d1 and [r.state for r in got.recipients] == [P, P]
+    assert [r.attempt for r in got.recipients] == [2, 1]
+    got = repo.get(owner, pinned.id)
+    assert [r.state for r in got.recipients] == [A, F] and got.recipients[1].error == "device deleted"
+    snap = snapshot(world.db)
+    assert all(r.session_id == "" for r in snap[free.id].recipients)
