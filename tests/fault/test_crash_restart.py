@@ -71,7 +71,7 @@ def test_kill9_mid_burst_loses_nothing_sends_nothing_twice(server: ServerProcess
             gate = trio.Event()
             phones = await start_phones(
                 nursery, server.grpc_target, server.token, server.device_url, PHONES,
-                modem=ModemOptions(send_delay=0.05, delivery_delay=0.05), gate=gate,
+                modem=ModemOptions(send_delay=0.05, delivery_delay=0.05, android_limit_parts=0), gate=gate,  # unpaced server
             )
             threads = [threading.Thread(target=senders.run, args=(p,), daemon=True) for p in range(SENDERS)]
             for t in threads:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 import trio.testing
@@ -28,7 +28,7 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-__all__ = ["MemoryListener", "MemoryWebSocket", "VirtualTime"]
+__all__ = ["MemoryListener", "MemoryWebSocket", "VirtualTime", "run_virtual"]
 
 
 class _NoSocket:
@@ -229,3 +229,18 @@ class VirtualTime:
                 # and made tasks runnable again.
                 return
 
+
+
+def run_virtual(main: Callable[[VirtualTime], Awaitable[None]], *, real_limit: float = 20.0) -> None:
+    """trio.run `main` on a MockClock without autojump, moved by VirtualTime (never during a
+    storage thread); `real_limit` bounds one worker thread in real seconds."""
+    clock = trio.testing.MockClock()
+    vt = VirtualTime(clock, real_limit=real_limit)
+
+    async def root() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(vt.run)
+            await main(vt)
+            nursery.cancel_scope.cancel()
+
+    trio.run(root, clock=clock)

@@ -8,8 +8,14 @@ import trio
 from smsgw_client import Client
 
 from smsgw_agent import Backoff, ModemOptions, PhoneAgent, SimulatedModem
+from smsgw_agent.modem import SendResult
 
-__all__ = ["start_phones", "GatedModem"]
+__all__ = ["start_phones", "GatedModem", "UNPACED_MODEM"]
+
+# The test servers run unpaced (tests/helpers/server.py LENIENT_LIMITS), so their phones do
+# not enforce Android's 30-parts-per-minute limit either; the scheduler's own tests
+# (test_scheduler.py) keep it on and assert it is never tripped.
+UNPACED_MODEM = ModemOptions(send_delay=0.01, delivery_delay=0.01, android_limit_parts=0)
 
 
 class GatedModem(SimulatedModem):
@@ -19,7 +25,7 @@ class GatedModem(SimulatedModem):
         super().__init__(options)
         self.gate = gate
 
-    async def send(self, *args: Any, **kwargs: Any) -> tuple[bool, str]:
+    async def send(self, *args: Any, **kwargs: Any) -> SendResult:
         if self.gate is not None:
             await self.gate.wait()
         return await super().send(*args, **kwargs)
@@ -50,7 +56,7 @@ async def start_phones(
             pairing_code=code,
             window=window,
             encoding=encoding,
-            modem=GatedModem(modem or ModemOptions(send_delay=0.01, delivery_delay=0.01), gate=gate),
+            modem=GatedModem(modem or UNPACED_MODEM, gate=gate),
             # Tests reconnect fast; the schedule's shape is unit-tested in test_backoff.
             backoff=Backoff(scale=0.02),
             name=f"test-{i}",

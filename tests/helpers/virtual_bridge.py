@@ -11,14 +11,13 @@ storage thread runs, so storage takes zero virtual time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
-import trio.testing
 from prometheus_client import CollectorRegistry
 
 from device_bridge.metrics import BridgeMetrics
@@ -35,9 +34,9 @@ from gateway.messages.segments import count_segments
 from gateway.storage.engine import Database
 from smsgw_agent import ModemOptions, PhoneAgent, SimulatedModem
 from tests.helpers.accounts import create_owner
-from tests.helpers.memory_net import MemoryListener, MemoryWebSocket, VirtualTime
+from tests.helpers.memory_net import MemoryListener, MemoryWebSocket
 
-__all__ = ["T0", "World", "run_virtual", "text_of_parts"]
+__all__ = ["T0", "World", "connected", "text_of_parts"]
 
 #: Virtual time 0 on the scheduler's wall clock.
 T0 = datetime(2030, 6, 3, 9, 0, tzinfo=UTC)
@@ -139,7 +138,7 @@ async def connected(world: World, agent: PhoneAgent) -> AsyncIterator[BridgeServ
             )
             async with trio.open_nursery() as work:
                 agent.use_nursery(work)
-                await agent._converse(ws)  # type: ignore[arg-type]
+                await agent.converse(ws)  # type: ignore[arg-type]
                 work.cancel_scope.cancel()
 
         nursery.start_soon(phone)
@@ -151,17 +150,3 @@ async def connected(world: World, agent: PhoneAgent) -> AsyncIterator[BridgeServ
             with trio.fail_after(10):
                 await bridge.aclose()
             nursery.cancel_scope.cancel()
-
-
-def run_virtual(main: Callable[[VirtualTime], Awaitable[None]]) -> None:
-    """trio.run `main` on a MockClock moved by VirtualTime (never during a storage thread)."""
-    clock = trio.testing.MockClock()
-    vt = VirtualTime(clock, real_limit=60.0)
-
-    async def root() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(vt.run)
-            await main(vt)
-            nursery.cancel_scope.cancel()
-
-    trio.run(root, clock=clock)

@@ -11,12 +11,10 @@ running, so a storage call takes no virtual time and the numbers below are exact
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
-import trio.testing
 from prometheus_client import CollectorRegistry
 from websockets.exceptions import ConnectionClosed
 
@@ -41,7 +39,7 @@ from gateway.messages.repository import MessageRepository
 from gateway.storage.engine import Database
 from gateway.types import State
 from tests.helpers.accounts import create_owner
-from tests.helpers.memory_net import MemoryListener, MemoryWebSocket, VirtualTime
+from tests.helpers.memory_net import MemoryListener, MemoryWebSocket, VirtualTime, run_virtual
 
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 1.0
@@ -156,19 +154,6 @@ async def _start_bridge(nursery: trio.Nursery, world: World) -> tuple[BridgeServ
     return bridge, listener
 
 
-def _run(main: Callable[[VirtualTime], Awaitable[None]]) -> None:
-    clock = trio.testing.MockClock()  # no autojump: VirtualTime moves it, never during a storage thread
-    vt = VirtualTime(clock)
-
-    async def root() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(vt.run)
-            await main(vt)
-            nursery.cancel_scope.cancel()
-
-    trio.run(root, clock=clock)
-
-
 def test_silent_phone_is_dead_within_ping_interval_plus_timeout(tmp_path: Path) -> None:
     world = World(tmp_path)
     report: dict[str, object] = {}
@@ -206,7 +191,7 @@ def test_silent_phone_is_dead_within_ping_interval_plus_timeout(tmp_path: Path) 
             nursery.cancel_scope.cancel()
 
     try:
-        _run(main)
+        run_virtual(main)
     finally:
         world.db.close()
 
@@ -267,7 +252,7 @@ def test_phone_that_keeps_reading_stays_connected(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
     try:
-        _run(main)
+        run_virtual(main)
     finally:
         world.db.close()
 

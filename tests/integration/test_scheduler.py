@@ -18,8 +18,8 @@ from device_bridge.protocol import FailureClass
 from gateway.config import SchedulerSettings
 from gateway.types import FINAL_STATES, State
 from smsgw_agent import ModemOptions, PhoneAgent
-from tests.helpers.memory_net import VirtualTime
-from tests.helpers.virtual_bridge import T0, World, connected, run_virtual, text_of_parts
+from tests.helpers.memory_net import VirtualTime, run_virtual
+from tests.helpers.virtual_bridge import T0, World, connected, text_of_parts
 
 DEFAULTS = SchedulerSettings()
 DEFAULT_SEND_DELAY = 0.2  # seconds per part in these tests' modems
@@ -69,7 +69,7 @@ def test_burst_of_200_mixed_parts_two_sims_paced_never_trips_android_in_priority
         report["ids"], report["agent"] = ids, agent
 
     try:
-        run_virtual(main)
+        run_virtual(main, real_limit=60.0)
         ids: list[str] = report["ids"]  # type: ignore[assignment]
         agent: PhoneAgent = report["agent"]  # type: ignore[assignment]
         modem = agent.modem
@@ -144,7 +144,7 @@ def test_each_failure_class_takes_its_path(tmp_path: Path) -> None:
         report["ids"], report["agent"] = ids, agent
 
     try:
-        run_virtual(main)
+        run_virtual(main, real_limit=60.0)
         ids: dict[str, str] = report["ids"]  # type: ignore[assignment]
         agent: PhoneAgent = report["agent"]  # type: ignore[assignment]
         got = {name: world.messages.get(world.owner_id, mid) for name, mid in ids.items()}
@@ -212,7 +212,7 @@ def test_scheduled_rescheduled_and_expiring_messages_follow_the_clock(tmp_path: 
         report.update(ids=dict(at_ten=at_ten, moved=moved, cancelled=cancelled), hurried=hurried, agent=agent)
 
     try:
-        run_virtual(main)
+        run_virtual(main, real_limit=60.0)
         agent: PhoneAgent = report["agent"]  # type: ignore[assignment]
         ids: dict[str, str] = report["ids"]  # type: ignore[assignment]
         hurried: list[str] = report["hurried"]  # type: ignore[assignment]

@@ -4,13 +4,35 @@ The phone side of the protocol (DESIGN, "Phone protocol"; ``device.proto``):
 
 * connect to ``/device/v1`` with ``Authorization: Bearer <token>`` (or
   ``Pairing <code>`` the first time; the Welcome then carries the credentials,
-  which are used for every later connect), send Hello, wait for Welcome;
-* on Deliver: drop duplicates by id (re-sending their receipts), otherwise
-  hold the message, answer Receipt(ACCEPTED), and send it through the modem
-  in the background, reporting SENT / FAILED and DELIVERED per recipient;
+  which are used for every later connect), send Hello, wait for Welcome.
+  Hello reports the SIMs, and in ``held`` every recipient the phone holds
+  that is not finished or whose ACCEPTED receipt is not acknowledged yet
+  (``held_message_ids``: their messages), so the bridge marks them ACCEPTED,
+  does not re-send them, and Drops those cancelled or expired meanwhile;
+* a Deliver asks for a subset of a message's recipients
+  (``recipient_indices[k]`` is the recipient index of ``phone_numbers[k]``)
+  for one ``attempt``; a message may come in several Delivers (other
+  recipients, or a retry with ``attempt + 1`` after a retryable failure).
+  The store is keyed by ``(message_id, recipient_index, attempt)``: a Deliver
+  whose keys are all held is a duplicate and is never sent again (the phone
+  re-sends the unacknowledged receipts of those recipients, or answers a
+  fresh ACCEPTED when none are left); new keys are held and answered with
+  Receipt(ACCEPTED, recipient_indices, attempt);
+* held recipients are sent through the modem in the background, one after
+  the other in Deliver order, from SIM ``sim_number`` (0 = the first SIM), all
+  ``parts`` parts of a recipient per send (0 = 1 part), as Android's
+  ``sendMultipartTextMessage`` does. The phone reports SENT with
+  ``parts_done = k`` as part k's sent-callback fires, DELIVERED with
+  ``parts_done = k`` per part delivery report (when asked and the carrier
+  reports), and FAILED with a ``failure_class`` and ``parts_done`` = parts
+  sent before the failure; every receipt names one ``recipient_index`` and
+  the Deliver's ``attempt``;
 * keep every receipt until the bridge Acks its event id, and re-send the
   unacknowledged ones, in order, right after each Welcome;
-* on Drop: never send a message whose sending has not started;
+* on Drop: never start sending any not-yet-started recipient of that message;
+* on Settings (and ``Welcome.settings``): keep the latest pacing in
+  :attr:`PhoneAgent.settings`. The bridge does the pacing; the phone only
+  keeps it;
 * reconnect with :class:`~smsgw_agent.backoff.Backoff` (RELIABILITY 8) until
   cancelled, stopping for good on close 4003 (REPLACED), 4004
   (CREDENTIALS_REVOKED) or HTTP 401/403 at the upgrade.
@@ -32,7 +54,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -50,19 +72,23 @@ from device_bridge.protocol import (
     DropReceived,
     Encoding,
     Event,
+    FailureClass,
+    HeldRecipient,
+    PacingSettings,
     Receipt,
     ReceiptState,
     RemoteProtocolError,
     SessionState,
+    SettingsReceived,
     Side,
     SimInfo,
     WelcomeReceived,
 )
 
 from .backoff import Backoff
-from .modem import SimulatedModem
+from .modem import SimulatedModem, failure_code
 
-__all__ = ["AgentStatistics", "PhoneAgent", "DEFAULT_SIMS", "STOP_CLOSE_CODES"]
+__all__ = ["AgentStatistics", "PhoneAgent", "RecipientKey", "DEFAULT_SIMS", "STOP_CLOSE_CODES", "NO_SUCH_SIM"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +99,8 @@ STOP_CLOSE_CODES: dict[int, str] = {
     CloseCode.REPLACED: "replaced",
     CloseCode.CREDENTIALS_REVOKED: "credentials_revoked",
 }
+#: The error of a FAILED (GENERIC_FAILURE) receipt for a Deliver naming a SIM the phone lacks.
+NO_SUCH_SIM = "no_such_sim"
 #: HTTP statuses at the upgrade that mean "these credentials will never work".
 _STOP_HTTP_STATUSES = frozenset({401, 403})
 
@@ -92,35 +120,58 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(slots=True, eq=False)
-class _Progress:
-    """What the phone did with one held message (the durable part of the store)."""
+class RecipientKey(NamedTuple):
+    """The phone's duplicate key: one recipient of one message, for one attempt."""
 
-    delivery: Delivery
+    message_id: str
+    recipient_index: int
+    attempt: int
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class _Recipient:
+    """What the phone did with one held recipient (the durable part of the store)."""
+
+    key: RecipientKey
+    delivery: Delivery  # the Deliver that brought it
+    number: str  # never logged, never in repr
+    parts: int  # Deliver.parts, 0 read as 1
     event_ids: list[int] = field(default_factory=list)  # every receipt made for it
     started: bool = False  # the modem was asked to send (Drop is too late now)
-    finished: bool = False  # every recipient has its SENT / FAILED
+    finished: bool = False  # SENT of every part, or FAILED
+    failed: bool = False
     dropped: bool = False  # a Drop arrived before sending started
+    parts_sent: int = 0
+    parts_delivered: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<_Recipient {self.key} parts={self.parts} sent={self.parts_sent} delivered={self.parts_delivered}"
+            f"{' started' if self.started else ''}{' finished' if self.finished else ''}"
+            f"{' failed' if self.failed else ''}{' dropped' if self.dropped else ''}>"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class AgentStatistics:
-    """Counters of one phone (trio's ``statistics()`` convention)."""
+    """Counters of one phone (trio's ``statistics()`` convention); counts are per recipient unless said."""
 
     connected: bool
     sessions: int  # Welcomes received
     received: int  # Delivers, duplicates included
-    duplicates: int  # Delivers for a message already held (or parked)
-    accepted: int  # distinct messages accepted
-    parked: int  # held back by pause_accepting
-    held: int
-    sending: int  # accepted, not finished
-    sent: int  # SENT receipts made
-    failed: int  # FAILED receipts made
-    delivered: int  # DELIVERED receipts made
-    dropped: int  # Drops honoured (message never sent)
+    duplicates: int  # Delivers naming a recipient (and attempt) already held, or a parked one again
+    accepted: int  # distinct recipient keys (message, recipient, attempt) accepted
+    parked: int  # Delivers held back by pause_accepting
+    held: int  # recipient keys held (finished ones included, dropped ones not)
+    sending: int  # held, not finished
+    sent: int  # recipients whose every part was sent
+    failed: int  # FAILED receipts made (one per failed recipient attempt)
+    delivered: int  # recipients whose every part was reported delivered
+    dropped: int  # recipients a Drop kept from being sent (parked ones included)
     receipts: int  # receipts made
     unacked: int  # receipts the bridge has not acknowledged yet
+    parts_sent: int = 0  # SENT receipts made (one per part)
+    parts_delivered: int = 0  # DELIVERED receipts made (one per part)
 
 
 class PhoneAgent:
@@ -134,7 +185,9 @@ class PhoneAgent:
         encoding: ``"proto"`` or ``"json"`` (the subprotocol to offer).
         window: The flow-control window to advertise, 1..1000.
         modem: Sends the messages.
-        sims: The SIMs to report in Hello.
+        sims: The SIMs to report in Hello; a Deliver's ``sim_number`` 0 means
+            the first of them, one naming a slot not here FAILs with
+            GENERIC_FAILURE (error :data:`NO_SUCH_SIM`) without sending.
         app_version: Reported in Hello (and as the User-Agent).
         backoff: Reconnect delays; a default :class:`Backoff` when None.
         name: A label for log lines and the simulator.
@@ -152,15 +205,21 @@ class PhoneAgent:
 
     Attributes (test hooks; read them, do not write them, except
     ``pause_accepting``):
-        received: Every Deliver's message id in arrival order, duplicates included.
-        accepted: Ids of every message the phone ever accepted.
-        held: Accepted messages by id (Dropped ones removed).
+        received: The message id of every Deliver in arrival order, duplicates
+            included (a message sent in several Delivers appears once per Deliver).
+        accepted: Every :class:`RecipientKey` ``(message_id, recipient_index,
+            attempt)`` the phone ever accepted.
+        held: The Deliver of each held recipient, by :class:`RecipientKey`
+            (finished ones included; Dropped ones removed). See
+            :meth:`held_message_ids` for the messages.
         unacked: Receipts the bridge has not acknowledged, by event id, in order.
-        parked: Delivers held back while ``pause_accepting`` is True.
+        parked: Delivers held back while ``pause_accepting`` is True, by message
+            id (the bridge has at most one Deliver of a message in flight).
         pause_accepting: While True, new Delivers are parked, not accepted (no
             ACCEPTED receipt): a phone that dies between receiving and
             accepting. Parked ones are forgotten when the session ends; see
             :meth:`accept_parked` to accept them instead.
+        settings: The latest pacing the bridge pushed (Welcome or Settings), or None.
         sessions: How many Welcomes arrived.
         device_id: From the last Welcome.
         credentials: From a pairing Welcome.
@@ -197,6 +256,8 @@ class PhoneAgent:
             raise ValueError(f"window must be in 1..{MAX_WINDOW}")
         if ssl_context is not None and not device_url.startswith("wss://"):
             raise ValueError("ssl_context needs a wss:// device_url")
+        if not sims:
+            raise ValueError("a phone needs at least one SIM")
         self.device_url = device_url
         self.ssl_context = ssl_context
         self.token = token or None
@@ -216,11 +277,13 @@ class PhoneAgent:
         self._log = _PhoneLog(log, {"phone": name})
 
         # The durable store: survives every reconnect.
-        self.held: dict[str, Delivery] = {}
-        self._progress: dict[str, _Progress] = {}
+        self.held: dict[RecipientKey, Delivery] = {}
+        self._recipients: dict[RecipientKey, _Recipient] = {}
+        self._by_message: dict[str, list[_Recipient]] = {}
         self.unacked: dict[int, Receipt] = {}
         self._next_event_id = 1
-        self.accepted: set[str] = set()
+        self.accepted: set[RecipientKey] = set()
+        self.settings: PacingSettings | None = None
         # Test hooks.
         self.received: list[str] = []
         self.parked: dict[str, Delivery] = {}
@@ -233,8 +296,10 @@ class PhoneAgent:
         # Counters.
         self._duplicates = 0
         self._sent = 0
+        self._parts_sent = 0
         self._failed = 0
         self._delivered = 0
+        self._parts_delivered = 0
         self._dropped = 0
         self._receipts = 0
 
@@ -265,7 +330,7 @@ class PhoneAgent:
 
     def statistics(self) -> AgentStatistics:
         """Return the phone's counters."""
-        sending = sum(1 for p in self._progress.values() if not p.finished and not p.dropped)
+        sending = sum(1 for r in self._recipients.values() if not r.finished)
         return AgentStatistics(
             connected=self.connected,
             sessions=self.sessions,
@@ -281,15 +346,32 @@ class PhoneAgent:
             dropped=self._dropped,
             receipts=self._receipts,
             unacked=len(self.unacked),
+            parts_sent=self._parts_sent,
+            parts_delivered=self._parts_delivered,
         )
 
+    def held_message_ids(self) -> list[str]:
+        """Messages with at least one held recipient, in the order they were first accepted."""
+        return [message_id for message_id, records in self._by_message.items() if records]
+
+    def held_recipients(self) -> list[HeldRecipient]:
+        """What Hello reports in ``held``: each held recipient (and attempt) not finished
+        yet, or whose ACCEPTED receipt the bridge has not acknowledged."""
+        unacked_accepted = {e for e, r in self.unacked.items() if r.state is ReceiptState.ACCEPTED}
+        return [
+            HeldRecipient(*record.key)
+            for record in self._recipients.values()
+            if not record.finished or unacked_accepted.intersection(record.event_ids)
+        ]
+
     def held_unacked_ids(self) -> list[str]:
-        """Held messages whose ACCEPTED receipt is not acknowledged yet (for Hello)."""
-        ids: dict[str, None] = {}
-        for receipt in self.unacked.values():
-            if receipt.state is ReceiptState.ACCEPTED and receipt.message_id in self.held:
-                ids[receipt.message_id] = None
-        return list(ids)
+        """What Hello reports in ``held_message_ids``: the messages of :meth:`held_recipients`."""
+        return list(dict.fromkeys(h.message_id for h in self.held_recipients()))
+
+    def recipient_progress(self, message_id: str, recipient_index: int, attempt: int = 1) -> tuple[int, int] | None:
+        """``(parts_sent, parts_delivered)`` of a held recipient, or None when not held."""
+        record = self._recipients.get(RecipientKey(message_id, recipient_index, attempt))
+        return None if record is None else (record.parts_sent, record.parts_delivered)
 
     async def wait_connected(self) -> None:
         """Return once a session is open: at once if one is, else at the next Welcome."""
@@ -317,10 +399,20 @@ class PhoneAgent:
         """
         self._nursery = nursery
 
+    def send_hello(self, proto: DeviceSession) -> None:
+        """Queue this phone's Hello on ``proto`` (SIMs, held recipients and their messages)."""
+        proto.send_hello(
+            app_version=self.app_version,
+            sims=self.sims,
+            held_message_ids=self.held_unacked_ids(),
+            held=self.held_recipients(),
+        )
+
     def attach_session(self, proto: DeviceSession) -> None:
         """Make ``proto`` the current session; receipts go out once it is OPEN.
 
-        Call it right after the WebSocket opened and Hello was queued.
+        Call it right after the WebSocket opened and Hello was queued
+        (:meth:`send_hello`).
         """
         if proto.side is not Side.PHONE:
             raise ValueError("a phone needs a PHONE session")
@@ -353,6 +445,8 @@ class PhoneAgent:
                 self.unacked.pop(event_id, None)
         elif isinstance(event, DropReceived):
             self._on_drop(event.message_id)
+        elif isinstance(event, SettingsReceived):
+            self.settings = event.settings
         elif isinstance(event, WelcomeReceived):
             self._on_welcome(event)
         else:  # HelloReceived / ReceiptReceived only reach a BRIDGE session
@@ -363,8 +457,7 @@ class PhoneAgent:
         """Accept every parked Deliver now (e.g. after clearing ``pause_accepting``)."""
         parked, self.parked = self.parked, {}
         for delivery in parked.values():
-            if delivery.message_id not in self.held:
-                self._accept(delivery)
+            self._accept(delivery)
         self._notify()
 
     def _on_welcome(self, event: WelcomeReceived) -> None:
@@ -374,6 +467,8 @@ class PhoneAgent:
             self.pairing_code = None  # spent
             if self.on_credentials is not None:
                 self.on_credentials(event.credentials)
+        if event.settings is not None:
+            self.settings = event.settings
         self.device_id = event.device_id
         self.sessions += 1
         self.backoff.reset()
@@ -388,62 +483,111 @@ class PhoneAgent:
             task_status, self._task_status = self._task_status, None
             task_status.started()
 
+    @staticmethod
+    def _keys(delivery: Delivery) -> list[RecipientKey]:
+        return [RecipientKey(delivery.message_id, index, delivery.attempt) for index in delivery.recipient_indices]
+
     def _on_deliver(self, delivery: Delivery) -> None:
         message_id = delivery.message_id
         self.received.append(message_id)
-        progress = self._progress.get(message_id)
-        if message_id in self.held and progress is not None:
+        keys = self._keys(delivery)
+        known = [self._recipients[k] for k in keys if k in self._recipients]
+        if known:
             # A duplicate (flagged by the protocol or not: after a reconnect
-            # only the store remembers). Never send again; answer with what
-            # the bridge may have missed.
+            # only the store remembers). Never send those again; answer with
+            # what the bridge may have missed.
             self._duplicates += 1
-            pending = [self.unacked[e] for e in progress.event_ids if e in self.unacked]
-            if pending:
-                for receipt in pending:
-                    self._transmit(receipt)
-            else:
-                self._emit(progress, ReceiptState.ACCEPTED)
-            return
-        if message_id in self.parked:
+            pending = sorted({e for record in known for e in record.event_ids if e in self.unacked})
+            for event_id in pending:
+                self._transmit(self.unacked[event_id])
+            if len(known) == len(keys):
+                if any(not any(e in self.unacked for e in record.event_ids) for record in known):
+                    self._emit(known, ReceiptState.ACCEPTED, recipient_indices=delivery.recipient_indices,
+                               attempt=delivery.attempt)
+                return
+            # Some recipients are new: accept them (below) with the rest.
+        parked = self.parked.get(message_id)
+        if parked is not None and self._keys(parked) == keys:
             self._duplicates += 1
             return
         if self.pause_accepting:
-            self.parked[message_id] = delivery
+            self.parked[message_id] = delivery  # at most one Deliver of a message in flight
             return
         self._accept(delivery)
 
     def _accept(self, delivery: Delivery) -> None:
+        """Hold the Deliver's new recipients, answer ACCEPTED for all of them, start sending."""
         if self._nursery is None:
             raise RuntimeError("PhoneAgent.use_nursery() was not called (run() does it)")
-        message_id = delivery.message_id
-        progress = _Progress(delivery)
-        self.held[message_id] = delivery
-        self._progress[message_id] = progress
-        self.accepted.add(message_id)
-        self._emit(progress, ReceiptState.ACCEPTED)
-        self._nursery.start_soon(self._send_message, progress)
+        records: list[_Recipient] = []
+        fresh: list[_Recipient] = []
+        parts = max(delivery.parts, 1)
+        for key, number in zip(self._keys(delivery), delivery.phone_numbers, strict=True):
+            record = self._recipients.get(key)
+            if record is None:
+                record = _Recipient(key, delivery, number, parts)
+                self._recipients[key] = record
+                self._by_message.setdefault(key.message_id, []).append(record)
+                self.held[key] = delivery
+                self.accepted.add(key)
+                fresh.append(record)
+            records.append(record)
+        self._emit(records, ReceiptState.ACCEPTED, recipient_indices=delivery.recipient_indices,
+                   attempt=delivery.attempt)
+        if fresh:
+            self._nursery.start_soon(self._send_recipients, fresh)
 
     def _on_drop(self, message_id: str) -> None:
-        if self.parked.pop(message_id, None) is not None:
+        parked = self.parked.pop(message_id, None)
+        if parked is not None:
+            self._dropped += len(parked.recipient_indices)
+        records = self._by_message.get(message_id, [])
+        keep = []
+        for record in records:
+            if record.started:
+                keep.append(record)  # too late: the modem already has it
+                continue
+            record.dropped = record.finished = True
+            del self._recipients[record.key]
+            del self.held[record.key]
             self._dropped += 1
-            return
-        progress = self._progress.get(message_id)
-        if progress is None or progress.started or message_id not in self.held:
-            return  # unknown, or too late: the modem already has it
-        progress.dropped = True
-        del self.held[message_id]
-        self._dropped += 1
-        self._log.debug("x message %s dropped before sending", message_id)
+        if len(keep) != len(records):
+            self._log.debug("x message %s: %d recipients dropped before sending", message_id, len(records) - len(keep))
+        if keep:
+            self._by_message[message_id] = keep
+        else:
+            self._by_message.pop(message_id, None)
 
-    def _emit(self, progress: _Progress, state: ReceiptState, recipient_index: int = 0, error: str = "") -> None:
-        """Make a receipt, keep it until acknowledged, and send it if a session is open."""
+    def _emit(
+        self,
+        records: Sequence[_Recipient],
+        state: ReceiptState,
+        *,
+        recipient_index: int = 0,
+        recipient_indices: Sequence[int] = (),
+        attempt: int = 0,
+        error: str = "",
+        failure_class: FailureClass | None = None,
+        parts_done: int = 0,
+    ) -> None:
+        """Make a receipt for ``records``, keep it until acknowledged, and send it if a session is open."""
         event_id = self._next_event_id
         self._next_event_id += 1
         receipt = Receipt(
-            event_id, progress.delivery.message_id, state, recipient_index=recipient_index, error=error, time=_now()
+            event_id,
+            records[0].key.message_id,
+            state,
+            recipient_index=recipient_index,
+            error=error,
+            time=_now(),
+            recipient_indices=tuple(recipient_indices),
+            attempt=attempt,
+            failure_class=failure_class,
+            parts_done=parts_done,
         )
         self.unacked[event_id] = receipt
-        progress.event_ids.append(event_id)
+        for record in records:
+            record.event_ids.append(event_id)
         self._receipts += 1
         self._transmit(receipt)
 
@@ -455,32 +599,62 @@ class PhoneAgent:
 
     # --- background work (the agent's nursery, not the session's) -----------
 
-    async def _send_message(self, progress: _Progress) -> None:
-        delivery = progress.delivery
-        if progress.dropped:
-            return
-        progress.started = True
-        for index, number in enumerate(delivery.phone_numbers):
-            ok, error = await self.modem.send(number, delivery, recipient_index=index)
-            if ok:
-                self._sent += 1
-                self._emit(progress, ReceiptState.SENT, index)
-                if delivery.with_delivery_report and self.modem.delivery_reports:
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._report_delivery, progress, index)
-            else:
-                self._failed += 1
-                self._emit(progress, ReceiptState.FAILED, index, error or "generic_failure")
+    async def _send_recipients(self, records: list[_Recipient]) -> None:
+        """Send one Deliver's recipients, one after the other; a Drop stops those not started."""
+        for record in records:
+            if record.dropped:
+                continue
+            record.started = True
+            await self._send_one(record)
             self._notify()
-        progress.finished = True
-        self._notify()
 
-    async def _report_delivery(self, progress: _Progress, index: int) -> None:
-        delivery = progress.delivery
-        if await self.modem.wait_delivery_report(delivery.phone_numbers[index], delivery, index):
-            self._delivered += 1
-            self._emit(progress, ReceiptState.DELIVERED, index)
+    async def _send_one(self, record: _Recipient) -> None:
+        delivery, (_, index, attempt) = record.delivery, record.key
+        slots = [sim.slot for sim in self.sims]
+        sim = delivery.sim_number or slots[0]
+        if sim not in slots:
+            self._fail(record, FailureClass.GENERIC_FAILURE, NO_SUCH_SIM, 0)
+            return
+        report = delivery.with_delivery_report and self.modem.delivery_reports
+
+        def part_sent(part: int) -> None:
+            record.parts_sent = part
+            self._parts_sent += 1
+            self._emit([record], ReceiptState.SENT, recipient_index=index, attempt=attempt, parts_done=part)
+            if part == record.parts:
+                self._sent += 1
+            if report:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._report_delivery, record, part)
             self._notify()
+
+        result = await self.modem.send(record.number, delivery, index, on_part_sent=part_sent, sim=sim)
+        if result.ok:
+            record.finished = True
+            return
+        failure_class = result.failure_class or FailureClass.GENERIC_FAILURE
+        self._fail(record, failure_class, result.error or failure_code(failure_class), result.parts_sent)
+
+    def _fail(self, record: _Recipient, failure_class: FailureClass, error: str, parts_done: int) -> None:
+        record.failed = record.finished = True
+        self._failed += 1
+        _, index, attempt = record.key
+        self._emit([record], ReceiptState.FAILED, recipient_index=index, attempt=attempt, error=error,
+                   failure_class=failure_class, parts_done=parts_done)
+
+    async def _report_delivery(self, record: _Recipient, part: int) -> None:
+        if not await self.modem.wait_delivery_report(record.number, record.delivery, record.key.recipient_index, part=part):
+            return
+        if record.failed:
+            return  # the recipient is FAILED: a report on a part sent before it changes nothing
+        record.parts_delivered += 1
+        self._parts_delivered += 1
+        if record.parts_delivered == record.parts:
+            self._delivered += 1
+        _, index, attempt = record.key
+        self._emit([record], ReceiptState.DELIVERED, recipient_index=index, attempt=attempt,
+                   parts_done=record.parts_delivered)
+        self._notify()
 
     # --- I/O ----------------------------------------------------------------
 
@@ -535,7 +709,7 @@ class PhoneAgent:
                 close_timeout=5,
                 **({"ssl": self.ssl_context} if self.device_url.startswith("wss://") else {}),
             ) as ws:
-                return await self._converse(ws)
+                return await self.converse(ws)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in _STOP_HTTP_STATUSES:
@@ -551,13 +725,18 @@ class PhoneAgent:
                 self._log.debug("! connection failed: %s", type(exc).__name__)
         return False
 
-    async def _converse(self, ws: ClientConnection) -> bool:
+    async def converse(self, ws: ClientConnection) -> bool:
+        """One session over an open connection ``ws`` (Hello, then frames both ways until it
+        ends); True when the phone must stop for good. :meth:`run` calls it per connection;
+        tests call it with any connection that has ``subprotocol``, ``send``, ``recv`` and
+        ``aclose(code, reason)`` (an in-memory one on trio's virtual clock), with
+        :meth:`use_nursery` set first."""
         if ws.subprotocol != self.encoding.value:
             self._log.warning("! the bridge did not accept subprotocol %s", self.encoding.value)
             await ws.aclose(CloseCode.UNSUPPORTED_SUBPROTOCOL, "subprotocol not negotiated")
             return False
         proto = DeviceSession(Side.PHONE, self.encoding, window=self.window)
-        proto.send_hello(app_version=self.app_version, sims=self.sims, held_message_ids=self.held_unacked_ids())
+        self.send_hello(proto)
         self.attach_session(proto)
         self._ws = ws
         close_code: int | None = None

@@ -7,9 +7,13 @@ the credentials from its Welcome are written to the state file (JSON, mode
 tokens; phones are paired only for the slots the state file lacks.
 
 All phones run concurrently in one trio nursery until Ctrl-C / SIGTERM or
-``duration`` seconds. Output (stdout, flushed): one line when all phones are
-online, then a one-line summary every 5 s when something changed. Problems go
-to stderr. Nothing printed carries a message body, a phone number or a token.
+``duration`` seconds. Each reports ``sims`` SIMs (slots 1..N) in Hello; its
+modem takes ``send_delay`` per SMS part, obeys Android's per-app limit
+(``android_limit`` parts per 60 s, 0 = off) and fails a share
+``failure_rate`` of sends with ``failure_class``. Output (stdout, flushed):
+one line when all phones are online, then a one-line summary every 5 s when
+something changed (with the count of Android limit dialogs, if any). Problems
+go to stderr. Nothing printed carries a message body, a phone number or a token.
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ from typing import Any, TextIO
 
 import trio
 
+from device_bridge.protocol import FailureClass, SimInfo
+
 from .agent import PhoneAgent
 from .backoff import Backoff
-from .modem import ModemOptions, SimulatedModem
+from .modem import ANDROID_LIMIT_PARTS, ModemOptions, SimulatedModem
 
 __all__ = [
     "PAIRING_ATTEMPTS",
     "STARTUP_TIMEOUT",
+    "FAILURE_CLASSES",
     "SUMMARY_INTERVAL",
     "SimulatorOptions",
     "load_state",
@@ -52,6 +59,8 @@ SUMMARY_INTERVAL = 5.0
 #: Seconds the phones get to close their sessions cleanly on shutdown.
 SHUTDOWN_GRACE = 5.0
 _STATE_VERSION = 1
+#: The ``failure_class`` names ``smsgw simulate --failure-class`` takes.
+FAILURE_CLASSES: tuple[str, ...] = tuple(c.name.lower() for c in FailureClass)
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,13 @@ class SimulatorOptions:
     state_file: Path
     encoding: str = "proto"
     window: int = 16
-    send_delay: float = 0.05
+    send_delay: float = 0.05  # seconds per SMS part
     delivery_delay: float = 0.05
     failure_rate: float = 0.0
     delivery_reports: bool = True
+    sims: int = 1  # SIMs per phone, reported in Hello as slots 1..sims
+    failure_class: str = "generic_failure"  # what the failure_rate share fails with (FAILURE_CLASSES)
+    android_limit: int = ANDROID_LIMIT_PARTS  # Android's per-app limit, parts per 60 s; 0 = off
     reconnect_scale: float = 1.0
     duration: float | None = None
     ca_file: Path | None = None  # the CA of the bridge's certificate (wss://); None = system roots
@@ -229,19 +241,13 @@ class _Simulator:
 
     def _make_agent(self, index: int, **auth: Any) -> PhoneAgent:
         o = self.options
-        modem = SimulatedModem(
-            ModemOptions(
-                send_delay=o.send_delay,
-                delivery_delay=o.delivery_delay,
-                failure_rate=o.failure_rate,
-                delivery_reports=o.delivery_reports,
-            )
-        )
+        modem = SimulatedModem(_modem_options(o))
         agent = PhoneAgent(
             o.device_url,
             encoding=o.encoding,
             window=o.window,
             modem=modem,
+            sims=_sims(o.sims),
             backoff=Backoff(scale=o.reconnect_scale),
             name=_name(index),
             ssl_context=self._ssl_context,
@@ -364,7 +370,7 @@ class _Simulator:
         all_online_said = False
         startup_checked = False
         # Nothing to report until a message moves or a phone comes and goes.
-        last_summary: tuple[int, ...] = (total, 0, 0, 0, 0, 0)
+        last_summary: tuple[int, ...] = (total, 0, 0, 0, 0, 0, 0)
         next_summary = started + SUMMARY_INTERVAL
         while True:
             await trio.sleep(0.1)
@@ -395,17 +401,37 @@ class _Simulator:
                     sum(s.sent for s in stats),
                     sum(s.failed for s in stats),
                     sum(s.delivered for s in stats),
+                    sum(len(a.modem.dialogs) for a in agents),
                 )
                 if summary != last_summary:
                     last_summary = summary
                     self.say(
                         f"online {summary[0]}/{total}; received {summary[1]}, accepted {summary[2]}, "
                         f"sent {summary[3]}, failed {summary[4]}, delivered {summary[5]}"
+                        + (f"; Android limit dialogs {summary[6]}" if summary[6] else "")
                     )
 
 
 def _name(index: int) -> str:
     return f"sim-{index + 1}"
+
+
+def _sims(count: int) -> tuple[SimInfo, ...]:
+    return tuple(SimInfo(slot, f"Sim Operator {slot}", "US") for slot in range(1, count + 1))
+
+
+def _modem_options(options: SimulatorOptions) -> ModemOptions:
+    """The modem of every phone; raises ValueError for invalid settings."""
+    if options.failure_class not in FAILURE_CLASSES:
+        raise ValueError(f"failure_class must be one of {', '.join(FAILURE_CLASSES)}")
+    return ModemOptions(
+        send_delay=options.send_delay,
+        delivery_delay=options.delivery_delay,
+        failure_rate=options.failure_rate,
+        delivery_reports=options.delivery_reports,
+        failure_class=FailureClass[options.failure_class.upper()],
+        android_limit_parts=options.android_limit,
+    )
 
 
 def _ssl_context(options: SimulatorOptions) -> ssl.SSLContext | None:
@@ -449,11 +475,8 @@ def run_simulator(options: SimulatorOptions, *, out: TextIO | None = None, err: 
         raise ValueError("encoding must be 'proto' or 'json'")
     if options.duration is not None and options.duration < 0:
         raise ValueError("duration must not be negative")
-    ModemOptions(  # validates the modem settings before anything connects
-        send_delay=options.send_delay,
-        delivery_delay=options.delivery_delay,
-        failure_rate=options.failure_rate,
-        delivery_reports=options.delivery_reports,
-    )
+    if not 1 <= options.sims <= 8:
+        raise ValueError("sims must be in 1..8")
+    _modem_options(options)  # validates the modem settings before anything connects
     simulator = _Simulator(options, out if out is not None else sys.stdout, err if err is not None else sys.stderr)
     return trio.run(simulator.run)

@@ -4,7 +4,13 @@ A :class:`Link` joins the agent's PHONE ``DeviceSession`` to a BRIDGE
 ``DeviceSession``: frames the bridge queues are fed to the phone and its
 events to :meth:`PhoneAgent.handle_event`; frames the agent queues are fed to
 the bridge, which reports the receipts. Modem delays run on trio's autojump
-clock, so nothing waits for real.
+clock (``MockClock(autojump_threshold=0)``), so nothing waits for real and
+times are exact.
+
+The store is keyed by (message_id, recipient_index, attempt): Delivers for a
+subset of a message's recipients, retries with attempt + 1, multipart
+progress (parts_done), failure classes, the Android per-app limit dialog,
+Drop of not-started recipients, Hello ``held`` and the pacing settings.
 
 The last section runs the agent's I/O loop (``run``) against a tiny
 in-process websockets.trio bridge on 127.0.0.1, to check the connect loop's
@@ -27,13 +33,18 @@ from device_bridge.protocol import (
     Delivery,
     DeviceSession,
     Encoding,
+    FailureClass,
+    HeldRecipient,
     HelloReceived,
+    PacingSettings,
     Receipt,
     ReceiptReceived,
     ReceiptState,
     Side,
+    SimInfo,
+    SimPacing,
 )
-from smsgw_agent import Backoff, ModemOptions, PhoneAgent, SimulatedModem
+from smsgw_agent import Backoff, ModemOptions, PhoneAgent, RecipientKey, SimulatedModem
 
 ACCEPTED, SENT, DELIVERED, FAILED = (
     ReceiptState.ACCEPTED,
@@ -44,23 +55,46 @@ ACCEPTED, SENT, DELIVERED, FAILED = (
 NUMBERS = ("+15550000001", "+15550000002")
 
 
-def make_agent(**modem: object) -> PhoneAgent:
+def make_agent(*, sims: tuple[SimInfo, ...] = (SimInfo(1),), **modem: object) -> PhoneAgent:
     options = ModemOptions(**{"send_delay": 0.05, "delivery_delay": 0.05, "seed": 1, **modem})  # type: ignore[arg-type]
-    return PhoneAgent("ws://127.0.0.1:1/device/v1", token="t", modem=SimulatedModem(options), window=4)
+    return PhoneAgent("ws://127.0.0.1:1/device/v1", token="t", modem=SimulatedModem(options), window=4, sims=sims)
 
 
-def delivery(message_id: str, *, numbers: tuple[str, ...] = NUMBERS, report: bool = True) -> Delivery:
-    return Delivery(message_id, numbers, text="hello", with_delivery_report=report)
+def delivery(
+    message_id: str,
+    *,
+    numbers: tuple[str, ...] = NUMBERS,
+    report: bool = True,
+    indices: tuple[int, ...] = (),
+    attempt: int = 1,
+    parts: int = 0,
+    sim: int = 0,
+) -> Delivery:
+    return Delivery(
+        message_id, numbers, text="hello", with_delivery_report=report,
+        recipient_indices=indices, attempt=attempt, parts=parts, sim_number=sim,
+    )
+
+
+def key(message_id: str, index: int, attempt: int = 1) -> RecipientKey:
+    return RecipientKey(message_id, index, attempt)
 
 
 class Link:
     """One session between the agent and a sans-I/O bridge."""
 
-    def __init__(self, agent: PhoneAgent, *, encoding: Encoding = Encoding.PROTO, credentials: Credentials | None = None):
+    def __init__(
+        self,
+        agent: PhoneAgent,
+        *,
+        encoding: Encoding = Encoding.PROTO,
+        credentials: Credentials | None = None,
+        settings: PacingSettings | None = None,
+    ):
         self.agent = agent
         self.phone = DeviceSession(Side.PHONE, encoding, window=agent.window)
         self.bridge = DeviceSession(Side.BRIDGE, encoding)
-        self.phone.send_hello(app_version="test", sims=agent.sims, held_message_ids=agent.held_unacked_ids())
+        agent.send_hello(self.phone)
         agent.attach_session(self.phone)
         for frame in self.phone.frames_to_send():
             self.bridge.receive_frame(frame)
@@ -68,7 +102,7 @@ class Link:
         assert isinstance(hello, HelloReceived)
         self.hello = hello
         self.bridge.send_welcome(
-            "dev-1", ping_interval=20, server_time=datetime.now(timezone.utc), credentials=credentials
+            "dev-1", ping_interval=20, server_time=datetime.now(timezone.utc), credentials=credentials, settings=settings
         )
         self.pump_to_phone()
 
@@ -106,6 +140,11 @@ def states(receipts: list[Receipt]) -> list[tuple[str, ReceiptState, int]]:
     return [(r.message_id, r.state, r.recipient_index) for r in receipts]
 
 
+def progress(receipts: list[Receipt], state: ReceiptState) -> list[tuple[int, int, int]]:
+    """(recipient_index, attempt, parts_done) of the receipts in ``state``, in order."""
+    return [(r.recipient_index, r.attempt, r.parts_done) for r in receipts if r.state == state]
+
+
 async def settle(agent: PhoneAgent, predicate: Callable[[PhoneAgent], bool]) -> None:
     with trio.fail_after(60):  # virtual seconds (autojump clock)
         await agent.wait_for(predicate)
@@ -130,6 +169,7 @@ async def test_a_message_is_accepted_sent_and_delivered_per_recipient(autojump_c
         link.deliver(delivery("m1"))
         first = link.receipts()
         assert states(first) == [("m1", ACCEPTED, 0)]
+        assert first[0].recipient_indices == (0, 1) and first[0].attempt == 1
         assert agent.held_unacked_ids() == ["m1"]
         await settle(agent, lambda a: a.statistics().delivered == 2)
         rest = link.receipts()
@@ -138,8 +178,15 @@ async def test_a_message_is_accepted_sent_and_delivered_per_recipient(autojump_c
         )
         assert [r.event_id for r in first + rest] == [1, 2, 3, 4, 5]
         assert all(r.time is not None for r in first + rest)
+        assert all(r.attempt == 1 and r.parts_done == 1 for r in rest)  # one part each (parts 0 = 1)
         assert agent.modem.sent == [("m1", 0), ("m1", 1)]
-        assert agent.received == ["m1"] and agent.accepted == {"m1"}
+        assert agent.received == ["m1"] and agent.accepted == {key("m1", 0), key("m1", 1)}
+        assert set(agent.held) == {key("m1", 0), key("m1", 1)} and agent.held_message_ids() == ["m1"]
+        assert [(p.sim, p.message_id, p.recipient_index, p.attempt, p.part) for p in agent.modem.parts_log] == [
+            (1, "m1", 0, 1, 1), (1, "m1", 1, 1, 1)
+        ]
+        stats = agent.statistics()
+        assert (stats.accepted, stats.held, stats.sent, stats.delivered, stats.parts_sent) == (2, 2, 2, 2, 2)
         link.ack(first + rest)
         assert agent.unacked == {} and agent.held_unacked_ids() == []
 
@@ -155,7 +202,10 @@ async def test_failed_sends_report_failed_and_no_delivery(autojump_clock: object
         got = link.receipts()
         assert states(got) == [("m1", ACCEPTED, 0), ("m1", FAILED, 0), ("m1", FAILED, 1)]
         assert {r.error for r in got[1:]} == {"generic_failure"}
-        assert agent.statistics().delivered == 0
+        assert {r.failure_class for r in got[1:]} == {FailureClass.GENERIC_FAILURE}
+        assert {(r.attempt, r.parts_done) for r in got[1:]} == {(1, 0)}
+        assert agent.statistics().delivered == 0 and agent.statistics().failed == 2
+        assert agent.modem.failed == [("m1", 0), ("m1", 1)] and agent.modem.parts_log == []
 
 
 @pytest.mark.trio
@@ -186,6 +236,7 @@ async def test_duplicate_deliver_on_the_same_session_resends_unacked_receipts_on
         link.deliver(delivery("m1"))
         again = link.receipts()
         assert [r.event_id for r in again] == [accepted[0].event_id]
+        assert agent.held_recipients() == [HeldRecipient("m1", 0, 1), HeldRecipient("m1", 1, 1)]
         await settle(agent, finished)
         assert agent.modem.sent == [("m1", 0), ("m1", 1)]
         assert agent.received == ["m1", "m1"]
@@ -210,6 +261,7 @@ async def test_duplicate_after_reconnect_with_everything_acked_gets_a_fresh_acce
         link2.deliver(delivery("m1"))  # a fresh session: the protocol does not flag it
         fresh = link2.receipts()
         assert states(fresh) == [("m1", ACCEPTED, 0)]
+        assert fresh[0].recipient_indices == (0, 1) and fresh[0].attempt == 1
         assert fresh[0].event_id == 6  # a new event id, never reused
         await trio.sleep(1)
         assert agent.modem.sent == [("m1", 0), ("m1", 1)]  # sent exactly once
@@ -229,6 +281,7 @@ async def test_duplicate_after_reconnect_resends_only_that_messages_unacked_rece
 
         link2 = Link(agent)
         assert link2.hello.held_message_ids == ("m1",)
+        assert link2.hello.held == (HeldRecipient("m1", 0, 1), HeldRecipient("m1", 1, 1))
         resent = link2.receipts()  # right after Welcome: every unacked receipt, in order
         m1_ids = [r.event_id for r in got if r.message_id == "m1"]
         assert [r.event_id for r in resent] == m1_ids
@@ -297,24 +350,37 @@ async def test_drop_before_sending_starts_means_never_sent(autojump_clock: objec
         await trio.sleep(5)
         assert states(link.receipts()) == [("m1", ACCEPTED, 0)]  # and nothing for the Drop
         assert agent.modem.sent == []
-        assert "m1" not in agent.held
-        assert agent.statistics().dropped == 1
-        assert agent.held_unacked_ids() == []
+        assert agent.held == {} and agent.held_message_ids() == []
+        assert agent.statistics().dropped == 2  # both recipients
+        assert agent.held_unacked_ids() == [] and agent.held_recipients() == []
 
 
 @pytest.mark.trio
-async def test_drop_after_sending_started_is_too_late(autojump_clock: object) -> None:
+async def test_drop_after_sending_started_stops_only_the_recipients_not_started(autojump_clock: object) -> None:
     agent = make_agent()
+    three = ("+15550000001", "+15550000002", "+15550000003")
     async with trio.open_nursery() as nursery:
         agent.use_nursery(nursery)
         link = Link(agent)
-        link.deliver(delivery("m1"))
-        await trio.testing.wait_all_tasks_blocked()  # the modem is busy with it
+        link.deliver(delivery("m1", numbers=three), delivery("m2", numbers=NUMBERS[:1]))
+        await trio.testing.wait_all_tasks_blocked()  # the modem is busy with m1's recipient 0
+        assert sorted(agent.modem.sent) == [("m1", 0), ("m2", 0)]
         link.bridge.send_drop("m1", "expired")
         link.pump_to_phone()
         await settle(agent, finished)
-        assert agent.modem.sent == [("m1", 0), ("m1", 1)]
-        assert agent.statistics().dropped == 0
+        await trio.sleep(1)
+        assert sorted(agent.modem.sent) == [("m1", 0), ("m2", 0)]  # recipient 0 was too late to stop; 1 and 2 never go
+        assert agent.statistics().dropped == 2
+        assert set(agent.held) == {key("m1", 0), key("m2", 0)}
+        got = link.receipts()
+        assert sorted(states(got)) == sorted([
+            ("m1", ACCEPTED, 0), ("m2", ACCEPTED, 0),
+            ("m1", SENT, 0), ("m1", DELIVERED, 0), ("m2", SENT, 0), ("m2", DELIVERED, 0),
+        ])
+        # A later Drop of a message whose sending is over changes nothing.
+        link.bridge.send_drop("m2", "expired")
+        link.pump_to_phone()
+        assert agent.statistics().dropped == 2 and key("m2", 0) in agent.held
 
 
 # --- pause_accepting (a phone dying between receiving and accepting) -------------
@@ -329,7 +395,7 @@ async def test_parked_delivers_are_not_accepted_and_are_forgotten_with_the_sessi
         link = Link(agent)
         link.deliver(delivery("m1"), delivery("m2"))
         assert list(agent.parked) == ["m1", "m2"]
-        assert link.receipts() == [] and agent.accepted == set()
+        assert link.receipts() == [] and agent.accepted == set() and agent.statistics().parked == 2
         assert link.bridge.window_available == 2  # both still in flight
         link.bridge.send_drop("m2")
         link.pump_to_phone()
@@ -360,6 +426,292 @@ async def test_accept_parked_accepts_them_now(autojump_clock: object) -> None:
         assert states(link.receipts()) == [("m1", ACCEPTED, 0)]
         await settle(agent, finished)
         assert agent.modem.sent == [("m1", 0), ("m1", 1)]
+
+
+# --- the dispatch scheduler's model: per recipient, per attempt, per part -------------
+
+
+@pytest.mark.trio
+async def test_a_message_may_come_in_per_recipient_delivers(autojump_clock: object) -> None:
+    agent = make_agent()
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        # Recipient 1 first (phone_numbers[0] is recipient 1), then recipient 0.
+        link.deliver(delivery("m1", numbers=NUMBERS[1:], indices=(1,)))
+        first = link.receipts()
+        assert states(first) == [("m1", ACCEPTED, 0)] and first[0].recipient_indices == (1,)
+        await settle(agent, lambda a: a.statistics().delivered == 1)
+        assert progress(link.receipts(), SENT) == [(1, 1, 1)]
+        link.deliver(delivery("m1", numbers=NUMBERS[:1], indices=(0,)))
+        second = link.receipts()
+        assert states(second) == [("m1", ACCEPTED, 0)] and second[0].recipient_indices == (0,)
+        await settle(agent, lambda a: a.statistics().delivered == 2)
+        rest = link.receipts()
+        assert progress(rest, SENT) == [(0, 1, 1)] and progress(rest, DELIVERED) == [(0, 1, 1)]
+        assert agent.modem.sent == [("m1", 1), ("m1", 0)]
+        assert agent.received == ["m1", "m1"] and agent.statistics().duplicates == 0
+        assert set(agent.held) == {key("m1", 0), key("m1", 1)} and agent.held_message_ids() == ["m1"]
+
+
+@pytest.mark.trio
+async def test_a_deliver_with_held_and_new_recipients_sends_only_the_new_ones(autojump_clock: object) -> None:
+    agent = make_agent()
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        link.deliver(delivery("m1", numbers=NUMBERS[:1], indices=(0,)))
+        await settle(agent, lambda a: a.statistics().delivered == 1)
+        link.ack(link.receipts())
+        link.deliver(delivery("m1"))  # recipients 0 (held, everything acked) and 1 (new)
+        got = link.receipts()
+        assert states(got) == [("m1", ACCEPTED, 0)] and got[0].recipient_indices == (0, 1)
+        await settle(agent, finished)
+        assert agent.modem.sent == [("m1", 0), ("m1", 1)]
+        assert agent.statistics().duplicates == 1
+
+
+@pytest.mark.trio
+async def test_a_retry_with_attempt_2_is_sent_again_but_a_duplicate_of_attempt_1_is_not(
+    autojump_clock: object,
+) -> None:
+    agent = make_agent()
+    agent.modem.fail_next(FailureClass.NO_SERVICE)
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        link.deliver(delivery("m1", numbers=NUMBERS[:1]))
+        await settle(agent, finished)
+        got = link.receipts()
+        assert states(got) == [("m1", ACCEPTED, 0), ("m1", FAILED, 0)]
+        failed = got[1]
+        assert (failed.attempt, failed.failure_class, failed.parts_done, failed.error) == (
+            1, FailureClass.NO_SERVICE, 0, "no_service"
+        )
+        # The bridge re-sends attempt 1 (its receipts unacknowledged): nothing is sent again.
+        link.deliver(delivery("m1", numbers=NUMBERS[:1]))
+        assert [r.event_id for r in link.receipts()] == [r.event_id for r in got]
+        link.ack(got)
+        link.deliver(delivery("m1", numbers=NUMBERS[:1]))  # and again, everything acked: a fresh ACCEPTED
+        again = link.receipts()
+        assert [(r.state, r.attempt, r.recipient_indices) for r in again] == [(ACCEPTED, 1, (0,))]
+        link.ack(again)
+        await trio.sleep(1)
+        assert agent.modem.sent == [("m1", 0)] and agent.statistics().duplicates == 2
+        # The retry: attempt 2 of the same recipient is a new key and goes out.
+        link.deliver(delivery("m1", numbers=NUMBERS[:1], attempt=2))
+        accepted = link.receipts()
+        assert [(r.state, r.attempt, r.recipient_indices) for r in accepted] == [(ACCEPTED, 2, (0,))]
+        await settle(agent, lambda a: a.statistics().delivered == 1)
+        rest = link.receipts()
+        assert progress(rest, SENT) == [(0, 2, 1)] and progress(rest, DELIVERED) == [(0, 2, 1)]
+        assert agent.modem.sent == [("m1", 0), ("m1", 0)]
+        assert [(p.attempt, p.part) for p in agent.modem.parts_log] == [(2, 1)]  # attempt 1 sent no part
+        assert set(agent.held) == {key("m1", 0, 1), key("m1", 0, 2)}
+        assert agent.held_recipients() == [HeldRecipient("m1", 0, 2)]  # its ACCEPTED is not acknowledged
+        link.ack(accepted + rest)
+        assert agent.held_recipients() == []  # both finished, every ACCEPTED acknowledged
+
+
+@pytest.mark.trio
+async def test_multipart_reports_sent_and_delivered_per_part(autojump_clock: object) -> None:
+    agent = make_agent()
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        start = trio.current_time()
+        link.deliver(delivery("m1", numbers=NUMBERS[:1], parts=3))
+        await trio.testing.wait_all_tasks_blocked()
+        assert agent.recipient_progress("m1", 0) == (0, 0)
+        await trio.sleep(0.05)  # part 1's sent-callback
+        await trio.testing.wait_all_tasks_blocked()
+        assert agent.recipient_progress("m1", 0) == (1, 0)
+        assert agent.statistics().sent == 0  # a recipient counts as sent once every part is
+        await settle(agent, lambda a: a.statistics().delivered == 1)
+        got = link.receipts()
+        assert progress(got, SENT) == [(0, 1, 1), (0, 1, 2), (0, 1, 3)]
+        assert progress(got, DELIVERED) == [(0, 1, 1), (0, 1, 2), (0, 1, 3)]
+        assert [(p.part, p.parts, round(p.time - start, 6)) for p in agent.modem.parts_log] == [
+            (1, 3, 0.05), (2, 3, 0.1), (3, 3, 0.15)
+        ]
+        assert agent.modem.sent == [("m1", 0)]  # one send of the recipient, not one per part
+        stats = agent.statistics()
+        assert (stats.sent, stats.parts_sent, stats.delivered, stats.parts_delivered) == (1, 3, 1, 3)
+
+
+@pytest.mark.trio
+async def test_a_failure_after_a_part_went_out_reports_its_class_and_parts_done(autojump_clock: object) -> None:
+    # Delivery reports come late, after the failure: the part sent before it gets none.
+    agent = make_agent(delivery_delay=5.0)
+    agent.modem.fail_next(FailureClass.RADIO_OFF, after_parts=1)
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        link.deliver(delivery("m1", numbers=NUMBERS[:1], parts=3))
+        await settle(agent, finished)
+        await trio.sleep(10)
+        got = link.receipts()
+        assert [r.state for r in got] == [ACCEPTED, SENT, FAILED]
+        assert got[1].parts_done == 1
+        assert (got[2].failure_class, got[2].parts_done, got[2].attempt, got[2].error) == (
+            FailureClass.RADIO_OFF, 1, 1, "radio_off"
+        )
+        assert [p.part for p in agent.modem.parts_log] == [1]
+        assert agent.modem.failed == [("m1", 0)] and agent.modem.pending_failures == 0
+        assert agent.statistics().failed == 1 and agent.statistics().delivered == 0
+
+
+@pytest.mark.trio
+async def test_fail_next_for_one_number_and_count(autojump_clock: object) -> None:
+    agent = make_agent()
+    agent.modem.fail_next(FailureClass.INVALID_NUMBER, 2, phone_number=NUMBERS[1])
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        link.deliver(delivery("m1"), delivery("m2"), delivery("m3"))
+        await settle(agent, finished)
+        got = link.receipts()
+        # The three messages send concurrently: two of their recipients 1 fail, whichever go first.
+        failed = [(r.message_id, r.recipient_index, r.failure_class) for r in got if r.state == FAILED]
+        assert len(failed) == 2 and {(i, c) for _, i, c in failed} == {(1, FailureClass.INVALID_NUMBER)}
+        sent = {(r.message_id, r.recipient_index) for r in got if r.state == SENT}
+        assert sent == {("m1", 0), ("m2", 0), ("m3", 0), ("m1", 1), ("m2", 1), ("m3", 1)} - {f[:2] for f in failed}
+        assert agent.modem.pending_failures == 0
+
+
+@pytest.mark.trio
+async def test_failure_rate_fails_with_the_configured_class(autojump_clock: object) -> None:
+    agent = make_agent(failure_rate=1.0, failure_class=FailureClass.NO_SERVICE)
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        link.deliver(delivery("m1", parts=2))
+        await settle(agent, finished)
+        got = [r for r in link.receipts() if r.state == FAILED]
+        assert [(r.failure_class, r.parts_done, r.error) for r in got] == [(FailureClass.NO_SERVICE, 0, "no_service")] * 2
+
+
+@pytest.mark.trio
+async def test_android_limit_dialog_then_sends_again_after_the_window(autojump_clock: object) -> None:
+    agent = make_agent(send_delay=0.1, delivery_reports=False)
+    many = tuple(f"+1555000{i:04d}" for i in range(30))
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        start = trio.current_time()
+        link.deliver(delivery("m1", numbers=many))  # 30 single-part recipients: the whole limit
+        await settle(agent, finished)
+        assert len(agent.modem.parts_log) == 30 and agent.modem.dialogs == []
+        link.deliver(delivery("m2", numbers=NUMBERS[:1]))  # the 31st part within 60 s
+        await settle(agent, finished)
+        got = [r for r in link.receipts() if r.message_id == "m2"]
+        assert [r.state for r in got] == [ACCEPTED, FAILED]
+        assert (got[1].failure_class, got[1].parts_done, got[1].attempt) == (FailureClass.LIMIT_EXCEEDED, 0, 1)
+        assert len(agent.modem.parts_log) == 30  # nothing was sent
+        assert [(d.message_id, d.recipient_index, d.attempt, d.parts) for d in agent.modem.dialogs] == [("m2", 0, 1, 1)]
+        assert agent.modem.sent[-1] == ("m2", 0) and agent.modem.failed == [("m2", 0)]
+        # Once the first parts are more than 60 s old there is room again.
+        await trio.sleep_until(start + 60.5)
+        link.deliver(delivery("m2", numbers=NUMBERS[:1], attempt=2))
+        await settle(agent, finished)
+        assert [(r.state, r.attempt) for r in link.receipts()] == [(ACCEPTED, 2), (SENT, 2)]
+        assert len(agent.modem.parts_log) == 31 and len(agent.modem.dialogs) == 1
+        assert agent.modem.max_parts_in_window(60.0) == 30
+
+
+@pytest.mark.trio
+async def test_android_limit_counts_a_multipart_send_as_a_whole(autojump_clock: object) -> None:
+    agent = make_agent(android_limit_parts=5)
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        link.deliver(delivery("m1", numbers=NUMBERS[:1], parts=3), delivery("m2", numbers=NUMBERS[:1], parts=3))
+        await settle(agent, finished)
+        got = link.receipts()
+        failed = [r for r in got if r.state == FAILED]
+        assert len(failed) == 1 and failed[0].failure_class == FailureClass.LIMIT_EXCEEDED
+        assert failed[0].parts_done == 0
+        assert len(agent.modem.parts_log) == 3  # one whole send; none of the other's parts
+        assert {p.message_id for p in agent.modem.parts_log} == {d.message_id for d in agent.modem.dialogs} ^ {"m1", "m2"}
+
+
+@pytest.mark.trio
+async def test_a_deliver_sends_from_its_sim(autojump_clock: object) -> None:
+    agent = make_agent(sims=(SimInfo(1), SimInfo(2)))
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        assert [s.slot for s in link.hello.sims] == [1, 2]
+        link.deliver(
+            delivery("m1", numbers=NUMBERS[:1], sim=2, parts=2),
+            delivery("m2", numbers=NUMBERS[:1], sim=0),  # the phone's default: the first SIM
+            delivery("m3", numbers=NUMBERS[:1], sim=3),  # no such SIM
+        )
+        await settle(agent, finished)
+        assert sorted((p.message_id, p.sim, p.part) for p in agent.modem.parts_log) == [
+            ("m1", 2, 1), ("m1", 2, 2), ("m2", 1, 1)
+        ]
+        failed = [r for r in link.receipts() if r.state == FAILED]
+        assert [(r.message_id, r.failure_class, r.error, r.parts_done) for r in failed] == [
+            ("m3", FailureClass.GENERIC_FAILURE, "no_such_sim", 0)
+        ]
+        assert ("m3", 0) not in agent.modem.sent
+        assert agent.modem.max_parts_in_window(60.0, sim=2) == 2 and agent.modem.max_parts_in_window(60.0, sim=1) == 1
+
+
+@pytest.mark.trio
+async def test_hello_reports_held_recipients_until_finished_and_acknowledged(autojump_clock: object) -> None:
+    agent = make_agent(send_delay=10.0)
+    async with trio.open_nursery() as nursery:
+        agent.use_nursery(nursery)
+        link = Link(agent)
+        assert link.hello.held == () and link.hello.held_message_ids == ()
+        link.deliver(delivery("m1"), delivery("m2", numbers=NUMBERS[:1], indices=(3,), attempt=2))
+        link.ack(link.receipts())  # ACCEPTED stored; nothing finished yet
+        link.close()
+
+        link2 = Link(agent)  # unfinished recipients are reported although their ACCEPTED was acked
+        assert set(link2.hello.held) == {
+            HeldRecipient("m1", 0, 1), HeldRecipient("m1", 1, 1), HeldRecipient("m2", 3, 2)
+        }
+        assert set(link2.hello.held_message_ids) == {"m1", "m2"}
+        await settle(agent, finished)
+        link2.ack(link2.receipts())
+        link2.close()
+
+        link3 = Link(agent)  # everything finished and acknowledged
+        assert link3.hello.held == () and link3.hello.held_message_ids == ()
+
+        # Finished, but the ACCEPTED receipt was never acknowledged: still reported.
+        link3.deliver(delivery("m4", numbers=NUMBERS[:1]))
+        await settle(agent, finished)
+        link3.close()
+        link4 = Link(agent)
+        assert link4.hello.held == (HeldRecipient("m4", 0, 1),)
+        assert link4.hello.held_message_ids == ("m4",)
+
+
+@pytest.mark.trio
+async def test_settings_are_stored_from_welcome_and_from_a_settings_frame(autojump_clock: object) -> None:
+    agent = make_agent()
+    assert agent.settings is None
+    first = PacingSettings((SimPacing(1, parts_per_minute=24, min_interval_ms=2500),), phone_parts_per_minute=27)
+    link = Link(agent, settings=first)
+    assert agent.settings == first
+    changed = PacingSettings(
+        (SimPacing(1, parts_per_minute=10), SimPacing(2, parts_per_hour=100)), phone_parts_per_minute=20,
+        priority_bypass=True,
+    )
+    link.bridge.send_settings(changed)
+    link.pump_to_phone()
+    assert agent.settings == changed
+    assert link.receipts() == []  # nothing to answer
+    link.close()
+    Link(agent)  # a Welcome without settings keeps the last ones
+    assert agent.settings == changed
+    third = PacingSettings(phone_parts_per_minute=5)
+    Link(agent, settings=third)
+    assert agent.settings == third
 
 
 # --- Welcome ------------------------------------------------------------------
