@@ -53,6 +53,7 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
 
 
 # Generous upper bounds: anything above them is a typo, not a phone.
+ANDROID_PARTS_PER_MINUTE = 30  # SmsUsageMonitor's default per app (0 = no phone-wide cap, for non-Android senders)
 _MAX = {
     "parts_per_minute": 1000,
     "min_interval_ms": 3_600_000,
@@ -80,7 +81,7 @@ def parse_pacing(settings: devices_pb2.DeviceSettings) -> DevicePacing:
         elif p.slot in sims:
             bad.append((f"settings.sims[{i}].slot", f"SIM {p.slot} is listed twice"))
         sims[p.slot] = limits(p, f"settings.sims[{i}]")
-    if settings.phone_parts_per_minute > _MAX["parts_per_minute"]:
-        bad.append(("settings.phone_parts_per_minute", f"at most {_MAX['parts_per_minute']}"))
+    if settings.phone_parts_per_minute > ANDROID_PARTS_PER_MINUTE:
+        bad.append(("settings.phone_parts_per_minute", f"at most {ANDROID_PARTS_PER_MINUTE}: Android refuses more parts per 60 s"))
     InvalidArgument.raise_if_any(bad)
     return DevicePacing(default, sims, settings.phone_parts_per_minute, settings.priority_bypass)

@@ -266,7 +266,9 @@ class MessageRepository:
             if row is None or row.owner_id != owner_id:
                 raise NotFound(f"message {message_id} not found")
             recipients = self._recipients_rows(s, row.id)
-            moving = [r for r in recipients if State(r.state) != State.PENDING]
+            # PENDING is not enough: a retry waiting for its backoff, or a recipient back from a
+            # lost session, was handed to a phone already (rescheduling would skip the backoff).
+            moving = [r for r in recipients if State(r.state) != State.PENDING or r.attempt > 1 or row.ever_dispatched]
             if moving:
                 raise FailedPrecondition(
                     f"message {message_id} cannot be rescheduled: recipient {moving[0].idx} is {State(moving[0].state).name}"
@@ -408,6 +410,7 @@ class MessageRepository:
                     sim, ready = self._pick_sim(history, pacing, options, row, r, now)
                     claim = claims.get(row.id)
                     if claim is not None and (claim[0], claim[1]) != (r.attempt, sim):
+                        closed.add(sim)  # it goes next round; nothing later overtakes it on that SIM
                         break  # one Deliver per message per round
                     if ready > now:
                         wake_at = min(wake_at or ready, ready)
@@ -559,7 +562,13 @@ class MessageRepository:
     def _apply_receipt(
         self, s: Session, row: MessageRow, rs: list[RecipientRow], receipt: ReceiptUpdate, now: datetime
     ) -> int:
-        current = [r for r in rs if receipt.attempt in (0, r.attempt)]  # a late report of an old attempt is stale
+        # A late report of an old attempt is stale. Attempt 0 ("the current one", from a phone
+        # that does not say) never reaches a PENDING recipient: that may be a retry waiting
+        # for its backoff, and a replayed receipt must not claim it was handed over.
+        current = [
+            r for r in rs
+            if receipt.attempt == r.attempt or (receipt.attempt == 0 and r.state != int(State.PENDING))
+        ]
         if receipt.state == State.ACCEPTED:
             wanted = set(receipt.recipient_indices)
             only = [r for r in current if (r.idx in wanted if wanted else r.state == int(State.DISPATCHED))]
@@ -597,7 +606,7 @@ class MessageRepository:
         settings = self.scheduler
         if (
             cls in RETRYABLE
-            and receipt.parts_done == 0
+            and r.parts_sent == 0  # a part went out (this report or an earlier one): a retry would repeat it
             and State(r.state) in UNSENT_STATES
             and r.attempt < settings.max_attempts
         ):

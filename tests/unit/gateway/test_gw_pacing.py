@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.messages.pacing import DevicePacing, PacingHistory, Sent, SimLimits, history_span, month_start
+from gateway.messages.pacing import (
+    PHONE_WINDOW,
+    DevicePacing,
+    PacingHistory,
+    Sent,
+    SimLimits,
+    history_span,
+    month_start,
+)
 
 T0 = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
 MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
@@ -167,5 +175,5 @@ def test_month_cap_and_history_span() -> None:
     # The day window of SIM 2, and its 90 s interval (longer than the minute window).
     assert history_span(pacing) == timedelta(days=1)
     assert history_span(DevicePacing(SimLimits(0, 90_000), {}, 0)) == timedelta(seconds=90)
-    assert history_span(DevicePacing()) == MINUTE
+    assert history_span(DevicePacing()) == PHONE_WINDOW  # the phone-wide window with its jitter guard
     assert DevicePacing(SimLimits(0, 0, 0, 0, 0), {}, 0).unpaced and not DevicePacing().unpaced

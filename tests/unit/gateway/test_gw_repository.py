@@ -687,8 +687,10 @@ class RepositoryMachine(RuleBasedStateMachine):
         retried: set[int] = set()
         for r in receipts:
             i = r.recipient_index
-            if i >= n or r.attempt not in (0, attempts[i]):
-                continue  # out of range, or a stale report of an earlier attempt
+            if i >= n or not (r.attempt == attempts[i] or (r.attempt == 0 and states[i] != P)):
+                # Out of range, a stale report of an earlier attempt, or an "attempt 0" report
+                # on a PENDING recipient (a retry waiting for its backoff: a replay must not claim it).
+                continue
             if may_move(states[i], A):  # any report means the phone holds it
                 states[i], moves = A, moves + 1
             if (

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.config import SchedulerSettings
 from gateway.errors import FailedPrecondition, InvalidArgument, NotFound
-from gateway.messages.pacing import DevicePacing, SimLimits
+from gateway.messages.pacing import PHONE_WINDOW, DevicePacing, SimLimits
 from gateway.messages.records import DispatchBatch, HeldRecipient, ReceiptUpdate
 from gateway.messages.repository import pacing_defaults
 from gateway.storage.models import DispatchLogRow
@@ -211,11 +211,12 @@ def test_waiting_recipients_show_next_attempt_and_the_round_its_wake_up(world: W
         now = batch.wake_at
     assert sent == 6  # 6 x 4 parts = the 24 parts of a minute
     head = repo.get(owner, big[6].id)
-    assert head.state == P and head.next_attempt_at == batch.wake_at == T0 + MINUTE
-    assert head.recipients[0].next_attempt_at == T0 + MINUTE
+    # The SIM's window frees at 60 s, the phone's (27 parts, counted over 62 s) just after 62 s.
+    assert head.state == P and head.next_attempt_at == batch.wake_at == T0 + PHONE_WINDOW + TICK
+    assert head.recipients[0].next_attempt_at == T0 + PHONE_WINDOW + TICK
     assert repo.get(owner, big[5].id).next_attempt_at is None  # dispatched: not waiting
-    assert repo.dispatch(dev, "s1", 10, T0 + timedelta(seconds=60)).units == []  # exactly 60 s: still counted
-    assert ids(repo.dispatch(dev, "s1", 10, T0 + MINUTE)) == [big[6].id]
+    assert repo.dispatch(dev, "s1", 10, T0 + PHONE_WINDOW).units == []  # exactly at the edge: still counted
+    assert ids(repo.dispatch(dev, "s1", 10, T0 + PHONE_WINDOW + TICK)) == [big[6].id]
 
 
 def test_oversized_message_waits_for_an_empty_window_and_is_not_overtaken(tmp_path: Path) -> None:
@@ -315,9 +316,9 @@ def test_priority_bypass_only_where_the_device_allows_it(world: World) -> None:
     # ... but never the phone's cap (5 parts a minute here).
     big = repo.create(owner, new_message(device_id=dev, priority=150, parts=4), T0)[0]
     batch = repo.dispatch(dev, "s1", 10, T0 + 3 * SEC)
-    assert batch.units == [] and batch.wake_at == T0 + MINUTE
-    assert ids(repo.dispatch(dev, "s1", 10, T0 + MINUTE)) == [big.id]
-    assert ids(repo.dispatch(dev, "s1", 10, T0 + timedelta(seconds=63))) == [normal.id]
+    assert batch.units == [] and batch.wake_at == T0 + PHONE_WINDOW + TICK  # counted over 62 s
+    assert ids(repo.dispatch(dev, "s1", 10, T0 + PHONE_WINDOW + TICK)) == [big.id]
+    assert ids(repo.dispatch(dev, "s1", 10, T0 + timedelta(seconds=65))) == [normal.id]  # 2.5 s after big
 
 
 # ---- schedule, reschedule, cancel -----------------------------------------------------------
@@ -627,3 +628,32 @@ def test_message_ids_grow_within_a_millisecond() -> None:
 
     made = [str(ULID()) for _ in range(2000)]
     assert made == sorted(made) and len(set(made)) == len(made)
+
+
+def test_review_fixes_replays_partial_sends_and_reschedule_of_a_retry(tmp_path: Path) -> None:
+    """A replayed "attempt 0" receipt never claims a retry waiting for its backoff; a failure
+    reported after an earlier SENT of part 1 is final; a retry cannot be rescheduled."""
+    world = make_world(tmp_path, UNPACED)
+    try:
+        repo, owner, dev = world.repo, world.owner, world.device_ids[0]
+        world.online(dev, "s1")
+        mid = _dispatched(world)
+        assert repo.apply_receipts(dev, [ReceiptUpdate(mid, F, 0, failure_class="no_service")], T0) == 1
+        assert repo.get(owner, mid).recipients[0].state == P
+        # The phone lost the Ack and replays its receipts without an attempt: nothing moves.
+        replay = [ReceiptUpdate(mid, A, 0), ReceiptUpdate(mid, A, 0, recipient_indices=(0,)),
+                  ReceiptUpdate(mid, F, 0, failure_class="no_service")]
+        assert repo.apply_receipts(dev, replay, T0 + SEC) == 0
+        r = repo.get(owner, mid).recipients[0]
+        assert (r.state, r.attempt) == (P, 2)
+        with pytest.raises(FailedPrecondition):  # it was handed to a phone: the backoff stands
+            repo.reschedule(owner, mid, None, T0 + SEC)
+
+        multi = _dispatched(world, parts=3)
+        repo.apply_receipts(dev, [ReceiptUpdate(multi, S, 0, attempt=1, parts_done=1)], T0)
+        # This FAILED says parts_done 0, but part 1 went out already: final, never retried.
+        repo.apply_receipts(dev, [ReceiptUpdate(multi, F, 0, attempt=1, failure_class="radio_off")], T0)
+        got = repo.get(owner, multi).recipients[0]
+        assert (got.state, got.attempt, got.parts_sent) == (F, 1, 1)
+    finally:
+        world.db.close()
