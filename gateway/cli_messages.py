@@ -66,19 +66,14 @@ def reschedule(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_LIMIT_FLAGS = {
-    "parts_per_minute": "parts_per_minute",
-    "min_interval_ms": "min_interval_ms",
-    "parts_per_hour": "parts_per_hour",
-    "parts_per_day": "parts_per_day",
-    "recipients_per_month": "recipients_per_month",
-}
+# The SimPacing fields `smsgw devices settings` sets (its flags have the same names).
+_LIMIT_FIELDS = ("parts_per_minute", "min_interval_ms", "parts_per_hour", "parts_per_day", "recipients_per_month")
 
 
 def device_settings(client: Client, args: argparse.Namespace) -> int:
     """Show a phone's pacing; with options, change it (read, change, write back)."""
     current = client.get_device_settings(args.device_id)
-    changes = {name: getattr(args, name) for name in _LIMIT_FLAGS if getattr(args, name) is not None}
+    changes = {name: getattr(args, name) for name in _LIMIT_FIELDS if getattr(args, name) is not None}
     changing = changes or args.phone_parts_per_minute is not None or args.priority_bypass is not None
     if args.reset:
         current = client.update_device_settings(devices_pb2.DeviceSettings(device_id=args.device_id), reset=True)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.messages.pacing import ANDROID_PARTS_PER_MINUTE
+
 __all__ = [
     "Settings",
     "GatewaySettings",
@@ -152,7 +154,7 @@ class SchedulerSettings(_Section):
     sim_recipients_per_month: int = Field(default=0, ge=0)  # distinct numbers per calendar month
     # All SIMs of a phone together: Android allows 30 parts per 60 s per app; a margin
     # absorbs the network's jitter between our dispatch and the phone's send.
-    phone_parts_per_minute: int = Field(default=27, ge=0, le=30)  # 0 = no cap (not an Android phone)
+    phone_parts_per_minute: int = Field(default=27, ge=0, le=ANDROID_PARTS_PER_MINUTE)  # 0 = no cap (not an Android phone)
     # Priority >= 100 may skip the SIM limits (never the phone's) on phones that allow it.
     priority_bypass: bool = False
     # Retries of LIMIT_EXCEEDED / NO_SERVICE / RADIO_OFF failures: attempts in all, and the

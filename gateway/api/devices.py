@@ -11,7 +11,7 @@ from gateway.api.convert import device_to_pb, pacing_to_pb, timestamp
 from gateway.api.interceptors import current_caller, current_owner
 from gateway.devices.service import DeviceService
 from gateway.errors import InvalidArgument
-from gateway.messages.pacing import DevicePacing, SimLimits
+from gateway.messages.pacing import ANDROID_PARTS_PER_MINUTE, DevicePacing, SimLimits
 
 __all__ = ["DeviceServicer"]
 
@@ -53,7 +53,6 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
 
 
 # Generous upper bounds: anything above them is a typo, not a phone.
-ANDROID_PARTS_PER_MINUTE = 30  # SmsUsageMonitor's default per app (0 = no phone-wide cap, for non-Android senders)
 _MAX = {
     "parts_per_minute": 1000,
     "min_interval_ms": 3_600_000,

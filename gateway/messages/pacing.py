@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["PHONE_WINDOW", "SimLimits", "DevicePacing", "Sent", "PacingHistory", "month_start", "history_span", "BYPASS_PRIORITY"]
+__all__ = ["ANDROID_PARTS_PER_MINUTE", "PHONE_WINDOW", "SimLimits", "DevicePacing", "Sent", "PacingHistory", "month_start", "history_span", "BYPASS_PRIORITY"]
 
 MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 # Windows are closed, [now - span, now], as Android's SmsUsageMonitor counts (it keeps a send
@@ -29,6 +29,9 @@ _TICK = timedelta(milliseconds=1)
 # while we count when we dispatch: network jitter between two Delivers could fit more than our
 # figure into the phone's 60 s. Counting the phone-wide window over 62 s absorbs up to 2 s of it.
 PHONE_WINDOW = MINUTE + timedelta(seconds=2)
+#: Android's SmsUsageMonitor default: parts per 60 s per app. A phone-wide cap may not exceed it
+#: (0 = no phone-wide cap, for a sender that is not an Android phone).
+ANDROID_PARTS_PER_MINUTE = 30
 #: Messages at or above this priority skip the SIM limits where the phone's settings allow it.
 BYPASS_PRIORITY = 100
 

@@ -109,6 +109,8 @@ class World:
         return record.id
 
     def phone(self, modem: ModemOptions | None = None, *, window: int = 16) -> PhoneAgent:
+        """The reference phone with this world's SIMs; its modem takes 0.2 s a part, reports
+        delivery 1 s later and enforces Android's limit (the ModemOptions defaults)."""
         return PhoneAgent(
             f"ws://memory{DEVICE_PATH}",
             token=self.token,

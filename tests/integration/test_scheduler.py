@@ -17,12 +17,11 @@ from sqlalchemy import text
 from device_bridge.protocol import FailureClass
 from gateway.config import SchedulerSettings
 from gateway.types import FINAL_STATES, State
-from smsgw_agent import ModemOptions, PhoneAgent
+from smsgw_agent import PhoneAgent
 from tests.helpers.memory_net import VirtualTime, run_virtual
 from tests.helpers.virtual_bridge import T0, World, connected, text_of_parts
 
 DEFAULTS = SchedulerSettings()
-DEFAULT_SEND_DELAY = 0.2  # seconds per part in these tests' modems
 POLL = 5.0  # virtual seconds between looks at the database
 
 
@@ -62,7 +61,7 @@ def test_burst_of_200_mixed_parts_two_sims_paced_never_trips_android_in_priority
 
     async def main(vt: VirtualTime) -> None:
         ids = [world.send([f"+1555020{i:04d}"], text_of_parts(parts), priority=prio) for i, (parts, prio) in enumerate(specs)]
-        agent = world.phone(ModemOptions(send_delay=DEFAULT_SEND_DELAY, delivery_delay=1.0))
+        agent = world.phone()
         async with connected(world, agent):
             report["done_at"] = await _until_settled(world, ids, 4 * 3600)
             await vt.settle()
@@ -89,7 +88,7 @@ def test_burst_of_200_mixed_parts_two_sims_paced_never_trips_android_in_priority
     assert len(modem.parts_log) == sum(parts for parts, _ in specs)
     # Per send (a recipient's parts, counted when it starts, as Android's SmsUsageMonitor
     # counts them), in closed 60 s windows: a send exactly 60 s old still counts.
-    sends = [(p.time - DEFAULT_SEND_DELAY, p.sim, p.parts) for p in modem.parts_log if p.part == 1]
+    sends = [(p.started, p.sim, p.parts) for p in modem.parts_log if p.part == 1]
     per_sim = {sim: _most_parts_in_a_minute([(t, n) for t, s, n in sends if s == sim]) for sim in (1, 2)}
     assert all(0 < n <= DEFAULTS.sim_parts_per_minute for n in per_sim.values()), per_sim
     assert _most_parts_in_a_minute([(t, n) for t, _, n in sends]) <= DEFAULTS.phone_parts_per_minute < 30
@@ -127,7 +126,7 @@ def test_each_failure_class_takes_its_path(tmp_path: Path) -> None:
     report: dict[str, object] = {}
 
     async def main(vt: VirtualTime) -> None:
-        agent = world.phone(ModemOptions(send_delay=DEFAULT_SEND_DELAY, delivery_delay=1.0))
+        agent = world.phone()
         modem = agent.modem
         for name in ("no_service", "radio_off", "limit_exceeded", "invalid_number", "blocked", "decrypt_failed",
                      "generic_failure"):
@@ -197,7 +196,7 @@ def test_scheduled_rescheduled_and_expiring_messages_follow_the_clock(tmp_path: 
         hurried = [
             world.send([f"+155504{i:05d}"], "hurry", valid_until=T0 + timedelta(seconds=60)) for i in range(10, 70)
         ]
-        agent = world.phone(ModemOptions(send_delay=DEFAULT_SEND_DELAY, delivery_delay=1.0))
+        agent = world.phone()
         async with connected(world, agent):
             await trio.sleep(60)
             world.messages.cancel(world.owner_id, cancelled, world.now())  # before its time

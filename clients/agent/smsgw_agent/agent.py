@@ -277,7 +277,6 @@ class PhoneAgent:
         self._log = _PhoneLog(log, {"phone": name})
 
         # The durable store: survives every reconnect.
-        self.held: dict[RecipientKey, Delivery] = {}
         self._recipients: dict[RecipientKey, _Recipient] = {}
         self._by_message: dict[str, list[_Recipient]] = {}
         self.unacked: dict[int, Receipt] = {}
@@ -318,7 +317,7 @@ class PhoneAgent:
     def __repr__(self) -> str:
         return (
             f"<PhoneAgent {self.name or self.device_id or '?'} sessions={self.sessions} "
-            f"held={len(self.held)} unacked={len(self.unacked)}>"
+            f"held={len(self._recipients)} unacked={len(self.unacked)}>"
         )
 
     # --- observation --------------------------------------------------------
@@ -338,7 +337,7 @@ class PhoneAgent:
             duplicates=self._duplicates,
             accepted=len(self.accepted),
             parked=len(self.parked),
-            held=len(self.held),
+            held=len(self._recipients),
             sending=sending,
             sent=self._sent,
             failed=self._failed,
@@ -349,6 +348,11 @@ class PhoneAgent:
             parts_sent=self._parts_sent,
             parts_delivered=self._parts_delivered,
         )
+
+    @property
+    def held(self) -> dict[RecipientKey, Delivery]:
+        """The Deliver of each held recipient, by key (finished ones included, Dropped ones not)."""
+        return {key: record.delivery for key, record in self._recipients.items()}
 
     def held_message_ids(self) -> list[str]:
         """Messages with at least one held recipient, in the order they were first accepted."""
@@ -528,7 +532,6 @@ class PhoneAgent:
                 record = _Recipient(key, delivery, number, parts)
                 self._recipients[key] = record
                 self._by_message.setdefault(key.message_id, []).append(record)
-                self.held[key] = delivery
                 self.accepted.add(key)
                 fresh.append(record)
             records.append(record)
@@ -549,7 +552,6 @@ class PhoneAgent:
                 continue
             record.dropped = record.finished = True
             del self._recipients[record.key]
-            del self.held[record.key]
             self._dropped += 1
         if len(keep) != len(records):
             self._log.debug("x message %s: %d recipients dropped before sending", message_id, len(records) - len(keep))

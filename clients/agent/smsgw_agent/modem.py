@@ -350,8 +350,8 @@ class SimulatedModem:
         (``PartSent.started``): where Android's per-app limit counts it and
         the server's pacing (by dispatch) does. ``by="part"`` places it where
         it went out (``PartSent.time``), a multipart send's parts
-        ``send_delay`` apart. A window is half-open, ``(t - seconds, t]``,
-        like the server's pacing.
+        ``send_delay`` apart. A window is half-open, ``(t - seconds, t]``;
+        Android and the server's pacing count closed ones, ``[t - seconds, t]``.
         """
         if by not in ("start", "part"):
             raise ValueError("by must be 'start' or 'part'")
