@@ -27,6 +27,7 @@ __all__ = [
     "LimitsSettings",
     "JobsSettings",
     "SchedulerSettings",
+    "WebhookSettings",
     "load_settings",
 ]
 
@@ -164,6 +165,30 @@ class SchedulerSettings(_Section):
     retry_max: float = Field(default=3600.0, gt=0)
 
 
+# RELIABILITY 12: attempts at 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h (~75.6 h).
+_WEBHOOK_RETRY_DELAYS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+
+
+class WebhookSettings(_Section):
+    """Outgoing webhooks (docs/webhooks.md): timeouts, the retry schedule, the SSRF guard."""
+
+    # Seconds before each retry: attempt n+1 comes retry_delays[n-1] after attempt n, +-jitter.
+    retry_delays: tuple[float, ...] = Field(default=_WEBHOOK_RETRY_DELAYS, min_length=0, max_length=30)
+    jitter: float = Field(default=0.1, ge=0, lt=1)
+    timeout: float = Field(default=15.0, gt=0, le=60)  # per attempt, connect to last byte
+    retry_after_cap: float = Field(default=3600.0, ge=0)  # a 429/503's Retry-After is honoured up to this
+    # A webhook failing without a single success for this long is disabled.
+    disable_after: float = Field(default=5 * 24 * 3600.0, gt=0)
+    secret_overlap: float = Field(default=24 * 3600.0, ge=0)  # the old secret still signs after a rotation
+    concurrency: int = Field(default=16, ge=1, le=256)  # requests in flight at once
+    max_per_owner: int = Field(default=20, ge=1)
+    retention: float = Field(default=7 * 24 * 3600.0, gt=0)  # finished deliveries are kept this long
+    # SSRF guard (RELIABILITY 14). Private mode only: deliver to loopback/private/link-local
+    # addresses, and over plain http.
+    allow_private_targets: bool = False
+    allow_http: bool = False
+
+
 class JobsSettings(_Section):
     expiry_interval: float = 5.0
     pairing_code_ttl: int = 600
@@ -182,6 +207,16 @@ class Settings(_Section):
     limits: LimitsSettings = LimitsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     jobs: JobsSettings = JobsSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+
+    @model_validator(mode="after")
+    def _webhook_guard_only_private(self) -> Settings:
+        """Public mode: anyone may register a webhook, so it always gets the SSRF guard."""
+        if self.gateway.mode == "public" and (self.webhooks.allow_private_targets or self.webhooks.allow_http):
+            raise ValueError(
+                "webhooks.allow_private_targets and webhooks.allow_http need gateway.mode private"
+            )
+        return self
 
     @property
     def database_url(self) -> str:

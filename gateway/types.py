@@ -7,7 +7,7 @@ The state table is the one place that decides which recipient transitions are le
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import NewType
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "DeviceId",
     "OwnerId",
     "State",
+    "EventKind",
     "FINAL_STATES",
     "UNACCEPTED_STATES",
     "UNSENT_STATES",
@@ -105,6 +106,13 @@ def derive_message_state(states: list[State], with_delivery_report: bool) -> Sta
         if s in distinct:
             return s
     return State.SENT
+
+
+class EventKind(StrEnum):
+    """What an event-log row records (`EventRow.kind`)."""
+
+    MESSAGE = "message"  # a recipient's state change
+    INBOUND = "inbound"  # an inbound SMS was stored
 
 
 def utcnow() -> datetime:

@@ -23,6 +23,10 @@ __all__ = [
     "RecipientRow",
     "EventRow",
     "DispatchLogRow",
+    "InboundRow",
+    "WebhookRow",
+    "WebhookDeliveryRow",
+    "WebhookAttemptRow",
 ]
 
 
@@ -182,17 +186,24 @@ class RecipientRow(SQLModel, table=True):
 
 
 class EventRow(SQLModel, table=True):
-    """The event log: one row per recipient state change, written in the same transaction."""
+    """The event log, written in the same transaction as the change it records: one row per
+    recipient state change (kind "message") and per stored inbound SMS (kind "inbound")."""
 
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_owner", "owner_id", "id"), Index("ix_event_message", "message_id", "id"))
+    __table_args__ = (
+        Index("ix_event_owner", "owner_id", "id"),
+        Index("ix_event_message", "message_id", "id"),
+        Index("ix_event_owner_kind", "owner_id", "kind", "id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     owner_id: str
-    message_id: str
-    recipient_index: int
-    state: int
-    message_state: int
+    kind: str = "message"  # gateway.types.EventKind
+    message_id: str = ""
+    recipient_index: int = 0
+    state: int = 0
+    message_state: int = 0
     error: str = ""
+    inbound_id: str = ""  # kind "inbound": the InboundRow
     created_at: datetime
 
 
@@ -211,3 +222,85 @@ class DispatchLogRow(SQLModel, table=True):
     parts: int
     message_id: str
     recipient_index: int
+
+
+class InboundRow(SQLModel, table=True):
+    """An SMS a phone received, stored once per (device, phone-made id)."""
+
+    __tablename__ = "inbound"
+    __table_args__ = (
+        UniqueConstraint("device_id", "phone_id", name="uq_inbound_device_phone_id"),
+        Index("ix_inbound_owner", "owner_id", "id"),
+    )
+    id: str = Field(primary_key=True)  # ULID
+    owner_id: str = Field(foreign_key="owner.id")
+    device_id: str
+    phone_id: str  # the phone's id for it: a re-sent Inbound carries the same
+    sim: int = 0
+    sender: str
+    text: str | None = None
+    data: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    port: int = 0
+    is_encrypted: bool = False
+    received_at: datetime
+    created_at: datetime
+
+
+class WebhookRow(SQLModel, table=True):
+    """A registered endpoint. The secret signs every request; it is shown to the owner once."""
+
+    __tablename__ = "webhook"
+    __table_args__ = (Index("ix_webhook_owner", "owner_id", "id"),)
+    id: str = Field(primary_key=True)  # ULID
+    owner_id: str = Field(foreign_key="owner.id")
+    url: str
+    events: str  # space-separated event names
+    device_id: str = ""  # only this phone's events; "" = all
+    secret: str
+    previous_secret: str = ""  # still signs (a second signature) until previous_secret_until
+    previous_secret_until: datetime | None = None
+    state: int = 1  # gateway.webhooks.records.WebhookState
+    disabled_reason: str = ""
+    failing_since: datetime | None = None
+    last_success_at: datetime | None = None
+    created_at: datetime
+
+
+class WebhookDeliveryRow(SQLModel, table=True):
+    """The outbox: one event for one webhook, stored in the transaction that caused it.
+
+    `id` is the webhook-id header, the same on every attempt; `payload` is the exact body.
+    """
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_due", "state", "next_attempt_at"),
+        Index("ix_webhook_delivery_webhook", "webhook_id", "id"),
+    )
+    id: str = Field(primary_key=True)  # msg_ + ULID
+    webhook_id: str = Field(foreign_key="webhook.id")
+    owner_id: str
+    event: str
+    payload: str
+    state: int = 1  # gateway.webhooks.records.DeliveryState
+    attempts: int = 0
+    max_attempts: int = 0  # 0 = the configured schedule; 1 = a test ping
+    next_attempt_at: datetime | None = None
+    last_error: str = ""
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookAttemptRow(SQLModel, table=True):
+    """One HTTP attempt of a delivery: what the owner sees in ListWebhookDeliveries."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (Index("ix_webhook_attempt_delivery", "delivery_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: str = Field(foreign_key="webhook_delivery.id")
+    webhook_id: str
+    attempt: int
+    at: datetime
+    status_code: int = 0
+    latency_ms: int = 0
+    error: str = ""

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-from smsgw.v1 import audit_pb2, auth_pb2, devices_pb2, messages_pb2
+from smsgw.v1 import audit_pb2, auth_pb2, devices_pb2, inbound_pb2, messages_pb2, webhooks_pb2
 
 from gateway.auth.scopes import ALL_SCOPES, PUBLIC, RPC_SCOPES, Scope, parse_scopes
 
 ROOT = Path(__file__).resolve().parents[3]
-MODULES = (auth_pb2, audit_pb2, devices_pb2, messages_pb2)
+MODULES = (auth_pb2, audit_pb2, devices_pb2, inbound_pb2, messages_pb2, webhooks_pb2)
 
 
 def _rpcs() -> set[str]:
@@ -26,7 +26,10 @@ def _rpcs() -> set[str]:
 
 def test_every_service_is_walked() -> None:
     services = {s.full_name for m in MODULES for s in m.DESCRIPTOR.services_by_name.values()}
-    assert {"smsgw.v1.AuthService", "smsgw.v1.AuditService", "smsgw.v1.DeviceService", "smsgw.v1.MessageService"} <= services
+    assert {
+        "smsgw.v1.AuthService", "smsgw.v1.AuditService", "smsgw.v1.DeviceService", "smsgw.v1.MessageService",
+        "smsgw.v1.InboundService", "smsgw.v1.WebhookService",
+    } <= services
 
 
 def test_every_rpc_has_a_scope_entry() -> None:

@@ -334,7 +334,7 @@ class TestBadInput:
     def test_unknown_frame_kind_from_a_newer_peer(self) -> None:
         # Field 9 is not a DeviceFrame member (yet): it is skipped, leaving no message.
         _expect_bad_frame(b"\x4a\x00", device_pb2.DeviceFrame, Encoding.PROTO)
-        _expect_bad_frame('{"inbound": {"sender": "x"}}', device_pb2.DeviceFrame, Encoding.JSON)
+        _expect_bad_frame('{"telemetry": {"battery": 1}}', device_pb2.DeviceFrame, Encoding.JSON)
 
     @pytest.mark.parametrize(
         ("seconds", "nanos"), [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1), (0, 1_000_000_000)]

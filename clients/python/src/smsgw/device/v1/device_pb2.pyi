@@ -62,12 +62,14 @@ DELIVERED: ReceiptState
 FAILED: ReceiptState
 
 class DeviceFrame(_message.Message):
-    __slots__ = ("hello", "receipt")
+    __slots__ = ("hello", "receipt", "inbound")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    INBOUND_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     receipt: Receipt
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
+    inbound: Inbound
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., inbound: _Optional[_Union[Inbound, _Mapping]] = ...) -> None: ...
 
 class BridgeFrame(_message.Message):
     __slots__ = ("welcome", "deliver", "ack", "drop", "settings")
@@ -226,6 +228,26 @@ class Receipt(_message.Message):
     failure_class: FailureClass
     parts_done: int
     def __init__(self, event_id: _Optional[int] = ..., message_id: _Optional[str] = ..., state: _Optional[_Union[ReceiptState, str]] = ..., recipient_index: _Optional[int] = ..., error: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipient_indices: _Optional[_Iterable[int]] = ..., attempt: _Optional[int] = ..., failure_class: _Optional[_Union[FailureClass, str]] = ..., parts_done: _Optional[int] = ...) -> None: ...
+
+class Inbound(_message.Message):
+    __slots__ = ("event_id", "id", "sim_number", "sender", "text", "data", "received_at", "is_encrypted")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIM_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    event_id: int
+    id: str
+    sim_number: int
+    sender: str
+    text: str
+    data: Data
+    received_at: _timestamp_pb2.Timestamp
+    is_encrypted: bool
+    def __init__(self, event_id: _Optional[int] = ..., id: _Optional[str] = ..., sim_number: _Optional[int] = ..., sender: _Optional[str] = ..., text: _Optional[str] = ..., data: _Optional[_Union[Data, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_encrypted: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("event_ids",)

@@ -1,0 +1,1 @@
+"""Inbound SMS: what phones received, stored once and logged as events."""

@@ -1,0 +1,1 @@
+"""Outgoing webhooks: the outbox, signing, the SSRF guard and the delivery worker."""

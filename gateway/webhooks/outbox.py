@@ -1,0 +1,83 @@
+"""The outbox: webhook deliveries written in the transaction of the change that caused them
+(RELIABILITY 13: no event without its change, no change without its event).
+
+Writers call `enqueue` inside their own `db.write()` session. The owner's webhooks are read
+once per session (cached in `Session.info`), and the payload is only built when some webhook
+wants the event, so a change nobody subscribed to costs one indexed query per transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+from ulid import ULID
+
+from gateway.storage.models import WebhookDeliveryRow, WebhookRow
+from gateway.webhooks.records import WebhookEvent, WebhookState
+
+__all__ = ["enqueue", "new_delivery_id", "render_payload"]
+
+_CACHE_KEY = "smsgw.webhooks"
+
+
+def new_delivery_id() -> str:
+    """The webhook-id header: unique per delivery, the same on each of its attempts."""
+    return f"msg_{ULID()}"
+
+
+def render_payload(event: WebhookEvent, delivery_id: str, device_id: str, now: datetime, body: dict[str, Any]) -> str:
+    """The exact JSON body: event, id, the owner's device id, time, then the record(s)."""
+    doc = {"event": str(event), "id": delivery_id, "device_id": device_id, "time": _iso(now), **body}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _subscribers(s: Session, owner_id: str) -> list[WebhookRow]:
+    cache: dict[str, list[WebhookRow]] = s.info.setdefault(_CACHE_KEY, {})
+    if owner_id not in cache:
+        q = select(WebhookRow).where(
+            WebhookRow.owner_id == owner_id, col(WebhookRow.state) != int(WebhookState.DISABLED)
+        )
+        cache[owner_id] = list(s.exec(q))
+    return cache[owner_id]
+
+
+def enqueue(
+    s: Session,
+    owner_id: str,
+    event: WebhookEvent,
+    device_id: str,
+    body: Callable[[], dict[str, Any]],
+    now: datetime,
+) -> int:
+    """Store one delivery per enabled webhook of `owner_id` that wants `event` from
+    `device_id`; `body()` gives the record part of the payload. Returns how many were stored."""
+    wanted = [
+        w for w in _subscribers(s, owner_id)
+        if str(event) in w.events.split() and (not w.device_id or w.device_id == device_id)
+    ]
+    if not wanted:
+        return 0
+    record = body()
+    for w in wanted:
+        delivery_id = new_delivery_id()
+        s.add(
+            WebhookDeliveryRow(
+                id=delivery_id,
+                webhook_id=w.id,
+                owner_id=owner_id,
+                event=str(event),
+                payload=render_payload(event, delivery_id, device_id, now, record),
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return len(wanted)
