@@ -33,6 +33,7 @@ from .events import (
     FailureClass,
     HeldRecipient,
     HelloReceived,
+    InboundSms,
     PacingSettings,
     Receipt,
     SettingsReceived,
@@ -55,6 +56,8 @@ __all__ = [
     "encode",
     "hello_from_proto",
     "hello_to_proto",
+    "inbound_from_proto",
+    "inbound_to_proto",
     "receipt_from_proto",
     "receipt_to_proto",
     "settings_from_proto",
@@ -388,6 +391,54 @@ def receipt_from_proto(message: device_pb2.Receipt) -> Receipt:
         )
     except (ValueError, TypeError) as exc:
         raise _invalid("Receipt", exc) from None
+
+
+def inbound_to_proto(inbound: InboundSms) -> device_pb2.Inbound:
+    """Build the ``Inbound`` a phone forwards a received SMS with.
+
+    Raises:
+        ValueError: A string is not valid Unicode (e.g. a lone surrogate).
+    """
+    message = device_pb2.Inbound(
+        event_id=inbound.event_id,
+        id=inbound.id,
+        sim_number=inbound.sim_number,
+        sender=inbound.sender,
+        is_encrypted=inbound.is_encrypted,
+    )
+    if inbound.text is not None:
+        message.text = inbound.text
+    else:
+        message.data.SetInParent()  # an empty data SMS is still a data SMS
+        message.data.data = inbound.data or b""
+        message.data.port = inbound.port
+    if inbound.received_at is not None:
+        message.received_at.CopyFrom(timestamp_to_proto(inbound.received_at))
+    return message
+
+
+def inbound_from_proto(message: device_pb2.Inbound) -> InboundSms:
+    """Validate a received ``Inbound``.
+
+    Raises:
+        RemoteProtocolError: ``BAD_FRAME`` (event id 0, empty or long id or
+            sender, no content, a body over its bound, ...).
+    """
+    try:
+        content = message.WhichOneof("content")
+        return InboundSms(
+            event_id=message.event_id,
+            id=message.id,
+            sender=message.sender,
+            text=message.text if content == "text" else None,
+            data=message.data.data if content == "data" else None,
+            port=message.data.port if content == "data" else 0,
+            sim_number=message.sim_number,
+            received_at=_optional_timestamp(message, "received_at"),
+            is_encrypted=message.is_encrypted,
+        )
+    except (ValueError, TypeError) as exc:
+        raise _invalid("Inbound", exc) from None
 
 
 def ack_to_proto(ack: AckReceived) -> device_pb2.Ack:

@@ -29,6 +29,8 @@ __all__ = [
     "FailureClass",
     "HeldRecipient",
     "HelloReceived",
+    "InboundReceived",
+    "InboundSms",
     "PacingSettings",
     "Receipt",
     "ReceiptReceived",
@@ -44,6 +46,12 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _PORT_MAX = 65535
+# Inbound bounds: generous for any carrier's SMS (a long concatenated one stays far below),
+# small enough that a hostile phone cannot fill the database with one frame.
+MAX_SENDER_CHARS = 64
+MAX_INBOUND_TEXT_CHARS = 16 * 1024
+MAX_INBOUND_DATA_BYTES = 8 * 1024
+MAX_INBOUND_ID_CHARS = 64
 
 
 class Side(IntEnum):
@@ -281,6 +289,69 @@ class Receipt:
             object.__setattr__(self, "failure_class", FailureClass.GENERIC_FAILURE)
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class InboundSms:
+    """An SMS the phone received (``Inbound``).
+
+    The phone builds it (``DeviceSession.send_inbound``); the bridge receives
+    it in :class:`InboundReceived`. ``event_id`` is the phone's event counter
+    (shared with receipts): the bridge Acks it once stored. ``id`` is the
+    phone's own id for the SMS, the same on every re-send: the server stores
+    one copy per (device, id). Exactly one of ``text`` and ``data`` is set;
+    ``port`` belongs to data SMS. ``sim_number`` 0 means "unknown";
+    ``received_at`` None means the phone did not say. ``repr()`` shows sizes,
+    never the sender or the body.
+    """
+
+    event_id: int
+    id: str
+    sender: str
+    text: str | None = None
+    data: bytes | None = None
+    port: int = 0
+    sim_number: int = 0
+    received_at: datetime | None = None
+    is_encrypted: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int(self.event_id, 1, _UINT64_MAX, "Inbound.event_id")
+        _check_id(self.id, "Inbound.id")
+        if len(self.id) > MAX_INBOUND_ID_CHARS:
+            raise ValueError(f"Inbound.id must be at most {MAX_INBOUND_ID_CHARS} characters")
+        _check_id(self.sender, "Inbound.sender")
+        if len(self.sender) > MAX_SENDER_CHARS:
+            raise ValueError(f"Inbound.sender must be at most {MAX_SENDER_CHARS} characters")
+        if (self.text is None) == (self.data is None):
+            raise ValueError("Inbound needs exactly one of text and data")
+        if self.text is not None:
+            _check_text(self.text, "Inbound.text")
+            if len(self.text) > MAX_INBOUND_TEXT_CHARS:
+                raise ValueError(f"Inbound.text must be at most {MAX_INBOUND_TEXT_CHARS} characters")
+            if self.port != 0:
+                raise ValueError("Inbound.port is only for data SMS")
+        else:
+            if not isinstance(self.data, (bytes, bytearray, memoryview)):
+                raise TypeError("Inbound.data must be bytes")
+            object.__setattr__(self, "data", bytes(self.data))
+            if len(self.data) > MAX_INBOUND_DATA_BYTES:
+                raise ValueError(f"Inbound.data must be at most {MAX_INBOUND_DATA_BYTES} bytes")
+            _check_int(self.port, 0, _PORT_MAX, "Inbound.port")
+        _check_int(self.sim_number, 0, _UINT32_MAX, "Inbound.sim_number")
+        object.__setattr__(self, "received_at", _utc(self.received_at, "Inbound.received_at"))
+        if not isinstance(self.is_encrypted, bool):
+            raise TypeError("Inbound.is_encrypted must be a bool")
+
+    def __repr__(self) -> str:
+        if self.text is not None:
+            content = f"text=<{len(self.text)} chars>"
+        else:
+            content = f"data=<{len(self.data or b'')} bytes>, port={self.port}"
+        return (
+            f"InboundSms(event_id={self.event_id}, id={self.id!r}, sender=<{len(self.sender)} chars>, {content}, "
+            f"sim_number={self.sim_number}, received_at={self.received_at!r}, is_encrypted={self.is_encrypted})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class HeldRecipient:
     """One recipient (and attempt) a phone holds, reported in Hello."""
@@ -377,6 +448,17 @@ class ReceiptReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundReceived:
+    """BRIDGE side: the phone forwarded an SMS it received; store it, then Ack its event id."""
+
+    inbound: InboundSms
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inbound, InboundSms):
+            raise TypeError("inbound must be an InboundSms")
+
+
+@dataclass(frozen=True, slots=True)
 class WelcomeReceived:
     """PHONE side: the bridge accepted the session; it is now OPEN.
 
@@ -461,5 +543,12 @@ class SettingsReceived:
 
 
 Event: TypeAlias = (
-    HelloReceived | ReceiptReceived | WelcomeReceived | DeliverReceived | AckReceived | DropReceived | SettingsReceived
+    HelloReceived
+    | ReceiptReceived
+    | InboundReceived
+    | WelcomeReceived
+    | DeliverReceived
+    | AckReceived
+    | DropReceived
+    | SettingsReceived
 )

@@ -43,6 +43,8 @@ from .codec import (
     encode,
     hello_from_proto,
     hello_to_proto,
+    inbound_from_proto,
+    inbound_to_proto,
     receipt_from_proto,
     receipt_to_proto,
     settings_from_proto,
@@ -60,6 +62,8 @@ from .events import (
     Event,
     HeldRecipient,
     HelloReceived,
+    InboundReceived,
+    InboundSms,
     PacingSettings,
     Receipt,
     ReceiptReceived,
@@ -103,7 +107,7 @@ _Transitions = dict[tuple[Side, SessionState], dict[str, SessionState]]
 # Anything missing is a PROTOCOL_VIOLATION; CLOSED accepts nothing.
 _RECEIVE_TRANSITIONS: Final[_Transitions] = {
     (_BRIDGE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
-    (_BRIDGE, OPEN): {"receipt": OPEN},
+    (_BRIDGE, OPEN): {"receipt": OPEN, "inbound": OPEN},
     (_PHONE, AWAIT_WELCOME): {"welcome": OPEN},
     (_PHONE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN, "settings": OPEN},
 }
@@ -112,7 +116,7 @@ _RECEIVE_TRANSITIONS: Final[_Transitions] = {
 # InvalidState: the caller's bug.
 _SEND_TRANSITIONS: Final[_Transitions] = {
     (_PHONE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
-    (_PHONE, OPEN): {"receipt": OPEN},
+    (_PHONE, OPEN): {"receipt": OPEN, "inbound": OPEN},
     (_BRIDGE, AWAIT_WELCOME): {"welcome": OPEN},
     (_BRIDGE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN, "settings": OPEN},
 }
@@ -302,6 +306,8 @@ class DeviceSession:
         if isinstance(frame, device_pb2.DeviceFrame):
             if kind == "hello":
                 event = self._on_hello(frame.hello)
+            elif kind == "inbound":
+                event = InboundReceived(inbound_from_proto(frame.inbound))
             else:
                 event = self._on_receipt(frame.receipt)
         elif kind == "welcome":
@@ -478,6 +484,19 @@ class DeviceSession:
         next_state = self._check_send("receipt")
         self._queue(device_pb2.DeviceFrame(receipt=receipt_to_proto(receipt)), next_state)
         self._flow.discard(receipt.message_id)
+
+    def send_inbound(self, inbound: InboundSms) -> None:
+        """PHONE: forward an SMS the phone received.
+
+        Keep it until an Ack for its ``event_id`` arrives, and re-send it (with
+        the same ``id``) after a reconnect otherwise; the bridge stores one copy
+        per id. It does not touch the flow-control window.
+
+        Raises:
+            InvalidState: Not an OPEN PHONE session.
+        """
+        next_state = self._check_send("inbound")
+        self._queue(device_pb2.DeviceFrame(inbound=inbound_to_proto(inbound)), next_state)
 
     def _check_send(self, kind: str) -> SessionState:
         next_state = _SEND_TRANSITIONS.get((self._side, self._state), {}).get(kind)

@@ -265,6 +265,8 @@ _VALIDATORS: dict[str, Callable[[Any], object]] = {
     "deliver": codec.delivery_from_proto,
     "ack": codec.ack_from_proto,
     "drop": codec.drop_from_proto,
+    "inbound": codec.inbound_from_proto,
+    "settings": codec.settings_from_proto,
 }
 
 
@@ -352,11 +354,11 @@ class TestBadInput:
 # --- fuzzing: nothing but BAD_FRAME escapes ---------------------------------------
 
 _KEYS = [
-    "hello", "receipt", "welcome", "deliver", "ack", "drop", "appVersion", "sims", "slot", "window",
+    "hello", "receipt", "welcome", "deliver", "ack", "drop", "inbound", "appVersion", "sims", "slot", "window",
     "heldMessageIds", "eventId", "messageId", "state", "recipientIndex", "error", "time", "phoneNumbers",
     "text", "data", "port", "simNumber", "isEncrypted", "withDeliveryReport", "priority", "validUntil",
     "deviceId", "serverTime", "pingIntervalSeconds", "credentials", "token", "eventIds", "reason",
-    "seconds", "nanos", "@type", "value",
+    "seconds", "nanos", "@type", "value", "id", "sender", "receivedAt",
 ]  # fmt: skip
 _json_scalars = st.one_of(
     st.none(),
@@ -374,7 +376,7 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-json_frames = st.dictionaries(st.sampled_from(_KEYS[:6]), json_values, min_size=1, max_size=2)
+json_frames = st.dictionaries(st.sampled_from(_KEYS[:7]), json_values, min_size=1, max_size=2)
 
 _big = st.integers(0, 2**64 - 1)
 _timestamps = st.builds(Timestamp, seconds=st.integers(-(2**63), 2**63 - 1), nanos=st.integers(-(2**31), 2**31 - 1))
@@ -395,6 +397,23 @@ raw_device_frames = st.one_of(
         _big,
         _raw_strings,
         st.integers(-5, 10),
+        _timestamps,
+    ),
+    st.builds(
+        lambda event_id, phone_id, sender, text, port, time: device_pb2.DeviceFrame(
+            inbound=device_pb2.Inbound(
+                event_id=event_id,
+                id=phone_id,
+                sender=sender,
+                received_at=time,
+                **({} if text is None else {"text": text} if port is None else {"data": device_pb2.Data(port=port)}),
+            )
+        ),
+        _big,
+        _raw_strings,
+        _raw_strings,
+        st.none() | _raw_strings,
+        st.none() | st.integers(0, 2**32 - 1),
         _timestamps,
     ),
 )
