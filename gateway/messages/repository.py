@@ -293,7 +293,7 @@ class MessageRepository:
                     RecipientRow,
                     (RecipientRow.message_id == EventRow.message_id) & (RecipientRow.idx == EventRow.recipient_index),
                 )
-                .where(EventRow.owner_id == owner_id, col(EventRow.id) > after_id)
+                .where(EventRow.owner_id == owner_id, EventRow.kind == "message", col(EventRow.id) > after_id)
             )
             if upto is not None:
                 q = q.where(col(EventRow.id) <= upto)
