@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from smsgw.v1 import devices_pb2, messages_pb2
+from smsgw.v1 import devices_pb2, inbound_pb2, messages_pb2
 
 from gateway.devices.records import DeviceRecord
+from gateway.inbound.records import InboundEventRecord, InboundRecord
 from gateway.messages.pacing import DevicePacing, SimLimits
 from gateway.messages.records import EventRecord, MessageRecord
 
-__all__ = ["timestamp", "message_to_pb", "event_to_pb", "device_to_pb", "pacing_to_pb", "sim_limits_to_pb"]
+__all__ = [
+    "timestamp", "message_to_pb", "event_to_pb", "device_to_pb", "pacing_to_pb", "sim_limits_to_pb",
+    "inbound_to_pb", "inbound_event_to_pb",
+]
 
 
 def timestamp(t: datetime | None) -> Timestamp | None:
@@ -77,6 +81,29 @@ def event_to_pb(e: EventRecord) -> messages_pb2.MessageEvent:
         error=e.error,
         time=timestamp(e.created_at),
     )
+
+
+def inbound_to_pb(r: InboundRecord) -> inbound_pb2.InboundMessage:
+    """Also the `inbound` record of webhook payloads (gateway.webhooks.payloads.proto_json)."""
+    out = inbound_pb2.InboundMessage(
+        id=r.id,
+        device_id=r.device_id,
+        sim_number=r.sim,
+        sender=r.sender,
+        is_encrypted=r.is_encrypted,
+        received_at=timestamp(r.received_at),
+        created_at=timestamp(r.created_at),
+    )
+    if r.text is not None:
+        out.text_message.text = r.text
+    else:
+        out.data_message.data = r.data or b""
+        out.data_message.port = r.port
+    return out
+
+
+def inbound_event_to_pb(e: InboundEventRecord) -> inbound_pb2.InboundEvent:
+    return inbound_pb2.InboundEvent(event_id=e.id, message=inbound_to_pb(e.inbound))
 
 
 def device_to_pb(d: DeviceRecord) -> devices_pb2.Device:

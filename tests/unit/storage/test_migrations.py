@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -15,9 +12,7 @@ from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
 from gateway.storage.engine import Database
-
-PG_ADMIN = os.environ.get("SMSGW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
+from tests.helpers.postgres import throwaway_database
 
 # Expression indexes (priority DESC) do not round-trip through reflection; the migration
 # writes this one by hand and the tests check it by name instead.
@@ -48,14 +43,8 @@ def test_sqlite_migrations_match_models_and_rerun_is_a_no_op(tmp_path: Path) -> 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A throwaway database on the machine's PostgreSQL (dropped afterwards)."""
-    name = f"smsgw_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=10) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database() as url:
+        yield url
 
 
 def test_postgresql_migrations_match_models(pg_database: str) -> None:

@@ -1,0 +1,27 @@
+"""A throwaway database on the machine's PostgreSQL (SMSGW_TEST_PG names the admin database)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+__all__ = ["PG_ADMIN", "throwaway_database"]
+
+PG_ADMIN = os.environ.get("SMSGW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def throwaway_database() -> Iterator[str]:
+    """Create a fresh database, yield its SQLAlchemy URL, drop it afterwards."""
+    name = f"smsgw_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
