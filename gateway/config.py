@@ -187,6 +187,7 @@ class WebhookSettings(_Section):
     # addresses, and over plain http.
     allow_private_targets: bool = False
     allow_http: bool = False
+    ca_file: Path | None = None  # verify receivers against this CA (PEM) instead of the public roots
 
 
 class JobsSettings(_Section):

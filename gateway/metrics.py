@@ -43,6 +43,28 @@ class GatewayMetrics:
             self.tokens_issued.labels(kind)
         for limit in ("token", "source", "owner"):
             self.limited.labels(limit)
+        self.webhook_attempts = Counter(
+            "smsgw_webhook_attempts_total",
+            "Webhook HTTP attempts by verdict: succeeded, retry, final (not retried), gone (410)",
+            ["verdict"],
+            registry=registry,
+        )
+        for verdict in ("succeeded", "retry", "final", "gone"):
+            self.webhook_attempts.labels(verdict)
+        self.webhook_latency = Histogram(
+            "smsgw_webhook_latency_seconds",
+            "Webhook attempt time, connect to answer",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
+        )
+        self.webhook_state_changes = Counter(
+            "smsgw_webhook_state_changes_total",
+            "Webhooks that became active, failing (a delivery gave up) or disabled",
+            ["state"],
+            registry=registry,
+        )
+        for state in ("active", "failing", "disabled"):
+            self.webhook_state_changes.labels(state)
         self.rpc_seconds = Histogram(
             "smsgw_gateway_rpc_seconds",
             "Unary RPC handling time",

@@ -5,16 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from smsgw.v1 import devices_pb2, inbound_pb2, messages_pb2
+from smsgw.v1 import devices_pb2, inbound_pb2, messages_pb2, webhooks_pb2
 
 from gateway.devices.records import DeviceRecord
 from gateway.inbound.records import InboundEventRecord, InboundRecord
 from gateway.messages.pacing import DevicePacing, SimLimits
 from gateway.messages.records import EventRecord, MessageRecord
+from gateway.webhooks.records import AttemptRecord, DeliveryRecord, WebhookRecord
 
 __all__ = [
     "timestamp", "message_to_pb", "event_to_pb", "device_to_pb", "pacing_to_pb", "sim_limits_to_pb",
-    "inbound_to_pb", "inbound_event_to_pb",
+    "webhook_to_pb", "attempt_to_pb", "delivery_to_pb", "inbound_to_pb", "inbound_event_to_pb",
 ]
 
 
@@ -138,4 +139,40 @@ def pacing_to_pb(device_id: str, pacing: DevicePacing, customized: bool) -> devi
         phone_parts_per_minute=pacing.phone_parts_per_minute,
         priority_bypass=pacing.priority_bypass,
         customized=customized,
+    )
+
+
+def webhook_to_pb(w: WebhookRecord) -> webhooks_pb2.Webhook:
+    return webhooks_pb2.Webhook(
+        id=w.id,
+        url=w.url,
+        events=[str(e) for e in w.events],
+        device_id=w.device_id,
+        state=int(w.state),  # type: ignore[arg-type]
+        disabled_reason=w.disabled_reason,
+        failing_since=timestamp(w.failing_since),
+        last_success_at=timestamp(w.last_success_at),
+        created_at=timestamp(w.created_at),
+        pending_deliveries=w.pending_deliveries,
+    )
+
+
+def attempt_to_pb(a: AttemptRecord) -> webhooks_pb2.WebhookAttempt:
+    return webhooks_pb2.WebhookAttempt(
+        attempt=a.attempt, time=timestamp(a.at), status_code=a.status_code, latency_ms=a.latency_ms,
+        error=a.error, delivery_id=a.delivery_id,
+    )
+
+
+def delivery_to_pb(d: DeliveryRecord) -> webhooks_pb2.WebhookDelivery:
+    return webhooks_pb2.WebhookDelivery(
+        id=d.id,
+        webhook_id=d.webhook_id,
+        event=d.event,
+        state=int(d.state),  # type: ignore[arg-type]
+        attempts=d.attempts,
+        next_attempt_at=timestamp(d.next_attempt_at),
+        created_at=timestamp(d.created_at),
+        last_error=d.last_error,
+        attempt_log=[attempt_to_pb(a) for a in d.attempt_log],
     )

@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import func
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from ulid import ULID
 
 from gateway.auth.repository import AuditEntry, audit_row
@@ -20,7 +20,10 @@ from gateway.errors import InvalidArgument
 from gateway.messages.repository import to_utc
 from gateway.storage.engine import Database
 from gateway.storage.models import Device, MessageRow, PairingCode
-from gateway.types import UNACCEPTED_STATES
+from gateway.types import UNACCEPTED_STATES, utcnow
+from gateway.webhooks.outbox import enqueue
+from gateway.webhooks.payloads import device_body
+from gateway.webhooks.records import WebhookEvent
 
 __all__ = ["DeviceRepository", "hash_secret", "PAIRING_ALPHABET"]
 
@@ -90,6 +93,8 @@ class DeviceRepository:
                 raise InvalidArgument("device_id", "unknown device")
             if row.revoked:
                 return False
+            if not row.session_id:  # a reconnect replacing a live session is no news
+                _presence(s, row, online=True, now=to_utc(now))
             row.session_id = session_id
             row.app_version = app_version[:64]
             row.sims_json = sims_to_json(sims)
@@ -103,6 +108,7 @@ class DeviceRepository:
             row = s.get(Device, device_id)
             if row is None or row.session_id != session_id:
                 return False
+            _presence(s, row, online=False, now=to_utc(now))
             row.session_id = ""
             row.last_seen = to_utc(now)
             s.add(row)
@@ -112,6 +118,7 @@ class DeviceRepository:
         """At start-up no session of this (single) bridge survives a restart."""
         with self.db.write() as s:
             for row in s.exec(select(Device).where(Device.session_id != "")):
+                _presence(s, row, online=False, now=utcnow())
                 row.session_id = ""
                 s.add(row)
 
@@ -142,3 +149,9 @@ class DeviceRepository:
 def _normal(code: str) -> str:
     """Codes are typed by people: ignore case, spaces and dashes."""
     return code.upper().replace("-", "").replace(" ", "")
+
+
+def _presence(s: Session, row: Device, *, online: bool, now: datetime) -> None:
+    """device:online / device:offline for the owner's webhooks, in the presence change's transaction."""
+    event = WebhookEvent.DEVICE_ONLINE if online else WebhookEvent.DEVICE_OFFLINE
+    enqueue(s, row.owner_id, event, row.id, lambda: device_body(row.id, row.name, online), now)

@@ -44,6 +44,8 @@ from gateway.messages.records import (
 from gateway.storage.engine import Database
 from gateway.messages.retry import RETRYABLE, backoff
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
+from gateway.webhooks.outbox import enqueue
+from gateway.webhooks.payloads import MESSAGE_EVENTS, message_body
 from gateway.types import FINAL_STATES, UNACCEPTED_STATES, UNSENT_STATES, State, derive_message_state, may_move
 
 __all__ = ["MessageRepository", "to_utc", "pacing_defaults"]
@@ -816,6 +818,12 @@ class MessageRepository:
         s.add(row)
         for r in moved:
             s.add(self._event(row, r, now, error))
+            event = MESSAGE_EVENTS.get(State(r.state))
+            if event is not None:  # the webhook outbox, in this same transaction (RELIABILITY 13)
+                enqueue(
+                    s, row.owner_id, event, row.device_id or "",
+                    lambda r=r: message_body(_record(row, recipients), r.idx), now,  # type: ignore[misc]
+                )
         return len(moved)
 
     @staticmethod

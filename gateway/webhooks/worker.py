@@ -1,0 +1,100 @@
+"""The delivery worker (asyncio): claim what is due, send it with bounded concurrency,
+record each result, sleep until the next delivery is due or a writer signals new events.
+
+`deliver_due` is one round and takes its time from `clock`, so a test can walk the whole
+retry schedule (about 75 hours) with a fake clock and a real receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from gateway.config import WebhookSettings
+from gateway.metrics import GatewayMetrics
+from gateway.types import utcnow
+from gateway.webhooks.records import AttemptRecord
+from gateway.webhooks.repository import Claim, WebhookRepository
+from gateway.webhooks.sender import WebhookSender
+
+__all__ = ["WebhookWorker"]
+
+log = logging.getLogger(__name__)
+
+_IDLE = 30.0  # look again at least this often, in case a signal was missed
+
+
+class WebhookWorker:
+    def __init__(
+        self,
+        repo: WebhookRepository,
+        sender: WebhookSender,
+        settings: WebhookSettings,
+        metrics: GatewayMetrics | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.repo = repo
+        self.sender = sender
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New deliveries may be due (call on the worker's loop; the bus does)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled. A failing database is logged and retried, never fatal."""
+        while True:
+            try:
+                await self.deliver_due()
+                due = await asyncio.to_thread(self.repo.next_due)
+            except Exception:
+                log.exception("webhook delivery round failed; will retry")
+                due = None
+            wait = _IDLE
+            if due is not None:
+                wait = min(_IDLE, max(0.0, (due - self.clock()).total_seconds()))
+            self._wake.clear()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    pass
+
+    async def deliver_due(self) -> int:
+        """Send everything due now, `concurrency` at a time; returns how many were sent."""
+        sent = 0
+        limit = self.settings.concurrency
+        while True:
+            claims = await asyncio.to_thread(self.repo.claim_due, self.clock(), limit)
+            if not claims:
+                return sent
+            async with asyncio.TaskGroup() as group:
+                for claim in claims:
+                    group.create_task(self.attempt(claim))
+            sent += len(claims)
+            if len(claims) < limit:
+                return sent
+
+    async def attempt(self, claim: Claim) -> AttemptRecord:
+        """One attempt of a claimed delivery, sent and recorded."""
+        started = self.clock()
+        outcome, latency_ms = await self.sender.send(claim, started)
+        recorded = await asyncio.to_thread(self.repo.record, claim, outcome, latency_ms, self.clock())
+        if self.metrics is not None:
+            self.metrics.webhook_attempts.labels(outcome.verdict.value).inc()
+            self.metrics.webhook_latency.observe(latency_ms / 1000)
+            if recorded.webhook_changed:
+                self.metrics.webhook_state_changes.labels(recorded.webhook_state.name.lower()).inc()
+        if outcome.error:
+            log.info(
+                "webhook %s delivery %s attempt %d: %s", claim.webhook_id, claim.delivery_id, claim.attempt, outcome.error
+            )
+        if recorded.webhook_changed:
+            log.warning("webhook %s is now %s", claim.webhook_id, recorded.webhook_state.name)
+        return AttemptRecord(claim.delivery_id, claim.attempt, started, outcome.status_code, latency_ms, outcome.error)
