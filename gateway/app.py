@@ -39,12 +39,19 @@ from gateway.bus import LocalBus
 from gateway.config import Settings
 from gateway.devices.repository import DeviceRepository
 from gateway.devices.service import DeviceService
+from gateway.inbound.repository import InboundRepository
+from gateway.inbound.service import InboundService
 from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
 from gateway.storage.engine import Database
 from gateway.tls import bridge_ssl_context, check_plaintext_allowed
 from gateway.types import utcnow
+from gateway.webhooks.repository import WebhookRepository
+from gateway.webhooks.sender import WebhookSender
+from gateway.webhooks.service import WebhookService
+from gateway.webhooks.ssrf import Policy
+from gateway.webhooks.worker import WebhookWorker
 
 __all__ = ["serve", "ensure_admin_account", "split_hostport", "write_secret_file"]
 
@@ -128,17 +135,32 @@ class _GatewayThread:
         )
         auth = AuthService(auth_repo, self.codec, self.settings, metrics=self.metrics)
         await auth.refresh_revocations()
-        self.grpc = await start_grpc_server(self.settings, messages, devices, feed, auth, self.metrics)
+        webhooks, worker, sender = self._webhooks()
+        self.bus.attach_gateway(worker.wake)
+        self.grpc = await start_grpc_server(
+            self.settings, messages, devices, feed, auth, self.metrics, webhooks, inbound=InboundService(InboundRepository(self.db))
+        )
         self.started.set()
-        jobs = asyncio.create_task(self._jobs_forever(messages, auth))
+        jobs = asyncio.create_task(self._jobs_forever(messages, auth, webhooks))
+        delivering = asyncio.create_task(worker.run())
         await self._stop.wait()
         jobs.cancel()
+        delivering.cancel()  # a claimed delivery in flight is sent again after restart (same webhook-id)
         await self.grpc.stop(self.settings.grpc.shutdown_grace)
+        await sender.aclose()
 
-    async def _jobs_forever(self, messages: MessageService, auth: AuthService) -> None:
+    def _webhooks(self) -> tuple[WebhookService, WebhookWorker, WebhookSender]:
+        config = self.settings.webhooks
+        policy = Policy(allow_private=config.allow_private_targets, allow_http=config.allow_http)
+        repo = WebhookRepository(self.db, config)
+        sender = WebhookSender(policy, config.timeout, ca_file=config.ca_file, max_connections=config.concurrency * 4)
+        worker = WebhookWorker(repo, sender, config, self.metrics)
+        return WebhookService(repo, worker, policy), worker, sender
+
+    async def _jobs_forever(self, messages: MessageService, auth: AuthService, webhooks: WebhookService) -> None:
         """Expiry sweep, the token deny lists re-read (revocations from `smsgw users`), and
-        once an hour the expired token rows and the dispatch history past every pacing
-        window purged."""
+        once an hour the expired token rows, the dispatch history past every pacing window
+        and the finished webhook deliveries past their retention purged."""
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
         while True:
@@ -150,6 +172,7 @@ class _GatewayThread:
                     next_purge = loop.time() + _TOKEN_PURGE_INTERVAL
                     await auth.purge_expired()
                     await messages.prune_dispatch_log()
+                    await webhooks.prune(self.settings.webhooks.retention)
             except Exception:
                 log.exception("background job failed; will retry")
 
@@ -211,6 +234,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     ctx = BridgeContext(
         messages=MessageRepository(db, settings.scheduler),
         devices=devices,
+        inbound=InboundRepository(db),
         bus=bus,
         settings=settings.bridge,
         metrics=BridgeMetrics(registry),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.messages.pacing import ANDROID_PARTS_PER_MINUTE
 
@@ -188,6 +188,14 @@ class WebhookSettings(_Section):
     allow_private_targets: bool = False
     allow_http: bool = False
     ca_file: Path | None = None  # verify receivers against this CA (PEM) instead of the public roots
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _delays_from_text(cls, value: Any) -> Any:
+        """SMSGW_WEBHOOKS__RETRY_DELAYS="5,300,1800" (or a YAML/JSON list)."""
+        if isinstance(value, str):
+            return [float(x) for x in value.strip("[] ").split(",") if x.strip()]
+        return value
 
 
 class JobsSettings(_Section):

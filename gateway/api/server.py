@@ -14,20 +14,28 @@ from smsgw.v1 import (
     auth_pb2_grpc,
     devices_pb2,
     devices_pb2_grpc,
+    inbound_pb2,
+    inbound_pb2_grpc,
     messages_pb2,
     messages_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 
 from gateway.api.auth import AuditServicer, AuthServicer
 from gateway.api.devices import DeviceServicer
+from gateway.api.inbound import InboundServicer
 from gateway.api.interceptors import ApiInterceptor
 from gateway.api.messages import MessageServicer
+from gateway.api.webhooks import WebhookServicer
 from gateway.auth.service import AuthService
 from gateway.config import Settings
 from gateway.devices.service import DeviceService
+from gateway.inbound.service import InboundService
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
 from gateway.tls import grpc_server_credentials
+from gateway.webhooks.service import WebhookService
 
 __all__ = ["GrpcServer", "start_grpc_server", "SERVICE_NAMES"]
 
@@ -36,6 +44,8 @@ SERVICE_NAMES = (
     devices_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    inbound_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name,
+    webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
 _SERVER_OPTIONS = [
@@ -68,6 +78,9 @@ async def start_grpc_server(
     feed: EventFeed,
     auth: AuthService,
     metrics: GatewayMetrics,
+    webhooks: WebhookService,
+    *,
+    inbound: InboundService,
 ) -> GrpcServer:
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(auth, metrics)],
@@ -77,6 +90,8 @@ async def start_grpc_server(
     devices_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(devices), server)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(auth), server)
+    inbound_pb2_grpc.add_InboundServiceServicer_to_server(InboundServicer(inbound, feed), server)
+    webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -37,7 +37,7 @@ __all__ = ["WebhookRepository", "Claim", "Recorded"]
 
 _PENDING, _SUCCEEDED, _FAILED = int(DeliveryState.PENDING), int(DeliveryState.SUCCEEDED), int(DeliveryState.FAILED)
 _DISABLED = int(WebhookState.DISABLED)
-_LEASE_MARGIN = 30.0  # seconds past the attempt timeout before a claim counts as abandoned
+_LEASE_MARGIN = 5.0  # seconds past the attempt timeout (which asyncio enforces) before a claim counts as abandoned
 
 
 @dataclass(frozen=True, slots=True)
