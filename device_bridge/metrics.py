@@ -17,5 +17,11 @@ class BridgeMetrics:
         self.receipts = Counter(
             "smsgw_bridge_receipts_total", "Receipts received from phones", ["state"], registry=registry
         )
+        self.inbound = Counter(
+            "smsgw_bridge_inbound_total",
+            "Inbound SMS received from phones: stored, or repeated (a re-send already stored)",
+            ["outcome"],
+            registry=registry,
+        )
         self.drops = Counter("smsgw_bridge_drops_total", "Drop frames sent to phones", registry=registry)
         self.closes = Counter("smsgw_bridge_closes_total", "Sessions closed, by close code", ["code"], registry=registry)

@@ -1,5 +1,5 @@
-"""One phone session: handshake, then a reader (receipts -> storage -> Ack) and a dispatcher
-(bus wake-up -> claim PENDING within the window -> Deliver), in one nursery.
+"""One phone session: handshake, then a reader (receipts and inbound SMS -> storage -> Ack)
+and a dispatcher (bus wake-up -> claim PENDING within the window -> Deliver), in one nursery.
 
 Storage calls run in worker threads. Cleanup after the session (requeue what the phone did
 not accept, presence, rerouting) is shielded so it runs even when the bridge shuts down.
@@ -27,7 +27,10 @@ from device_bridge.protocol import (
     DeviceSession,
     Encoding,
     HelloReceived,
+    InboundReceived,
+    InboundSms,
     PacingSettings,
+    Receipt,
     ReceiptReceived,
     ReceiptState,
     RemoteProtocolError,
@@ -40,6 +43,8 @@ from gateway.bus import Bus
 from gateway.config import BridgeSettings
 from gateway.devices.records import DeviceIdentity, SimRecord
 from gateway.devices.repository import DeviceRepository
+from gateway.inbound.records import NewInbound
+from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
 from gateway.messages.records import DispatchUnit, HeldRecipient, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
@@ -65,6 +70,7 @@ class BridgeContext:
 
     messages: MessageRepository
     devices: DeviceRepository
+    inbound: InboundRepository
     bus: Bus
     settings: BridgeSettings
     metrics: BridgeMetrics
@@ -108,6 +114,19 @@ def _delivery(unit: DispatchUnit) -> Delivery:
         recipient_indices=unit.recipient_indices,
         attempt=unit.attempt,
         parts=m.parts,
+    )
+
+
+def _new_inbound(i: InboundSms) -> NewInbound:
+    return NewInbound(
+        phone_id=i.id,
+        sender=i.sender,
+        text=i.text,
+        data=i.data,
+        port=i.port,
+        sim=i.sim_number,
+        is_encrypted=i.is_encrypted,
+        received_at=i.received_at,
     )
 
 
@@ -200,36 +219,60 @@ class _Session:
         return handle
 
     async def read(self) -> None:
-        """Receipts -> storage -> Ack; ends when the phone closes."""
+        """Receipts and inbound SMS -> storage -> Ack -> bus; ends when the phone closes.
+
+        The Ack goes out only after the commit, so a phone whose session dies first re-sends
+        what it has not seen acknowledged; storage keeps one copy of each.
+        """
         assert self.handle is not None
         async for data in self.ws:
             self.proto.receive_frame(data)
-            receipts = [e.receipt for e in self.proto.events_received() if isinstance(e, ReceiptReceived)]
-            if not receipts:
+            events = self.proto.events_received()
+            receipts = [e.receipt for e in events if isinstance(e, ReceiptReceived)]
+            inbound = [e.inbound for e in events if isinstance(e, InboundReceived)]
+            changed = await self.apply_receipts(receipts) if receipts else 0
+            stored = await self.store_inbound(inbound) if inbound else 0
+            if not receipts and not inbound:
                 continue
-            updates = [
-                ReceiptUpdate(
-                    r.message_id,
-                    _RECEIPT_STATES[r.state],
-                    r.recipient_index,
-                    r.error[:200],
-                    recipient_indices=r.recipient_indices,
-                    attempt=r.attempt,
-                    failure_class=r.failure_class.name.lower() if r.failure_class else "",
-                    parts_done=r.parts_done,
-                )
-                for r in receipts
-            ]
-            for r in receipts:
-                self.ctx.metrics.receipts.labels(r.state.name).inc()
-            device_id = self.handle.device_id
-            changed = await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, self.ctx.clock())
-            self.proto.send_ack([r.event_id for r in receipts])
+            self.proto.send_ack([r.event_id for r in receipts] + [i.event_id for i in inbound])
             await self.drop_if_final([r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED])
             await self.flush()
-            if changed:
-                self.ctx.bus.notify_events()
-            self.handle.wake()  # receipts free window slots
+            if changed or stored:
+                self.ctx.bus.notify_events()  # WatchMessages, WatchInbound and the webhook worker
+            if receipts:
+                self.handle.wake()  # receipts free window slots
+
+    async def apply_receipts(self, receipts: Sequence[Receipt]) -> int:
+        """Store the receipts; returns how many changed a state."""
+        assert self.handle is not None
+        updates = [
+            ReceiptUpdate(
+                r.message_id,
+                _RECEIPT_STATES[r.state],
+                r.recipient_index,
+                r.error[:200],
+                recipient_indices=r.recipient_indices,
+                attempt=r.attempt,
+                failure_class=r.failure_class.name.lower() if r.failure_class else "",
+                parts_done=r.parts_done,
+            )
+            for r in receipts
+        ]
+        for r in receipts:
+            self.ctx.metrics.receipts.labels(r.state.name).inc()
+        device_id = self.handle.device_id
+        return await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, self.ctx.clock())
+
+    async def store_inbound(self, inbound: Sequence[InboundSms]) -> int:
+        """Store the SMS not stored before (a re-send after a lost Ack is not); returns how many were new."""
+        assert self.handle is not None
+        handle, items = self.handle, [_new_inbound(i) for i in inbound]
+        stored = await trio.to_thread.run_sync(
+            self.ctx.inbound.store, handle.owner_id, handle.device_id, items, self.ctx.clock()
+        )
+        self.ctx.metrics.inbound.labels("stored").inc(len(stored))
+        self.ctx.metrics.inbound.labels("repeated").inc(len(items) - len(stored))
+        return len(stored)
 
     async def drop_if_final(self, message_ids: Sequence[str]) -> None:
         """Drop messages the phone says it holds that were cancelled or expired meanwhile.

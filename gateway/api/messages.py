@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -11,22 +10,26 @@ import grpc
 from smsgw.v1 import messages_pb2, messages_pb2_grpc
 
 from gateway.api.convert import event_to_pb, message_to_pb
+from gateway.api.cursors import (
+    PAGE_MAX,
+    WATCH_BATCH,
+    decode_page_token,
+    encode_page_token,
+    follow,
+    page_limit,
+    start_cursor,
+)
 from gateway.api.interceptors import current_owner
 from gateway.api.validation import parse_send_request, timestamp_field
 from gateway.config import LimitsSettings
-from gateway.errors import InvalidArgument, Unavailable
-from gateway.messages.records import MessageFilter
+from gateway.errors import InvalidArgument
+from gateway.messages.records import EventRecord, MessageFilter
 from gateway.messages.service import EventFeed, MessageService
 from gateway.types import State, utcnow
 
 __all__ = ["MessageServicer"]
 
-_PAGE_DEFAULT, _PAGE_MAX = 50, 500
-_WATCH_BATCH = 500
 _WATCH_MAX_IDS = 1000
-_MAX_EVENT_ID = 2**63 - 1  # event ids are SQL BIGINTs
-# Safety net only: watchers are woken by the bus; this bounds a missed wake-up.
-_WATCH_POLL = 1.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -49,13 +52,11 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
     async def ListMessages(
         self, request: messages_pb2.ListMessagesRequest, context: Context
     ) -> messages_pb2.ListMessagesResponse:
-        if request.page_size > _PAGE_MAX:
-            raise InvalidArgument("page_size", f"at most {_PAGE_MAX}")
-        before_id = _decode_token(request.page_token) if request.page_token else None
-        limit = request.page_size or _PAGE_DEFAULT
+        limit = page_limit(request.page_size)
+        before_id = decode_page_token(request.page_token) if request.page_token else None
         flt = _filter(request)
         records = await self.service.list(current_owner(), flt, limit=limit, before_id=before_id)
-        token = _encode_token(records[-1].id) if len(records) == limit else ""
+        token = encode_page_token(records[-1].id) if len(records) == limit else ""
         return messages_pb2.ListMessagesResponse(messages=[message_to_pb(r) for r in records], next_page_token=token)
 
     async def ExportMessages(
@@ -65,10 +66,10 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
         owner, flt = current_owner(), _filter(request)
         after_id = ""  # below every ULID
         while True:
-            records = await self.service.list(owner, flt, limit=_PAGE_MAX, after_id=after_id)
+            records = await self.service.list(owner, flt, limit=PAGE_MAX, after_id=after_id)
             for record in records:
                 yield message_to_pb(record)
-            if len(records) < _PAGE_MAX:
+            if len(records) < PAGE_MAX:
                 return
             after_id = records[-1].id
 
@@ -96,27 +97,13 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
         ids = list(request.message_ids)
         if len(ids) > _WATCH_MAX_IDS:
             raise InvalidArgument("message_ids", f"at most {_WATCH_MAX_IDS}; watch all and filter instead")
-        if request.HasField("after_event_id"):
-            if request.after_event_id > _MAX_EVENT_ID:
-                raise InvalidArgument("after_event_id", "larger than any event id")
-            cursor = request.after_event_id
-        else:
-            cursor = await self.service.last_event_id()
-        # Runs for the life of the stream; ends when the client cancels or the server stops.
-        while not self.feed.closed:
-            waiter = self.feed.waiter()
-            # Read up to the newest id known now; when the batch is not full, everything up
-            # to it was seen, so a filtered stream does not rescan non-matching events.
-            # (Event ids commit in order on SQLite, whose writes are serialised.)
-            bound = await self.service.last_event_id()
-            events = await self.service.events_after(owner, cursor, limit=_WATCH_BATCH, message_ids=ids, upto=bound)
-            for e in events:
-                yield event_to_pb(e)
-                cursor = e.id
-            if len(events) < _WATCH_BATCH:
-                cursor = max(cursor, bound)
-                await self.feed.wait(waiter, _WATCH_POLL)
-        raise Unavailable("server shutting down; resume with after_event_id")
+        cursor = start_cursor(request.HasField("after_event_id"), request.after_event_id)
+
+        async def read(after: int, upto: int) -> list[EventRecord]:
+            return await self.service.events_after(owner, after, limit=WATCH_BATCH, message_ids=ids, upto=upto)
+
+        async for e in follow(self.feed, cursor, self.service.last_event_id, read):
+            yield event_to_pb(e)
 
 
 def _filter(request: messages_pb2.ListMessagesRequest | messages_pb2.ExportMessagesRequest) -> MessageFilter:
@@ -137,17 +124,3 @@ def _filter(request: messages_pb2.ListMessagesRequest | messages_pb2.ExportMessa
 def _require_id(message_id: str) -> None:
     if not message_id:
         raise InvalidArgument("id", "required")
-
-
-def _encode_token(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode()
-
-
-def _decode_token(token: str) -> str:
-    try:
-        value = base64.urlsafe_b64decode(token.encode()).decode()
-    except ValueError:
-        raise InvalidArgument("page_token", "not a token from next_page_token") from None
-    if len(value) != 26 or not value.isalnum():
-        raise InvalidArgument("page_token", "not a token from next_page_token")
-    return value

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 from ulid import ULID
 
@@ -137,6 +138,11 @@ class InboundRepository:
                 q = q.where(InboundRow.device_id == device_id)
             rows = s.exec(q.order_by(col(EventRow.id)).limit(limit)).all()
             return [InboundEventRecord(id=event_id or 0, inbound=_record(row)) for event_id, row in rows]
+
+    def last_event_id(self) -> int:
+        """The newest event id of any kind: the cursor is shared with WatchMessages."""
+        with self.db.read() as s:
+            return int(s.exec(select(func.max(EventRow.id))).one() or 0)
 
 
 def _record(row: InboundRow) -> InboundRecord:

@@ -28,6 +28,7 @@ from device_bridge.session_task import BridgeContext
 from gateway.bus import LocalBus
 from gateway.config import BridgeSettings, SchedulerSettings
 from gateway.devices.repository import DeviceRepository
+from gateway.inbound.repository import InboundRepository
 from gateway.messages.records import NewMessage
 from gateway.messages.repository import MessageRepository
 from gateway.messages.segments import count_segments
@@ -70,6 +71,7 @@ class World:
         self.ctx = BridgeContext(
             messages=self.messages,
             devices=self.devices,
+            inbound=InboundRepository(self.db),
             bus=LocalBus(),
             settings=BridgeSettings(ping_interval=3600, ping_timeout=3600),
             metrics=BridgeMetrics(CollectorRegistry()),

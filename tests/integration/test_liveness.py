@@ -34,6 +34,7 @@ from device_bridge.session_task import BridgeContext
 from gateway.bus import LocalBus
 from gateway.config import BridgeSettings
 from gateway.devices.repository import DeviceRepository
+from gateway.inbound.repository import InboundRepository
 from gateway.messages.records import NewMessage
 from gateway.messages.repository import MessageRepository
 from gateway.storage.engine import Database
@@ -92,6 +93,7 @@ class World:
         self.ctx = BridgeContext(
             messages=self.messages,
             devices=self.devices,
+            inbound=InboundRepository(self.db),
             bus=LocalBus(),
             settings=BridgeSettings(ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT),
             metrics=BridgeMetrics(CollectorRegistry()),

@@ -1,0 +1,87 @@
+"""Cursors shared by the list and watch RPCs: page tokens over ULIDs, and the loop that follows
+the event log (WatchMessages, WatchInbound) from a resumable event id."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from gateway.errors import InvalidArgument, Unavailable
+from gateway.messages.service import EventFeed
+
+__all__ = ["PAGE_MAX", "WATCH_BATCH", "page_limit", "encode_page_token", "decode_page_token", "start_cursor", "follow"]
+
+PAGE_DEFAULT, PAGE_MAX = 50, 500
+WATCH_BATCH = 500
+_MAX_EVENT_ID = 2**63 - 1  # event ids are SQL BIGINTs
+# Safety net only: watchers are woken by the bus; this bounds a missed wake-up.
+_WATCH_POLL = 1.0
+
+
+class _Event(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+E = TypeVar("E", bound=_Event)
+
+
+def page_limit(page_size: int) -> int:
+    """The rows a page holds: `page_size`, 0 = the default; more than PAGE_MAX is refused."""
+    if page_size > PAGE_MAX:
+        raise InvalidArgument("page_size", f"at most {PAGE_MAX}")
+    return page_size or PAGE_DEFAULT
+
+
+def encode_page_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    """The ULID a page token continues below; anything else is INVALID_ARGUMENT on page_token."""
+    try:
+        value = base64.urlsafe_b64decode(token.encode()).decode()
+    except ValueError:
+        raise InvalidArgument("page_token", "not a token from next_page_token") from None
+    if len(value) != 26 or not value.isalnum():
+        raise InvalidArgument("page_token", "not a token from next_page_token")
+    return value
+
+
+def start_cursor(has_after: bool, after_event_id: int) -> int | None:
+    """A watch's start: after `after_event_id` when given (0 = from the start), else None
+    (from the current end of the log)."""
+    if not has_after:
+        return None
+    if after_event_id > _MAX_EVENT_ID:
+        raise InvalidArgument("after_event_id", "larger than any event id")
+    return after_event_id
+
+
+async def follow(
+    feed: EventFeed,
+    cursor: int | None,
+    last_event_id: Callable[[], Awaitable[int]],
+    read: Callable[[int, int], Awaitable[list[E]]],
+) -> AsyncIterator[E]:
+    """Yield events after `cursor` (None = from now on) as they are logged, for the life of
+    the stream; `read(after, upto)` returns at most WATCH_BATCH matching events, oldest first.
+    Ends with UNAVAILABLE when the server shuts down, so the client resumes from its cursor.
+    """
+    if cursor is None:
+        cursor = await last_event_id()
+    while not feed.closed:
+        waiter = feed.waiter()
+        # Read up to the newest id known now; when the batch is not full, everything up
+        # to it was seen, so a filtered stream does not rescan non-matching events.
+        # (Event ids commit in order on SQLite, whose writes are serialised.)
+        bound = await last_event_id()
+        events = await read(cursor, bound)
+        for e in events:
+            yield e
+            cursor = e.id
+        if len(events) < WATCH_BATCH:
+            cursor = max(cursor, bound)
+            await feed.wait(waiter, _WATCH_POLL)
+    raise Unavailable("server shutting down; resume with after_event_id")
