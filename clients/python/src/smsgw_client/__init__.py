@@ -4,7 +4,8 @@
 generated stubs in :mod:`smsgw.v1` with a default deadline, retries of
 UNAVAILABLE, idempotent sends, a self-resuming status stream and the typed
 errors of :mod:`smsgw_client.errors`. :func:`tls_credentials` builds the
-``credentials`` argument for a TLS (or mutual TLS) server.
+``credentials`` argument for a TLS (or mutual TLS) server. :class:`WebhookReceiver`
+verifies and dedupes the webhooks smsgw sends.
 """
 
 from .aio import AsyncClient
@@ -24,6 +25,7 @@ from .errors import (
     map_rpc_errors,
 )
 from .tls import tls_credentials
+from .webhook_receiver import WebhookReceiver, WebhookVerificationError
 
 __all__ = [
     "AlreadyExists",
@@ -41,4 +43,6 @@ __all__ = [
     "from_rpc_error",
     "map_rpc_errors",
     "tls_credentials",
+    "WebhookReceiver",
+    "WebhookVerificationError",
 ]

@@ -8,12 +8,13 @@ shared :mod:`smsgw_client._channel`, so both clients behave alike on the wire.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 import grpc.aio
 
 from smsgw.v1 import (
@@ -23,18 +24,22 @@ from smsgw.v1 import (
     auth_pb2_grpc,
     devices_pb2,
     devices_pb2_grpc,
+    inbound_pb2,
+    inbound_pb2_grpc,
     messages_pb2,
     messages_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 
 from . import _channel
+from ._webhooks import WebhookCalls
 from .errors import from_rpc_error, map_rpc_errors
 
 __all__ = ["AsyncClient"]
 
 
 class AsyncClient:
-    """An asyncio client for the smsgw API (messages, devices, auth, audit).
+    """An asyncio client for the smsgw API (messages, inbound SMS, devices, auth, audit).
 
     Create it inside the event loop that will use it (grpc.aio binds the
     channel to that loop). Use ``async with``, or await :meth:`close`.
@@ -70,6 +75,10 @@ class AsyncClient:
         self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._inbound = inbound_pb2_grpc.InboundServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._webhooks = webhooks_pb2_grpc.WebhookServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        #: The WebhookService calls: ``client.webhooks.create(url, events)`` and so on.
+        self.webhooks: WebhookCalls[Any] = WebhookCalls(self._webhook_call)
 
     def set_token(self, token: str | None) -> None:
         """Use another access token from the next call on (after :meth:`refresh_token`)."""
@@ -89,6 +98,10 @@ class AsyncClient:
     async def close(self, grace: float | None = None) -> None:
         """Close the channel, giving running calls ``grace`` seconds. Idempotent."""
         await self._channel.close(grace)
+
+    async def _webhook_call(self, name: str, request: Message, timeout: float | None) -> Any:
+        with map_rpc_errors():
+            return await getattr(self._webhooks, name)(request, timeout=self._deadline(timeout), metadata=self._metadata)
 
     def _deadline(self, timeout: float | None) -> float:
         return self._timeout if timeout is None else timeout
@@ -251,10 +264,67 @@ class AsyncClient:
         cursor = _channel.WatchCursor(
             after_event_id, message_ids, timeout=timeout, max_reconnects=max_reconnects
         )
-        while True:
-            call = self._messages.WatchMessages(
-                cursor.request(), timeout=cursor.timeout(), metadata=self._metadata
+        stream: AsyncGenerator[messages_pb2.MessageEvent, None] = self._follow(
+            cursor, lambda: self._messages.WatchMessages(cursor.request(), timeout=cursor.timeout(), metadata=self._metadata)
+        )
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+
+    async def list_inbound(
+        self,
+        *,
+        device_id: str = "",
+        received_after: datetime | None = None,
+        received_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> inbound_pb2.ListInboundResponse:
+        """Return one page of received SMS, newest first; see :meth:`smsgw_client.Client.list_inbound`."""
+        request = _channel.list_inbound_request(
+            device_id=device_id,
+            received_after=received_after,
+            received_before=received_before,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        with map_rpc_errors():
+            response: inbound_pb2.ListInboundResponse = await self._inbound.ListInbound(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
             )
+        return response
+
+    async def watch_inbound(
+        self,
+        after_event_id: int | None = None,
+        device_id: str = "",
+        *,
+        timeout: float | None = None,
+        max_reconnects: int = _channel.DEFAULT_MAX_RECONNECTS,
+    ) -> AsyncGenerator[inbound_pb2.InboundEvent, None]:
+        """Yield inbound SMS as they are stored, resuming after UNAVAILABLE; see
+        :meth:`smsgw_client.Client.watch_inbound`. Close the iterator to cancel the stream."""
+        cursor = _channel.WatchCursor(after_event_id, (), timeout=timeout, max_reconnects=max_reconnects)
+        stream: AsyncGenerator[inbound_pb2.InboundEvent, None] = self._follow(
+            cursor,
+            lambda: self._inbound.WatchInbound(
+                cursor.inbound_request(device_id), timeout=cursor.timeout(), metadata=self._metadata
+            ),
+        )
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+
+    @staticmethod
+    async def _follow(cursor: _channel.WatchCursor, open_stream: Callable[[], Any]) -> AsyncGenerator[Any, None]:
+        """Run a watch stream from `cursor`, reopening it after UNAVAILABLE."""
+        while True:
+            call = open_stream()
             try:
                 async for event in call:
                     if cursor.accept(event):

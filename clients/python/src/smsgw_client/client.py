@@ -9,12 +9,13 @@ itself, and typed errors (:mod:`smsgw_client.errors`).
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from smsgw.v1 import (
     audit_pb2,
@@ -23,18 +24,22 @@ from smsgw.v1 import (
     auth_pb2_grpc,
     devices_pb2,
     devices_pb2_grpc,
+    inbound_pb2,
+    inbound_pb2_grpc,
     messages_pb2,
     messages_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 
 from . import _channel
+from ._webhooks import WebhookCalls
 from .errors import from_rpc_error, map_rpc_errors
 
 __all__ = ["Client"]
 
 
 class Client:
-    """A blocking client for the smsgw API (messages, devices, auth, audit).
+    """A blocking client for the smsgw API (messages, inbound SMS, devices, auth, audit).
 
     Safe to share between threads (as the underlying gRPC channel is). Use it
     as a context manager, or call :meth:`close`, to release the connection.
@@ -70,6 +75,10 @@ class Client:
         self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._inbound = inbound_pb2_grpc.InboundServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        self._webhooks = webhooks_pb2_grpc.WebhookServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        #: The WebhookService calls: ``client.webhooks.create(url, events)`` and so on.
+        self.webhooks: WebhookCalls[Any] = WebhookCalls(self._webhook_call)
 
     def set_token(self, token: str | None) -> None:
         """Use another access token from the next call on (after :meth:`refresh_token`)."""
@@ -89,6 +98,10 @@ class Client:
     def close(self) -> None:
         """Close the channel; calls still running are cancelled. Idempotent."""
         self._channel.close()
+
+    def _webhook_call(self, name: str, request: Message, timeout: float | None) -> Any:
+        with map_rpc_errors():
+            return getattr(self._webhooks, name)(request, timeout=self._deadline(timeout), metadata=self._metadata)
 
     def _deadline(self, timeout: float | None) -> float:
         return self._timeout if timeout is None else timeout
@@ -303,10 +316,74 @@ class Client:
         cursor = _channel.WatchCursor(
             after_event_id, message_ids, timeout=timeout, max_reconnects=max_reconnects
         )
-        while True:
-            call = self._messages.WatchMessages(
-                cursor.request(), timeout=cursor.timeout(), metadata=self._metadata
+        yield from self._follow(
+            cursor, lambda: self._messages.WatchMessages(cursor.request(), timeout=cursor.timeout(), metadata=self._metadata)
+        )
+
+    def list_inbound(
+        self,
+        *,
+        device_id: str = "",
+        received_after: datetime | None = None,
+        received_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> inbound_pb2.ListInboundResponse:
+        """Return one page of the SMS the owner's phones received, newest first.
+
+        Args:
+            device_id: Only this phone's ("" = any).
+            received_after: Inclusive lower bound on the phone's receive time, timezone-aware.
+            received_before: Exclusive upper bound, timezone-aware.
+            page_size: SMS per page (0 = the server's default, 50; at most 500).
+            page_token: ``next_page_token`` of the previous page ("" = first).
+            timeout: Deadline in seconds (None = the client's default).
+        """
+        request = _channel.list_inbound_request(
+            device_id=device_id,
+            received_after=received_after,
+            received_before=received_before,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        with map_rpc_errors():
+            response: inbound_pb2.ListInboundResponse = self._inbound.ListInbound(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
             )
+        return response
+
+    def watch_inbound(
+        self,
+        after_event_id: int | None = None,
+        device_id: str = "",
+        *,
+        timeout: float | None = None,
+        max_reconnects: int = _channel.DEFAULT_MAX_RECONNECTS,
+    ) -> Generator[inbound_pb2.InboundEvent, None, None]:
+        """Yield inbound SMS as they are stored, in event-id order, resuming after
+        UNAVAILABLE like :meth:`watch_messages` (each SMS once, also across reconnects).
+
+        Args:
+            after_event_id: Resume after this event (0 = from the start; None = only
+                SMS stored from now on).
+            device_id: Only this phone's ("" = any of the caller's).
+            timeout: Overall deadline in seconds; None = none.
+            max_reconnects: Reconnects in a row without an event before the error is raised.
+        """
+        cursor = _channel.WatchCursor(after_event_id, (), timeout=timeout, max_reconnects=max_reconnects)
+        yield from self._follow(
+            cursor,
+            lambda: self._inbound.WatchInbound(
+                cursor.inbound_request(device_id), timeout=cursor.timeout(), metadata=self._metadata
+            ),
+        )
+
+    @staticmethod
+    def _follow(cursor: _channel.WatchCursor, open_stream: Callable[[], Any]) -> Generator[Any, None, None]:
+        """Run a watch stream from `cursor`, reopening it after UNAVAILABLE."""
+        while True:
+            call = open_stream()
             try:
                 for event in call:
                     if cursor.accept(event):
