@@ -8,7 +8,7 @@ decision about the wire lives here once, so the two cannot drift apart:
   (RELIABILITY 23);
 * the ``authorization`` call metadata;
 * building the request messages (validation of local arguments included);
-* the resume cursor and reconnect backoff of ``WatchMessages``.
+* the resume cursor and reconnect backoff of ``WatchMessages`` and ``WatchInbound``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Final, cast
 import grpc
 from google.protobuf import timestamp_pb2
 
-from smsgw.v1 import common_pb2, devices_pb2, messages_pb2
+from smsgw.v1 import common_pb2, devices_pb2, inbound_pb2, messages_pb2
 
 __all__ = [
     "DEFAULT_MAX_RECONNECTS",
@@ -40,6 +40,7 @@ __all__ = [
     "call_metadata",
     "channel_options",
     "export_messages_request",
+    "list_inbound_request",
     "list_messages_request",
     "new_idempotency_key",
     "pairing_code_request",
@@ -55,7 +56,12 @@ DEFAULT_MAX_RECONNECTS: Final = 8
 
 # AuthService is not retried: a RefreshToken retried after the server spent the token would
 # look like a reuse outside the grace window and revoke the sign-in.
-RETRIED_SERVICES: Final = ("smsgw.v1.MessageService", "smsgw.v1.DeviceService", "smsgw.v1.AuditService")
+RETRIED_SERVICES: Final = (
+    "smsgw.v1.MessageService",
+    "smsgw.v1.DeviceService",
+    "smsgw.v1.AuditService",
+    "smsgw.v1.InboundService",
+)
 
 MAX_RECEIVE_MESSAGE_LENGTH: Final = 16 * 1024 * 1024
 """Set explicitly (RELIABILITY 25): a page of 500 messages can exceed gRPC's 4 MiB."""
@@ -263,6 +269,27 @@ def list_messages_request(
     return request
 
 
+def list_inbound_request(
+    *,
+    device_id: str,
+    received_after: datetime | None,
+    received_before: datetime | None,
+    page_size: int,
+    page_token: str,
+) -> inbound_pb2.ListInboundRequest:
+    """Build a ``ListInboundRequest``; unset datetimes mean "no bound".
+
+    Raises:
+        ValueError: A naive datetime.
+    """
+    request = inbound_pb2.ListInboundRequest(device_id=device_id, page_size=page_size, page_token=page_token)
+    if received_after is not None:
+        request.received_after.CopyFrom(_timestamp(received_after, "received_after"))
+    if received_before is not None:
+        request.received_before.CopyFrom(_timestamp(received_before, "received_before"))
+    return request
+
+
 def pairing_code_request(device_name: str, ttl_seconds: int) -> devices_pb2.CreatePairingCodeRequest:
     """Build a ``CreatePairingCodeRequest`` (0 = the server's default TTL)."""
     return devices_pb2.CreatePairingCodeRequest(device_name=device_name, ttl_seconds=ttl_seconds)
@@ -281,9 +308,9 @@ def reconnect_delay(attempt: int, *, rng: Callable[[], float] = random.random) -
 
 
 class WatchCursor:
-    """The resume state of one ``watch_messages`` iteration.
+    """The resume state of one ``watch_messages`` / ``watch_inbound`` iteration.
 
-    ``WatchMessages`` is ordered by ``event_id``, and a new stream resumes after
+    Both watches are ordered by ``event_id``, and a new stream resumes after
     the ``after_event_id`` it is given. Remembering the last event handed to
     the caller, and starting each reconnect from it, gives the caller every
     event exactly once across disconnects.
@@ -323,13 +350,20 @@ class WatchCursor:
             request.after_event_id = self.after_event_id
         return request
 
+    def inbound_request(self, device_id: str) -> inbound_pb2.WatchInboundRequest:
+        """Return the ``WatchInbound`` request for the next stream (``message_ids`` unused)."""
+        request = inbound_pb2.WatchInboundRequest(device_id=device_id)
+        if self.after_event_id is not None:
+            request.after_event_id = self.after_event_id
+        return request
+
     def timeout(self) -> float | None:
         """Return the deadline left for the next stream, or None for no deadline."""
         if self._deadline is None:
             return None
         return max(0.0, self._deadline - time.monotonic())
 
-    def accept(self, event: messages_pb2.MessageEvent) -> bool:
+    def accept(self, event: messages_pb2.MessageEvent | inbound_pb2.InboundEvent) -> bool:
         """Record ``event``; return False if it was already handed out.
 
         The server should never repeat an event after ``after_event_id``; the
