@@ -203,6 +203,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="priority >= 100 skips the SIM limits")
     dset.add_argument("--reset", action="store_true", help="back to the server's defaults")
 
+    from gateway import cli_inbound
+
+    cli_inbound.add_parser(sub, _client_args)
+
     sim = sub.add_parser("simulate", help="run N simulated phones against a running server")
     _client_args(sim)
     sim.add_argument("--devices", type=int, default=1, metavar="N")
