@@ -1,4 +1,4 @@
-"""The `smsgw` command: serve, and the client commands (send, watch, devices, simulate).
+"""The `smsgw` command: serve, and the client commands (send, watch, devices, webhooks, simulate).
 
 Exit status: 0 success (send: DELIVERED, or SENT without a delivery report), 1 when a sent
 message ends FAILED / EXPIRED / CANCELLED, 2 on usage or connection errors.
@@ -202,6 +202,10 @@ def _parser() -> argparse.ArgumentParser:
     dset.add_argument("--priority-bypass", action=argparse.BooleanOptionalAction, default=None,
                       help="priority >= 100 skips the SIM limits")
     dset.add_argument("--reset", action="store_true", help="back to the server's defaults")
+
+    from gateway import cli_webhooks
+
+    cli_webhooks.add_parser(sub, _client_args)
 
     from gateway import cli_inbound
 

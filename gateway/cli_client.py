@@ -12,7 +12,7 @@ import grpc
 from smsgw.v1 import common_pb2
 from smsgw_client import Client, DeadlineExceeded, SmsgwError, tls_credentials
 
-from gateway import cli_inbound, cli_messages
+from gateway import cli_inbound, cli_messages, cli_webhooks
 from gateway.cli_credentials import StoredCredentials, credentials_path
 from gateway.cli_users import read_password
 from gateway.redact import redact_number
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
                 return _audit(client, args)
             if args.command in ("show", "cancel", "reschedule"):
                 return getattr(cli_messages, args.command)(client, args)
+            if args.command == "webhooks":
+                return cli_webhooks.run(client, args)
             if args.command == "inbound":
                 return cli_inbound.run(client, args)
             if args.command == "token":

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from smsgw_client import Client
 from websockets.sync.client import ClientConnection, connect
 
+from device_bridge.server import PRIVATE_TOKEN_HEADER
+
 from device_bridge.protocol import (
     Credentials,
     DeliverReceived,
@@ -30,9 +32,12 @@ _TIMEOUT = 10.0
 
 
 def open_raw(
-    url: str, authorization: str | None, *, subprotocols: Sequence[str] = (Encoding.PROTO,)
+    url: str, authorization: str | None, *, subprotocols: Sequence[str] = (Encoding.PROTO,), private_token: str = ""
 ) -> ClientConnection:
+    """`private_token`: the private-mode server's token, sent with a pairing code."""
     headers = {"Authorization": authorization} if authorization else {}
+    if private_token:
+        headers[PRIVATE_TOKEN_HEADER] = private_token
     return connect(
         url, subprotocols=list(subprotocols) or None, additional_headers=headers,  # type: ignore[arg-type]
         compression=None, open_timeout=_TIMEOUT, close_timeout=_TIMEOUT,
@@ -94,9 +99,12 @@ class RawPhone:
         return self._event_id
 
 
-def pair_raw(grpc_target: str, token: str, url: str, *, window: int = 4, encoding: Encoding = Encoding.PROTO) -> tuple[RawPhone, Credentials]:
+def pair_raw(
+    grpc_target: str, token: str, url: str, *, window: int = 4, encoding: Encoding = Encoding.PROTO, private_token: str = ""
+) -> tuple[RawPhone, Credentials]:
     with Client(grpc_target, token) as client:
         code = client.create_pairing_code(device_name="raw").code
-    phone = RawPhone(open_raw(url, f"Pairing {code}", subprotocols=[encoding]), encoding, window)
+    ws = open_raw(url, f"Pairing {code}", subprotocols=[encoding], private_token=private_token)
+    phone = RawPhone(ws, encoding, window)
     assert isinstance(phone.welcome, WelcomeReceived) and phone.welcome.credentials is not None
     return phone, phone.welcome.credentials

@@ -8,6 +8,7 @@ errors of :mod:`smsgw_client.errors`. :func:`tls_credentials` builds the
 verifies and dedupes the webhooks smsgw sends.
 """
 
+from ._webhooks import EVENTS as WEBHOOK_EVENTS
 from .aio import AsyncClient
 from .client import Client
 from .errors import (
@@ -43,6 +44,7 @@ __all__ = [
     "from_rpc_error",
     "map_rpc_errors",
     "tls_credentials",
+    "WEBHOOK_EVENTS",
     "WebhookReceiver",
     "WebhookVerificationError",
 ]
