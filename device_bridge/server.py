@@ -20,7 +20,7 @@ from websockets.http11 import Request, Response
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 
-from device_bridge.protocol import SUBPROTOCOLS
+from device_bridge.protocol import PRIVATE_TOKEN_HEADER, SUBPROTOCOLS
 from device_bridge.session_task import Admission, BridgeContext, run_session
 from gateway.types import utcnow
 
@@ -29,7 +29,6 @@ __all__ = ["BridgeServer", "serve", "DEVICE_PATH", "PRIVATE_TOKEN_HEADER", "SERV
 log = logging.getLogger(__name__)
 
 DEVICE_PATH = "/device/v1"
-PRIVATE_TOKEN_HEADER = "X-Smsgw-Private-Token"
 # RFC 6455 1012: the phone reconnects after a short random delay (not 1001, "going away").
 SERVICE_RESTART = 1012
 

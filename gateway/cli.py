@@ -230,6 +230,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-delivery-reports", action="store_true", help="the carrier never reports delivery")
     sim.add_argument("--reconnect-scale", type=float, default=1.0, help="multiply reconnect backoff delays (tests use small values)")
     sim.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    sim.add_argument("--receive-every", type=float, metavar="SECONDS",
+                     help="each phone receives an SMS this often and forwards it to the server (inbound)")
+    sim.add_argument("--receive", default="", metavar="TEXT",
+                     help="the received SMS' text (default: numbered); without --receive-every, one per phone")
+    sim.add_argument("--receive-from", default="+15550199000", metavar="SENDER", help="the received SMS' sender")
+    sim.add_argument("--private-token-env", metavar="VAR",
+                     help="environment variable holding a private-mode server's token, sent when pairing")
     return parser
 
 

@@ -242,6 +242,11 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.devices < 1:
         return _usage("--devices must be at least 1")
     device_url = args.device_url or _device_url_from_endpoints(args)
+    private_token = ""
+    if args.private_token_env:
+        private_token = os.environ.get(args.private_token_env, "")
+        if not private_token:
+            return _usage(f"--private-token-env: ${args.private_token_env} is not set")
     options = SimulatorOptions(
         server=args.server,
         token=_token(args),
@@ -261,11 +266,17 @@ def _simulate(args: argparse.Namespace) -> int:
         duration=args.duration,
         ca_file=args.ca_file,
         grpc_credentials=_channel_credentials(args),
+        private_token=private_token,
+        receive_every=args.receive_every,
+        receive_text=args.receive,
+        receive_from=args.receive_from,
     )
     try:
         return run_simulator(options)
     except grpc.RpcError as exc:
         return _usage(f"cannot pair simulated phones: {exc.code().name}")
+    except ValueError as exc:  # e.g. a --receive text or sender no Inbound could carry
+        return _usage(f"simulate: {exc}")
     except OSError as exc:  # ssl.SSLError included: a CA file that is not PEM
         return _usage(f"--ca-file {args.ca_file}: {exc}")
 

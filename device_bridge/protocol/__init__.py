@@ -8,7 +8,7 @@ The wire contract is ``proto/smsgw/device/v1/device.proto``.
 
 from __future__ import annotations
 
-from .codec import SUBPROTOCOLS, CloseCode, Encoding, decode, encode
+from .codec import PRIVATE_TOKEN_HEADER, SUBPROTOCOLS, CloseCode, Encoding, decode, encode
 from .errors import MAX_REASON_BYTES, InvalidState, ProtocolError, RemoteProtocolError
 from .events import (
     AckReceived,
@@ -38,6 +38,7 @@ from .session import DeviceSession, SessionState, SessionStatistics
 __all__ = [
     "MAX_REASON_BYTES",
     "MAX_WINDOW",
+    "PRIVATE_TOKEN_HEADER",
     "SUBPROTOCOLS",
     "AckReceived",
     "CloseCode",

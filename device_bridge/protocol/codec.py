@@ -43,6 +43,7 @@ from .events import (
 )
 
 __all__ = [
+    "PRIVATE_TOKEN_HEADER",
     "SUBPROTOCOLS",
     "CloseCode",
     "Encoding",
@@ -90,6 +91,9 @@ class Encoding(StrEnum):
 
 #: Subprotocols in order of preference, for the WebSocket handshake.
 SUBPROTOCOLS: tuple[str, ...] = (Encoding.PROTO, Encoding.JSON)
+
+#: Upgrade header a phone pairing with a private-mode server adds (the server's private token).
+PRIVATE_TOKEN_HEADER = "X-Smsgw-Private-Token"
 
 _Frame = TypeVar("_Frame", device_pb2.DeviceFrame, device_pb2.BridgeFrame)
 

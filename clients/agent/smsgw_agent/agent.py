@@ -30,12 +30,17 @@ The phone side of the protocol (DESIGN, "Phone protocol"; ``device.proto``):
 * keep every receipt until the bridge Acks its event id, and re-send the
   unacknowledged ones, in order, right after each Welcome;
 * on Drop: never start sending any not-yet-started recipient of that message;
+* an SMS the phone "receives" (:meth:`PhoneAgent.receive_sms`) is forwarded as
+  Inbound with a phone-made id and event id, kept until the bridge Acks that
+  event id and re-sent (same id, so the server stores one copy) after each
+  Welcome, together with the unacknowledged receipts, in event-id order;
 * on Settings (and ``Welcome.settings``): keep the latest pacing in
   :attr:`PhoneAgent.settings`. The bridge does the pacing; the phone only
   keeps it;
 * reconnect with :class:`~smsgw_agent.backoff.Backoff` (RELIABILITY 8) until
   cancelled, stopping for good on close 4003 (REPLACED), 4004
-  (CREDENTIALS_REVOKED) or HTTP 401/403 at the upgrade.
+  (CREDENTIALS_REVOKED) or HTTP 401/403 at the upgrade. Pairing with a
+  private-mode server also sends its private token (``PRIVATE_TOKEN_HEADER``).
 
 The store logic is sync and socket-free: :meth:`PhoneAgent.attach_session`,
 :meth:`PhoneAgent.handle_event` and :meth:`PhoneAgent.detach_session` are the
@@ -51,6 +56,7 @@ import logging
 import socket
 import ssl
 import struct
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -63,6 +69,7 @@ from websockets.trio.client import connect as ws_connect
 
 from device_bridge.protocol import (
     MAX_WINDOW,
+    PRIVATE_TOKEN_HEADER,
     AckReceived,
     CloseCode,
     Credentials,
@@ -74,6 +81,7 @@ from device_bridge.protocol import (
     Event,
     FailureClass,
     HeldRecipient,
+    InboundSms,
     PacingSettings,
     Receipt,
     ReceiptState,
@@ -172,6 +180,8 @@ class AgentStatistics:
     unacked: int  # receipts the bridge has not acknowledged yet
     parts_sent: int = 0  # SENT receipts made (one per part)
     parts_delivered: int = 0  # DELIVERED receipts made (one per part)
+    inbound: int = 0  # SMS received (receive_sms)
+    inbound_unacked: int = 0  # of those, not acknowledged by the bridge yet
 
 
 class PhoneAgent:
@@ -202,6 +212,9 @@ class PhoneAgent:
         ssl_context: TLS client settings for a ``wss://`` URL, e.g.
             ``ssl.create_default_context(cafile=...)`` for a private CA; None
             uses the system's roots. Refused with a ``ws://`` URL.
+        private_token: The server's private token (``gateway.private_token``),
+            sent in ``X-Smsgw-Private-Token`` with a pairing code: a server in
+            private mode refuses pairing without it. Bearer sessions never send it.
 
     Attributes (test hooks; read them, do not write them, except
     ``pause_accepting``):
@@ -213,6 +226,11 @@ class PhoneAgent:
             (finished ones included; Dropped ones removed). See
             :meth:`held_message_ids` for the messages.
         unacked: Receipts the bridge has not acknowledged, by event id, in order.
+        inbound_unacked: Received SMS (:meth:`receive_sms`) the bridge has not
+            acknowledged, by event id, in order.
+        ignore_acks: While True, Acks are read but not applied, as if each had
+            been lost with the session: receipts and inbound SMS stay unacked and
+            go out again after the next Welcome (a test then drops the session).
         parked: Delivers held back while ``pause_accepting`` is True, by message
             id (the bridge has at most one Deliver of a message in flight).
         pause_accepting: While True, new Delivers are parked, not accepted (no
@@ -247,6 +265,7 @@ class PhoneAgent:
         ping_timeout: float | None = 20.0,
         welcome_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        private_token: str | None = None,
     ) -> None:
         if not token and not pairing_code:
             raise ValueError("a phone needs a device token or a pairing code")
@@ -260,6 +279,7 @@ class PhoneAgent:
             raise ValueError("a phone needs at least one SIM")
         self.device_url = device_url
         self.ssl_context = ssl_context
+        self.private_token = private_token or None
         self.token = token or None
         self.pairing_code = pairing_code or None
         self.encoding = _ENCODINGS[encoding]
@@ -280,6 +300,7 @@ class PhoneAgent:
         self._recipients: dict[RecipientKey, _Recipient] = {}
         self._by_message: dict[str, list[_Recipient]] = {}
         self.unacked: dict[int, Receipt] = {}
+        self.inbound_unacked: dict[int, InboundSms] = {}
         self._next_event_id = 1
         self.accepted: set[RecipientKey] = set()
         self.settings: PacingSettings | None = None
@@ -287,6 +308,7 @@ class PhoneAgent:
         self.received: list[str] = []
         self.parked: dict[str, Delivery] = {}
         self.pause_accepting = False
+        self.ignore_acks = False
         self.sessions = 0
         self.device_id: str | None = None
         self.credentials: Credentials | None = None
@@ -301,6 +323,7 @@ class PhoneAgent:
         self._parts_delivered = 0
         self._dropped = 0
         self._receipts = 0
+        self._inbound = 0
 
         # The current session (None between sessions) and its plumbing.
         self._proto: DeviceSession | None = None
@@ -347,6 +370,8 @@ class PhoneAgent:
             unacked=len(self.unacked),
             parts_sent=self._parts_sent,
             parts_delivered=self._parts_delivered,
+            inbound=self._inbound,
+            inbound_unacked=len(self.inbound_unacked),
         )
 
     @property
@@ -445,15 +470,17 @@ class PhoneAgent:
         if isinstance(event, DeliverReceived):
             self._on_deliver(event.delivery)
         elif isinstance(event, AckReceived):
-            for event_id in event.event_ids:
-                self.unacked.pop(event_id, None)
+            if not self.ignore_acks:
+                for event_id in event.event_ids:
+                    self.unacked.pop(event_id, None)
+                    self.inbound_unacked.pop(event_id, None)
         elif isinstance(event, DropReceived):
             self._on_drop(event.message_id)
         elif isinstance(event, SettingsReceived):
             self.settings = event.settings
         elif isinstance(event, WelcomeReceived):
             self._on_welcome(event)
-        else:  # HelloReceived / ReceiptReceived only reach a BRIDGE session
+        else:  # HelloReceived / ReceiptReceived / InboundReceived only reach a BRIDGE session
             raise TypeError(f"unexpected event on the phone: {type(event).__name__}")
         self._notify()
 
@@ -476,12 +503,16 @@ class PhoneAgent:
         self.device_id = event.device_id
         self.sessions += 1
         self.backoff.reset()
-        self._log.debug("= session %d open as device %s (window %d, %d receipts to re-send)",
-                       self.sessions, event.device_id, event.window, len(self.unacked))
-        # Unacknowledged receipts go out again, in event-id order (dicts keep
-        # insertion order and ids only grow).
-        for receipt in list(self.unacked.values()):
-            self._transmit(receipt)
+        self._log.debug("= session %d open as device %s (window %d, %d receipts and %d SMS to re-send)",
+                       self.sessions, event.device_id, event.window, len(self.unacked), len(self.inbound_unacked))
+        # Unacknowledged receipts and inbound SMS go out again, in event-id order
+        # (dicts keep insertion order and ids only grow).
+        for event_id in sorted([*self.unacked, *self.inbound_unacked]):
+            receipt = self.unacked.get(event_id)
+            if receipt is not None:
+                self._transmit(receipt)
+            else:
+                self._forward(self.inbound_unacked[event_id])
         self._connected.set()
         if self._task_status is not None:
             task_status, self._task_status = self._task_status, None
@@ -539,6 +570,48 @@ class PhoneAgent:
                    attempt=delivery.attempt)
         if fresh:
             self._nursery.start_soon(self._send_recipients, fresh)
+
+    def receive_sms(
+        self,
+        sender: str,
+        text: str | None = None,
+        data: bytes | None = None,
+        port: int = 0,
+        sim: int = 1,
+        received_at: datetime | None = None,
+    ) -> str:
+        """Let the phone "receive" an SMS (text, or data to ``port``) on SIM ``sim``, and
+        forward it: at once when a session is open, else after the next Welcome; again
+        after every reconnect until the bridge Acks it. Returns the phone's id for it
+        (the server's duplicate key).
+
+        Raises:
+            ValueError / TypeError: Not a valid Inbound (e.g. both or neither of text and
+                data, an empty or too long sender, a body over its bound).
+        """
+        phone_id = uuid.uuid4().hex
+        inbound = InboundSms(
+            self._next_event_id,
+            phone_id,
+            sender,
+            text=text,
+            data=data,
+            port=port,
+            sim_number=sim,
+            received_at=received_at if received_at is not None else _now(),
+        )
+        self._next_event_id += 1
+        self.inbound_unacked[inbound.event_id] = inbound
+        self._inbound += 1
+        self._forward(inbound)
+        self._notify()
+        return phone_id
+
+    def _forward(self, inbound: InboundSms) -> None:
+        proto = self._proto
+        if proto is not None and proto.state is _OPEN:
+            proto.send_inbound(inbound)
+            self._frames_ready.set()
 
     def _on_drop(self, message_id: str) -> None:
         parked = self.parked.pop(message_id, None)
@@ -697,11 +770,14 @@ class PhoneAgent:
         else:
             assert self.pairing_code is not None
             authorization = f"Pairing {self.pairing_code}"
+        headers = {"Authorization": authorization}
+        if self.private_token and not self.token:
+            headers[PRIVATE_TOKEN_HEADER] = self.private_token
         try:
             async with ws_connect(
                 self.device_url,
                 subprotocols=[self.encoding.value],  # type: ignore[list-item]
-                additional_headers={"Authorization": authorization},
+                additional_headers=headers,
                 user_agent_header=self.app_version,
                 compression=None,
                 proxy=None,

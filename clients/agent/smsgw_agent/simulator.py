@@ -10,10 +10,14 @@ All phones run concurrently in one trio nursery until Ctrl-C / SIGTERM or
 ``duration`` seconds. Each reports ``sims`` SIMs (slots 1..N) in Hello; its
 modem takes ``send_delay`` per SMS part, obeys Android's per-app limit
 (``android_limit`` parts per 60 s, 0 = off) and fails a share
-``failure_rate`` of sends with ``failure_class``. Output (stdout, flushed):
-one line when all phones are online, then a one-line summary every 5 s when
-something changed (with the count of Android limit dialogs, if any). Problems
+``failure_rate`` of sends with ``failure_class``. With ``receive_every`` each
+phone also "receives" an SMS (``receive_text`` from ``receive_from``) every that
+many seconds, and with ``receive_text`` alone one SMS once it is online; they are
+forwarded to the server as Inbound (``PhoneAgent.receive_sms``). Output (stdout,
+flushed): one line when all phones are online, then a one-line summary every 5 s
+when something changed (with the count of Android limit dialogs, if any). Problems
 go to stderr. Nothing printed carries a message body, a phone number or a token.
+``private_token`` lets the phones pair with a server in private mode.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from typing import Any, TextIO
 
 import trio
 
-from device_bridge.protocol import FailureClass, SimInfo
+from device_bridge.protocol import FailureClass, InboundSms, SimInfo
 
 from .agent import PhoneAgent
 from .backoff import Backoff
 from .modem import ANDROID_LIMIT_PARTS, ModemOptions, SimulatedModem
 
 __all__ = [
+    "DEFAULT_SENDER",
     "PAIRING_ATTEMPTS",
     "STARTUP_TIMEOUT",
     "FAILURE_CLASSES",
@@ -59,6 +64,8 @@ SUMMARY_INTERVAL = 5.0
 #: Seconds the phones get to close their sessions cleanly on shutdown.
 SHUTDOWN_GRACE = 5.0
 _STATE_VERSION = 1
+#: The sender of the SMS simulated phones receive, unless told otherwise.
+DEFAULT_SENDER = "+15550199000"
 #: The ``failure_class`` names ``smsgw simulate --failure-class`` takes.
 FAILURE_CLASSES: tuple[str, ...] = tuple(c.name.lower() for c in FailureClass)
 
@@ -85,6 +92,10 @@ class SimulatorOptions:
     duration: float | None = None
     ca_file: Path | None = None  # the CA of the bridge's certificate (wss://); None = system roots
     grpc_credentials: Any = None  # grpc.ChannelCredentials for pairing; None = plaintext
+    private_token: str = ""  # a private-mode server's token, sent when pairing
+    receive_every: float | None = None  # seconds between SMS each phone receives; None = see receive_text
+    receive_text: str = ""  # the received SMS' text ("" = numbered); alone: one SMS per phone
+    receive_from: str = DEFAULT_SENDER  # their sender
 
 
 # --- the state file -------------------------------------------------------------
@@ -191,6 +202,8 @@ class _Simulator:
                         nursery.start_soon(self._stop_after, self.options.duration)
                     nursery.start_soon(self._save_state_loop)
                     nursery.start_soon(self._report)
+                    if self.options.receive_every is not None or self.options.receive_text:
+                        nursery.start_soon(self._receive)
                     self._phones_running = self.options.devices
                     for index in range(self.options.devices):
                         nursery.start_soon(self._phone_task, index)
@@ -251,6 +264,7 @@ class _Simulator:
             backoff=Backoff(scale=o.reconnect_scale),
             name=_name(index),
             ssl_context=self._ssl_context,
+            private_token=o.private_token or None,
             **auth,
         )
         self.agents[index] = agent
@@ -337,6 +351,21 @@ class _Simulator:
 
         return save
 
+    async def _receive(self) -> None:
+        """Make the phones receive SMS: every ``receive_every`` seconds each phone that was
+        online once gets one; without ``receive_every``, each gets one, once."""
+        o = self.options
+        once, count = o.receive_every is None, 0
+        done: set[int] = set()
+        while not (once and len(done) == o.devices):
+            await trio.sleep(0.1 if once else o.receive_every)  # type: ignore[arg-type]
+            for index, agent in enumerate(self.agents):
+                if agent is None or agent.sessions == 0 or (once and index in done):
+                    continue
+                count += 1
+                agent.receive_sms(o.receive_from, text=o.receive_text or f"simulated SMS {count}")
+                done.add(index)
+
     # state file writer: coalesces the writes of a pairing herd, off the loop
 
     def _snapshot(self) -> list[dict[str, str]]:
@@ -370,7 +399,7 @@ class _Simulator:
         all_online_said = False
         startup_checked = False
         # Nothing to report until a message moves or a phone comes and goes.
-        last_summary: tuple[int, ...] = (total, 0, 0, 0, 0, 0, 0)
+        last_summary: tuple[int, ...] = (total, 0, 0, 0, 0, 0, 0, 0)
         next_summary = started + SUMMARY_INTERVAL
         while True:
             await trio.sleep(0.1)
@@ -402,6 +431,7 @@ class _Simulator:
                     sum(s.failed for s in stats),
                     sum(s.delivered for s in stats),
                     sum(len(a.modem.dialogs) for a in agents),
+                    sum(s.inbound for s in stats),
                 )
                 if summary != last_summary:
                     last_summary = summary
@@ -409,6 +439,7 @@ class _Simulator:
                         f"online {summary[0]}/{total}; received {summary[1]}, accepted {summary[2]}, "
                         f"sent {summary[3]}, failed {summary[4]}, delivered {summary[5]}"
                         + (f"; Android limit dialogs {summary[6]}" if summary[6] else "")
+                        + (f"; inbound {summary[7]}" if summary[7] else "")
                     )
 
 
@@ -477,6 +508,9 @@ def run_simulator(options: SimulatorOptions, *, out: TextIO | None = None, err: 
         raise ValueError("duration must not be negative")
     if not 1 <= options.sims <= 8:
         raise ValueError("sims must be in 1..8")
+    if options.receive_every is not None and options.receive_every <= 0:
+        raise ValueError("receive_every must be positive")
+    InboundSms(1, "check", options.receive_from, text=options.receive_text)  # ValueError naming the field
     _modem_options(options)  # validates the modem settings before anything connects
     simulator = _Simulator(options, out if out is not None else sys.stdout, err if err is not None else sys.stderr)
     return trio.run(simulator.run)

@@ -28,6 +28,7 @@ import trio
 import trio.testing
 
 from device_bridge.protocol import (
+    PRIVATE_TOKEN_HEADER,
     AckReceived,
     Credentials,
     Delivery,
@@ -750,6 +751,7 @@ class FakeBridge:
 
     def __init__(self) -> None:
         self.authorizations: list[str] = []
+        self.private_tokens: list[str] = []  # X-Smsgw-Private-Token of each upgrade ("" = none)
         self.refuse = False
         self.close_with: int | None = None  # close right after Welcome with this code
         self.sessions = 0
@@ -761,6 +763,7 @@ async def start_fake_bridge(nursery: trio.Nursery, bridge: FakeBridge) -> None:
 
     async def process_request(ws, request):  # type: ignore[no-untyped-def]
         bridge.authorizations.append(request.headers.get("Authorization", ""))
+        bridge.private_tokens.append(request.headers.get(PRIVATE_TOKEN_HEADER, ""))
         return ws.respond(401, "no\n") if bridge.refuse else None
 
     async def handler(ws) -> None:  # type: ignore[no-untyped-def]
