@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from smsgw_client import Client
 from websockets.sync.client import ClientConnection, connect
 
-from device_bridge.server import PRIVATE_TOKEN_HEADER
 
 from device_bridge.protocol import (
+    PRIVATE_TOKEN_HEADER,
     Credentials,
     DeliverReceived,
     DeviceSession,
