@@ -231,7 +231,9 @@ def test_channel_options_carry_the_service_config_and_keepalive() -> None:
     options = dict(_channel.channel_options())
     config = json.loads(options["grpc.service_config"])
     (method,) = config["methodConfig"]
-    assert {n["service"] for n in method["name"]} == {"smsgw.v1.MessageService", "smsgw.v1.DeviceService", "smsgw.v1.AuditService"}
+    assert {n["service"] for n in method["name"]} == {
+        "smsgw.v1.MessageService", "smsgw.v1.DeviceService", "smsgw.v1.AuditService", "smsgw.v1.InboundService",
+    }
     assert method["retryPolicy"] == {
         "maxAttempts": 4,
         "initialBackoff": "0.2s",
