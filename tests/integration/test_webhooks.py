@@ -18,7 +18,7 @@ import pytest
 from smsgw.v1 import webhooks_pb2
 from smsgw_client import Client, InvalidArgument, NotFound
 
-from device_bridge.protocol import ReceiptState
+from device_bridge.protocol import AckReceived, InboundSms, ReceiptState
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
 from tests.helpers.server import LENIENT_LIMITS, SMSGW, ServerProcess
 from tests.helpers.webhook_receiver import Receiver
@@ -173,6 +173,34 @@ def test_message_and_device_events_arrive_signed_once_each(private_server: Serve
         assert by_event["sms:failed"]["recipient_index"] == 1 and "carrier said no" in by_event["sms:failed"]["error"]
         assert by_event["device:online"]["device"]["online"] is True
         assert _settled(client, webhook.id).pending_deliveries == 0
+
+
+def test_an_inbound_sms_sent_twice_is_stored_and_delivered_once(private_server: ServerProcess, receiver: Receiver) -> None:
+    """The phone's session drops before it reads the Ack (lost ack): it re-sends the SMS with
+    the same phone-made id on its next session. One stored copy, one sms:received."""
+    server = private_server
+    with Client(server.grpc_target, server.token) as client:
+        _register(client, receiver, ["sms:received", "sms:data-received"])
+        phone = _phone(server)
+        sms = InboundSms(event_id=1, id="phone-sms-1", sender="+15557654321", text="STOP", sim_number=1)
+        phone.proto.send_inbound(sms)
+        phone.flush()
+        receiver.wait_for(lambda got: len(got) == 1)
+        phone.ws.close()  # the Ack, if it came, is never read
+        again = _reconnect(server, phone)
+        again.proto.send_inbound(sms)  # the same SMS, as the phone still holds it
+        again.proto.send_inbound(InboundSms(event_id=2, id="phone-sms-2", sender="12345", data=b"\x01\x02", port=8080))
+        again.flush()
+        assert isinstance(again.next_event(), AckReceived)
+        got = receiver.wait_for(lambda got: len(got) == 2)
+        assert [r.event["event"] for r in got] == ["sms:received", "sms:data-received"]
+        assert all(r.verified for r in got)
+        inbound = got[0].event["inbound"]
+        assert inbound["sender"] == "+15557654321" and inbound["text_message"]["text"] == "STOP"
+        assert got[1].event["inbound"]["data_message"] == {"data": "AQI=", "port": 8080}
+        assert [m.sender for m in client.list_inbound().messages] == ["12345", "+15557654321"]
+        again.ws.close()
+        assert len(receiver.received) == 2
 
 
 def test_retried_with_the_same_id_then_failing_then_enabled(private_server: ServerProcess, receiver: Receiver) -> None:
