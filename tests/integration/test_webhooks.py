@@ -138,6 +138,15 @@ def test_create_test_list_and_delete(private_server: ServerProcess, receiver: Re
         receiver.secret = rotated.secret
         assert receiver._verify(last.body, last.headers)
 
+        # Another account sees none of it and reaches none of it.
+        with Client(private_server.grpc_target, _second_account(private_server)) as other:
+            assert other.webhooks.list().webhooks == []
+            for call in (other.webhooks.test, other.webhooks.delete, other.webhooks.deliveries, other.webhooks.enable):
+                with pytest.raises(NotFound):
+                    call(webhook.id)
+            with pytest.raises(NotFound):
+                other.webhooks.replay(ping.id)
+
         client.webhooks.delete(webhook.id)
         assert client.webhooks.list().webhooks == []
         with pytest.raises(NotFound):
@@ -213,7 +222,7 @@ def test_retried_with_the_same_id_then_failing_then_enabled(private_server: Serv
         assert len({r.id for r in got}) == 1 and all(r.verified for r in got)
         assert len({r.headers["webhook-timestamp"] for r in got}) >= 1
         listed = _settled(client, webhook.id)
-        assert listed.state == webhooks_pb2.FAILING and "HTTP 500" in listed.disabled_reason
+        assert listed.state == webhooks_pb2.FAILING, (client.webhooks.deliveries(webhook.id), [(r.answered, r.at) for r in got]) and "HTTP 500" in listed.disabled_reason
         [delivery] = client.webhooks.deliveries(webhook.id, state=webhooks_pb2.DELIVERY_FAILED).deliveries
         assert [a.status_code for a in delivery.attempt_log] == [500] * 6
         assert all(a.latency_ms >= 0 for a in delivery.attempt_log)
@@ -267,10 +276,21 @@ def test_restart_mid_retry_delivers_once_with_the_same_id(tmp_path: Path, receiv
         server.stop()
 
 
+def _second_account(server: ServerProcess) -> str:
+    """An access token of a new account `bob` (private mode: made with `smsgw users add`)."""
+    password = secrets.token_urlsafe(16)
+    subprocess.run(
+        [SMSGW, "users", "add", "bob", "--password-stdin", "--data-dir", str(server.data_dir)],
+        input=password + "\n", capture_output=True, text=True, timeout=60, check=True, env=server.env,
+    )
+    with Client(server.grpc_target) as anonymous:
+        return anonymous.issue_token("bob", password).access_token
+
+
 def _settled(client: Client, webhook_id: str) -> webhooks_pb2.Webhook:
     """The webhook once the server recorded the answers the receiver already gave: the
     receiver sees a request before the server records its answer (bounded wait)."""
-    for _ in range(100):
+    for _ in range(200):
         [webhook] = [w for w in client.webhooks.list().webhooks if w.id == webhook_id]
         if webhook.pending_deliveries == 0:
             break

@@ -103,3 +103,11 @@ def test_delays_stay_within_the_jitter(attempt: int, rng: random.Random) -> None
     assert delay is not None
     assert delays[attempt - 1] * 0.9 <= delay <= delays[attempt - 1] * 1.1
     assert retry_delay(len(delays) + 1, delays, 0.1, rng) is None
+
+
+def test_the_client_knows_every_event_the_server_sends() -> None:
+    from smsgw_client import WEBHOOK_EVENTS
+
+    from gateway.webhooks.records import WebhookEvent
+
+    assert WEBHOOK_EVENTS == tuple(str(e) for e in WebhookEvent)
