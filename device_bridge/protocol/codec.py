@@ -224,6 +224,29 @@ def _optional_timestamp(message: Any, name: str) -> datetime | None:
 # --- messages -----------------------------------------------------------------
 
 
+def _put_content(
+    message: device_pb2.Deliver | device_pb2.Inbound, text: str | None, data: bytes | None, port: int
+) -> None:
+    """Fill the `content` oneof (text, or data + port) of a Deliver or an Inbound."""
+    if text is not None:
+        message.text = text
+    else:
+        # SetInParent keeps an empty data message distinguishable from no content.
+        message.data.SetInParent()
+        message.data.data = data or b""
+        message.data.port = port
+
+
+def _content(message: device_pb2.Deliver | device_pb2.Inbound) -> tuple[str | None, bytes | None, int]:
+    """(text, data, port) of a `content` oneof; neither set means no content (refused later)."""
+    kind = message.WhichOneof("content")
+    if kind == "text":
+        return message.text, None, 0
+    if kind == "data":
+        return None, message.data.data, message.data.port
+    return None, None, 0
+
+
 def hello_to_proto(hello: HelloReceived) -> device_pb2.Hello:
     """Build the ``Hello`` a phone sends first."""
     return device_pb2.Hello(
@@ -315,13 +338,7 @@ def delivery_to_proto(delivery: Delivery) -> device_pb2.Deliver:
         attempt=delivery.attempt,
         parts=delivery.parts,
     )
-    if delivery.text is not None:
-        message.text = delivery.text
-    else:
-        # SetInParent keeps an empty data message distinguishable from no content.
-        message.data.SetInParent()
-        message.data.data = delivery.data or b""
-        message.data.port = delivery.port
+    _put_content(message, delivery.text, delivery.data, delivery.port)
     if delivery.valid_until is not None:
         message.valid_until.CopyFrom(timestamp_to_proto(delivery.valid_until))
     return message
@@ -335,13 +352,13 @@ def delivery_from_proto(message: device_pb2.Deliver) -> Delivery:
             empty id, out-of-range values).
     """
     try:
-        content = message.WhichOneof("content")
+        text, data, port = _content(message)
         return Delivery(
             message_id=message.message_id,
             phone_numbers=tuple(message.phone_numbers),
-            text=message.text if content == "text" else None,
-            data=message.data.data if content == "data" else None,
-            port=message.data.port if content == "data" else 0,
+            text=text,
+            data=data,
+            port=port,
             sim_number=message.sim_number,
             is_encrypted=message.is_encrypted,
             with_delivery_report=message.with_delivery_report,
@@ -410,12 +427,7 @@ def inbound_to_proto(inbound: InboundSms) -> device_pb2.Inbound:
         sender=inbound.sender,
         is_encrypted=inbound.is_encrypted,
     )
-    if inbound.text is not None:
-        message.text = inbound.text
-    else:
-        message.data.SetInParent()  # an empty data SMS is still a data SMS
-        message.data.data = inbound.data or b""
-        message.data.port = inbound.port
+    _put_content(message, inbound.text, inbound.data, inbound.port)
     if inbound.received_at is not None:
         message.received_at.CopyFrom(timestamp_to_proto(inbound.received_at))
     return message
@@ -429,14 +441,14 @@ def inbound_from_proto(message: device_pb2.Inbound) -> InboundSms:
             sender, no content, a body over its bound, ...).
     """
     try:
-        content = message.WhichOneof("content")
+        text, data, port = _content(message)
         return InboundSms(
             event_id=message.event_id,
             id=message.id,
             sender=message.sender,
-            text=message.text if content == "text" else None,
-            data=message.data.data if content == "data" else None,
-            port=message.data.port if content == "data" else 0,
+            text=text,
+            data=data,
+            port=port,
             sim_number=message.sim_number,
             received_at=_optional_timestamp(message, "received_at"),
             is_encrypted=message.is_encrypted,

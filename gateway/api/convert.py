@@ -27,6 +27,17 @@ def timestamp(t: datetime | None) -> Timestamp | None:
     return ts
 
 
+def _put_body(
+    out: messages_pb2.Message | inbound_pb2.InboundMessage, text: str | None, data: bytes | None, port: int
+) -> None:
+    """The `content` oneof: a text, or data to a port (an empty data message stays data)."""
+    if text is not None:
+        out.text_message.text = text
+    else:
+        out.data_message.data = data or b""
+        out.data_message.port = port
+
+
 def message_to_pb(m: MessageRecord) -> messages_pb2.Message:
     out = messages_pb2.Message(
         id=m.id,
@@ -63,11 +74,7 @@ def message_to_pb(m: MessageRecord) -> messages_pb2.Message:
         last_error=m.last_error,
         next_attempt_at=timestamp(m.next_attempt_at),
     )
-    if m.text is not None:
-        out.text_message.text = m.text
-    else:
-        out.data_message.data = m.data or b""
-        out.data_message.port = m.port
+    _put_body(out, m.text, m.data, m.port)
     return out
 
 
@@ -95,11 +102,7 @@ def inbound_to_pb(r: InboundRecord) -> inbound_pb2.InboundMessage:
         received_at=timestamp(r.received_at),
         created_at=timestamp(r.created_at),
     )
-    if r.text is not None:
-        out.text_message.text = r.text
-    else:
-        out.data_message.data = r.data or b""
-        out.data_message.port = r.port
+    _put_body(out, r.text, r.data, r.port)
     return out
 
 
