@@ -24,6 +24,7 @@ __all__ = ["WebhookWorker"]
 log = logging.getLogger(__name__)
 
 _IDLE = 30.0  # look again at least this often, in case a signal was missed
+_RECHECK = 0.05
 
 
 class WebhookWorker:
@@ -48,26 +49,50 @@ class WebhookWorker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Until cancelled. A failing database is logged and retried, never fatal."""
-        while True:
-            try:
-                await self.deliver_due()
-                due = await asyncio.to_thread(self.repo.next_due)
-            except Exception:
-                log.exception("webhook delivery round failed; will retry")
-                due = None
-            wait = _IDLE
-            if due is not None:
-                wait = min(_IDLE, max(0.0, (due - self.clock()).total_seconds()))
-            self._wake.clear()
-            if wait > 0:
+        """Until cancelled: keep up to `concurrency` attempts in flight, claiming more as slots
+        free up, so one slow receiver never holds up the others. A failing database is
+        logged and retried, never fatal."""
+        in_flight: set[asyncio.Task[AttemptRecord | None]] = set()
+        try:
+            while True:
+                self._wake.clear()
+                wait = _IDLE
                 try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except TimeoutError:
-                    pass
+                    free = self.settings.concurrency - len(in_flight)
+                    claims = await asyncio.to_thread(self.repo.claim_due, self.clock(), free) if free > 0 else []
+                    for claim in claims:
+                        task = asyncio.create_task(self._attempt_logged(claim))
+                        in_flight.add(task)
+                        task.add_done_callback(lambda t: (in_flight.discard(t), self._wake.set()))
+                    if claims and len(claims) == free:
+                        continue  # maybe more are due: claim again once a slot is free
+                    due = await asyncio.to_thread(self.repo.next_due)
+                    if due is not None:
+                        wait = min(_IDLE, max(0.0, (due - self.clock()).total_seconds()))
+                        if not claims:
+                            wait = max(wait, _RECHECK)  # due but not claimable (another worker holds it)
+                except Exception:
+                    log.exception("webhook delivery round failed; will retry")
+                if wait > 0 or len(in_flight) >= self.settings.concurrency:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait or _IDLE)
+                    except TimeoutError:
+                        pass
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def _attempt_logged(self, claim: Claim) -> AttemptRecord | None:
+        try:
+            return await self.attempt(claim)
+        except Exception:
+            # The claim's lease runs out and the delivery is tried again (same webhook-id).
+            log.exception("webhook delivery %s: attempt could not be recorded", claim.delivery_id)
+            return None
 
     async def deliver_due(self) -> int:
-        """Send everything due now, `concurrency` at a time; returns how many were sent."""
+        """One round: send everything due now, `concurrency` at a time, and wait for the
+        results; returns how many were sent (the fake-clock tests drive this)."""
         sent = 0
         limit = self.settings.concurrency
         while True:
