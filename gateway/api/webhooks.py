@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import grpc
 from smsgw.v1 import webhooks_pb2, webhooks_pb2_grpc
 
 from gateway.api.convert import attempt_to_pb, delivery_to_pb, webhook_to_pb
+from gateway.api.cursors import decode_page_token, encode_page_token, page_limit
 from gateway.api.interceptors import current_owner
 from gateway.errors import InvalidArgument
 from gateway.webhooks.records import DeliveryState
@@ -18,8 +18,7 @@ __all__ = ["WebhookServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_DEFAULT_PAGE, _MAX_PAGE = 50, 500
-_DELIVERY_ID_LENGTH = len("msg_") + 26
+_DELIVERY_PREFIX = "msg_"
 
 
 class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
@@ -49,21 +48,17 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     async def ListWebhookDeliveries(
         self, request: webhooks_pb2.ListWebhookDeliveriesRequest, context: Context
     ) -> webhooks_pb2.ListWebhookDeliveriesResponse:
-        bad: list[tuple[str, str]] = []
-        if not request.webhook_id:
-            bad.append(("webhook_id", "required"))
+        _require(request.webhook_id, "webhook_id")
         if request.state and request.state not in DeliveryState.__members__.values():
-            bad.append(("state", "unknown delivery state"))
-        if request.page_size > _MAX_PAGE:
-            bad.append(("page_size", f"at most {_MAX_PAGE}"))
-        before = _decode_token(request.page_token, bad) if request.page_token else None
-        InvalidArgument.raise_if_any(bad)
-        limit = request.page_size or _DEFAULT_PAGE
+            raise InvalidArgument("state", "unknown delivery state")
+        limit = page_limit(request.page_size)
+        # Delivery ids are msg_ + a ULID; the token carries the ULID.
+        before = _DELIVERY_PREFIX + decode_page_token(request.page_token) if request.page_token else None
         rows = await self.service.deliveries(
             current_owner(), request.webhook_id,
             state=DeliveryState(request.state) if request.state else None, limit=limit, before_id=before,
         )
-        token = _encode_token(rows[-1].id) if len(rows) == limit else ""
+        token = encode_page_token(rows[-1].id.removeprefix(_DELIVERY_PREFIX)) if len(rows) == limit else ""
         return webhooks_pb2.ListWebhookDeliveriesResponse(deliveries=[delivery_to_pb(d) for d in rows], next_page_token=token)
 
     async def ReplayWebhookDelivery(
@@ -84,19 +79,4 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 def _require(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(field, "required")
-    return value
-
-
-def _encode_token(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode()
-
-
-def _decode_token(token: str, bad: list[tuple[str, str]]) -> str | None:
-    try:
-        value = base64.urlsafe_b64decode(token.encode()).decode()
-    except ValueError:
-        value = ""
-    if len(value) != _DELIVERY_ID_LENGTH or not value.startswith("msg_") or not value[4:].isalnum():
-        bad.append(("page_token", "not a token from next_page_token"))
-        return None
     return value

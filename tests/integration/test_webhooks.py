@@ -138,6 +138,19 @@ def test_create_test_list_and_delete(private_server: ServerProcess, receiver: Re
         receiver.secret = rotated.secret
         assert receiver._verify(last.body, last.headers)
 
+        # Three pings so far, newest first, two to a page.
+        first = client.webhooks.deliveries(webhook.id, page_size=2)
+        second = client.webhooks.deliveries(webhook.id, page_size=2, page_token=first.next_page_token)
+        ids = [d.id for d in (*first.deliveries, *second.deliveries)]
+        assert len(ids) == 3 and ids == sorted(ids, reverse=True) and second.next_page_token == ""
+        assert [d.id for d in client.webhooks.deliveries(webhook.id, state=webhooks_pb2.DELIVERY_FAILED).deliveries] == [
+            failed.delivery_id
+        ]
+        for bad in ({"page_token": "bm9wZQ=="}, {"page_size": 501}, {"state": 9}):
+            with pytest.raises(InvalidArgument) as caught:
+                client.webhooks.deliveries(webhook.id, **bad)  # type: ignore[arg-type]
+            assert [f for f, _ in caught.value.field_violations] == list(bad)
+
         # Another account sees none of it and reaches none of it.
         with Client(private_server.grpc_target, _second_account(private_server)) as other:
             assert other.webhooks.list().webhooks == []
