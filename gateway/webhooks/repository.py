@@ -244,6 +244,9 @@ class WebhookRepository:
                 )
             )
             before = WebhookState(w.state)
+            if d.state != _PENDING or d.attempts != claim.attempt:
+                # Its lease ran out and it was claimed again (or replayed): the newer claim decides.
+                return Recorded(DeliveryState(d.state), before, False, d.next_attempt_at)
             d.updated_at = now
             d.last_error = outcome.error[:300]
             if outcome.verdict is Verdict.SUCCEEDED:

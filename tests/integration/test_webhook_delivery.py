@@ -257,3 +257,20 @@ def test_the_outbox_row_commits_or_rolls_back_with_its_change(db: Database, rece
     assert body["event"] == "sms:sent" and body["id"] == delivery.id and body["device_id"] == device
     assert body["state"] == "SENT" and body["message"]["id"] == message.id
     assert body["message"]["text_message"]["text"] == "hello"
+
+
+def test_a_stale_claim_does_not_overwrite_a_newer_one(db: Database, receiver: Receiver) -> None:
+    """A worker whose lease ran out records late: its attempt is logged, the newer claim decides."""
+    from gateway.webhooks.schedule import Outcome, Verdict
+
+    box = _outbox(db, receiver)
+    box.event()
+    [old] = box.repo.claim_due(T0, 1)
+    [new] = box.repo.claim_due(T0 + timedelta(seconds=60), 1)  # the lease (timeout + 5 s) ran out
+    assert new.delivery_id == old.delivery_id and new.attempt == old.attempt + 1
+    box.repo.record(new, Outcome(Verdict.SUCCEEDED, 200), 5, T0 + timedelta(seconds=61))
+    box.repo.record(old, Outcome(Verdict.RETRY, 500, "HTTP 500"), 9000, T0 + timedelta(seconds=62))
+    [delivery] = box.deliveries()
+    assert delivery.state == DeliveryState.SUCCEEDED and delivery.attempts == 2
+    assert [a.status_code for a in box.attempts()] == [200, 500]
+    assert box.state() is WebhookState.ACTIVE
