@@ -41,10 +41,10 @@ __all__ = [
     "SmsgwError",
     "Unauthenticated",
     "Unavailable",
-    "from_rpc_error",
-    "map_rpc_errors",
-    "tls_credentials",
     "WEBHOOK_EVENTS",
     "WebhookReceiver",
     "WebhookVerificationError",
+    "from_rpc_error",
+    "map_rpc_errors",
+    "tls_credentials",
 ]
