@@ -93,6 +93,8 @@ def _usage(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "webhooks" and args.webhooks_command == "listen":
+        return cli_webhooks.listen(args)
     try:
         if args.command == "login":
             return _login(args)

@@ -37,6 +37,62 @@ def add_parser(sub: argparse._SubParsersAction, client_args: Callable[[argparse.
     wsub.add_parser("replay", help="send a finished delivery again (same webhook-id)").add_argument("delivery_id")
     for parser in wsub.choices.values():
         client_args(parser)
+    listen = wsub.add_parser("listen", help="a local receiver: verify each request and print its event (for trying webhooks)")
+    listen.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="where to listen (default 127.0.0.1:8080)")
+    listen.add_argument("--secret-env", default="SMSGW_WEBHOOK_SECRET", metavar="VAR",
+                        help="environment variable holding the whsec_ secret (default SMSGW_WEBHOOK_SECRET)")
+    listen.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
+
+def listen(args: argparse.Namespace) -> int:
+    """Answer 204 to each verified request (printing its event as a JSON line, once per
+    webhook-id) and 400 to anything else; plain HTTP, so for a private-mode server only."""
+    import json
+    import os
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from smsgw_client import WebhookReceiver, WebhookVerificationError
+
+    from gateway.app import split_hostport
+
+    secret = os.environ.get(args.secret_env, "")
+    if not secret:
+        print(f"smsgw webhooks listen: set ${args.secret_env} to the webhook's whsec_ secret", file=sys.stderr)
+        return 2
+    receiver = WebhookReceiver(secret)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *values: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(min(int(self.headers.get("content-length") or 0), 1 << 20))
+            try:
+                event = receiver.receive(body, dict(self.headers.items()))
+            except WebhookVerificationError as exc:
+                print(f"refused: {exc}", file=sys.stderr, flush=True)
+                self.send_response(400)
+            else:
+                if event is not None:
+                    with lock:
+                        print(json.dumps(event, ensure_ascii=False), flush=True)
+                self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    host, port = split_hostport(args.listen)
+    server = ThreadingHTTPServer((host, port), Handler)
+    print(f"listening on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if args.duration is not None:
+        threading.Timer(args.duration, server.shutdown).start()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return EXIT_OK
 
 
 def run(client: Client, args: argparse.Namespace) -> int:

@@ -318,3 +318,34 @@ def _reconnect(server: ServerProcess, phone: RawPhone) -> RawPhone:
     again = RawPhone(open_raw(server.device_url, f"Bearer {creds.token}"), phone.proto.encoding, 4)
     again.welcome = phone.welcome
     return again
+
+
+def test_the_listen_command_verifies_and_prints_events(private_server: ServerProcess) -> None:
+    """`smsgw webhooks listen`, the local receiver for trying webhooks out: 204 and the event
+    for a signed request, 400 for anything else."""
+    import json
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:  # a free port to name in the webhook before the listener starts
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Client(private_server.grpc_target, private_server.token) as client:
+        created = client.webhooks.create(f"http://127.0.0.1:{port}/", ["system:ping"])
+        env = {**os.environ, "HOOK_SECRET": created.secret}
+        listener = subprocess.Popen(
+            [SMSGW, "webhooks", "listen", "--listen", f"127.0.0.1:{port}", "--secret-env", "HOOK_SECRET", "--duration", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        try:
+            assert listener.stderr is not None and "listening on" in listener.stderr.readline()
+            attempt = client.webhooks.test(created.webhook.id)
+            assert attempt.status_code == 204
+            assert httpx.post(f"http://127.0.0.1:{port}/", content=b"{}", headers={"webhook-id": "x"}).status_code == 400
+            assert listener.stdout is not None
+            event = json.loads(listener.stdout.readline())
+            assert event["event"] == "system:ping" and event["id"] == attempt.delivery_id
+        finally:
+            listener.terminate()
+            listener.communicate(timeout=10)  # also closes the pipes
