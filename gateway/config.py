@@ -259,7 +259,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 # Client-side variables share the prefix but are not server settings.
 _CLIENT_VARIABLES = frozenset(
-    {"SMSGW_SERVER", "SMSGW_TOKEN", "SMSGW_VENV", "SMSGW_CA_FILE", "SMSGW_CLIENT_CERT", "SMSGW_CLIENT_KEY"}
+    {
+        "SMSGW_SERVER", "SMSGW_TOKEN", "SMSGW_VENV", "SMSGW_CA_FILE", "SMSGW_CLIENT_CERT", "SMSGW_CLIENT_KEY",
+        "SMSGW_CREDENTIALS", "SMSGW_WEBHOOK_SECRET",
+    }
 )
 
 

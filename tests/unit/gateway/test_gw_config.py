@@ -151,7 +151,7 @@ def test_yaml_not_a_mapping_rejected(tmp_path: Path) -> None:
         load_settings(write_yaml(tmp_path, "- a\n- b\n"))
 
 
-@pytest.mark.parametrize("name", ["SMSGW_SERVER", "SMSGW_TOKEN", "SMSGW_VENV"])
+@pytest.mark.parametrize("name", ["SMSGW_SERVER", "SMSGW_TOKEN", "SMSGW_VENV", "SMSGW_CREDENTIALS", "SMSGW_WEBHOOK_SECRET"])
 def test_client_variables_are_ignored(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name, "whatever")
     assert load_settings() == Settings()
