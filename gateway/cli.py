@@ -252,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # frames (message bodies) at DEBUG: never let -v turn that on.
     for name in ("websockets", "device_bridge.websockets"):
         logging.getLogger(name).setLevel(logging.INFO)
+    # httpx logs every webhook request with its full URL at INFO (and httpcore the traffic at
+    # DEBUG); a receiver's URL may carry its own secret. The worker logs what matters.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -270,7 +274,7 @@ def _serve(args: argparse.Namespace) -> int:
     import trio
 
     from gateway import app, tls
-    from gateway.config import load_settings
+    from gateway.config import describe_error, load_settings
 
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
@@ -289,7 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, **overrides)
         tls.check_server_settings(settings)  # one line naming the setting, before anything listens
     except (OSError, ValueError) as exc:
-        print(f"smsgw serve: bad configuration: {exc}", file=sys.stderr)
+        print(f"smsgw serve: bad configuration: {describe_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         trio.run(lambda: app.serve(settings, announce=lambda line: print(line, flush=True)))

@@ -14,7 +14,7 @@ from gateway.auth.passwords import hash_password
 from gateway.auth.repository import AuditEntry, AuthRepository
 from gateway.auth.scopes import ALL_SCOPES, parse_scopes
 from gateway.auth.service import check_new_credentials
-from gateway.config import load_settings
+from gateway.config import describe_error, load_settings
 from gateway.errors import SmsgwError
 from gateway.storage.engine import Database
 from gateway.types import utcnow
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
         db.migrate()
     except (OSError, ValueError) as exc:
-        print(f"smsgw users: {exc}", file=sys.stderr)
+        print(f"smsgw users: {describe_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
     repo = AuthRepository(db)
     try:

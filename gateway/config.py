@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.messages.pacing import ANDROID_PARTS_PER_MINUTE
 
@@ -29,6 +29,7 @@ __all__ = [
     "SchedulerSettings",
     "WebhookSettings",
     "load_settings",
+    "describe_error",
 ]
 
 
@@ -255,6 +256,19 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         tree = loaded
     tree = _merge(_merge(tree, _env_tree(os.environ)), overrides)
     return Settings.model_validate(tree)
+
+
+def describe_error(exc: Exception) -> str:
+    """A configuration error as one line per problem, each naming its setting, without
+    pydantic's dump of the whole input tree."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 # Client-side variables share the prefix but are not server settings.

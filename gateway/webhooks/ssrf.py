@@ -83,7 +83,7 @@ def check_url_syntax(url: str, policy: Policy) -> tuple[str, int]:
     except ValueError:
         pass
     else:
-        _check_addresses(host, [host], policy)
+        _check_addresses(host, [host], policy, literal=True)
     return host, port or (443 if parts.scheme == "https" else 80)
 
 
@@ -97,8 +97,8 @@ async def resolve(host: str, port: int, policy: Policy) -> list[str]:
     """The host's addresses, all checked; ForbiddenTarget if it does not resolve or any is forbidden."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ForbiddenTarget(f"host does not resolve ({exc.__class__.__name__})") from None
+    except (socket.gaierror, UnicodeError):
+        raise ForbiddenTarget(f"{host} does not resolve (no DNS answer)") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise ForbiddenTarget("host does not resolve")
@@ -106,14 +106,14 @@ async def resolve(host: str, port: int, policy: Policy) -> list[str]:
     return addresses
 
 
-def _check_addresses(host: str, addresses: Iterable[str], policy: Policy) -> None:
+def _check_addresses(host: str, addresses: Iterable[str], policy: Policy, *, literal: bool = False) -> None:
     if policy.allow_private:
         return
     for address in addresses:
         reason = forbidden_reason(address)
         if reason is not None:
             # One bad address refuses the name: an attacker controls which one a client picks.
-            raise ForbiddenTarget(f"{host} resolves to {reason}")
+            raise ForbiddenTarget(f"{host} is {reason}" if literal else f"{host} resolves to {reason}")
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

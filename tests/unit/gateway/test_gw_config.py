@@ -169,3 +169,19 @@ def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValidationError):
         s.bridge.ping_interval = 1.0  # type: ignore[misc]
+
+
+def test_errors_are_described_one_line_per_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.config import describe_error
+
+    monkeypatch.setenv("SMSGW_BRIDGE__PING_INTERVAL", "soon")
+    with pytest.raises(ValidationError) as info:
+        load_settings()
+    text = describe_error(info.value)
+    assert text.startswith("bridge.ping_interval: ") and "input_value" not in text and "\n" not in text
+    monkeypatch.delenv("SMSGW_BRIDGE__PING_INTERVAL")
+    monkeypatch.setenv("SMSGW_WEBHOOKS__ALLOW_HTTP", "true")
+    with pytest.raises(ValidationError) as info:
+        load_settings()
+    assert describe_error(info.value) == "webhooks.allow_private_targets and webhooks.allow_http need gateway.mode private"
+    assert describe_error(ValueError("plain")) == "plain"
