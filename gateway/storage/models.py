@@ -283,7 +283,8 @@ class WebhookDeliveryRow(SQLModel, table=True):
     event: str
     payload: str
     state: int = 1  # gateway.webhooks.records.DeliveryState
-    attempts: int = 0
+    attempts: int = 0  # every attempt ever made (the attempt log's numbering)
+    attempt_base: int = 0  # attempts made before the last replay: the schedule restarts after them
     max_attempts: int = 0  # 0 = the configured schedule; 1 = a test ping
     next_attempt_at: datetime | None = None
     last_error: str = ""

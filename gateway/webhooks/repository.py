@@ -50,8 +50,9 @@ class Claim:
     url: str
     secrets: tuple[str, ...]  # the current secret, then the previous one during a rotation
     payload: bytes
-    attempt: int  # 1-based
+    attempt: int  # 1-based, counting every attempt ever made
     is_ping: bool
+    position: int = 0  # 1-based place in the retry schedule (restarts after a replay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,7 @@ class WebhookRepository:
                 raise NotFound("no such webhook delivery")
             if d.state == _PENDING:
                 raise FailedPrecondition("the delivery is still pending; it is retried on its own")
-            d.state, d.attempts, d.next_attempt_at, d.updated_at = _PENDING, 0, now, now
+            d.state, d.attempt_base, d.next_attempt_at, d.updated_at = _PENDING, d.attempts, now, now
             d.max_attempts = 0 if d.event != WebhookEvent.SYSTEM_PING else 1
             s.add(d)
             return _delivery_record(d, [])
@@ -216,7 +217,8 @@ class WebhookRepository:
         if w.previous_secret and w.previous_secret_until is not None and w.previous_secret_until > now:
             secrets = (w.secret, w.previous_secret)
         return Claim(
-            d.id, w.id, w.owner_id, w.url, secrets, d.payload.encode(), d.attempts, d.event == WebhookEvent.SYSTEM_PING
+            d.id, w.id, w.owner_id, w.url, secrets, d.payload.encode(), d.attempts,
+            d.event == WebhookEvent.SYSTEM_PING, d.attempts - d.attempt_base,
         )
 
     def next_due(self) -> datetime | None:
@@ -257,9 +259,9 @@ class WebhookRepository:
                         w.state, w.disabled_reason = int(WebhookState.ACTIVE), ""
             else:
                 delay = None
-                if outcome.verdict is Verdict.RETRY and (d.max_attempts == 0 or claim.attempt < d.max_attempts):
+                if outcome.verdict is Verdict.RETRY and (d.max_attempts == 0 or claim.position < d.max_attempts):
                     delay = retry_delay(
-                        claim.attempt, settings.retry_delays, settings.jitter, self._rng,
+                        claim.position, settings.retry_delays, settings.jitter, self._rng,
                         retry_after=outcome.retry_after, retry_after_cap=settings.retry_after_cap,
                     )
                 if delay is not None:
@@ -267,7 +269,7 @@ class WebhookRepository:
                 else:
                     d.state, d.next_attempt_at = _FAILED, None
                     if outcome.verdict is Verdict.RETRY and not claim.is_ping:
-                        d.last_error = f"gave up after {claim.attempt} attempts; last: {d.last_error}"
+                        d.last_error = f"gave up after {claim.position} attempts; last: {d.last_error}"
                 if not claim.is_ping:
                     self._failed(s, w, d, outcome, gave_up=delay is None, now=now)
             s.add(d)

@@ -274,3 +274,20 @@ def test_a_stale_claim_does_not_overwrite_a_newer_one(db: Database, receiver: Re
     assert delivery.state == DeliveryState.SUCCEEDED and delivery.attempts == 2
     assert [a.status_code for a in box.attempts()] == [200, 500]
     assert box.state() is WebhookState.ACTIVE
+
+
+def test_a_replay_restarts_the_schedule_and_keeps_numbering_attempts(db: Database, receiver: Receiver) -> None:
+    box = _outbox(db, receiver, retry_delays=(5.0, 60.0))
+    box.event()
+    box.run()
+    [delivery] = box.deliveries()
+    assert delivery.state == DeliveryState.FAILED and delivery.attempts == 3
+    box.repo.replay(box.owner, delivery.id, box.now)
+    start = box.now
+    receiver.script([500])
+    receiver.default = 204
+    box.run()
+    assert [(t - start).total_seconds() for t in box.attempt_times[-2:]] == [0, pytest.approx(5, rel=0.1)]
+    [delivery] = box.deliveries()
+    assert delivery.state == DeliveryState.SUCCEEDED and delivery.attempts == 5
+    assert [a.attempt for a in box.attempts()] == [1, 2, 3, 4, 5]

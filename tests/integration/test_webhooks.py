@@ -245,6 +245,10 @@ def test_retried_with_the_same_id_then_failing_then_enabled(private_server: Serv
         client.webhooks.replay(delivery.id)
         again = receiver.wait_for(lambda got: len(got) == 7)[-1]
         assert again.id == got[0].id and again.answered == 204
+        _settled(client, webhook.id)
+        [replayed] = client.webhooks.deliveries(webhook.id).deliveries
+        assert replayed.state == webhooks_pb2.DELIVERY_SUCCEEDED and replayed.attempts == 7
+        assert [a.attempt for a in replayed.attempt_log] == list(range(1, 8))
         phone.ws.close()
 
 

@@ -68,6 +68,7 @@ def upgrade() -> None:
     sa.Column('payload', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('state', sa.Integer(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('attempt_base', sa.Integer(), nullable=False),
     sa.Column('max_attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
