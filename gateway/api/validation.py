@@ -12,6 +12,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smsgw.v1 import messages_pb2
 
 from gateway.config import LimitsSettings
+from smsgw_client.envelope import OVERHEAD, EnvelopeError, check_envelope
+
 from gateway.errors import InvalidArgument
 from gateway.messages.records import NewMessage
 from gateway.messages.segments import Encoding, count_segments
@@ -20,8 +22,24 @@ __all__ = ["parse_send_request", "check_e164", "timestamp_field"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
-# An smsgw1 envelope of the largest text a phone may send is far below this.
-_MAX_ENCRYPTED_CHARS = 8192
+# The most UTF-8 bytes one SMS part's text can take: 160 GSM-7 characters, each at most 3
+# bytes in UTF-8 (the euro sign), or 70 UCS-2 units of at most 3 bytes (or 4 per pair).
+_MAX_UTF8_PER_PART = 480
+
+
+def _check_envelope(value: str | bytes, field: str, max_plain: int, bad: list[tuple[str, str]]) -> None:
+    """An encrypted body must be a well-formed smsgw1 envelope (magic, length), checked
+    without decrypting; its plaintext no longer than any phone could send."""
+    if len(value) > (max_plain + OVERHEAD) * 4 // 3 + 4:
+        bad.append((field, f"envelope too long: its plaintext would exceed {max_plain} bytes"))
+        return
+    try:
+        plain = check_envelope(value)
+    except EnvelopeError as exc:
+        bad.append((field, f"is_encrypted is set, but {exc}"))
+        return
+    if plain > max_plain:
+        bad.append((field, f"envelope too long: its plaintext would exceed {max_plain} bytes"))
 
 
 def check_e164(number: str) -> str | None:
@@ -67,10 +85,10 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         if not text:
             bad.append(("text_message.text", "must not be empty"))
         elif req.is_encrypted:
-            # The server cannot count parts of ciphertext; the phone checks the plaintext.
+            # The server cannot count parts of ciphertext (it never decrypts); it checks the
+            # envelope's form and size, and the phone counts the plaintext's parts.
             parts, encoding = 0, Encoding.UCS_2
-            if len(text) > _MAX_ENCRYPTED_CHARS:
-                bad.append(("text_message.text", f"encrypted text longer than {_MAX_ENCRYPTED_CHARS} characters"))
+            _check_envelope(text, "text_message.text", limits.max_parts * _MAX_UTF8_PER_PART, bad)
         elif len(text) > limits.max_parts * 160:
             # Longer than any text that fits (GSM-7 packs at most 160 characters a part);
             # refused before counting, which walks the whole text.
@@ -86,6 +104,8 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         data, port = req.data_message.data, req.data_message.port
         if not data:
             bad.append(("data_message.data", "must not be empty"))
+        elif req.is_encrypted:
+            _check_envelope(data, "data_message.data", limits.max_data_bytes, bad)
         elif len(data) > limits.max_data_bytes:
             bad.append(("data_message.data", f"at most {limits.max_data_bytes} bytes"))
         if not 1 <= port <= 65535:

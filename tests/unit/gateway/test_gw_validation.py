@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smsgw.v1 import messages_pb2
+from smsgw_client.envelope import seal
 
 from gateway.api.validation import check_e164, parse_send_request
 from gateway.config import LimitsSettings
@@ -21,6 +23,7 @@ from gateway.errors import InvalidArgument
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LIMITS = LimitsSettings()
 US, UK, DE = "+14155550123", "+447911123456", "+4915112345678"
+SALT, IV = b"s" * 16, b"i" * 12  # fixed: the envelopes are only checked for form here
 
 
 def ts(t: datetime) -> Timestamp:
@@ -93,10 +96,24 @@ RULES: list[tuple[str, Callable[[], messages_pb2.SendMessageRequest], LimitsSett
     ("too many UCS-2 parts", lambda: text_req(text="ж" * 135), LimitsSettings(max_parts=2), ["text_message.text"]),
     (
         "encrypted text too long",
-        lambda: text_req(text="A" * 8193, is_encrypted=True),
+        lambda: text_req(text=seal("pw", b"A" * 4801, salt=SALT, iv=IV), is_encrypted=True),
         LIMITS,
         ["text_message.text"],
     ),
+    ("encrypted text that is no envelope", lambda: text_req(text="hello", is_encrypted=True), LIMITS, ["text_message.text"]),
+    (
+        "encrypted text with the wrong magic",
+        lambda: text_req(text=base64.b64encode(b"smsgw2" + bytes(60)).decode(), is_encrypted=True),
+        LIMITS,
+        ["text_message.text"],
+    ),
+    (
+        "encrypted text too short",
+        lambda: text_req(text=base64.b64encode(b"smsgw1" + bytes(20)).decode(), is_encrypted=True),
+        LIMITS,
+        ["text_message.text"],
+    ),
+    ("encrypted data that is no envelope", lambda: data_req(data=b"\x00\x01", port=9, is_encrypted=True), LIMITS, ["data_message.data"]),
     ("empty data", lambda: data_req(data=b""), LIMITS, ["data_message.data"]),
     ("data too long", lambda: data_req(data=b"x" * 1401), LIMITS, ["data_message.data"]),
     ("port 0", lambda: data_req(port=0), LIMITS, ["data_message.port"]),
@@ -169,8 +186,9 @@ def test_message_of_invalid_argument_names_every_field() -> None:
         lambda: text_req(phone_numbers=[US, UK, DE], sim_number=8, priority=-128),
         lambda: text_req(priority=127, ttl=LIMITS.max_ttl_seconds, idempotency_key="k" * 128),
         lambda: text_req(text="a" * (153 * 10)),
-        lambda: text_req(text="A" * 8192, is_encrypted=True),
-        lambda: text_req(text="ж" * 500, is_encrypted=True),
+        lambda: text_req(text=seal("pw", b"A" * 4800, salt=SALT, iv=IV), is_encrypted=True),
+        lambda: text_req(text=seal("pw", "ж".encode() * 500, salt=SALT, iv=IV), is_encrypted=True),
+        lambda: data_req(data=seal("pw", b"x" * 1400, salt=SALT, iv=IV).encode(), port=9, is_encrypted=True),
         lambda: data_req(data=b"x" * 1400, port=65535),
         lambda: data_req(port=1),
         lambda: text_req(valid_until=NOW + timedelta(seconds=LIMITS.max_ttl_seconds)),
@@ -194,7 +212,9 @@ def test_fields_are_carried_over() -> None:
     assert new.idempotency_key == "k-1"
     data = parse_send_request(data_req(data=b"\x00\xff", port=1234), LIMITS, NOW)
     assert (data.text, data.data, data.port, data.encoding) == (None, b"\x00\xff", 1234, "DATA")
-    enc = parse_send_request(text_req(text="ciphertext==", is_encrypted=True), LIMITS, NOW)
+    envelope = seal("pw", b"hi", salt=SALT, iv=IV)
+    enc = parse_send_request(text_req(text=envelope, is_encrypted=True), LIMITS, NOW)
+    assert enc.text == envelope, "stored and forwarded as is"
     assert enc.is_encrypted
     assert (enc.parts, enc.encoding) == (0, "UCS_2")
 
@@ -244,7 +264,7 @@ CONTENT_CHANGES: list[tuple[str, Callable[[], messages_pb2.SendMessageRequest]]]
     ("ttl", lambda: text_req(ttl=61)),
     ("valid_until", lambda: text_req(valid_until=NOW + timedelta(hours=1))),
     ("with_delivery_report", lambda: text_req(with_delivery_report=False)),
-    ("is_encrypted", lambda: text_req(is_encrypted=True)),
+    ("is_encrypted", lambda: text_req(text=seal("pw", b"hello", salt=SALT, iv=IV), is_encrypted=True)),
 ]
 
 
