@@ -36,6 +36,13 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     _client_tls_args(p)
 
 
+def passphrase_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """--passphrase-env VAR: end-to-end encryption; the passphrase itself never goes on a command
+    line. Repeatable for a key log: the first seals, each opens (newest first)."""
+    p.add_argument("--passphrase-env", action="append", default=[], metavar="VAR",
+                   help=f"environment variable holding the E2E passphrase (repeatable, newest first): {what}")
+
+
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config file (see config.example.yml)")
     p.add_argument("--data-dir", type=Path, help="the server's data directory (default ./smsgw-data)")
@@ -109,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--idempotency-key", help="retry-safe key (default: a new random one)")
     send.add_argument("--no-wait", action="store_true", help="print the message id and return at once")
     send.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to follow the message (default 120)")
+    passphrase_arg(send, "seal the text/data into an smsgw1 envelope before sending (docs/e2e.md)")
 
     show = sub.add_parser("show", help="one message: state, parts, attempts, next attempt, per recipient")
     _client_args(show)
@@ -237,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--receive-from", default="+15550199000", metavar="SENDER", help="the received SMS' sender")
     sim.add_argument("--private-token-env", metavar="VAR",
                      help="environment variable holding a private-mode server's token, sent when pairing")
+    passphrase_arg(sim, "the phones open encrypted messages and seal what they receive (docs/e2e.md)")
     return parser
 
 

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             if args.command == "webhooks":
                 return cli_webhooks.run(client, args)
             if args.command == "inbound":
-                return cli_inbound.run(client, args)
+                return cli_inbound.run(client, args, passphrases(args))
             if args.command == "token":
                 print(f"revoked {client.revoke_token(args.jti)} token(s)")
                 return EXIT_OK
@@ -136,7 +136,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def passphrases(args: argparse.Namespace) -> tuple[str, ...]:
+    """The E2E passphrases named by --passphrase-env, newest first."""
+    out = []
+    for name in getattr(args, "passphrase_env", []):
+        value = os.environ.get(name, "")
+        if not value:
+            raise SystemExit(_usage(f"--passphrase-env: ${name} is not set"))
+        out.append(value)
+    return tuple(out)
+
+
 def _send(client: Client, args: argparse.Namespace) -> int:
+    passphrases_ = passphrases(args)
     data = None
     if args.data_hex is not None:
         if not args.port:
@@ -157,6 +169,7 @@ def _send(client: Client, args: argparse.Namespace) -> int:
         with_delivery_report=False if args.no_delivery_report else None,
         idempotency_key=args.idempotency_key,
         schedule_at=args.at,
+        passphrase=passphrases_[0] if passphrases_ else None,
     )
     print(f"{message.id} {common_pb2.State.Name(message.state)}", flush=True)
     if args.no_wait:
@@ -269,6 +282,7 @@ def _simulate(args: argparse.Namespace) -> int:
         ca_file=args.ca_file,
         grpc_credentials=_channel_credentials(args),
         private_token=private_token,
+        passphrases=passphrases(args),
         receive_every=args.receive_every,
         receive_text=args.receive,
         receive_from=args.receive_from,

@@ -15,7 +15,9 @@ from typing import Any
 
 from smsgw.v1 import inbound_pb2
 from smsgw_client import Client
+from smsgw_client.envelope import EnvelopeError, KeyRing
 
+from gateway.cli import passphrase_arg
 from gateway.cli_messages import parse_time
 
 __all__ = ["add_parser", "run", "inbound_json"]
@@ -37,9 +39,11 @@ def add_parser(sub: argparse._SubParsersAction, client_args: Callable[[argparse.
     watch.add_argument("--device", default="", help="only this phone's")
     for parser in isub.choices.values():
         client_args(parser)
+        passphrase_arg(parser, "open encrypted SMS")
 
 
-def run(client: Client, args: argparse.Namespace) -> int:
+def run(client: Client, args: argparse.Namespace, passphrases: tuple[str, ...] = ()) -> int:
+    ring = KeyRing(passphrases) if passphrases else None
     if args.inbound_command == "list":
         page = client.list_inbound(
             device_id=args.device,
@@ -51,13 +55,33 @@ def run(client: Client, args: argparse.Namespace) -> int:
         if not page.messages and not args.page_token:
             print("no inbound SMS yet")
         for m in page.messages:
-            print(_line(m))
+            print(_line(_opened(m, ring)))
         if page.next_page_token:
             print(f"more: smsgw inbound list --page-token {page.next_page_token}", file=sys.stderr)
         return EXIT_OK
     for event in client.watch_inbound(args.after, args.device):
-        print(json.dumps({"event_id": event.event_id, **inbound_json(event.message)}, ensure_ascii=False), flush=True)
+        message = _opened(event.message, ring)
+        print(json.dumps({"event_id": event.event_id, **inbound_json(message)}, ensure_ascii=False), flush=True)
     return EXIT_OK
+
+
+def _opened(m: inbound_pb2.InboundMessage, ring: KeyRing | None) -> inbound_pb2.InboundMessage:
+    """An encrypted SMS opened with the key ring (a copy, is_encrypted cleared); as it was when
+    there is no ring, or when no passphrase opens it (standard error says so)."""
+    if ring is None or not m.is_encrypted:
+        return m
+    opened = inbound_pb2.InboundMessage()
+    opened.CopyFrom(m)
+    try:
+        if m.HasField("data_message"):
+            opened.data_message.data = ring.decrypt_bytes(m.data_message.data)
+        else:
+            opened.text_message.text = ring.decrypt(m.text_message.text)
+    except EnvelopeError as exc:
+        print(f"smsgw: {m.id}: cannot decrypt ({exc.reason})", file=sys.stderr)
+        return m
+    opened.is_encrypted = False
+    return opened
 
 
 def inbound_json(m: inbound_pb2.InboundMessage) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from smsgw_client.envelope import OVERHEAD, EnvelopeError, check_envelope
 
 from gateway.errors import InvalidArgument
 from gateway.messages.records import NewMessage
-from gateway.messages.segments import Encoding, count_segments
+from smsgw_client.segments import Encoding, count_segments
 
 __all__ = ["parse_send_request", "check_e164", "timestamp_field"]
 

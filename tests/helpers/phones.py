@@ -7,6 +7,7 @@ from typing import Any
 import trio
 from smsgw_client import Client
 
+from device_bridge.protocol import Delivery
 from smsgw_agent import Backoff, ModemOptions, PhoneAgent, SimulatedModem
 from smsgw_agent.modem import SendResult
 
@@ -19,16 +20,19 @@ UNPACED_MODEM = ModemOptions(send_delay=0.01, delivery_delay=0.01, android_limit
 
 
 class GatedModem(SimulatedModem):
-    """A modem that accepts work but sends nothing until `gate` is set: keeps messages in flight."""
+    """A modem that accepts work but sends nothing until `gate` is set: keeps messages in flight.
+    It keeps every Deliver it was asked to send (`asked`), as the phone handed it over."""
 
     def __init__(self, options: ModemOptions, *, gate: trio.Event | None = None) -> None:
         super().__init__(options)
         self.gate = gate
+        self.asked: list[Delivery] = []
 
-    async def send(self, *args: Any, **kwargs: Any) -> SendResult:
+    async def send(self, phone_number: str, delivery: Delivery, *args: Any, **kwargs: Any) -> SendResult:
+        self.asked.append(delivery)
         if self.gate is not None:
             await self.gate.wait()
-        return await super().send(*args, **kwargs)
+        return await super().send(phone_number, delivery, *args, **kwargs)
 
 
 async def start_phones(
@@ -42,6 +46,7 @@ async def start_phones(
     modem: ModemOptions | None = None,
     encoding: str = "proto",
     gate: trio.Event | None = None,
+    **agent: Any,
 ) -> list[PhoneAgent]:
     """Pair `count` phones through the API and wait until each had its first Welcome."""
 
@@ -60,6 +65,7 @@ async def start_phones(
             # Tests reconnect fast; the schedule's shape is unit-tested in test_backoff.
             backoff=Backoff(scale=0.02),
             name=f"test-{i}",
+            **agent,  # e.g. private_token, passphrases
         )
         with trio.fail_after(30):
             await nursery.start(phone.run)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["ServerProcess", "SMSGW", "LENIENT_LIMITS"]
+__all__ = ["ServerProcess", "SMSGW", "LENIENT_LIMITS", "PRIVATE_TOKEN", "private_webhook_env"]
 
 SMSGW = str(Path(sys.executable).parent / "smsgw")
 _START_TIMEOUT = 30.0
@@ -27,6 +28,23 @@ LENIENT_LIMITS = {
     "SMSGW_SCHEDULER__SIM_MIN_INTERVAL": "0",
     "SMSGW_SCHEDULER__PHONE_PARTS_PER_MINUTE": "0",
 }
+
+
+PRIVATE_TOKEN = secrets.token_urlsafe(32)
+
+
+def private_webhook_env(**extra: str) -> dict[str, str]:
+    """A private-mode server that may deliver webhooks to plain http on 127.0.0.1 (the test
+    receivers), fast: short retry delays and a 1 s attempt timeout."""
+    return {
+        "SMSGW_GATEWAY__MODE": "private",
+        "SMSGW_GATEWAY__PRIVATE_TOKEN": PRIVATE_TOKEN,
+        "SMSGW_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true",
+        "SMSGW_WEBHOOKS__ALLOW_HTTP": "true",
+        "SMSGW_WEBHOOKS__RETRY_DELAYS": "0.4,0.4,0.4,0.4,0.4",
+        "SMSGW_WEBHOOKS__TIMEOUT": "1",
+        **extra,
+    }
 
 
 class ServerProcess:

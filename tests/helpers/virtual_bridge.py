@@ -31,7 +31,7 @@ from gateway.devices.repository import DeviceRepository
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.records import NewMessage
 from gateway.messages.repository import MessageRepository
-from gateway.messages.segments import count_segments
+from smsgw_client.segments import count_segments
 from gateway.storage.engine import Database
 from smsgw_agent import ModemOptions, PhoneAgent, SimulatedModem
 from tests.helpers.accounts import create_owner

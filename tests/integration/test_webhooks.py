@@ -20,28 +20,12 @@ from smsgw_client import Client, InvalidArgument, NotFound
 
 from device_bridge.protocol import AckReceived, InboundSms, ReceiptState
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
-from tests.helpers.server import LENIENT_LIMITS, SMSGW, ServerProcess
+from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env
 from tests.helpers.webhook_receiver import Receiver
-
-PRIVATE_TOKEN = secrets.token_urlsafe(32)
-FAST_RETRIES = "0.4,0.4,0.4,0.4,0.4"
-
-
-def private_env(**extra: str) -> dict[str, str]:
-    return {
-        "SMSGW_GATEWAY__MODE": "private",
-        "SMSGW_GATEWAY__PRIVATE_TOKEN": PRIVATE_TOKEN,
-        "SMSGW_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true",
-        "SMSGW_WEBHOOKS__ALLOW_HTTP": "true",
-        "SMSGW_WEBHOOKS__RETRY_DELAYS": FAST_RETRIES,
-        "SMSGW_WEBHOOKS__TIMEOUT": "1",
-        **extra,
-    }
-
 
 @pytest.fixture
 def private_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", env=private_env())
+    proc = ServerProcess(tmp_path / "data", env=private_webhook_env())
     proc.start()
     try:
         yield proc
@@ -256,7 +240,7 @@ def test_restart_mid_retry_delivers_once_with_the_same_id(tmp_path: Path, receiv
     """RELIABILITY 3: stopped (SIGTERM, then SIGKILL) while a delivery waits for its retry,
     the server sends it after restart with the same webhook-id; the receiver, deduping by id,
     handles each event once."""
-    server = ServerProcess(tmp_path / "data", env=private_env(SMSGW_WEBHOOKS__RETRY_DELAYS="3,3,3"))
+    server = ServerProcess(tmp_path / "data", env=private_webhook_env(SMSGW_WEBHOOKS__RETRY_DELAYS="3,3,3"))
     server.start()
     try:
         with Client(server.grpc_target, server.token) as client:

@@ -58,11 +58,13 @@ import ssl
 import struct
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import trio
+from smsgw_client.envelope import EnvelopeError, KeyRing
+from smsgw_client.segments import count_segments
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.trio.client import ClientConnection
 from websockets.trio.client import connect as ws_connect
@@ -143,7 +145,10 @@ class _Recipient:
     key: RecipientKey
     delivery: Delivery  # the Deliver that brought it
     number: str  # never logged, never in repr
-    parts: int  # Deliver.parts, 0 read as 1
+    parts: int  # Deliver.parts, 0 read as 1 (for an encrypted text: the plaintext's parts)
+    # Report each part (parts_done = k)? Not when the server could not count the parts (an
+    # encrypted text): it would read part 1 of 3 as all of them, so only the last is reported.
+    report_parts: bool = True
     event_ids: list[int] = field(default_factory=list)  # every receipt made for it
     started: bool = False  # the modem was asked to send (Drop is too late now)
     finished: bool = False  # SENT of every part, or FAILED
@@ -215,6 +220,14 @@ class PhoneAgent:
         private_token: The server's private token (``gateway.private_token``),
             sent in ``X-Smsgw-Private-Token`` with a pairing code: a server in
             private mode refuses pairing without it. Bearer sessions never send it.
+        passphrases: End-to-end encryption (docs/e2e.md): the phone's passphrase,
+            or several, newest first (a key log). Encrypted Delivers are opened
+            with them before the modem sees the text (a Deliver none opens
+            fails with ``decrypt_failed``), and every received SMS is sealed
+            with the first before it is forwarded. Empty = E2E off.
+        max_parts: The most SMS parts the phone sends for one recipient; an
+            encrypted text whose plaintext needs more fails (the server cannot
+            count ciphertext).
 
     Attributes (test hooks; read them, do not write them, except
     ``pause_accepting``):
@@ -266,6 +279,8 @@ class PhoneAgent:
         welcome_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         private_token: str | None = None,
+        passphrases: Sequence[str] = (),
+        max_parts: int = 10,
     ) -> None:
         if not token and not pairing_code:
             raise ValueError("a phone needs a device token or a pairing code")
@@ -280,6 +295,8 @@ class PhoneAgent:
         self.device_url = device_url
         self.ssl_context = ssl_context
         self.private_token = private_token or None
+        self._keys_ring = KeyRing(passphrases) if passphrases else None
+        self.max_parts = max_parts
         self.token = token or None
         self.pairing_code = pairing_code or None
         self.encoding = _ENCODINGS[encoding]
@@ -556,11 +573,12 @@ class PhoneAgent:
             raise RuntimeError("PhoneAgent.use_nursery() was not called (run() does it)")
         records: list[_Recipient] = []
         fresh: list[_Recipient] = []
-        parts = max(delivery.parts, 1)
+        sendable, refusal = self._open(delivery)
+        parts = max(sendable.parts, 1)
         for key, number in zip(self._keys(delivery), delivery.phone_numbers, strict=True):
             record = self._recipients.get(key)
             if record is None:
-                record = _Recipient(key, delivery, number, parts)
+                record = _Recipient(key, sendable, number, parts, report_parts=delivery.parts > 0 or not delivery.is_encrypted)
                 self._recipients[key] = record
                 self._by_message.setdefault(key.message_id, []).append(record)
                 self.accepted.add(key)
@@ -568,8 +586,32 @@ class PhoneAgent:
             records.append(record)
         self._emit(records, ReceiptState.ACCEPTED, recipient_indices=delivery.recipient_indices,
                    attempt=delivery.attempt)
-        if fresh:
+        if refusal is not None:
+            for record in fresh:
+                self._fail(record, *refusal, 0)
+        elif fresh:
             self._nursery.start_soon(self._send_recipients, fresh)
+
+    def _open(self, delivery: Delivery) -> tuple[Delivery, tuple[FailureClass, str] | None]:
+        """The Deliver as the modem gets it: an encrypted one opened and its parts counted on
+        the plaintext; or, when it cannot be sent, why (class, error)."""
+        if not delivery.is_encrypted:
+            return delivery, None
+        if self._keys_ring is None:
+            return delivery, (FailureClass.DECRYPT_FAILED, "decrypt_failed: end-to-end encryption is off on this phone")
+        try:
+            if delivery.text is not None:
+                text = self._keys_ring.decrypt(delivery.text)
+                count = count_segments(text)
+                opened = replace(delivery, text=text, is_encrypted=False, parts=count.parts)
+            else:
+                data = self._keys_ring.decrypt_bytes(delivery.data or b"")
+                opened = replace(delivery, data=data, is_encrypted=False, parts=1)
+        except EnvelopeError as exc:
+            return delivery, (FailureClass.DECRYPT_FAILED, f"decrypt_failed: {exc.reason}")
+        if opened.parts > self.max_parts:
+            return delivery, (FailureClass.GENERIC_FAILURE, f"too_long: {opened.parts} parts, at most {self.max_parts}")
+        return opened, None
 
     def receive_sms(
         self,
@@ -590,6 +632,12 @@ class PhoneAgent:
                 data, an empty or too long sender, a body over its bound).
         """
         phone_id = uuid.uuid4().hex
+        sealed = self._keys_ring is not None
+        if self._keys_ring is not None:  # E2E on: the server only ever holds the envelope
+            if text is not None:
+                text = self._keys_ring.encrypt(text)
+            elif data is not None:
+                data = self._keys_ring.encrypt_bytes(data).encode("ascii")
         inbound = InboundSms(
             self._next_event_id,
             phone_id,
@@ -599,6 +647,7 @@ class PhoneAgent:
             port=port,
             sim_number=sim,
             received_at=received_at if received_at is not None else _now(),
+            is_encrypted=sealed,
         )
         self._next_event_id += 1
         self.inbound_unacked[inbound.event_id] = inbound
@@ -695,7 +744,9 @@ class PhoneAgent:
         def part_sent(part: int) -> None:
             record.parts_sent = part
             self._parts_sent += 1
-            self._emit([record], ReceiptState.SENT, recipient_index=index, attempt=attempt, parts_done=part)
+            if record.report_parts or part == record.parts:
+                self._emit([record], ReceiptState.SENT, recipient_index=index, attempt=attempt,
+                           parts_done=part if record.report_parts else 0)
             if part == record.parts:
                 self._sent += 1
             if report:
@@ -727,8 +778,9 @@ class PhoneAgent:
         if record.parts_delivered == record.parts:
             self._delivered += 1
         _, index, attempt = record.key
-        self._emit([record], ReceiptState.DELIVERED, recipient_index=index, attempt=attempt,
-                   parts_done=record.parts_delivered)
+        if record.report_parts or record.parts_delivered == record.parts:
+            self._emit([record], ReceiptState.DELIVERED, recipient_index=index, attempt=attempt,
+                       parts_done=record.parts_delivered if record.report_parts else 0)
         self._notify()
 
     # --- I/O ----------------------------------------------------------------

@@ -17,7 +17,8 @@ forwarded to the server as Inbound (``PhoneAgent.receive_sms``). Output (stdout,
 flushed): one line when all phones are online, then a one-line summary every 5 s
 when something changed (with the count of Android limit dialogs, if any). Problems
 go to stderr. Nothing printed carries a message body, a phone number or a token.
-``private_token`` lets the phones pair with a server in private mode.
+``private_token`` lets the phones pair with a server in private mode; ``passphrases`` turns
+end-to-end encryption on (the phones open encrypted messages and seal what they receive).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class SimulatorOptions:
     ca_file: Path | None = None  # the CA of the bridge's certificate (wss://); None = system roots
     grpc_credentials: Any = None  # grpc.ChannelCredentials for pairing; None = plaintext
     private_token: str = ""  # a private-mode server's token, sent when pairing
+    passphrases: tuple[str, ...] = ()  # end-to-end encryption on the phones (newest first); () = off
     receive_every: float | None = None  # seconds between SMS each phone receives; None = see receive_text
     receive_text: str = ""  # the received SMS' text ("" = numbered); alone: one SMS per phone
     receive_from: str = DEFAULT_SENDER  # their sender
@@ -265,6 +267,7 @@ class _Simulator:
             name=_name(index),
             ssl_context=self._ssl_context,
             private_token=o.private_token or None,
+            passphrases=o.passphrases,
             **auth,
         )
         self.agents[index] = agent

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.messages.segments import Encoding, count_segments
+from smsgw_client.segments import Encoding, count_segments
 
 # 3GPP TS 23.038 default alphabet (without ESC 0x1B) and its extension table, typed
 # from the spec so the oracle does not share the implementation's tables.

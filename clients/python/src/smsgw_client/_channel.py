@@ -27,6 +27,8 @@ from google.protobuf import timestamp_pb2
 
 from smsgw.v1 import common_pb2, devices_pb2, inbound_pb2, messages_pb2
 
+from . import envelope
+
 __all__ = [
     "DEFAULT_MAX_RECONNECTS",
     "DEFAULT_OPTIONS",
@@ -184,12 +186,16 @@ def send_message_request(
     is_encrypted: bool,
     idempotency_key: str | None,
     schedule_at: datetime | None = None,
+    passphrase: str | None = None,
 ) -> messages_pb2.SendMessageRequest:
     """Build a ``SendMessageRequest``, filling in the idempotency key if missing.
 
     The caller builds the request once per ``send_message`` call, so every
     retry of that call (gRPC's own or a reconnect) carries the same key and the
-    server stores the message at most once.
+    server stores the message at most once. With ``passphrase`` the text or data
+    is sealed into an smsgw1 envelope here, before anything leaves the process
+    (``envelope.seal_for_key``: the same key and content give the same envelope,
+    so a retry of the call with the caller's own key is still a replay).
 
     Raises:
         ValueError: Not exactly one of ``text``/``data``, both ``ttl`` and
@@ -202,13 +208,20 @@ def send_message_request(
         raise ValueError("give exactly one of text or data")
     if ttl is not None and valid_until is not None:
         raise ValueError("give at most one of ttl or valid_until")
+    key = new_idempotency_key() if idempotency_key is None else idempotency_key
+    if passphrase is not None:
+        if text is not None:
+            text = envelope.seal_for_key(passphrase, text.encode("utf-8"), key)
+        else:
+            data = envelope.seal_for_key(passphrase, bytes(data or b""), key).encode("ascii")
+        is_encrypted = True
     request = messages_pb2.SendMessageRequest(
         phone_numbers=list(phone_numbers),
         device_id=device_id,
         sim_number=sim_number,
         priority=priority,
         is_encrypted=is_encrypted,
-        idempotency_key=new_idempotency_key() if idempotency_key is None else idempotency_key,
+        idempotency_key=key,
     )
     if text is not None:
         request.text_message.text = text

@@ -122,6 +122,7 @@ class AsyncClient:
         is_encrypted: bool = False,
         idempotency_key: str | None = None,
         schedule_at: datetime | None = None,
+        passphrase: str | None = None,
         timeout: float | None = None,
     ) -> messages_pb2.Message:
         """Store a message for sending; see :meth:`smsgw_client.Client.send_message`.
@@ -143,6 +144,7 @@ class AsyncClient:
             is_encrypted=is_encrypted,
             idempotency_key=idempotency_key,
             schedule_at=schedule_at,
+            passphrase=passphrase,
         )
         with map_rpc_errors():
             response: messages_pb2.Message = await self._messages.SendMessage(

@@ -122,6 +122,7 @@ class Client:
         is_encrypted: bool = False,
         idempotency_key: str | None = None,
         schedule_at: datetime | None = None,
+        passphrase: str | None = None,
         timeout: float | None = None,
     ) -> messages_pb2.Message:
         """Store a message for sending; returns once the gateway holds it durably.
@@ -142,7 +143,11 @@ class Client:
             valid_until: Timezone-aware absolute expiry; or ``ttl``.
             with_delivery_report: Ask for carrier delivery reports (None = the
                 server's default, on).
-            is_encrypted: The content is an smsgw1 end-to-end envelope.
+            is_encrypted: The content is an smsgw1 end-to-end envelope (you sealed it).
+            passphrase: Seal ``text``/``data`` into an smsgw1 envelope with this
+                passphrase before sending (sets ``is_encrypted``): the server only
+                ever holds the ciphertext, and the phone opens it with the same
+                passphrase. The envelope adds 50 bytes (about 67 base64 characters).
             idempotency_key: Up to 128 characters; same key = same message.
             schedule_at: Timezone-aware time to hold the message until (at
                 most 30 days ahead); None = as soon as the phone's pacing allows.
@@ -167,6 +172,7 @@ class Client:
             is_encrypted=is_encrypted,
             idempotency_key=idempotency_key,
             schedule_at=schedule_at,
+            passphrase=passphrase,
         )
         with map_rpc_errors():
             response: messages_pb2.Message = self._messages.SendMessage(

@@ -38,6 +38,7 @@ __all__ = [
     "encrypt_bytes",
     "decrypt_bytes",
     "seal",
+    "seal_for_key",
     "check_envelope",
     "KeyRing",
 ]
@@ -97,6 +98,17 @@ def seal(passphrase: str, plaintext: bytes, *, salt: bytes | None = None, iv: by
         raise ValueError(f"salt must be {_SALT} bytes and iv {_IV} bytes")
     sealed = AESGCM(_CACHE.key(passphrase, salt)).encrypt(iv, plaintext, None)
     return base64.b64encode(MAGIC + salt + iv + sealed).decode("ascii")
+
+
+def seal_for_key(passphrase: str, plaintext: bytes, idempotency_key: str) -> str:
+    """Seal for a send with an idempotency key: salt and IV come from an HMAC (keyed with the
+    passphrase) of the key and the plaintext, so sending the same content under the same key
+    again makes the same envelope, and the server sees a replay, not a conflict. A (key, IV)
+    pair is only ever reused for the very same plaintext, which is what AES-GCM requires; an
+    observer learns only what the idempotency key already says (same key, same message)."""
+    mac = hmac.new(passphrase.encode("utf-8"), idempotency_key.encode("utf-8") + b"\x00" + plaintext, hashlib.sha256)
+    digest = mac.digest()
+    return seal(passphrase, plaintext, salt=digest[:_SALT], iv=digest[_SALT : _SALT + _IV])
 
 
 def encrypt(passphrase: str, plaintext: str) -> str:

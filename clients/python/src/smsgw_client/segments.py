@@ -1,7 +1,9 @@
 """SMS segment counting (3GPP TS 23.038): GSM-7 with its extension table, else UCS-2.
 
 The API rejects what no phone could send, so the server counts parts the same way
-the phone's SmsManager.divideMessage does.
+the phone's SmsManager.divideMessage does. It lives in the client package because three
+parties count: the server (plain texts), a client checking a text before it seals it, and a
+phone counting the plaintext of an end-to-end encrypted message (the server cannot).
 """
 
 from __future__ import annotations
