@@ -261,10 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # frames (message bodies) at DEBUG: never let -v turn that on.
     for name in ("websockets", "device_bridge.websockets"):
         logging.getLogger(name).setLevel(logging.INFO)
-    # httpx logs every webhook request with its full URL at INFO (and httpcore the traffic at
-    # DEBUG); a receiver's URL may carry its own secret. The worker logs what matters.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             return _serve(args)

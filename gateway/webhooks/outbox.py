@@ -42,8 +42,13 @@ def _iso(t: datetime) -> str:
 def _subscribers(s: Session, owner_id: str) -> list[WebhookRow]:
     cache: dict[str, list[WebhookRow]] = s.info.setdefault(_CACHE_KEY, {})
     if owner_id not in cache:
-        q = select(WebhookRow).where(
-            WebhookRow.owner_id == owner_id, col(WebhookRow.state) != int(WebhookState.DISABLED)
+        # FOR KEY SHARE (PostgreSQL): a DeleteWebhook committing meanwhile in another process
+        # waits for this transaction, instead of failing its delivery's foreign key and with it
+        # the change that caused the event. SQLite serialises writers anyway.
+        q = (
+            select(WebhookRow)
+            .where(WebhookRow.owner_id == owner_id, col(WebhookRow.state) != int(WebhookState.DISABLED))
+            .with_for_update(key_share=True)
         )
         cache[owner_id] = list(s.exec(q))
     return cache[owner_id]

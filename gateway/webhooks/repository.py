@@ -190,9 +190,11 @@ class WebhookRepository:
             s.add(d)
             return self._take(s, d, row, now)
 
-    def claim_due(self, now: datetime, limit: int) -> list[Claim]:
-        """Up to `limit` due deliveries of enabled webhooks, oldest due first (pings excluded:
-        TestWebhook sends its own)."""
+    def claim_due(self, now: datetime, limit: int, *, busy: Sequence[str] = ()) -> list[Claim]:
+        """Up to `limit` due deliveries of enabled webhooks, oldest due first, none of the
+        `busy` webhooks (those at their share of the worker). Pings are TestWebhook's own. A
+        delivery whose claims were all lost (the worker died each time) past the end of its
+        schedule fails here instead of being claimed forever."""
         with self.db.write() as s:
             q = (
                 select(WebhookDeliveryRow, WebhookRow)
@@ -201,12 +203,23 @@ class WebhookRepository:
                     WebhookDeliveryRow.state == _PENDING,
                     col(WebhookDeliveryRow.next_attempt_at) <= now,
                     col(WebhookRow.state) != _DISABLED,
+                    col(WebhookDeliveryRow.event) != str(WebhookEvent.SYSTEM_PING),
                 )
                 .order_by(col(WebhookDeliveryRow.next_attempt_at), col(WebhookDeliveryRow.id))
                 .limit(limit)
                 .with_for_update(skip_locked=True, of=WebhookDeliveryRow)  # PostgreSQL; SQLite serialises writes
             )
-            return [self._take(s, d, w, now) for d, w in s.exec(q).all()]
+            if busy:
+                q = q.where(col(WebhookDeliveryRow.webhook_id).not_in(list(busy)))
+            claims = []
+            for d, w in s.exec(q).all():
+                if d.attempts - d.attempt_base > len(self.settings.retry_delays):
+                    d.state, d.next_attempt_at, d.updated_at = _FAILED, None, now
+                    d.last_error = f"gave up: {d.attempts - d.attempt_base} attempts were claimed but never finished"
+                    s.add(d)
+                    continue
+                claims.append(self._take(s, d, w, now))
+            return claims
 
     def _take(self, s: Session, d: WebhookDeliveryRow, w: WebhookRow, now: datetime) -> Claim:
         d.attempts += 1
@@ -216,6 +229,9 @@ class WebhookRepository:
         secrets = (w.secret,)
         if w.previous_secret and w.previous_secret_until is not None and w.previous_secret_until > now:
             secrets = (w.secret, w.previous_secret)
+        elif w.previous_secret:  # the overlap is over: the old secret is kept no longer
+            w.previous_secret, w.previous_secret_until = "", None
+            s.add(w)
         return Claim(
             d.id, w.id, w.owner_id, w.url, secrets, d.payload.encode(), d.attempts,
             d.event == WebhookEvent.SYSTEM_PING, d.attempts - d.attempt_base,
@@ -294,21 +310,26 @@ class WebhookRepository:
             w.state, w.disabled_reason = _DISABLED, reason
             s.add(_audit(w.owner_id, now, "webhook.disabled", w.id, reason))
         elif gave_up:
+            if w.state != int(WebhookState.FAILING):  # one audit entry per change of state
+                s.add(_audit(w.owner_id, now, "webhook.failing", w.id, f"delivery {d.id} failed: {d.last_error}"))
             w.state, w.disabled_reason = int(WebhookState.FAILING), f"delivery {d.id} failed: {d.last_error}"
-            s.add(_audit(w.owner_id, now, "webhook.failing", w.id, w.disabled_reason))
 
-    def prune(self, before: datetime) -> int:
-        """Finished deliveries (and their attempts) older than `before` go; pending ones stay."""
-        with self.db.write() as s:
-            old = select(WebhookDeliveryRow.id).where(
-                col(WebhookDeliveryRow.state) != _PENDING, col(WebhookDeliveryRow.updated_at) < before
-            )
-            ids = list(s.exec(old.limit(5000)))
-            if not ids:
-                return 0
-            s.exec(delete(WebhookAttemptRow).where(col(WebhookAttemptRow.delivery_id).in_(ids)))
-            s.exec(delete(WebhookDeliveryRow).where(col(WebhookDeliveryRow.id).in_(ids)))
-            return len(ids)
+    def prune(self, before: datetime, *, batch: int = 2000) -> int:
+        """Finished deliveries (and their attempts) older than `before` go; pending ones stay.
+        In batches (short write transactions), until none is left."""
+        pruned = 0
+        while True:
+            with self.db.write() as s:
+                old = select(WebhookDeliveryRow.id).where(
+                    col(WebhookDeliveryRow.state) != _PENDING, col(WebhookDeliveryRow.updated_at) < before
+                )
+                ids = list(s.exec(old.limit(batch)))
+                if ids:
+                    s.exec(delete(WebhookAttemptRow).where(col(WebhookAttemptRow.delivery_id).in_(ids)))
+                    s.exec(delete(WebhookDeliveryRow).where(col(WebhookDeliveryRow.id).in_(ids)))
+            pruned += len(ids)
+            if len(ids) < batch:
+                return pruned
 
     # ---- helpers ---------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() is also true for '²'
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -70,10 +70,13 @@ def retry_delay(
     retry_after: float | None = None, retry_after_cap: float = 3600.0,
 ) -> float | None:
     """Seconds until attempt `attempt + 1` after attempt `attempt` (1-based) failed, or None
-    when the schedule is exhausted. A Retry-After the receiver sent replaces the schedule's
-    delay (at least 1 s, at most `retry_after_cap`); the number of attempts stays bounded."""
+    when the schedule is exhausted. A Retry-After the receiver sent can only push the next
+    attempt later (up to `retry_after_cap`), never sooner: every attempt uses up a place in
+    the schedule, so a receiver answering "Retry-After: 1" must not burn the 3 days in
+    seconds."""
     if attempt > len(delays):
         return None
+    delay = delays[attempt - 1] * (1 + rng.uniform(-jitter, jitter))
     if retry_after is not None:
-        return max(1.0, min(retry_after, retry_after_cap))
-    return delays[attempt - 1] * (1 + rng.uniform(-jitter, jitter))
+        delay = max(delay, min(retry_after, retry_after_cap))
+    return delay

@@ -4,6 +4,7 @@ guard, within the timeout, following no redirect and reading no response body.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from datetime import datetime
@@ -20,6 +21,12 @@ from gateway.webhooks.ssrf import ForbiddenTarget, GuardedBackend, Policy, check
 __all__ = ["WebhookSender", "USER_AGENT"]
 
 USER_AGENT = "smsgw-webhooks/1"
+
+log = logging.getLogger(__name__)
+# httpx logs every request with its full URL at INFO (httpcore the traffic at DEBUG); a
+# receiver's URL may carry its own secret. The worker logs what matters, without it.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class WebhookSender:
@@ -55,12 +62,18 @@ class WebhookSender:
             async with asyncio.timeout(self.timeout):
                 async with self.client.stream("POST", claim.url, content=claim.payload, headers=headers) as response:
                     outcome = judge(response.status_code, response.headers.get("retry-after"), now)
-        except ForbiddenTarget as exc:
-            outcome = Outcome(Verdict.RETRY, 0, f"refused by the SSRF guard: {exc}")
+        except ForbiddenTarget as exc:  # the URL itself, not the network: trying again changes nothing
+            outcome = Outcome(Verdict.FINAL, 0, f"refused by the SSRF guard: the URL {exc}")
         except (TimeoutError, httpx.TimeoutException):
             outcome = Outcome(Verdict.RETRY, 0, f"timed out after {self.timeout:g} s")
         except httpx.HTTPError as exc:
             outcome = Outcome(Verdict.RETRY, 0, _describe(exc))
+        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+            # A URL httpx cannot use (creation refuses these; a row from an older version might not).
+            outcome = Outcome(Verdict.FINAL, 0, f"unusable URL ({exc.__class__.__name__})")
+        except Exception as exc:  # never let one receiver's oddity skip the attempt log and the schedule
+            log.exception("webhook %s: unexpected error sending", claim.webhook_id)
+            outcome = Outcome(Verdict.RETRY, 0, f"unexpected error ({exc.__class__.__name__})")
         return outcome, round((time.monotonic() - started) * 1000)
 
     async def aclose(self) -> None:

@@ -74,7 +74,8 @@ class WebhookService:
     async def test(self, owner_id: str, webhook_id: str) -> AttemptRecord:
         """A system:ping, sent now and once; the attempt is logged like any other."""
         claim = await asyncio.to_thread(self.repo.create_ping, owner_id, webhook_id, utcnow())
-        return await self.worker.attempt(claim)
+        # Shielded: a caller that gives up early still leaves the attempt sent and recorded.
+        return await asyncio.shield(self.worker.attempt(claim))
 
     async def deliveries(
         self, owner_id: str, webhook_id: str, *, state: DeliveryState | None, limit: int, before_id: str | None

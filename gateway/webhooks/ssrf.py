@@ -11,20 +11,32 @@ after creation is refused too, with no window between the check and the connect.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
+import httpx
 
 __all__ = ["Policy", "ForbiddenTarget", "check_url_syntax", "check_url", "forbidden_reason", "GuardedBackend"]
 
 _MAX_URL = 2048
 # Cloud metadata services (AWS/GCP/Azure, AWS over IPv6, Alibaba).
 _METADATA = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
+
+
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, still routed inside some networks
+# getaddrinfo blocks a thread; a slow DNS server chosen by a webhook owner must not take the
+# default executor every database call of the API runs on.
+_DNS_THREADS = 4
+_DNS_TIMEOUT = 5.0
+_dns_pool = concurrent.futures.ThreadPoolExecutor(_DNS_THREADS, thread_name_prefix="smsgw-dns")
+_dns_slots = threading.BoundedSemaphore(_DNS_THREADS * 4)  # waiting lookups, beyond them refused
 
 
 class ForbiddenTarget(Exception):
@@ -40,8 +52,16 @@ class Policy:
 def forbidden_reason(address: str) -> str | None:
     """Why an IP address is off limits, or None for a public unicast address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SITE_LOCAL:
+            return "a site-local address"
+        # IPv4 inside IPv6 (mapped, 6to4, Teredo's server and client): judge the IPv4 address.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None:
+            reason = forbidden_reason(str(embedded))
+            if reason is not None:
+                return reason
+            ip = embedded
     if ip in _METADATA:
         return "a cloud metadata address"
     for test, what in (
@@ -62,6 +82,9 @@ def check_url_syntax(url: str, policy: Policy) -> tuple[str, int]:
     """Scheme, host and port of an acceptable URL, without resolving it; ForbiddenTarget says why not."""
     if len(url) > _MAX_URL:
         raise ForbiddenTarget(f"longer than {_MAX_URL} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        # urlsplit drops tabs and newlines silently; the URL sent would not be the one checked.
+        raise ForbiddenTarget("must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -77,6 +100,10 @@ def check_url_syntax(url: str, policy: Policy) -> tuple[str, int]:
         raise ForbiddenTarget("must not carry credentials (user:password@)")
     if parts.fragment:
         raise ForbiddenTarget("must not have a #fragment")
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        raise ForbiddenTarget("not a URL the sender can use") from None
     host = parts.hostname
     try:
         ipaddress.ip_address(host)
@@ -95,8 +122,15 @@ async def check_url(url: str, policy: Policy) -> None:
 
 async def resolve(host: str, port: int, policy: Policy) -> list[str]:
     """The host's addresses, all checked; ForbiddenTarget if it does not resolve or any is forbidden."""
+    if not _dns_slots.acquire(blocking=False):
+        raise ForbiddenTarget(f"{host}: too many name lookups in progress, try again")
+    job = _dns_pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    job.add_done_callback(lambda _: _dns_slots.release())  # when the thread is done, not when we stop waiting
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(_DNS_TIMEOUT):
+            infos = await asyncio.wrap_future(job)
+    except TimeoutError:
+        raise ForbiddenTarget(f"{host} does not resolve (no DNS answer within {_DNS_TIMEOUT:g} s)") from None
     except (socket.gaierror, UnicodeError):
         raise ForbiddenTarget(f"{host} does not resolve (no DNS answer)") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -136,9 +170,16 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             addresses = await resolve(host, port, self.policy)
         except ForbiddenTarget as exc:
             raise httpcore.ConnectError(f"refused by the SSRF guard: {exc}") from None
-        return await self.inner.connect_tcp(
-            addresses[0], port, timeout=timeout, local_address=local_address, socket_options=socket_options
-        )
+        last: Exception | None = None
+        for address in addresses:  # every one was checked; a dual-stack name may answer on one only
+            try:
+                return await self.inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

@@ -8,7 +8,9 @@ retry schedule (about 75 hours) with a fake clock and a real receiver.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 
@@ -53,17 +55,30 @@ class WebhookWorker:
         free up, so one slow receiver never holds up the others. A failing database is
         logged and retried, never fatal."""
         in_flight: set[asyncio.Task[AttemptRecord | None]] = set()
+        per_webhook: Counter[str] = Counter()
+        share = max(1, self.settings.concurrency // 4)  # one receiver's backlog leaves room for the others
+
+        def done(task: asyncio.Task[AttemptRecord | None], webhook_id: str) -> None:
+            in_flight.discard(task)
+            per_webhook[webhook_id] -= 1
+            self._wake.set()
+
         try:
             while True:
                 self._wake.clear()
                 wait = _IDLE
+                free = self.settings.concurrency - len(in_flight)
+                if free <= 0:  # saturated: the next finished attempt wakes us
+                    await self._wake.wait()
+                    continue
                 try:
-                    free = self.settings.concurrency - len(in_flight)
-                    claims = await asyncio.to_thread(self.repo.claim_due, self.clock(), free) if free > 0 else []
+                    busy = [w for w, n in per_webhook.items() if n >= share]
+                    claims = await asyncio.to_thread(self.repo.claim_due, self.clock(), free, busy=busy)
                     for claim in claims:
                         task = asyncio.create_task(self._attempt_logged(claim))
                         in_flight.add(task)
-                        task.add_done_callback(lambda t: (in_flight.discard(t), self._wake.set()))
+                        per_webhook[claim.webhook_id] += 1
+                        task.add_done_callback(functools.partial(done, webhook_id=claim.webhook_id))
                     if claims and len(claims) == free:
                         continue  # maybe more are due: claim again once a slot is free
                     due = await asyncio.to_thread(self.repo.next_due)
@@ -73,9 +88,9 @@ class WebhookWorker:
                             wait = max(wait, _RECHECK)  # due but not claimable (another worker holds it)
                 except Exception:
                     log.exception("webhook delivery round failed; will retry")
-                if wait > 0 or len(in_flight) >= self.settings.concurrency:
+                if wait > 0:
                     try:
-                        await asyncio.wait_for(self._wake.wait(), wait or _IDLE)
+                        await asyncio.wait_for(self._wake.wait(), wait)
                     except TimeoutError:
                         pass
         finally:

@@ -177,14 +177,52 @@ def test_other_4xx_and_3xx_are_never_retried(db: Database, receiver: Receiver) -
     assert box.state() is WebhookState.FAILING
 
 
-def test_429_and_503_retry_after_is_honoured(db: Database, receiver: Receiver) -> None:
+def test_429_and_503_retry_after_is_honoured_but_never_sooner(db: Database, receiver: Receiver) -> None:
     box = _outbox(db, receiver)
     receiver.script([(429, "7"), (503, "120"), 204])
     box.event()
     box.run()
-    assert [(t - T0).total_seconds() for t in box.attempt_times] == [0, 7, 127]
+    gaps = [(b - a).total_seconds() for a, b in zip(box.attempt_times, box.attempt_times[1:], strict=False)]
+    assert gaps[0] == 7  # later than the schedule's 5 s: as asked
+    assert 270 <= gaps[1] <= 330  # the schedule's 5 min: 120 s would be sooner
     assert box.deliveries()[0].state == DeliveryState.SUCCEEDED
     assert box.state() is WebhookState.ACTIVE
+
+
+def test_a_receiver_asking_for_retry_after_1_still_gets_the_whole_schedule(db: Database, receiver: Receiver) -> None:
+    box = _outbox(db, receiver)
+    receiver.default = (503, "1")
+    box.event()
+    box.run()
+    assert len(receiver.received) == 10
+    assert (box.attempt_times[-1] - T0).total_seconds() / 3600 >= 0.9 * 75.6
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "soon", "-5", "1e9"])
+def test_odd_retry_after_values_still_follow_the_schedule(db: Database, receiver: Receiver, retry_after: str) -> None:
+    box = _outbox(db, receiver, retry_delays=(5.0,))
+    receiver.script([(503, retry_after), 204])
+    box.event()
+    box.run()
+    assert [a.status_code for a in box.attempts()] == [503, 204]
+    assert 4.5 <= (box.attempt_times[1] - T0).total_seconds() <= 5.5
+
+
+def test_an_unusable_stored_url_fails_the_delivery_without_stalling_the_worker(db: Database, receiver: Receiver) -> None:
+    """A URL httpx refuses (a row written before creation checked for it): recorded as final."""
+    from gateway.storage.models import WebhookRow
+
+    box = _outbox(db, receiver)
+    with db.write() as s:
+        row = s.get(WebhookRow, box.webhook.id)
+        assert row is not None
+        row.url = "http://127.0.0.1:1/a\x00b"
+        s.add(row)
+    box.event()
+    box.run()
+    [attempt] = box.attempts()
+    assert attempt.status_code == 0 and "control characters" in attempt.error
+    assert box.deliveries()[0].state == DeliveryState.FAILED
 
 
 def test_a_timeout_and_a_closed_connection_are_retried(db: Database, receiver: Receiver) -> None:

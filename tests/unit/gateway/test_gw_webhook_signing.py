@@ -111,3 +111,12 @@ def test_receiver_never_crashes_on_junk(body: bytes, msg_id: str, stamp: str, si
     headers = {"webhook-id": msg_id, "webhook-timestamp": stamp, "webhook-signature": signature}
     with pytest.raises(WebhookVerificationError):
         WebhookReceiver(new_secret()).verify(body, headers)
+
+
+def test_a_forgotten_id_is_received_again() -> None:
+    secret = new_secret()
+    receiver = WebhookReceiver(secret)
+    assert receiver.receive(BODY, _headers((secret,))) is not None
+    receiver.forget("msg_01")  # handling failed; the retry must get through
+    assert receiver.receive(BODY, _headers((secret,))) is not None
+    assert receiver.receive(BODY, _headers((secret,))) is None

@@ -46,8 +46,9 @@ class WebhookCalls(Generic[R]):
         """Delete it and its pending deliveries."""
         return self._call("DeleteWebhook", webhooks_pb2.DeleteWebhookRequest(id=webhook_id), timeout)
 
-    def test(self, webhook_id: str, *, timeout: float | None = None) -> R:
-        """Send a ``system:ping`` now, once -> ``WebhookAttempt`` (status code, latency, error)."""
+    def test(self, webhook_id: str, *, timeout: float | None = 30.0) -> R:
+        """Send a ``system:ping`` now, once -> ``WebhookAttempt`` (status code, latency, error).
+        The default deadline outlasts the server's 15 s attempt timeout."""
         return self._call("TestWebhook", webhooks_pb2.TestWebhookRequest(id=webhook_id), timeout)
 
     def deliveries(

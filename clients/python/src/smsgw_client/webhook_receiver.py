@@ -14,7 +14,11 @@ will match::
         except WebhookVerificationError:
             return 400            # not from smsgw (or tampered with, or replayed late)
         if event is not None:      # None: seen before, already handled
-            process(event)
+            try:
+                process(event)
+            except Exception:
+                receiver.forget(event["id"])   # not handled after all: take the retry
+                return 500
         return 204
 """
 
@@ -25,6 +29,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -71,6 +76,7 @@ class WebhookReceiver:
         self.tolerance = tolerance
         self._clock = clock
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen_lock = threading.Lock()  # receivers run handlers in threads
         self._remember = remember
         self._is_new = is_new if is_new is not None else self._remembered_new
 
@@ -102,14 +108,21 @@ class WebhookReceiver:
         msg_id = next(v for k, v in headers.items() if k.lower() == "webhook-id")
         return event if self._is_new(msg_id) else None
 
+    def forget(self, msg_id: str) -> None:
+        """Handling the event with this webhook-id failed: let its retry through. (With your
+        own ``is_new``, undo what it recorded instead.)"""
+        with self._seen_lock:
+            self._seen.pop(msg_id, None)
+
     def _remembered_new(self, msg_id: str) -> bool:
-        if msg_id in self._seen:
-            self._seen.move_to_end(msg_id)
-            return False
-        self._seen[msg_id] = None
-        if len(self._seen) > self._remember:
-            self._seen.popitem(last=False)
-        return True
+        with self._seen_lock:
+            if msg_id in self._seen:
+                self._seen.move_to_end(msg_id)
+                return False
+            self._seen[msg_id] = None
+            if len(self._seen) > self._remember:
+                self._seen.popitem(last=False)
+            return True
 
 
 def _key(secret: str) -> bytes:
