@@ -12,20 +12,12 @@ from tests.helpers.server import ServerProcess
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data")
-    proc.start()
-    try:
+    with ServerProcess(tmp_path / "data") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for a module whose tests tolerate each other's data."""
-    proc = ServerProcess(tmp_path_factory.mktemp("shared") / "data")
-    proc.start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("shared") / "data") as proc:
         yield proc
-    finally:
-        proc.stop()

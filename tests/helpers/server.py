@@ -58,6 +58,14 @@ class ServerProcess:
         self.log_path = data_dir.parent / "server.log"
         self._ports: tuple[str, str, str] = ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
 
+    def __enter__(self) -> ServerProcess:
+        """Started on entry, stopped (SIGTERM, then SIGKILL) on exit."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def grpc_target(self) -> str:
         return self.endpoints["grpc"]

@@ -29,12 +29,8 @@ INBOUND_TEXT = "Reply from the patient: confirmed 10:30"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", env=private_webhook_env(), args=("-v",))  # DEBUG logs
-    proc.start()
-    try:
+    with ServerProcess(tmp_path / "data", env=private_webhook_env(), args=("-v",)) as proc:  # DEBUG logs
         yield proc
-    finally:
-        proc.stop()
 
 
 def _stored_texts(server: ServerProcess) -> list[str]:

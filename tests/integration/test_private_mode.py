@@ -30,12 +30,8 @@ def _private_env(token: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("private") / "data", env=_private_env(PRIVATE_TOKEN))
-    proc.start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("private") / "data", env=_private_env(PRIVATE_TOKEN)) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _open(url: str, headers: dict[str, str]) -> ClientConnection:

@@ -36,12 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "SMSGW_SCHEDULER__MAX_ATTEMPTS": "3",
         "SMSGW_JOBS__EXPIRY_INTERVAL": "0.2",
     }
-    proc = ServerProcess(tmp_path_factory.mktemp("scheduler") / "data", env=env)
-    proc.start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("scheduler") / "data", env=env) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

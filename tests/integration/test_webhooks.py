@@ -25,12 +25,8 @@ from tests.helpers.webhook_receiver import Receiver
 
 @pytest.fixture
 def private_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", env=private_webhook_env())
-    proc.start()
-    try:
+    with ServerProcess(tmp_path / "data", env=private_webhook_env()) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
