@@ -1,6 +1,6 @@
 """Node <-> Python envelopes: the Node package (clients/node, only node:crypto) seals what the
 Python helpers open and opens what they seal, and its own `node --test` suite passes (it checks
-the same shared vectors). Skipped without `node`, except where SMSGW_REQUIRE_NODE is set
+the same shared vectors). Skipped without `node`, except where REQUIRE_NODE_TESTS is set
 (.ci/run sets it: CI always runs these)."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from smsgw_client.envelope import EnvelopeError, decrypt, decrypt_bytes, encrypt
 NODE_PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "node"
 NODE = shutil.which("node")
 
-if NODE is None and os.environ.get("SMSGW_REQUIRE_NODE"):
-    raise RuntimeError("SMSGW_REQUIRE_NODE is set but `node` is not on the PATH")
+if NODE is None and os.environ.get("REQUIRE_NODE_TESTS"):
+    raise RuntimeError("REQUIRE_NODE_TESTS is set but `node` is not on the PATH")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 TEXTS = ["hola mundo", "", "Ваш код 🔐 424242 ✅", "你好，世界", "x" * 1600, "line\nbreak\ttab"]
