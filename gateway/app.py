@@ -262,6 +262,10 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
             _write_json(data_dir / "endpoints.json", endpoints.__dict__)
             grpc_shown = endpoints.grpc + (" (TLS)" if endpoints.grpc_tls else "")
             announce(f"smsgw serving  gRPC {grpc_shown}  phones {endpoints.device}  metrics {endpoints.metrics}")
+            if settings.gateway.mode == "private":
+                lifted = [k for k in ("allow_private_targets", "allow_http") if getattr(settings.webhooks, k)]
+                guard = f"; webhook guard lifted: {', '.join(lifted)}" if lifted else ""
+                announce(f"private mode: accounts from `smsgw users`, phones need the private token{guard}")
             if created:
                 announce(f"created account admin; its password is in {password_path} (smsgw login)")
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -81,6 +81,10 @@ def test_pairing_needs_the_private_token_and_reconnects_do_not(private_server: S
         again.ws.close()
 
 
+def test_serve_says_it_is_in_private_mode(private_server: ServerProcess) -> None:
+    assert "private mode: accounts from `smsgw users`" in private_server.log_text()
+
+
 def test_private_token_does_not_replace_the_code(private_server: ServerProcess) -> None:
     server = private_server
     headers = {PRIVATE_TOKEN_HEADER: PRIVATE_TOKEN}
