@@ -20,7 +20,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=os.environ.get("SMSGW_SERVER", "127.0.0.1:50051"), help="gRPC HOST:PORT (env SMSGW_SERVER)")
+    p.add_argument("--server", default=os.environ.get("SMSGW_SERVER") or None,
+                   help="gRPC HOST:PORT (env SMSGW_SERVER; default: the server of `smsgw login`'s credentials, else 127.0.0.1:50051)")
     p.add_argument(
         "--token-file",
         type=Path,

@@ -90,7 +90,26 @@ def _usage(message: str) -> int:
     return EXIT_USAGE
 
 
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def _resolve_server(args: argparse.Namespace) -> None:
+    """No --server / SMSGW_SERVER: the server the stored sign-in belongs to, so a `login` to
+    another server is not followed by calls to the default one with its token."""
+    if args.server:
+        return
+    uses_stored = args.command != "login" and args.token_file is None and not os.environ.get("SMSGW_TOKEN")
+    if uses_stored:
+        try:
+            args.server = StoredCredentials.load(credentials_path(args.credentials)).server or DEFAULT_SERVER
+            return
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+    args.server = DEFAULT_SERVER
+
+
 def run(args: argparse.Namespace) -> int:
+    _resolve_server(args)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "webhooks" and args.webhooks_command == "listen":

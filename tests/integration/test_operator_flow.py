@@ -82,7 +82,8 @@ def test_credentials_refresh_themselves_and_logout_revokes(tmp_path: Path) -> No
                        stdin=server.admin_password + "\n")
         assert login.returncode == 0, login.stderr
         first = json.loads(creds.read_text())
-        listed = _smsgw("devices", "list", *common)
+        # Without --server the commands go to the server the sign-in belongs to.
+        listed = _smsgw("devices", "list", "--credentials", str(creds))
         assert listed.returncode == 0, listed.stderr
         second = json.loads(creds.read_text())
         assert second["refresh_token"] != first["refresh_token"]
