@@ -162,6 +162,10 @@ def passphrases(args: argparse.Namespace) -> tuple[str, ...]:
         value = os.environ.get(name, "")
         if not value:
             raise SystemExit(_usage(f"--passphrase-env: ${name} is not set"))
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # os.environ keeps undecodable bytes as lone surrogates
+            raise SystemExit(_usage(f"--passphrase-env: ${name} is not valid UTF-8")) from None
         out.append(value)
     return tuple(out)
 

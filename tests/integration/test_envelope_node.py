@@ -67,6 +67,13 @@ def test_both_refuse_the_same_inputs_for_the_same_reasons() -> None:
         assert answer == {"error": caught.value.reason}
 
 
+def test_every_invalid_vector_is_refused_alike() -> None:
+    vectors = json.loads((NODE_PACKAGE.parent / "vectors" / "smsgw1.json").read_text(encoding="utf-8"))
+    cases = vectors["invalid"]
+    out = _node([{"op": "decrypt", "passphrase": c["passphrase"], "input": c["envelope"]} for c in cases])
+    assert [o.get("error") for o in out] == [c["reason"] for c in cases]
+
+
 def test_the_node_package_suite_passes() -> None:
     assert NODE is not None
     done = subprocess.run([NODE, "--test"], cwd=NODE_PACKAGE, capture_output=True, text=True, timeout=300)

@@ -33,7 +33,17 @@ const CACHE_SIZE = 64;
 // as the final padding, length a multiple of 4. Buffer.from(s, "base64") would skip junk instead.
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 // Python strips bytes, i.e. ASCII whitespace only (String.prototype.trim would also take U+00A0, U+FEFF...).
-const EDGE_WHITESPACE = /^[ \t\n\r\v\f]+|[ \t\n\r\v\f]+$/g;
+const SEAL_FOR_KEY_LABEL = Buffer.from("smsgw1/seal_for_key", "ascii");
+const ASCII_SPACE = new Set([0x20, 0x09, 0x0a, 0x0d, 0x0b, 0x0c]);
+
+/** Strip ASCII whitespace at both ends, in linear time (a regex anchored at $ is quadratic). */
+function stripAscii(text) {
+  let start = 0;
+  let end = text.length;
+  while (start < end && ASCII_SPACE.has(text.charCodeAt(start))) start += 1;
+  while (end > start && ASCII_SPACE.has(text.charCodeAt(end - 1))) end -= 1;
+  return text.slice(start, end);
+}
 // A lone UTF-16 surrogate: it has no UTF-8 form (Python refuses it; Buffer would swap in U+FFFD).
 const LONE_SURROGATE = /\p{Cs}/u;
 
@@ -218,7 +228,16 @@ export function sealForKey(passphrase, plaintext, idempotencyKey) {
   const secret = utf8(passphrase, "passphrase");
   const plain = bytes(plaintext, "plaintext");
   const idem = utf8(idempotencyKey, "idempotencyKey");
-  const digest = crypto.createHmac("sha256", secret).update(idem).update(Buffer.of(0)).update(plain).digest();
+  // The HMAC key is PBKDF2-derived too, so a guessed plaintext makes guessing the passphrase
+  // no cheaper; the idempotency key is length-prefixed, so (key, plaintext) is unambiguous.
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(idem.length);
+  const digest = crypto
+    .createHmac("sha256", keyFor(secret, SEAL_FOR_KEY_LABEL))
+    .update(length)
+    .update(idem)
+    .update(plain)
+    .digest();
   return seal(passphrase, plain, { salt: digest.subarray(0, SALT), iv: digest.subarray(SALT, SALT + IV) });
 }
 
@@ -255,7 +274,7 @@ function raw(envelope) {
   if (typeof envelope === "string") text = envelope;
   else if (envelope instanceof Uint8Array) text = bytes(envelope, "envelope").toString("latin1");
   else throw new TypeError("envelope must be a string, Uint8Array or Buffer");
-  text = text.replace(EDGE_WHITESPACE, "");
+  text = stripAscii(text);
   if (!BASE64.test(text)) throw new EnvelopeError("not_base64", "not an smsgw1 envelope: not base64");
   const buf = Buffer.from(text, "base64");
   if (buf.length < MIN_RAW) {

@@ -280,9 +280,14 @@ test("async variants match the sync ones", async () => {
 test("sealForKey matches Python's seal_for_key and repeats itself", () => {
   // Computed with smsgw_client.envelope.seal_for_key (clients/python).
   const a = sealForKey("correct horse battery staple", Buffer.from("Your code is 424242"), "idem-2026-0001");
-  assert.equal(a, "c21zZ3cxvA5KVFX9m0lvokP8bFP0B1UGOw+Rw5mtDAPzzsn788fDnyfbkfdHLDrg1SjmFwpiFZbQMtc4BuTjKT2sKdaz");
+  assert.equal(a, "c21zZ3cxoXWBbhg/HZdcpAV847swcGQiG1f4qorA7oVQ6YqmNFIXTNaaq1g+gXzV/y4JDj1miyF2j4dXYQVOgghb+DV9");
   const b = sealForKey("пароль ✓", Buffer.from([...Array(10).keys()]), "ключ");
-  assert.equal(b, "c21zZ3cx2Yupp16oaZyG6W7HWs1eForJ7wTEaywcY+C7kmahbQS+Kx52bmYwm/OOZmJKPrN9Zjobyi9y");
+  assert.equal(b, "c21zZ3cxQ2Fi7yPJ9hcrzjsmKUdiPS+BtRPcySXF/Sy9TTcauBCnnnUSq4ulNMVIFlLS0LCRJIl78cH1");
+  // Length-prefixed key: ("a", "b\0c") and ("a\0b", "c") must not share a salt and IV.
+  assert.notEqual(
+    sealForKey("pw", Buffer.from("b\0c"), "a").slice(0, 60),
+    sealForKey("pw", Buffer.from("c"), "a\0b").slice(0, 60),
+  );
   assert.equal(sealForKey("pw", Buffer.from("m"), "k1"), sealForKey("pw", Buffer.from("m"), "k1"));
   assert.notEqual(sealForKey("pw", Buffer.from("m"), "k1"), sealForKey("pw", Buffer.from("m"), "k2"));
   assert.notEqual(sealForKey("pw", Buffer.from("m"), "k1"), sealForKey("pw", Buffer.from("n"), "k1"));

@@ -163,3 +163,49 @@ def test_round_trip(text: str, passphrase: str) -> None:
     salt = hashlib.sha256(passphrase.encode()).digest()[:16]  # keeps the cache warm across examples
     sealed = seal(passphrase, text.encode(), salt=salt, iv=os.urandom(12))
     assert decrypt(passphrase, sealed) == text
+
+
+def test_seal_for_key_repeats_for_a_retry_and_never_reuses_an_iv() -> None:
+    from smsgw_client.envelope import seal_for_key
+
+    first = seal_for_key("pw", b"Your code is 424242", "order-17")
+    assert seal_for_key("pw", b"Your code is 424242", "order-17") == first  # a retry is a replay
+    assert decrypt("pw", first) == "Your code is 424242"
+    salt_iv = {base64.b64decode(e)[6:34] for e in (
+        first,
+        seal_for_key("pw", b"Your code is 424243", "order-17"),  # other text, same key
+        seal_for_key("pw", b"Your code is 424242", "order-18"),
+        seal_for_key("pw", b"b\x00c", "a"),  # the length prefix keeps these two apart
+        seal_for_key("pw", b"c", "a\x00b"),
+    )}
+    assert len(salt_iv) == 5
+
+
+def test_bad_arguments_are_type_or_value_errors_not_crashes() -> None:
+    with pytest.raises(TypeError):
+        KeyRing("one passphrase, not a list")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        KeyRing(["\ud800"])  # a lone surrogate has no UTF-8 form
+    with pytest.raises(ValueError):
+        encrypt("\udcff", "x")  # e.g. a non-UTF-8 environment variable
+    with pytest.raises(TypeError):
+        decrypt("pw", 10**11)  # type: ignore[arg-type]
+    sealed = encrypt("pw", "x")
+    for variant in (sealed + "=", sealed + "==", " " + sealed + "\n"):
+        if variant.strip() == sealed:
+            assert decrypt("pw", variant) == "x"  # surrounding ASCII whitespace is fine
+        else:
+            with pytest.raises(EnvelopeError) as caught:
+                decrypt("pw", variant)
+            assert caught.value.reason == "not_base64"  # as Node says: no extra padding
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120), st.text(max_size=20))
+def test_junk_behind_the_magic_never_crashes_the_opener(junk: bytes, passphrase: str) -> None:
+    try:
+        decrypt(passphrase, base64.b64encode(envelope.MAGIC + junk).decode())
+    except EnvelopeError as exc:
+        assert exc.reason in {"too_short", "wrong_key_or_tampered", "not_utf8"}
+    except ValueError as exc:  # only for a passphrase that is no valid text
+        assert "surrogate" in str(exc)

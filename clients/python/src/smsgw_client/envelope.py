@@ -21,6 +21,8 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from threading import Lock
@@ -70,7 +72,7 @@ class _KeyCache:
         self._lock = Lock()
 
     def key(self, passphrase: str, salt: bytes) -> bytes:
-        secret = passphrase.encode("utf-8")
+        secret = _utf8(passphrase, "passphrase")
         # The cache keys on a digest, so the passphrase itself is not kept in the dict.
         slot = (hashlib.sha256(secret).digest(), salt)
         with self._lock:
@@ -87,6 +89,19 @@ class _KeyCache:
 
 
 _CACHE = _KeyCache(_CACHE_SIZE)
+_SEAL_FOR_KEY_LABEL = b"smsgw1/seal_for_key"
+# Strict base64, the same as the Node helper's: no junk, "=" only as the final padding.
+_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def _utf8(value: str, what: str) -> bytes:
+    """UTF-8 of a text argument; a lone surrogate (no UTF-8 form) is refused, as in Node."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text (a lone surrogate)") from None
 
 
 def seal(passphrase: str, plaintext: bytes, *, salt: bytes | None = None, iv: bytes | None = None) -> str:
@@ -96,18 +111,21 @@ def seal(passphrase: str, plaintext: bytes, *, salt: bytes | None = None, iv: by
     iv = os.urandom(_IV) if iv is None else iv
     if len(salt) != _SALT or len(iv) != _IV:
         raise ValueError(f"salt must be {_SALT} bytes and iv {_IV} bytes")
-    sealed = AESGCM(_CACHE.key(passphrase, salt)).encrypt(iv, plaintext, None)
+    sealed = AESGCM(_CACHE.key(passphrase, salt)).encrypt(iv, bytes(plaintext), None)
     return base64.b64encode(MAGIC + salt + iv + sealed).decode("ascii")
 
 
 def seal_for_key(passphrase: str, plaintext: bytes, idempotency_key: str) -> str:
-    """Seal for a send with an idempotency key: salt and IV come from an HMAC (keyed with the
-    passphrase) of the key and the plaintext, so sending the same content under the same key
-    again makes the same envelope, and the server sees a replay, not a conflict. A (key, IV)
+    """Seal for a send with an idempotency key: salt and IV come from an HMAC of the
+    (length-prefixed) key and the plaintext, so sending the same content under the same key
+    again makes the same envelope and the server sees a replay, not a conflict. A (key, IV)
     pair is only ever reused for the very same plaintext, which is what AES-GCM requires; an
-    observer learns only what the idempotency key already says (same key, same message)."""
-    mac = hmac.new(passphrase.encode("utf-8"), idempotency_key.encode("utf-8") + b"\x00" + plaintext, hashlib.sha256)
-    digest = mac.digest()
+    observer learns only what the idempotency key already says (same key, same message). The
+    HMAC key is itself PBKDF2-derived (100,000 rounds, cached), so a guessed plaintext does not
+    make guessing the passphrase any cheaper than the envelope key does."""
+    subkey = _CACHE.key(passphrase, _SEAL_FOR_KEY_LABEL)
+    key = _utf8(idempotency_key, "idempotency_key")
+    digest = hmac.new(subkey, struct.pack(">I", len(key)) + key + bytes(plaintext), hashlib.sha256).digest()
     return seal(passphrase, plaintext, salt=digest[:_SALT], iv=digest[_SALT : _SALT + _IV])
 
 
@@ -123,10 +141,14 @@ def encrypt_bytes(passphrase: str, data: bytes) -> str:
 
 def _raw(envelope: str | bytes) -> bytes:
     """The envelope's bytes after its form is checked (base64, length, magic)."""
+    if not isinstance(envelope, (str, bytes, bytearray, memoryview)):
+        raise TypeError("an envelope is a str or bytes")
     try:
-        text = envelope.encode("ascii") if isinstance(envelope, str) else bytes(envelope)
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (UnicodeEncodeError, binascii.Error, ValueError, TypeError):
+        text = (envelope.encode("ascii") if isinstance(envelope, str) else bytes(envelope)).strip()
+        if not _BASE64.fullmatch(text):
+            raise ValueError("not base64")
+        raw = base64.b64decode(text, validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
         raise EnvelopeError("not_base64", "not an smsgw1 envelope: not base64") from None
     if len(raw) < _MIN_RAW:
         raise EnvelopeError("too_short", f"not an smsgw1 envelope: {len(raw)} bytes, at least {_MIN_RAW} needed")
@@ -171,9 +193,13 @@ class KeyRing:
     older passphrase still open ("keep a key log"). New envelopes use the first one."""
 
     def __init__(self, passphrases: Iterable[str]) -> None:
+        if isinstance(passphrases, (str, bytes)):
+            raise TypeError("a key ring takes a list of passphrases, not one string")
         self.passphrases = tuple(passphrases)
         if not self.passphrases:
             raise ValueError("a key ring needs at least one passphrase")
+        for passphrase in self.passphrases:
+            _utf8(passphrase, "each passphrase")
 
     def __repr__(self) -> str:
         return f"KeyRing(<{len(self.passphrases)} passphrases>)"
