@@ -109,11 +109,11 @@ def _resolve_server(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "webhooks" and args.webhooks_command == "listen":
+        return cli_webhooks.listen(args)  # a local receiver: no server, no token
     _resolve_server(args)
     if args.command == "simulate":
         return _simulate(args)
-    if args.command == "webhooks" and args.webhooks_command == "listen":
-        return cli_webhooks.listen(args)
     try:
         if args.command == "login":
             return _login(args)

@@ -83,8 +83,13 @@ def listen(args: argparse.Namespace) -> int:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    host, port = split_hostport(args.listen)
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        host, port = split_hostport(args.listen)
+        server = ThreadingHTTPServer((host, port), Handler)
+    except (OSError, ValueError) as exc:
+        print(f"smsgw webhooks listen: cannot listen on {args.listen}: {getattr(exc, 'strerror', None) or exc}",
+              file=sys.stderr)
+        return 2
     print(f"listening on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     if args.duration is not None:
         threading.Timer(args.duration, server.shutdown).start()

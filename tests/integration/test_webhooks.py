@@ -322,7 +322,11 @@ def test_the_listen_command_verifies_and_prints_events(private_server: ServerPro
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         try:
-            assert listener.stderr is not None and "listening on" in listener.stderr.readline()
+            assert listener.stderr is not None
+            banner = listener.stderr.readline()
+            if "listening on" not in banner:  # say why (the probed port was taken meanwhile, say)
+                listener.terminate()
+                raise AssertionError(banner + listener.communicate(timeout=10)[1])
             attempt = client.webhooks.test(created.webhook.id)
             assert attempt.status_code == 204
             assert httpx.post(f"http://127.0.0.1:{port}/", content=b"{}", headers={"webhook-id": "x"}).status_code == 400
