@@ -101,7 +101,7 @@ class WebhookRepository:
     def get(self, owner_id: str, webhook_id: str) -> WebhookRecord:
         with self.db.read() as s:
             row = self._owned(s, owner_id, webhook_id)
-            return _webhook_record(row, self._pending_counts(s, [row.id]).get(row.id, 0))
+            return self._record(s, row)
 
     def delete(self, owner_id: str, webhook_id: str, now: datetime) -> None:
         """The webhook, its outbox and its attempt log go at once: nothing more is sent."""
@@ -126,7 +126,7 @@ class WebhookRepository:
                 d.next_attempt_at, d.updated_at = now, now
                 s.add(d)
             s.add(_audit(owner_id, now, "webhook.enable", row.id, ""))
-            return _webhook_record(row, self._pending_counts(s, [row.id]).get(row.id, 0))
+            return self._record(s, row)
 
     def rotate(self, owner_id: str, webhook_id: str, secret: str, now: datetime) -> WebhookRecord:
         """The new secret signs from now on; the old one also signs for `secret_overlap`."""
@@ -137,7 +137,7 @@ class WebhookRepository:
             row.secret = secret
             s.add(row)
             s.add(_audit(owner_id, now, "webhook.rotate", row.id, ""))
-            return _webhook_record(row, self._pending_counts(s, [row.id]).get(row.id, 0))
+            return self._record(s, row)
 
     # ---- deliveries ------------------------------------------------------------------
 
@@ -339,6 +339,10 @@ class WebhookRepository:
         if row is None or row.owner_id != owner_id:
             raise NotFound("no such webhook")
         return row
+
+    def _record(self, s: Session, row: WebhookRow) -> WebhookRecord:
+        """One webhook as the API shows it, with its pending deliveries counted."""
+        return _webhook_record(row, self._pending_counts(s, [row.id]).get(row.id, 0))
 
     @staticmethod
     def _pending_counts(s: Session, ids: list[str]) -> dict[str, int]:
