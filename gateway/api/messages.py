@@ -20,7 +20,7 @@ from gateway.api.cursors import (
     start_cursor,
 )
 from gateway.api.interceptors import current_owner
-from gateway.api.validation import parse_send_request, timestamp_field
+from gateway.api.validation import parse_send_request, require, timestamp_field
 from gateway.config import LimitsSettings
 from gateway.errors import InvalidArgument
 from gateway.messages.records import EventRecord, MessageFilter
@@ -46,7 +46,7 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
         return message_to_pb(record)
 
     async def GetMessage(self, request: messages_pb2.GetMessageRequest, context: Context) -> messages_pb2.Message:
-        _require_id(request.id)
+        require(request.id, "id")
         return message_to_pb(await self.service.get(current_owner(), request.id))
 
     async def ListMessages(
@@ -74,13 +74,13 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
             after_id = records[-1].id
 
     async def CancelMessage(self, request: messages_pb2.CancelMessageRequest, context: Context) -> messages_pb2.Message:
-        _require_id(request.id)
+        require(request.id, "id")
         return message_to_pb(await self.service.cancel(current_owner(), request.id))
 
     async def RescheduleMessage(
         self, request: messages_pb2.RescheduleMessageRequest, context: Context
     ) -> messages_pb2.Message:
-        _require_id(request.id)
+        require(request.id, "id")
         bad: list[tuple[str, str]] = []
         at = timestamp_field(request.schedule_at, "schedule_at", bad) if request.HasField("schedule_at") else None
         now = utcnow()
@@ -120,7 +120,3 @@ def _filter(request: messages_pb2.ListMessagesRequest | messages_pb2.ExportMessa
         created_before=before,
     )
 
-
-def _require_id(message_id: str) -> None:
-    if not message_id:
-        raise InvalidArgument("id", "required")

@@ -18,7 +18,7 @@ from gateway.errors import InvalidArgument
 from gateway.messages.records import NewMessage
 from smsgw_client.segments import Encoding, count_segments
 
-__all__ = ["parse_send_request", "check_e164", "timestamp_field"]
+__all__ = ["parse_send_request", "check_e164", "timestamp_field", "require"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
@@ -40,6 +40,13 @@ def _check_envelope(value: str | bytes, field: str, max_plain: int, bad: list[tu
         return
     if plain > max_plain:
         bad.append((field, f"envelope too long: its plaintext would exceed {max_plain} bytes"))
+
+
+def require(value: str, field: str) -> str:
+    """A required string field: INVALID_ARGUMENT naming it when empty."""
+    if not value:
+        raise InvalidArgument(field, "required")
+    return value
 
 
 def check_e164(number: str) -> str | None:

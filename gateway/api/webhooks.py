@@ -9,6 +9,7 @@ from smsgw.v1 import webhooks_pb2, webhooks_pb2_grpc
 
 from gateway.api.convert import attempt_to_pb, delivery_to_pb, webhook_to_pb
 from gateway.api.cursors import decode_page_token, encode_page_token, page_limit
+from gateway.api.validation import require
 from gateway.api.interceptors import current_owner
 from gateway.errors import InvalidArgument
 from gateway.webhooks.records import DeliveryState
@@ -39,16 +40,16 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     async def DeleteWebhook(
         self, request: webhooks_pb2.DeleteWebhookRequest, context: Context
     ) -> webhooks_pb2.DeleteWebhookResponse:
-        await self.service.delete(current_owner(), _require(request.id, "id"))
+        await self.service.delete(current_owner(), require(request.id, "id"))
         return webhooks_pb2.DeleteWebhookResponse()
 
     async def TestWebhook(self, request: webhooks_pb2.TestWebhookRequest, context: Context) -> webhooks_pb2.WebhookAttempt:
-        return attempt_to_pb(await self.service.test(current_owner(), _require(request.id, "id")))
+        return attempt_to_pb(await self.service.test(current_owner(), require(request.id, "id")))
 
     async def ListWebhookDeliveries(
         self, request: webhooks_pb2.ListWebhookDeliveriesRequest, context: Context
     ) -> webhooks_pb2.ListWebhookDeliveriesResponse:
-        _require(request.webhook_id, "webhook_id")
+        require(request.webhook_id, "webhook_id")
         if request.state and request.state not in DeliveryState.__members__.values():
             raise InvalidArgument("state", "unknown delivery state")
         limit = page_limit(request.page_size)
@@ -64,19 +65,13 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     async def ReplayWebhookDelivery(
         self, request: webhooks_pb2.ReplayWebhookDeliveryRequest, context: Context
     ) -> webhooks_pb2.WebhookDelivery:
-        return delivery_to_pb(await self.service.replay(current_owner(), _require(request.id, "id")))
+        return delivery_to_pb(await self.service.replay(current_owner(), require(request.id, "id")))
 
     async def EnableWebhook(self, request: webhooks_pb2.EnableWebhookRequest, context: Context) -> webhooks_pb2.Webhook:
-        return webhook_to_pb(await self.service.enable(current_owner(), _require(request.id, "id")))
+        return webhook_to_pb(await self.service.enable(current_owner(), require(request.id, "id")))
 
     async def RotateWebhookSecret(
         self, request: webhooks_pb2.RotateWebhookSecretRequest, context: Context
     ) -> webhooks_pb2.CreateWebhookResponse:
-        record, secret = await self.service.rotate(current_owner(), _require(request.id, "id"))
+        record, secret = await self.service.rotate(current_owner(), require(request.id, "id"))
         return webhooks_pb2.CreateWebhookResponse(webhook=webhook_to_pb(record), secret=secret)
-
-
-def _require(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "required")
-    return value
