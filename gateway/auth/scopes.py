@@ -37,6 +37,7 @@ PUBLIC: Final = None
 
 RPC_SCOPES: Final[dict[str, Scope | None]] = {
     "/smsgw.v1.MessageService/SendMessage": Scope.MESSAGES_SEND,
+    "/smsgw.v1.MessageService/SendMessages": Scope.MESSAGES_SEND,
     "/smsgw.v1.MessageService/CancelMessage": Scope.MESSAGES_SEND,
     "/smsgw.v1.MessageService/RescheduleMessage": Scope.MESSAGES_SEND,
     "/smsgw.v1.MessageService/GetMessage": Scope.MESSAGES_READ,

@@ -23,42 +23,49 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from smsgw.v1 import common_pb2 as smsgw_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17smsgw/v1/messages.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15smsgw/v1/common.proto\"\x1b\n\x0bTextMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\")\n\x0b\x44\x61taMessage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xb5\x03\n\x12SendMessageRequest\x12\x15\n\rphone_numbers\x18\x01 \x03(\t\x12-\n\x0ctext_message\x18\x02 \x01(\x0b\x32\x15.smsgw.v1.TextMessageH\x00\x12-\n\x0c\x64\x61ta_message\x18\x03 \x01(\x0b\x32\x15.smsgw.v1.DataMessageH\x00\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\x12\n\nsim_number\x18\x05 \x01(\r\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\r\n\x03ttl\x18\x07 \x01(\x04H\x01\x12\x31\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x12!\n\x14with_delivery_report\x18\t \x01(\x08H\x02\x88\x01\x01\x12\x14\n\x0cis_encrypted\x18\n \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12/\n\x0bschedule_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x63ontentB\x08\n\x06\x65xpiryB\x17\n\x15_with_delivery_report\"\xb0\x02\n\tRecipient\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x1e\n\x05state\x18\x02 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x33\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsim_number\x18\x08 \x01(\r\x12\x13\n\x0bparts_total\x18\t \x01(\r\x12\x12\n\nparts_sent\x18\n \x01(\r\x12\x17\n\x0fparts_delivered\x18\x0b \x01(\r\"\x8b\x05\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x12\n\nsim_number\x18\x04 \x01(\r\x12-\n\x0ctext_message\x18\x05 \x01(\x0b\x32\x15.smsgw.v1.TextMessageH\x00\x12-\n\x0c\x64\x61ta_message\x18\x06 \x01(\x0b\x32\x15.smsgw.v1.DataMessageH\x00\x12\x14\n\x0cis_encrypted\x18\x07 \x01(\x08\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12/\n\x0bvalid_until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14with_delivery_report\x18\n \x01(\x08\x12\x1e\n\x05state\x18\x0b \x01(\x0e\x32\x0f.smsgw.v1.State\x12\'\n\nrecipients\x18\x0c \x03(\x0b\x32\x13.smsgw.v1.Recipient\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05parts\x18\x0f \x01(\r\x12\x10\n\x08\x65ncoding\x18\x10 \x01(\t\x12/\n\x0bschedule_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x12 \x01(\r\x12\x12\n\nlast_error\x18\x13 \x01(\t\x12\x33\n\x0fnext_attempt_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x63ontent\"\x1f\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd6\x01\n\x13ListMessagesRequest\x12\x1e\n\x05state\x18\x01 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"T\n\x14ListMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.smsgw.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14\x43\x61ncelMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x18RescheduleMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0bschedule_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14WatchMessagesRequest\x12\x1b\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\tB\x11\n\x0f_after_event_id\"\xe4\x01\n\x0cMessageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x17\n\x0frecipient_index\x18\x03 \x01(\r\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12\x1e\n\x05state\x18\x05 \x01(\x0e\x32\x0f.smsgw.v1.State\x12&\n\rmessage_state\x18\x06 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x01\n\x15\x45xportMessagesRequest\x12\x1e\n\x05state\x18\x01 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x80\x04\n\x0eMessageService\x12>\n\x0bSendMessage\x12\x1c.smsgw.v1.SendMessageRequest\x1a\x11.smsgw.v1.Message\x12<\n\nGetMessage\x12\x1b.smsgw.v1.GetMessageRequest\x1a\x11.smsgw.v1.Message\x12M\n\x0cListMessages\x12\x1d.smsgw.v1.ListMessagesRequest\x1a\x1e.smsgw.v1.ListMessagesResponse\x12\x42\n\rCancelMessage\x12\x1e.smsgw.v1.CancelMessageRequest\x1a\x11.smsgw.v1.Message\x12J\n\x11RescheduleMessage\x12\".smsgw.v1.RescheduleMessageRequest\x1a\x11.smsgw.v1.Message\x12I\n\rWatchMessages\x12\x1e.smsgw.v1.WatchMessagesRequest\x1a\x16.smsgw.v1.MessageEvent0\x01\x12\x46\n\x0e\x45xportMessages\x12\x1f.smsgw.v1.ExportMessagesRequest\x1a\x11.smsgw.v1.Message0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17smsgw/v1/messages.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x15smsgw/v1/common.proto\"\x1b\n\x0bTextMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\")\n\x0b\x44\x61taMessage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xb5\x03\n\x12SendMessageRequest\x12\x15\n\rphone_numbers\x18\x01 \x03(\t\x12-\n\x0ctext_message\x18\x02 \x01(\x0b\x32\x15.smsgw.v1.TextMessageH\x00\x12-\n\x0c\x64\x61ta_message\x18\x03 \x01(\x0b\x32\x15.smsgw.v1.DataMessageH\x00\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\x12\n\nsim_number\x18\x05 \x01(\r\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\r\n\x03ttl\x18\x07 \x01(\x04H\x01\x12\x31\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x12!\n\x14with_delivery_report\x18\t \x01(\x08H\x02\x88\x01\x01\x12\x14\n\x0cis_encrypted\x18\n \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12/\n\x0bschedule_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x63ontentB\x08\n\x06\x65xpiryB\x17\n\x15_with_delivery_report\"E\n\x13SendMessagesRequest\x12.\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.smsgw.v1.SendMessageRequest\"D\n\x14SendMessagesResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.smsgw.v1.SendMessageResult\"y\n\x11SendMessageResult\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x11.smsgw.v1.MessageH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x42\x08\n\x06result\"\xb0\x02\n\tRecipient\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x1e\n\x05state\x18\x02 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x33\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsim_number\x18\x08 \x01(\r\x12\x13\n\x0bparts_total\x18\t \x01(\r\x12\x12\n\nparts_sent\x18\n \x01(\r\x12\x17\n\x0fparts_delivered\x18\x0b \x01(\r\"\x8b\x05\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x12\n\nsim_number\x18\x04 \x01(\r\x12-\n\x0ctext_message\x18\x05 \x01(\x0b\x32\x15.smsgw.v1.TextMessageH\x00\x12-\n\x0c\x64\x61ta_message\x18\x06 \x01(\x0b\x32\x15.smsgw.v1.DataMessageH\x00\x12\x14\n\x0cis_encrypted\x18\x07 \x01(\x08\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12/\n\x0bvalid_until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14with_delivery_report\x18\n \x01(\x08\x12\x1e\n\x05state\x18\x0b \x01(\x0e\x32\x0f.smsgw.v1.State\x12\'\n\nrecipients\x18\x0c \x03(\x0b\x32\x13.smsgw.v1.Recipient\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05parts\x18\x0f \x01(\r\x12\x10\n\x08\x65ncoding\x18\x10 \x01(\t\x12/\n\x0bschedule_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x12 \x01(\r\x12\x12\n\nlast_error\x18\x13 \x01(\t\x12\x33\n\x0fnext_attempt_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x63ontent\"\x1f\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd6\x01\n\x13ListMessagesRequest\x12\x1e\n\x05state\x18\x01 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"T\n\x14ListMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.smsgw.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14\x43\x61ncelMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x18RescheduleMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0bschedule_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14WatchMessagesRequest\x12\x1b\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\tB\x11\n\x0f_after_event_id\"\xe4\x01\n\x0cMessageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x17\n\x0frecipient_index\x18\x03 \x01(\r\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12\x1e\n\x05state\x18\x05 \x01(\x0e\x32\x0f.smsgw.v1.State\x12&\n\rmessage_state\x18\x06 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x01\n\x15\x45xportMessagesRequest\x12\x1e\n\x05state\x18\x01 \x01(\x0e\x32\x0f.smsgw.v1.State\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xcf\x04\n\x0eMessageService\x12>\n\x0bSendMessage\x12\x1c.smsgw.v1.SendMessageRequest\x1a\x11.smsgw.v1.Message\x12M\n\x0cSendMessages\x12\x1d.smsgw.v1.SendMessagesRequest\x1a\x1e.smsgw.v1.SendMessagesResponse\x12<\n\nGetMessage\x12\x1b.smsgw.v1.GetMessageRequest\x1a\x11.smsgw.v1.Message\x12M\n\x0cListMessages\x12\x1d.smsgw.v1.ListMessagesRequest\x1a\x1e.smsgw.v1.ListMessagesResponse\x12\x42\n\rCancelMessage\x12\x1e.smsgw.v1.CancelMessageRequest\x1a\x11.smsgw.v1.Message\x12J\n\x11RescheduleMessage\x12\".smsgw.v1.RescheduleMessageRequest\x1a\x11.smsgw.v1.Message\x12I\n\rWatchMessages\x12\x1e.smsgw.v1.WatchMessagesRequest\x1a\x16.smsgw.v1.MessageEvent0\x01\x12\x46\n\x0e\x45xportMessages\x12\x1f.smsgw.v1.ExportMessagesRequest\x1a\x11.smsgw.v1.Message0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smsgw.v1.messages_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEXTMESSAGE']._serialized_start=93
-  _globals['_TEXTMESSAGE']._serialized_end=120
-  _globals['_DATAMESSAGE']._serialized_start=122
-  _globals['_DATAMESSAGE']._serialized_end=163
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=166
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=603
-  _globals['_RECIPIENT']._serialized_start=606
-  _globals['_RECIPIENT']._serialized_end=910
-  _globals['_MESSAGE']._serialized_start=913
-  _globals['_MESSAGE']._serialized_end=1564
-  _globals['_GETMESSAGEREQUEST']._serialized_start=1566
-  _globals['_GETMESSAGEREQUEST']._serialized_end=1597
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1600
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1814
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1816
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1900
-  _globals['_CANCELMESSAGEREQUEST']._serialized_start=1902
-  _globals['_CANCELMESSAGEREQUEST']._serialized_end=1936
-  _globals['_RESCHEDULEMESSAGEREQUEST']._serialized_start=1938
-  _globals['_RESCHEDULEMESSAGEREQUEST']._serialized_end=2025
-  _globals['_WATCHMESSAGESREQUEST']._serialized_start=2027
-  _globals['_WATCHMESSAGESREQUEST']._serialized_end=2118
-  _globals['_MESSAGEEVENT']._serialized_start=2121
-  _globals['_MESSAGEEVENT']._serialized_end=2349
-  _globals['_EXPORTMESSAGESREQUEST']._serialized_start=2352
-  _globals['_EXPORTMESSAGESREQUEST']._serialized_end=2529
-  _globals['_MESSAGESERVICE']._serialized_start=2532
-  _globals['_MESSAGESERVICE']._serialized_end=3044
+  _globals['_TEXTMESSAGE']._serialized_start=118
+  _globals['_TEXTMESSAGE']._serialized_end=145
+  _globals['_DATAMESSAGE']._serialized_start=147
+  _globals['_DATAMESSAGE']._serialized_end=188
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=191
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=628
+  _globals['_SENDMESSAGESREQUEST']._serialized_start=630
+  _globals['_SENDMESSAGESREQUEST']._serialized_end=699
+  _globals['_SENDMESSAGESRESPONSE']._serialized_start=701
+  _globals['_SENDMESSAGESRESPONSE']._serialized_end=769
+  _globals['_SENDMESSAGERESULT']._serialized_start=771
+  _globals['_SENDMESSAGERESULT']._serialized_end=892
+  _globals['_RECIPIENT']._serialized_start=895
+  _globals['_RECIPIENT']._serialized_end=1199
+  _globals['_MESSAGE']._serialized_start=1202
+  _globals['_MESSAGE']._serialized_end=1853
+  _globals['_GETMESSAGEREQUEST']._serialized_start=1855
+  _globals['_GETMESSAGEREQUEST']._serialized_end=1886
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1889
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=2103
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2105
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2189
+  _globals['_CANCELMESSAGEREQUEST']._serialized_start=2191
+  _globals['_CANCELMESSAGEREQUEST']._serialized_end=2225
+  _globals['_RESCHEDULEMESSAGEREQUEST']._serialized_start=2227
+  _globals['_RESCHEDULEMESSAGEREQUEST']._serialized_end=2314
+  _globals['_WATCHMESSAGESREQUEST']._serialized_start=2316
+  _globals['_WATCHMESSAGESREQUEST']._serialized_end=2407
+  _globals['_MESSAGEEVENT']._serialized_start=2410
+  _globals['_MESSAGEEVENT']._serialized_end=2638
+  _globals['_EXPORTMESSAGESREQUEST']._serialized_start=2641
+  _globals['_EXPORTMESSAGESREQUEST']._serialized_end=2818
+  _globals['_MESSAGESERVICE']._serialized_start=2821
+  _globals['_MESSAGESERVICE']._serialized_end=3412
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from smsgw.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -51,6 +52,28 @@ class SendMessageRequest(_message.Message):
     idempotency_key: str
     schedule_at: _timestamp_pb2.Timestamp
     def __init__(self, phone_numbers: _Optional[_Iterable[str]] = ..., text_message: _Optional[_Union[TextMessage, _Mapping]] = ..., data_message: _Optional[_Union[DataMessage, _Mapping]] = ..., device_id: _Optional[str] = ..., sim_number: _Optional[int] = ..., priority: _Optional[int] = ..., ttl: _Optional[int] = ..., valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., with_delivery_report: _Optional[bool] = ..., is_encrypted: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., schedule_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SendMessagesRequest(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[SendMessageRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[SendMessageRequest, _Mapping]]] = ...) -> None: ...
+
+class SendMessagesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SendMessageResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SendMessageResult, _Mapping]]] = ...) -> None: ...
+
+class SendMessageResult(_message.Message):
+    __slots__ = ("message", "error", "created")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    error: _status_pb2.Status
+    created: bool
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class Recipient(_message.Message):
     __slots__ = ("phone_number", "state", "error", "updated_at", "attempt", "last_error", "next_attempt_at", "sim_number", "parts_total", "parts_sent", "parts_delivered")

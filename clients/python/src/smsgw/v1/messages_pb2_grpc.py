@@ -39,6 +39,11 @@ class MessageServiceStub:
                 request_serializer=smsgw_dot_v1_dot_messages__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=smsgw_dot_v1_dot_messages__pb2.Message.FromString,
                 _registered_method=True)
+        self.SendMessages = channel.unary_unary(
+                '/smsgw.v1.MessageService/SendMessages',
+                request_serializer=smsgw_dot_v1_dot_messages__pb2.SendMessagesRequest.SerializeToString,
+                response_deserializer=smsgw_dot_v1_dot_messages__pb2.SendMessagesResponse.FromString,
+                _registered_method=True)
         self.GetMessage = channel.unary_unary(
                 '/smsgw.v1.MessageService/GetMessage',
                 request_serializer=smsgw_dot_v1_dot_messages__pb2.GetMessageRequest.SerializeToString,
@@ -77,6 +82,19 @@ class MessageServiceServicer:
     def SendMessage(self, request, context):
         """Stores a message and routes it to a phone. Returns once stored durably.
         Same idempotency key + same content returns the existing message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendMessages(self, request, context):
+        """Stores up to 1,000 messages in one call and one transaction (bulk enqueue); returns once
+        all of them are stored durably, with one result per item in request order. Items are
+        validated, deduplicated and capped one by one: a bad item gets its own error and does not
+        stop the others. The whole call fails (INVALID_ARGUMENT on `messages`) only when it has no
+        item or more than 1,000. Retrying a whole call is safe: every item needs its own
+        idempotency_key, so a retry is answered with the stored messages (created = false).
+        The request must fit the server's grpc.max_receive_message_length (4 MiB by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +151,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=smsgw_dot_v1_dot_messages__pb2.SendMessageRequest.FromString,
                     response_serializer=smsgw_dot_v1_dot_messages__pb2.Message.SerializeToString,
+            ),
+            'SendMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendMessages,
+                    request_deserializer=smsgw_dot_v1_dot_messages__pb2.SendMessagesRequest.FromString,
+                    response_serializer=smsgw_dot_v1_dot_messages__pb2.SendMessagesResponse.SerializeToString,
             ),
             'GetMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessage,
@@ -192,6 +215,33 @@ class MessageService:
             '/smsgw.v1.MessageService/SendMessage',
             smsgw_dot_v1_dot_messages__pb2.SendMessageRequest.SerializeToString,
             smsgw_dot_v1_dot_messages__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smsgw.v1.MessageService/SendMessages',
+            smsgw_dot_v1_dot_messages__pb2.SendMessagesRequest.SerializeToString,
+            smsgw_dot_v1_dot_messages__pb2.SendMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
