@@ -1,0 +1,185 @@
+"""The processes a bench run starts: `smsgw serve` as a user starts it, and the phone fleet.
+
+Each is ended by its own pid (SIGTERM, then SIGKILL after a timeout), never by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServerRun", "FleetProc", "BENCH_SETTINGS"]
+
+_START_TIMEOUT = 60.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The bench measures the pipeline, so the per-token rate limit, the daily cap and the send
+# pacing (which hold a phone to Android's 30 parts a minute) are lifted; everything else,
+# synchronous=FULL included, is the default a user gets.
+BENCH_SETTINGS = {
+    "SMSGW_LIMITS__RATE_PER_TOKEN": "1000000",
+    "SMSGW_LIMITS__BURST_PER_TOKEN": "1000000",
+    "SMSGW_LIMITS__DAILY_SEGMENTS": "0",
+    "SMSGW_SCHEDULER__SIM_PARTS_PER_MINUTE": "0",
+    "SMSGW_SCHEDULER__SIM_MIN_INTERVAL": "0",
+    "SMSGW_SCHEDULER__PHONE_PARTS_PER_MINUTE": "0",
+}
+
+
+def _smsgw() -> list[str]:
+    beside = Path(sys.executable).parent / "smsgw"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("smsgw")
+    return [found] if found else [sys.executable, "-m", "gateway.cli"]
+
+
+def _end(proc: subprocess.Popen[bytes] | asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM the process we started, SIGKILL it if it has not gone after `timeout`."""
+    if proc.returncode is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            return
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        os.waitpid(proc.pid, 0)
+    except ChildProcessError:
+        pass
+
+
+class ServerRun:
+    """One `smsgw serve` in its own data directory; restartable on the same ports."""
+
+    def __init__(self, work: Path, name: str, env: dict[str, str]) -> None:
+        self.data_dir = work / name
+        self.log_path = work / f"{name}.log"
+        self.env = {**os.environ, **BENCH_SETTINGS, **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoints: dict[str, Any] = {}
+
+    @property
+    def grpc(self) -> str:
+        return str(self.endpoints["grpc"])
+
+    @property
+    def device_url(self) -> str:
+        return str(self.endpoints["device"])
+
+    @property
+    def admin_password(self) -> str:
+        return (self.data_dir / "admin.password").read_text().strip()
+
+    def start(self) -> float:
+        """Start (on the previous ports after a stop) and wait until it listens; returns
+        time.monotonic() at that moment."""
+        listen = ["127.0.0.1:0"] * 3
+        if self.endpoints:
+            metrics = str(self.endpoints["metrics"]).removeprefix("http://").removesuffix("/metrics")
+            listen = [self.grpc, self.device_url.removeprefix("ws://").removesuffix("/device/v1"), metrics]
+        endpoints_file = self.data_dir / "endpoints.json"
+        endpoints_file.unlink(missing_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*_smsgw(), "serve", "--data-dir", str(self.data_dir), "--grpc-listen", listen[0],
+                 "--device-listen", listen[1], "--metrics-listen", listen[2]],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"smsgw serve exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                self.endpoints = json.loads(endpoints_file.read_text())
+                return time.monotonic()
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"smsgw serve did not start in {_START_TIMEOUT:.0f} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is not None:
+            _end(self.proc, timeout)
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the whole process (every thread) so far."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class FleetProc:
+    """The simulated phones (gateway.bench.fleet) in their own process, driven over pipes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, device_url: str, max_phones: int, log_path: Path) -> FleetProc:
+        with open(log_path, "ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.bench.fleet", device_url, str(max_phones),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                limit=64 * 1024 * 1024,  # a `delivers` reply names every message
+            )
+        return cls(proc)
+
+    async def call(self, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with self._lock:
+            self.proc.stdin.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+            await self.proc.stdin.drain()
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"the phone fleet exited ({self.proc.returncode}); see its log")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"fleet {op}: {reply['error']}")
+        return reply
+
+    async def wait_connected(self, count: int, timeout: float) -> float:
+        """Until `count` phones hold an open session; returns time.monotonic() then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = await self.call("status")
+            if status["connected"] >= count:
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"only {status['connected']} of {count} phones connected in {timeout:.0f} s: {status}")
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                await self.call("quit", timeout=1)
+            except (RuntimeError, TimeoutError, OSError, ValueError):
+                pass
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                _end(self.proc, 5)

@@ -1,0 +1,122 @@
+"""One table of a bench run: each figure beside the bare library's and the target."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Row", "rows", "render"]
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    ours: float | None
+    unit: str
+    bare: float | None = None  # the bare library's figure from the same run
+    target: str = ""  # e.g. "<= 2", ">= 1/3 bare"
+    met: bool | None = None
+
+
+def _get(results: dict[str, Any], *path: str) -> float | None:
+    value: Any = results
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _at_most(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _at_least(value: float | None, limit: float | None) -> bool | None:
+    return None if value is None or limit is None else value >= limit
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    raw = results.get("raw", {})
+    unary = _get(raw, "grpc_unary", "calls_per_s")
+    out: list[Row] = []
+    for db in ("sqlite", "postgres"):
+        r = results.get(db)
+        if not isinstance(r, dict):
+            continue
+        tag = f"[{db}] "
+        lat = r.get("latency")
+        if isinstance(lat, dict):
+            ws_p50 = _get(raw, "ws_echo", "p50_ms")
+            p50 = _get(lat, "deliver_after_return", "p50_ms")
+            p99 = _get(lat, "deliver_after_return", "p99_ms")
+            shape = f"{lat['offered_per_s']:.0f} msg/s over {lat['phones']} phones"
+            out.append(Row(f"{tag}SendMessage return -> phone Deliver p50 ({shape})", p50, "ms", ws_p50, "<= 2", _at_most(p50, 2)))
+            out.append(Row(f"{tag}SendMessage return -> phone Deliver p95", _get(lat, "deliver_after_return", "p95_ms"), "ms"))
+            out.append(Row(f"{tag}SendMessage return -> phone Deliver p99", p99, "ms", None, "<= 20", _at_most(p99, 20)))
+            out.append(Row(f"{tag}SendMessage call -> phone Deliver p50", _get(lat, "deliver_after_call", "p50_ms"), "ms"))
+            for p in ("p50", "p95", "p99"):
+                out.append(Row(f"{tag}SendMessage return -> DELIVERED on WatchMessages {p}",
+                               _get(lat, "delivered_after_return", f"{p}_ms"), "ms"))
+        thr = r.get("throughput")
+        if isinstance(thr, dict):
+            rate = _get(thr, "accepted_per_s")
+            third = unary / 3 if unary else None
+            out.append(Row(f"{tag}SendMessage -> ACCEPTED, sustained ({thr['phones']} phones, {thr['in_flight']} in flight)",
+                           rate, "msg/s", unary, ">= 1/3 bare", _at_least(rate, third)))
+        blk = r.get("bulk")
+        if isinstance(blk, dict):
+            rate = _get(blk, "recipients_per_s")
+            out.append(Row(f"{tag}SendMessages bulk enqueue ({blk['calls']} calls)", rate, "recipients/s", None, ">= 10000",
+                           _at_least(rate, 10_000)))
+        idle = r.get("idle")
+        if isinstance(idle, dict):
+            per = _get(idle, "rss_kib_per_session")
+            cpu = _get(idle, "idle_cpu_percent")
+            n = idle["phones"]
+            out.append(Row(f"{tag}idle sessions: RSS per session ({n} phones)", per, "KiB",
+                           _get(raw, "ws_idle", "rss_kib_per_connection"), "<= 40", _at_most(per, 40)))
+            out.append(Row(f"{tag}idle sessions: CPU for keepalives ({n} phones)", cpu, "% of a core",
+                           _get(raw, "ws_idle", "cpu_percent_idle"), "<= 25", _at_most(cpu, 25)))
+        storm = r.get("storm")
+        if isinstance(storm, dict):
+            drained = _get(storm, "drained_s")
+            ok = _at_most(drained, 30) if storm.get("all_accepted") else False
+            out.append(Row(f"{tag}reconnect storm: {storm['phones']} phones back and 1 message each ACCEPTED", drained, "s",
+                           None, "<= 30", ok))
+    if unary is not None:
+        out.append(Row("bare grpc.aio unary echo (64 in flight)", unary, "calls/s"))
+    for name, key, unit in (("bare grpc.aio server-streaming (100 streams)", ("grpc_stream", "messages_per_s"), "msg/s"),
+                            ("bare websockets.trio echo (100 connections)", ("ws_echo", "messages_per_s"), "msg/s")):
+        value = _get(raw, *key)
+        if value is not None:
+            out.append(Row(name, value, unit))
+    return out
+
+
+def _number(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "never"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def render(table: list[Row], *, quick: bool = False) -> str:
+    header = ("measure", "smsgw", "unit", "bare", "ratio", "target", "")
+    lines = []
+    for row in table:
+        ratio = "-"
+        if row.ours is not None and row.bare and not math.isinf(row.ours):
+            ratio = f"{row.ours / row.bare:.2f}"
+        verdict = "" if row.met is None else ("ok" if row.met else "MISS")
+        lines.append((row.measure, _number(row.ours), row.unit, _number(row.bare), ratio, row.target, verdict))
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:{'<' if i in (0, 2, 5, 6) else '>'}{w}}}" for i, w in enumerate(widths))
+    text = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    text += [fmt.format(*line) for line in lines]
+    if quick:
+        text.append("(--quick: small counts for a smoke run; the targets are for the full run)")
+    return "\n".join(text)
