@@ -26,6 +26,7 @@ from device_bridge.protocol import (
     Delivery,
     DeviceSession,
     Encoding,
+    Event,
     HelloReceived,
     InboundReceived,
     InboundSms,
@@ -62,6 +63,8 @@ _RECEIPT_STATES = {
 }
 # Cleanup must finish even during shutdown, but never hang it.
 _CLEANUP_TIMEOUT = 10.0
+# Parsed frames waiting for storage before the reader stops reading (backpressure).
+_READ_AHEAD = 64
 
 
 @dataclass
@@ -149,6 +152,9 @@ class _Session:
         self.send_lock = trio.Lock()
         self.handle: SessionHandle | None = None
         self.slots: tuple[int, ...] = ()
+        # What the last dispatch round left behind (see worth_dispatching).
+        self.window_was_full = False
+        self.partly_sent: set[str] = set()
         self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
 
     async def flush(self) -> None:
@@ -221,26 +227,54 @@ class _Session:
     async def read(self) -> None:
         """Receipts and inbound SMS -> storage -> Ack -> bus; ends when the phone closes.
 
-        The Ack goes out only after the commit, so a phone whose session dies first re-sends
+        Frames are parsed as they come and stored by `store`: what arrives while one batch
+        is being stored goes into the next, as one storage call (coalesced receipts). The
+        Ack goes out only after the commit, so a phone whose session dies first re-sends
         what it has not seen acknowledged; storage keeps one copy of each.
         """
+        send, receive = trio.open_memory_channel[list[Event]](_READ_AHEAD)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.store, receive)
+            async with send:
+                async for data in self.ws:
+                    self.proto.receive_frame(data)
+                    events = self.proto.events_received()
+                    if events:
+                        await send.send(events)  # blocks when storage is READ_AHEAD batches behind
+            nursery.cancel_scope.cancel()  # the phone closed: what it was not Acked it sends again
+
+    async def store(self, receive: trio.MemoryReceiveChannel[list[Event]]) -> None:
         assert self.handle is not None
-        async for data in self.ws:
-            self.proto.receive_frame(data)
-            events = self.proto.events_received()
+        async for events in receive:
+            while True:
+                try:
+                    events = events + receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
             receipts = [e.receipt for e in events if isinstance(e, ReceiptReceived)]
             inbound = [e.inbound for e in events if isinstance(e, InboundReceived)]
-            changed = await self.apply_receipts(receipts) if receipts else 0
-            stored = await self.store_inbound(inbound) if inbound else 0
             if not receipts and not inbound:
                 continue
+            changed = await self.apply_receipts(receipts) if receipts else 0
+            stored = await self.store_inbound(inbound) if inbound else 0
             self.proto.send_ack([r.event_id for r in receipts] + [i.event_id for i in inbound])
             await self.drop_if_final([r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED])
             await self.flush()
             if changed or stored:
                 self.ctx.bus.notify_events()  # WatchMessages, WatchInbound and the webhook worker
-            if receipts:
-                self.handle.wake()  # receipts free window slots
+            if self.worth_dispatching(receipts):
+                self.handle.wake()
+
+    def worth_dispatching(self, receipts: Sequence[Receipt]) -> bool:
+        """Whether these receipts may let the dispatcher send more: they free window slots
+        the last round lacked, end a message only partly handed over, or fail a recipient
+        (a retry comes due later). Otherwise a round would only find nothing to do."""
+        woken = False
+        for r in receipts:
+            if r.message_id in self.partly_sent:
+                self.partly_sent.discard(r.message_id)
+                woken = True
+        return woken or self.window_was_full or any(r.state == ReceiptState.FAILED for r in receipts)
 
     async def apply_receipts(self, receipts: Sequence[Receipt]) -> int:
         """Store the receipts; returns how many changed a state."""
@@ -342,6 +376,9 @@ class _Session:
                 ctx.metrics.drops.inc()
             for unit in batch.units:
                 self.proto.send_deliver(_delivery(unit))
+                if len(unit.recipient_indices) < len(unit.message.recipients):
+                    self.partly_sent.add(unit.message.id)
+            self.window_was_full = self.proto.window_available == 0
             ctx.metrics.delivers.inc(len(batch.units))
             wake_at = batch.wake_at
             if batch.units or batch.drops:
@@ -393,12 +430,12 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
             elif handle.replaced:
                 close = (CloseCode.REPLACED, "a newer session of this device took over")
         except* RemoteProtocolError as group:
-            exc = group.exceptions[0]
+            exc = _first(group)
             assert isinstance(exc, RemoteProtocolError)
             session.log.warning("! protocol error: %s", exc.reason)
             close = (exc.code, exc.reason)
         except* _Aborted as group:
-            aborted = group.exceptions[0]
+            aborted = _first(group)
             assert isinstance(aborted, _Aborted)
             session.log.warning("! session ended: %s", aborted.reason)
             close = (aborted.code, aborted.reason)
@@ -411,6 +448,14 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
             await session.close_out()
     if close is not None:
         await _close(ctx, ws, *close)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (possibly nested) group: the reader's nursery nests one."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _close(ctx: BridgeContext, ws: ServerConnection, code: int, reason: str) -> None:
