@@ -8,10 +8,12 @@ never answers "database is locked" to its own threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -23,6 +25,8 @@ from sqlmodel import Session, SQLModel, create_engine
 from gateway.storage import models  # noqa: F401  (registers the tables)
 
 __all__ = ["Database"]
+
+T = TypeVar("T")
 
 
 class Database:
@@ -47,6 +51,7 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, sqlite_synchronous)
         self._write_lock = threading.Lock()
+        self._committer = _GroupCommitter(self)
 
     def create_all(self) -> None:
         """Tables straight from the models, for tests that need no migration history."""
@@ -73,8 +78,87 @@ class Database:
                 session.rollback()
                 raise
 
+    def group(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn(session)` as a write transaction that shares its commit with the other
+        callers waiting at that moment (group commit): one fsync for a whole burst of
+        sends, dispatch rounds and receipts instead of one each.
+
+        Same outcome as `with write() as s: return fn(s)`: the call returns once its
+        changes are durable, and an exception from `fn` leaves nothing of it stored. When
+        one function of a group raises, the group is rolled back and each of its functions
+        runs again on its own, so the others are unaffected; `fn` must therefore only
+        change the database (and what it returns), never state outside it.
+        """
+        return self._committer.submit(fn)
+
     def close(self) -> None:
+        self._committer.close()
         self.engine.dispose()
+
+
+_Job = tuple[Callable[[Session], Any], "Future[Any]"]
+
+
+class _GroupCommitter:
+    """One writer thread: takes every queued job, runs them in one transaction, commits once."""
+
+    _MAX_GROUP = 256  # jobs per transaction: bounds how long one commit holds the writers
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._jobs: deque[_Job] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[[Session], T]) -> T:
+        future: Future[T] = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("database closed")
+            self._jobs.append((fn, future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="smsgw-group-commit", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+        return future.result()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._jobs and not self._closed:
+                    self._ready.wait()
+                if not self._jobs:
+                    return  # closed and drained
+                group = [self._jobs.popleft() for _ in range(min(len(self._jobs), self._MAX_GROUP))]
+            self._commit(group)
+
+    def _commit(self, group: list[_Job]) -> None:
+        if len(group) > 1:
+            try:
+                with self._db.write() as session:
+                    results = [fn(session) for fn, _ in group]
+            except Exception:
+                pass  # one by one below: only the failing job fails
+            else:
+                for (_, future), result in zip(group, results, strict=True):
+                    future.set_result(result)
+                return
+        for fn, future in group:
+            try:
+                with self._db.write() as session:
+                    result = fn(session)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
 
 def _alembic_config(connection: Any) -> Config:
