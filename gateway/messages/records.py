@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.errors import SmsgwError
 from gateway.types import State
 
 __all__ = [
     "RecipientRecord",
     "MessageRecord",
     "NewMessage",
+    "SendOutcome",
     "EventRecord",
     "ReceiptUpdate",
     "MessageFilter",
@@ -95,6 +97,16 @@ class NewMessage:
     parts: int
     encoding: str
     schedule_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """One item of a batch send (SendMessages): the stored message, new (`created`) or an
+    idempotent replay, or the error a SendMessage of that item alone would have raised."""
+
+    message: MessageRecord | None
+    created: bool = False
+    error: SmsgwError | None = None
 
 
 @dataclass(frozen=True, slots=True)
