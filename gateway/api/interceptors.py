@@ -40,7 +40,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 
-__all__ = ["ApiInterceptor", "current_owner", "current_caller", "call_source", "metadata_value", "to_status"]
+__all__ = ["ApiInterceptor", "current_owner", "current_caller", "call_source", "metadata_value", "to_status", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,12 @@ def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str
 
 
 def to_status(exc: SmsgwError) -> grpc.Status:
+    return rpc_status.to_status(status_of(exc))
+
+
+def status_of(exc: SmsgwError) -> status_pb2.Status:
+    """The google.rpc.Status of `exc`, with its details: the call's error (via `to_status`),
+    or one item's error inside a SendMessages response."""
     code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
     if isinstance(exc, InvalidArgument):
@@ -109,7 +115,7 @@ def to_status(exc: SmsgwError) -> grpc.Status:
                 violations=[error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=str(exc))]
             )
         )
-    return rpc_status.to_status(status)
+    return status
 
 
 _MISSING = object()

@@ -19,11 +19,11 @@ from gateway.api.cursors import (
     page_limit,
     start_cursor,
 )
-from gateway.api.interceptors import current_owner
-from gateway.api.validation import parse_send_request, require, timestamp_field
+from gateway.api.interceptors import current_owner, status_of
+from gateway.api.validation import in_item, parse_send_many, parse_send_request, require, timestamp_field
 from gateway.config import LimitsSettings
 from gateway.errors import InvalidArgument
-from gateway.messages.records import EventRecord, MessageFilter
+from gateway.messages.records import EventRecord, MessageFilter, NewMessage
 from gateway.messages.service import EventFeed, MessageService
 from gateway.types import State, utcnow
 
@@ -44,6 +44,29 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
         new = parse_send_request(request, self.limits, utcnow())
         record, _ = await self.service.send(current_owner(), new)
         return message_to_pb(record)
+
+    async def SendMessages(
+        self, request: messages_pb2.SendMessagesRequest, context: Context
+    ) -> messages_pb2.SendMessagesResponse:
+        """Bad items are answered in place; the valid ones go to storage as one batch."""
+        parsed = parse_send_many(request, self.limits, utcnow())
+        valid = [(i, new) for i, new in enumerate(parsed) if isinstance(new, NewMessage)]
+        outcomes = await self.service.send_many(current_owner(), [new for _, new in valid])
+        results = [
+            messages_pb2.SendMessageResult(error=status_of(item)) if isinstance(item, InvalidArgument) else None
+            for item in parsed
+        ]
+        for (i, _), outcome in zip(valid, outcomes, strict=True):
+            if outcome.message is not None:
+                results[i] = messages_pb2.SendMessageResult(message=message_to_pb(outcome.message), created=outcome.created)
+            else:
+                error = outcome.error
+                assert error is not None, "an outcome is a message or an error"
+                # Storage names its fields as for one message (`device_id`): put them in the item.
+                results[i] = messages_pb2.SendMessageResult(
+                    error=status_of(in_item(error, i) if isinstance(error, InvalidArgument) else error)
+                )
+        return messages_pb2.SendMessagesResponse(results=results)
 
     async def GetMessage(self, request: messages_pb2.GetMessageRequest, context: Context) -> messages_pb2.Message:
         require(request.id, "id")

@@ -1,4 +1,4 @@
-"""SendMessage validation: every rule names the field it checks (google.rpc.BadRequest paths)."""
+"""SendMessage(s) validation: every rule names the field it checks (google.rpc.BadRequest paths)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from gateway.errors import InvalidArgument
 from gateway.messages.records import NewMessage
 from smsgw_client.segments import Encoding, count_segments
 
-__all__ = ["parse_send_request", "check_e164", "timestamp_field", "require"]
+__all__ = ["parse_send_request", "parse_send_many", "in_item", "check_e164", "timestamp_field", "require", "MAX_BATCH"]
+
+MAX_BATCH = 1000
+"""Items of one SendMessages call (issue 7): one transaction each, a bounded request."""
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
@@ -177,6 +180,48 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         encoding=str(encoding),
         schedule_at=schedule_at,
     )
+
+
+def parse_send_many(
+    req: messages_pb2.SendMessagesRequest, limits: LimitsSettings, now: datetime
+) -> list[NewMessage | InvalidArgument]:
+    """Validate each item of a SendMessagesRequest as SendMessage would, with its fields named
+    `messages[i].<field>`; a bad item is its own error, never the call's.
+
+    The key is required per item (a retried call must be a replay, never a second copy), and
+    a key already used by an earlier item of the call is an error of the later item naming
+    both. The call itself is refused (InvalidArgument on `messages`) when it is empty or has
+    more than MAX_BATCH items.
+    """
+    items = req.messages
+    if not items:
+        raise InvalidArgument("messages", "at least one message is required")
+    if len(items) > MAX_BATCH:
+        raise InvalidArgument("messages", f"at most {MAX_BATCH} messages per call; split the batch")
+    out: list[NewMessage | InvalidArgument] = []
+    first: dict[str, int] = {}  # idempotency key -> index of its first item
+    for i, item in enumerate(items):
+        prefix = f"messages[{i}]."
+        bad: list[tuple[str, str]] = []
+        key = item.idempotency_key
+        if not key:
+            bad.append((prefix + "idempotency_key", "required in SendMessages: a retried call must be a replay"))
+        elif key in first:
+            bad.append((prefix + "idempotency_key", f"same key as messages[{first[key]}]; each item needs its own"))
+        else:
+            first[key] = i
+        try:
+            new = parse_send_request(item, limits, now)
+        except InvalidArgument as exc:
+            bad.extend((prefix + f, r) for f, r in exc.violations)
+        out.append(InvalidArgument(*bad[0], *bad[1:]) if bad else new)
+    return out
+
+
+def in_item(exc: InvalidArgument, index: int) -> InvalidArgument:
+    """`exc` (raised for one item of SendMessages) with its fields named `messages[index].<field>`."""
+    violations = [(f"messages[{index}].{f}", r) for f, r in exc.violations]
+    return InvalidArgument(*violations[0], *violations[1:])
 
 
 def timestamp_field(ts: Timestamp, field: str, bad: list[tuple[str, str]]) -> datetime | None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from gateway.bus import Bus
-from gateway.messages.records import EventRecord, MessageFilter, MessageRecord, NewMessage
+from gateway.messages.records import EventRecord, MessageFilter, MessageRecord, NewMessage, SendOutcome
 from gateway.messages.repository import MessageRepository
 from gateway.metrics import GatewayMetrics
 from gateway.types import utcnow
@@ -76,6 +76,30 @@ class MessageService:
         if record.device_id:
             self.bus.notify_work([record.device_id])
         return record, created
+
+    async def send_many(self, owner_id: str, items: Sequence[NewMessage]) -> list[SendOutcome]:
+        """Store a batch (SendMessages): one outcome per item, in order."""
+        if not items:
+            return []
+        return await asyncio.to_thread(self._send_many, owner_id, items)
+
+    def _send_many(self, owner_id: str, items: Sequence[NewMessage]) -> list[SendOutcome]:
+        """One commit for the whole batch, then one signal for the watchers and one for all
+        the devices it reached, from this worker thread (see `_send`); replays wake their
+        devices too. Metrics count as `_send` does, per message."""
+        outcomes = self.repo.create_many(owner_id, items, utcnow(), daily_segments=self.daily_segments)
+        stored = [o for o in outcomes if o.message is not None]
+        created = [o.message for o in stored if o.created and o.message is not None]
+        if created:
+            self.metrics.messages_accepted.inc(len(created))
+            self.metrics.recipients_accepted.inc(sum(len(m.recipients) for m in created))
+            self.bus.notify_events()
+        if len(stored) > len(created):
+            self.metrics.idempotent_replays.inc(len(stored) - len(created))
+        devices = {o.message.device_id for o in stored if o.message is not None and o.message.device_id}
+        if devices:
+            self.bus.notify_work(devices)
+        return outcomes
 
     async def get(self, owner_id: str, message_id: str) -> MessageRecord:
         return await asyncio.to_thread(self.repo.get, owner_id, message_id)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from smsgw.v1 import messages_pb2
 from smsgw_client.envelope import seal
 
-from gateway.api.validation import check_e164, parse_send_request
+from gateway.api.validation import MAX_BATCH, check_e164, in_item, parse_send_many, parse_send_request
 from gateway.config import LimitsSettings
 from gateway.errors import InvalidArgument
 
@@ -404,3 +404,59 @@ def test_unset_delivery_report_hashes_like_an_explicit_true() -> None:
     unset = parse_send_request(request(), LimitsSettings(), now).content_hash
     assert parse_send_request(request(with_delivery_report=True), LimitsSettings(), now).content_hash == unset
     assert parse_send_request(request(with_delivery_report=False), LimitsSettings(), now).content_hash != unset
+
+
+# ---- SendMessages: each item as SendMessage, its fields named messages[i].<field> --------
+
+
+def batch(*items: messages_pb2.SendMessageRequest) -> messages_pb2.SendMessagesRequest:
+    return messages_pb2.SendMessagesRequest(messages=list(items))
+
+
+def item_fields(item: object) -> list[str]:
+    assert isinstance(item, InvalidArgument), item
+    return [f for f, _ in item.violations]
+
+
+def test_send_many_names_bad_fields_by_item_and_keeps_good_items() -> None:
+    parsed = parse_send_many(
+        batch(text_req(idempotency_key="a"), text_req(idempotency_key="b", phone_numbers=["555"], priority=999),
+              text_req(idempotency_key="c")),
+        LIMITS, NOW,
+    )
+    assert [type(p).__name__ for p in parsed] == ["NewMessage", "InvalidArgument", "NewMessage"]
+    assert item_fields(parsed[1]) == ["messages[1].phone_numbers[0]", "messages[1].priority"]
+    good = parsed[2]
+    assert not isinstance(good, InvalidArgument)
+    assert good == parse_send_request(text_req(idempotency_key="c"), LIMITS, NOW)
+
+
+def test_send_many_requires_a_key_per_item_and_refuses_a_key_twice() -> None:
+    parsed = parse_send_many(
+        batch(text_req(idempotency_key="k"), text_req(idempotency_key=""), text_req(idempotency_key="k"),
+              text_req(idempotency_key="k", text="other")),
+        LIMITS, NOW,
+    )
+    assert not isinstance(parsed[0], InvalidArgument)
+    assert item_fields(parsed[1]) == ["messages[1].idempotency_key"]
+    for later in (2, 3):
+        item = parsed[later]
+        assert item_fields(item) == [f"messages[{later}].idempotency_key"]
+        assert isinstance(item, InvalidArgument) and "messages[0]" in item.violations[0][1]
+
+
+@pytest.mark.parametrize("n", [0, 1001])
+def test_send_many_refuses_an_empty_or_oversized_call(n: int) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_send_many(batch(*(text_req(idempotency_key=f"k{i}") for i in range(n))), LIMITS, NOW)
+    assert item_fields(info.value) == ["messages"]
+
+
+def test_send_many_takes_exactly_max_batch() -> None:
+    parsed = parse_send_many(batch(*(text_req(idempotency_key=f"k{i}") for i in range(MAX_BATCH))), LIMITS, NOW)
+    assert len(parsed) == MAX_BATCH and not any(isinstance(p, InvalidArgument) for p in parsed)
+
+
+def test_in_item_prefixes_every_field() -> None:
+    exc = in_item(InvalidArgument("device_id", "unknown device", ("sim_number", "bad")), 7)
+    assert exc.violations == [("messages[7].device_id", "unknown device"), ("messages[7].sim_number", "bad")]
