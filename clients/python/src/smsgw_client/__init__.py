@@ -2,12 +2,14 @@
 
 :class:`Client` (blocking) and :class:`AsyncClient` (asyncio) wrap the
 generated stubs in :mod:`smsgw.v1` with a default deadline, retries of
-UNAVAILABLE, idempotent sends, a self-resuming status stream and the typed
-errors of :mod:`smsgw_client.errors`. :func:`tls_credentials` builds the
+UNAVAILABLE, idempotent sends (one by one, or up to 1,000 per call as
+:class:`OutgoingMessage` items answered by :class:`SendResult`), a self-resuming
+status stream and the typed errors of :mod:`smsgw_client.errors`. :func:`tls_credentials` builds the
 ``credentials`` argument for a TLS (or mutual TLS) server. :class:`WebhookReceiver`
 verifies and dedupes the webhooks smsgw sends.
 """
 
+from ._batch import OutgoingMessage, SendResult
 from ._webhooks import EVENTS as WEBHOOK_EVENTS
 from .aio import AsyncClient
 from .client import Client
@@ -23,6 +25,7 @@ from .errors import (
     Unauthenticated,
     Unavailable,
     from_rpc_error,
+    from_status,
     map_rpc_errors,
 )
 from .tls import tls_credentials
@@ -36,8 +39,10 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "OutgoingMessage",
     "PermissionDenied",
     "ResourceExhausted",
+    "SendResult",
     "SmsgwError",
     "Unauthenticated",
     "Unavailable",
@@ -45,6 +50,7 @@ __all__ = [
     "WebhookReceiver",
     "WebhookVerificationError",
     "from_rpc_error",
+    "from_status",
     "map_rpc_errors",
     "tls_credentials",
 ]

@@ -31,7 +31,8 @@ from smsgw.v1 import (
     webhooks_pb2_grpc,
 )
 
-from . import _channel
+from . import _batch, _channel
+from ._batch import OutgoingMessage, SendResult
 from ._webhooks import WebhookCalls
 from .errors import from_rpc_error, map_rpc_errors
 
@@ -151,6 +152,28 @@ class AsyncClient:
                 request, timeout=self._deadline(timeout), metadata=self._metadata
             )
         return response
+
+    async def send_messages(
+        self,
+        items: Sequence[OutgoingMessage],
+        *,
+        passphrase: str | None = None,
+        timeout: float | None = None,
+    ) -> list[SendResult]:
+        """Store up to 1,000 messages in one call; see :meth:`smsgw_client.Client.send_messages`.
+
+        With ``passphrase`` the items are sealed in a worker thread (a key derivation per
+        item), so the event loop keeps running meanwhile.
+        """
+        if passphrase is None:
+            request = _batch.send_messages_request(items)
+        else:
+            request = await asyncio.to_thread(_batch.send_messages_request, items, passphrase)
+        with map_rpc_errors():
+            response: messages_pb2.SendMessagesResponse = await self._messages.SendMessages(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return _batch.send_results(response)
 
     async def get_message(self, message_id: str, *, timeout: float | None = None) -> messages_pb2.Message:
         """Return one message with its recipients' states.

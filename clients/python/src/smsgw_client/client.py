@@ -31,7 +31,8 @@ from smsgw.v1 import (
     webhooks_pb2_grpc,
 )
 
-from . import _channel
+from . import _batch, _channel
+from ._batch import OutgoingMessage, SendResult
 from ._webhooks import WebhookCalls
 from .errors import from_rpc_error, map_rpc_errors
 
@@ -179,6 +180,40 @@ class Client:
                 request, timeout=self._deadline(timeout), metadata=self._metadata
             )
         return response
+
+    def send_messages(
+        self,
+        items: Sequence[OutgoingMessage],
+        *,
+        passphrase: str | None = None,
+        timeout: float | None = None,
+    ) -> list[SendResult]:
+        """Store up to 1,000 messages in one call (``SendMessages``, one transaction).
+
+        Every item gets its own result, in order: a bad item is refused with the error
+        ``send_message`` would raise for it (fields named ``messages[i].<field>``) and the
+        others are stored. Items without ``idempotency_key`` get a fresh one for this call
+        (gRPC's retries reuse it); give your own keys and a retry of the whole batch, even
+        from another process, answers with the stored messages (``created`` False).
+
+        Args:
+            items: 1..1000 messages.
+            passphrase: Seal every item's ``text``/``data`` into an smsgw1 envelope, as
+                ``send_message(passphrase=...)`` does. Costs one key derivation (about
+                15 ms) per item, before the call.
+            timeout: Deadline in seconds (None = the client's default).
+
+        Raises:
+            TypeError, ValueError: An item is malformed locally (named by its index).
+            InvalidArgument: The call itself: no item or more than 1,000 (field ``messages``).
+            SmsgwError: The call failed as a whole (see :mod:`smsgw_client.errors`).
+        """
+        request = _batch.send_messages_request(items, passphrase)
+        with map_rpc_errors():
+            response: messages_pb2.SendMessagesResponse = self._messages.SendMessages(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return _batch.send_results(response)
 
     def get_message(self, message_id: str, *, timeout: float | None = None) -> messages_pb2.Message:
         """Return one message with its recipients' states.

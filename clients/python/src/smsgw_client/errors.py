@@ -42,6 +42,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
+    "from_status",
     "map_rpc_errors",
 ]
 
@@ -245,6 +246,14 @@ def from_rpc_error(error: grpc.RpcError) -> SmsgwError:
         status = None
     cls = _ERRORS.get(code, SmsgwError)
     return cls(details, code=code, status=status)
+
+
+def from_status(status: status_pb2.Status) -> SmsgwError:
+    """Return the typed error for a ``google.rpc.Status`` that is not a call's own, such
+    as one item's error in a ``SendMessages`` response (its details parsed as for a call)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    cls = _ERRORS.get(code, SmsgwError)
+    return cls(status.message, code=code, status=status)
 
 
 @contextmanager
