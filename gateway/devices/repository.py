@@ -58,6 +58,7 @@ class DeviceRepository:
         """Trade a valid code for a new device and its token, once (audited as device.pair).
         None if spent/expired/unknown."""
         now = to_utc(now)
+
         def tx(s: Session) -> tuple[DeviceIdentity, str] | None:
             row = s.get(PairingCode, hash_secret(_normal(code)))
             if row is None or row.used_at is not None or row.expires_at <= now:
@@ -72,6 +73,7 @@ class DeviceRepository:
             s.add(device)
             s.add(audit_row(AuditEntry("device.pair", device.owner_id, device.id, source, f"paired {device.name!r}"), now))
             return DeviceIdentity(device.id, device.owner_id), token
+
         return self.db.group(tx)
 
     # ---- credentials and presence ------------------------------------------------
@@ -88,6 +90,7 @@ class DeviceRepository:
     ) -> bool:
         """Mark the device online on `session_id`. False (nothing changed) when it was deleted
         after its credentials were checked at the upgrade."""
+
         def tx(s: Session) -> bool:
             row = s.get(Device, device_id)
             if row is None:
@@ -102,6 +105,7 @@ class DeviceRepository:
             row.last_seen = to_utc(now)
             s.add(row)
             return True
+
         return self.db.group(tx)
 
     def set_offline(self, device_id: str, session_id: str, now: datetime) -> bool:
@@ -115,6 +119,7 @@ class DeviceRepository:
             row.last_seen = to_utc(now)
             s.add(row)
             return True
+
         return self.db.group(tx)
 
     def mark_all_offline(self) -> None:

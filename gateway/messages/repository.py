@@ -250,7 +250,8 @@ class MessageRepository:
         """Cancel a message while no recipient is held by a phone. Returns it and the device
         to wake (it Drops the message if in flight); None when no phone ever got it."""
         now = to_utc(now)
-        with self.db.write() as s:
+
+        def tx(s: Session) -> tuple[MessageRecord, str | None]:
             row = s.get(MessageRow, message_id)
             if row is None or row.owner_id != owner_id:
                 raise NotFound(f"message {message_id} not found")
@@ -264,6 +265,8 @@ class MessageRepository:
                     )
                 self._transition(s, row, recipients, State.CANCELLED, "cancelled by client", now)
             return _record(row, recipients), row.device_id if row.ever_dispatched else None
+
+        return self.db.group(tx)
 
     def reschedule(
         self, owner_id: str, message_id: str, schedule_at: datetime | None, now: datetime
@@ -338,7 +341,8 @@ class MessageRepository:
         dispatched on any older session of this device go back to PENDING (they will be
         sent again), and the owner's unrouted messages are routed here."""
         now = to_utc(now)
-        with self.db.write() as s:
+
+        def tx(s: Session) -> None:
             held_keys = {(h.message_id, h.recipient_index): h.attempt for h in held}
             mine = select(MessageRow).where(
                 col(MessageRow.id).in_({m for m, _ in held_keys}), MessageRow.device_id == device_id
@@ -370,6 +374,8 @@ class MessageRepository:
                 .values(device_id=device_id)
             )
 
+        return self.db.group(tx)
+
     def dispatch(
         self, device_id: str, session_id: str, room: int, now: datetime, in_flight: Iterable[str] = ()
     ) -> DispatchBatch:
@@ -389,7 +395,8 @@ class MessageRepository:
         next round or `expire_due`; the candidates exclude them) and a window of candidates.
         """
         now = to_utc(now)
-        with self.db.write() as s:
+
+        def tx(s: Session) -> DispatchBatch:
             self._expire_rows(s, now, device_id=device_id, batch=_EXPIRE_BATCH)
             drops = self._take_drops(s, device_id)
             device = s.get(Device, device_id)
@@ -453,6 +460,8 @@ class MessageRepository:
             gate = self._next_gate(s, device_id, now)
             wake = min((t for t in (wake_at, gate) if t is not None), default=None)
             return DispatchBatch(units, drops, wake)
+
+        return self.db.group(tx)
 
     def _pick_sim(
         self,
@@ -554,8 +563,9 @@ class MessageRepository:
         with the same receipts.
         """
         now = to_utc(now)
-        changed = 0
-        with self.db.write() as s:
+
+        def tx(s: Session) -> int:
+            changed = 0
             ids = list({r.message_id for r in receipts})
             rows = {
                 r.id: r
@@ -568,7 +578,9 @@ class MessageRepository:
                     log.warning("receipt for a message not routed to this device ignored")
                     continue
                 changed += self._apply_receipt(s, row, recipients[row.id], receipt, now)
-        return changed
+            return changed
+
+        return self.db.group(tx)
 
     def _apply_receipt(
         self, s: Session, row: MessageRow, rs: list[RecipientRow], receipt: ReceiptUpdate, now: datetime
@@ -639,11 +651,14 @@ class MessageRepository:
     def close_session(self, device_id: str, session_id: str, now: datetime) -> None:
         """The session ended: what it dispatched and the phone did not accept goes back to PENDING."""
         now = to_utc(now)
-        with self.db.write() as s:
+
+        def tx(s: Session) -> None:
             q = select(RecipientRow).where(
                 RecipientRow.session_id == session_id, RecipientRow.state == int(State.DISPATCHED)
             )
             self._move_recipients(s, s.exec(q), State.PENDING, "session_lost", now)
+
+        return self.db.group(tx)
 
     def reroute_from(self, owner_id: str, device_id: str) -> set[str]:
         """Move the never-dispatched, unpinned PENDING messages of an offline device to the
@@ -655,7 +670,8 @@ class MessageRepository:
             MessageRow.pinned == False,  # noqa: E712
             MessageRow.ever_dispatched == False,  # noqa: E712
         )
-        with self.db.write() as s:
+
+        def tx(s: Session) -> set[str]:
             # Most phones go offline with nothing to move: then no routing (which reads
             # every device of the owner) at all.
             if s.exec(select(MessageRow.id).where(*movable).limit(1)).first() is None:
@@ -665,6 +681,8 @@ class MessageRepository:
                 return set()
             result = s.exec(update(MessageRow).where(*movable).values(device_id=target))
             return {target} if result.rowcount else set()
+
+        return self.db.group(tx)
 
     def final_states(self, device_id: str, message_ids: Iterable[str]) -> dict[str, State]:
         """Which of these messages of the device ended CANCELLED or EXPIRED (the phone must drop them)."""
