@@ -136,7 +136,7 @@ class _GatewayThread:
         auth = AuthService(auth_repo, self.codec, self.settings, metrics=self.metrics)
         await auth.refresh_revocations()
         webhooks, worker, sender = self._webhooks()
-        self.bus.attach_gateway(worker.wake)
+        self.bus.attach_gateway(worker.wake_if_enqueued)
         self.grpc = await start_grpc_server(
             self.settings, messages, devices, feed, auth, self.metrics, webhooks, inbound=InboundService(InboundRepository(self.db))
         )

@@ -24,7 +24,10 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from gateway.storage import models  # noqa: F401  (registers the tables)
 
-__all__ = ["Database"]
+__all__ = ["Database", "AFTER_COMMIT"]
+
+# session.info key: callables a writer registers to run once its transaction is durable.
+AFTER_COMMIT = "smsgw.after_commit"
 
 T = TypeVar("T")
 
@@ -77,6 +80,8 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+            for callback in session.info.pop(AFTER_COMMIT, ()):
+                callback()
 
     def group(self, fn: Callable[[Session], T]) -> T:
         """Run `fn(session)` as a write transaction that shares its commit with the other

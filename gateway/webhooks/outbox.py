@@ -9,6 +9,7 @@ wants the event, so a change nobody subscribed to costs one indexed query per tr
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -16,10 +17,15 @@ from typing import Any
 from sqlmodel import Session, col, select
 from ulid import ULID
 
+from gateway.storage.engine import AFTER_COMMIT
 from gateway.storage.models import WebhookDeliveryRow, WebhookRow
 from gateway.webhooks.records import WebhookEvent, WebhookState
 
-__all__ = ["enqueue", "new_delivery_id", "render_payload"]
+__all__ = ["enqueue", "new_delivery_id", "render_payload", "ENQUEUED"]
+
+# Set once a transaction that stored deliveries has committed: the worker claims only then,
+# so a burst of message changes nobody subscribed to costs it no database round at all.
+ENQUEUED = threading.Event()
 
 _CACHE_KEY = "smsgw.webhooks"
 
@@ -85,4 +91,7 @@ def enqueue(
                 updated_at=now,
             )
         )
+    callbacks = s.info.setdefault(AFTER_COMMIT, [])
+    if ENQUEUED.set not in callbacks:
+        callbacks.append(ENQUEUED.set)
     return len(wanted)

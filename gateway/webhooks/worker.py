@@ -18,6 +18,7 @@ from gateway.config import WebhookSettings
 from gateway.metrics import GatewayMetrics
 from gateway.types import utcnow
 from gateway.webhooks.records import AttemptRecord
+from gateway.webhooks.outbox import ENQUEUED
 from gateway.webhooks.repository import Claim, WebhookRepository
 from gateway.webhooks.sender import WebhookSender
 
@@ -47,8 +48,13 @@ class WebhookWorker:
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
-        """New deliveries may be due (call on the worker's loop; the bus does)."""
+        """New deliveries may be due (call on the worker's loop)."""
         self._wake.set()
+
+    def wake_if_enqueued(self) -> None:
+        """The bus's "events were logged": worth a round only if some were for a webhook."""
+        if ENQUEUED.is_set():
+            self._wake.set()
 
     async def run(self) -> None:
         """Until cancelled: keep up to `concurrency` attempts in flight, claiming more as slots
@@ -73,6 +79,7 @@ class WebhookWorker:
                     continue
                 try:
                     busy = [w for w, n in per_webhook.items() if n >= share]
+                    ENQUEUED.clear()  # before the claim: what commits later sets it again
                     claims = await asyncio.to_thread(self.repo.claim_due, self.clock(), free, busy=busy)
                     for claim in claims:
                         task = asyncio.create_task(self._attempt_logged(claim))
