@@ -247,6 +247,19 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--private-token-env", metavar="VAR",
                      help="environment variable holding a private-mode server's token, sent when pairing")
     passphrase_arg(sim, "the phones open encrypted messages and seal what they receive (docs/e2e.md)")
+
+    bench = sub.add_parser("bench", help="measure latency, throughput, idle sessions and a reconnect storm (docs/performance.md)")
+    bench.add_argument("--quick", action="store_true", help="small counts, under a minute (the CI smoke run)")
+    bench.add_argument("--phones", type=int, help="phones for latency, throughput and bulk (default 1000; quick 100)")
+    bench.add_argument("--idle-phones", type=int, help="phones for the idle and storm figures (default 10000; quick 500)")
+    bench.add_argument("--rate", type=float, help="offered messages/s in the latency run (default 500; quick 200)")
+    bench.add_argument("--duration", type=float, help="seconds of load per latency/throughput run (default 10; quick 2)")
+    bench.add_argument("--bulk", type=int, dest="bulk_recipients", help="recipients sent through SendMessages (default 20000)")
+    bench.add_argument("--idle-window", type=float, help="seconds the idle CPU is measured over (default 20: one keepalive)")
+    bench.add_argument("--postgres", metavar="URL",
+                       help="admin URL for a throwaway PostgreSQL database (default postgresql://postgres@127.0.0.1:5432/test; '' skips)")
+    bench.add_argument("--output", type=Path, default=Path("bench-results.json"), help="where the JSON goes")
+    bench.add_argument("--work-dir", type=Path, help="keep the servers' data and logs here (default: a temporary directory)")
     return parser
 
 
@@ -265,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "users":
             from gateway import cli_users
 
@@ -311,6 +326,24 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         failed = False
     return EXIT_USAGE if failed else EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from gateway.bench.driver import Options, run
+
+    given = {k: v for k, v in vars(args).items() if k in Options.__dataclass_fields__ and v is not None}
+    given.pop("quick", None)
+    for name in ("phones", "idle_phones", "rate", "duration", "bulk_recipients", "idle_window"):
+        if name in given and given[name] <= 0:
+            print(f"smsgw bench: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            return EXIT_USAGE
+    options = Options.quick_run(**given) if args.quick else Options(**given)
+    try:
+        run(options, say=lambda line: print(line, flush=True))
+    except (OSError, RuntimeError) as exc:
+        print(f"smsgw bench: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _tls_overrides(args: argparse.Namespace, overrides: dict[str, object]) -> None:

@@ -47,7 +47,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         tag = f"[{db}] "
         lat = r.get("latency")
         if isinstance(lat, dict):
-            ws_p50 = _get(raw, "ws_echo", "p50_ms")
+            ws_p50 = _get(raw, "ws_echo", "p50_ms_one_connection")
             p50 = _get(lat, "deliver_after_return", "p50_ms")
             p99 = _get(lat, "deliver_after_return", "p99_ms")
             shape = f"{lat['offered_per_s']:.0f} msg/s over {lat['phones']} phones"
