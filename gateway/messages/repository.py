@@ -903,7 +903,7 @@ class _Adder:
     Each `add` routes the message (the owner's devices and loads are read once, and every
     message counts in the next choice, so a batch spreads like one-by-one sends), counts it
     against the daily segment cap (the usage row is read once) and queues its rows; `write`
-    inserts them with one executemany per table. Plain Core inserts, not ORM objects:
+    inserts them with one executemany per table (Core), not as ORM objects:
     building a SQLModel row costs about 0.3 ms, which would cap SendMessages near 1,000
     messages/s. The records are made from the same values and equal what a later read
     returns (PENDING, attempt 1, nothing sent).
@@ -1045,14 +1045,22 @@ class _Router:
         self._s, self._owner_id, self._exclude, self._online_only = s, owner_id, exclude, online_only
         self._loads: dict[str, int] | None = None  # the pool's devices -> their PENDING + DISPATCHED messages
         self._added: dict[str, int] = {}  # device -> messages routed here, not yet in the database
+        self._pinned: dict[str, bool] = {}  # device -> whether a message may be pinned to it
 
     def route(self, device_id: str) -> tuple[str | None, bool]:
         """(device, pinned): the requested device, else the least-loaded online device,
         else (unless online_only) the least-loaded device, else None (unrouted).
         InvalidArgument on `device_id` for a device that is unknown, revoked or another owner's."""
         if device_id:
-            device = self._s.get(Device, device_id)
-            if device is None or device.owner_id != self._owner_id or device.revoked:
+            usable = self._pinned.get(device_id)
+            if usable is None:
+                # Remembered: the session's identity map holds rows weakly, so a batch pinned
+                # to one phone would read it again for every message.
+                device = self._s.get(Device, device_id)
+                usable = self._pinned[device_id] = (
+                    device is not None and device.owner_id == self._owner_id and not device.revoked
+                )
+            if not usable:
                 raise InvalidArgument("device_id", "unknown device")
             return device_id, True
         loads, added = self._pool(), self._added

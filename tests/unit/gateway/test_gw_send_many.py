@@ -232,3 +232,22 @@ def test_conflicting_race_is_that_items_error_only(tmp_path: Path) -> None:
     assert kinds(outcomes) == ["new", "AlreadyExists"]
     assert isinstance(outcomes[1].error, AlreadyExists)
     store.db.close()
+
+
+def test_a_batch_pinned_to_one_phone_reads_it_once(world: World) -> None:
+    """The session's identity map holds rows weakly; without the router's memory every
+    message of the batch would read the device again (a third of the batch's time)."""
+    reads: list[str] = []
+
+    def count_device_reads(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM device" in statement:
+            reads.append(statement)
+
+    device = world.device_ids[0]
+    event.listen(world.db.engine, "before_cursor_execute", count_device_reads)
+    try:
+        outcomes = world.repo.create_many(world.owner, [new_message(key=f"k{i}", device_id=device) for i in range(100)], T0)
+    finally:
+        event.remove(world.db.engine, "before_cursor_execute", count_device_reads)
+    assert all(o.created and o.message and o.message.device_id == device for o in outcomes)
+    assert len(reads) == 1
