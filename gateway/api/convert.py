@@ -19,12 +19,16 @@ __all__ = [
 ]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(t: datetime | None) -> Timestamp | None:
+    """A Timestamp (naive = UTC), computed as `Timestamp.FromDatetime` does but at a third of
+    its cost: a SendMessages answer converts several per message."""
     if t is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(t if t.tzinfo else t.replace(tzinfo=UTC))
-    return ts
+    d = (t if t.tzinfo else t.replace(tzinfo=UTC)) - _EPOCH
+    return Timestamp(seconds=d.days * 86400 + d.seconds, nanos=d.microseconds * 1000)
 
 
 def _put_body(
