@@ -10,14 +10,14 @@ __all__ = ["GatewayMetrics"]
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.messages_accepted = Counter(
-            "smsgw_gateway_messages_accepted_total", "Messages stored by SendMessage", registry=registry
+            "smsgw_gateway_messages_accepted_total", "Messages stored by SendMessage and SendMessages", registry=registry
         )
         self.recipients_accepted = Counter(
-            "smsgw_gateway_recipients_accepted_total", "Recipients stored by SendMessage", registry=registry
+            "smsgw_gateway_recipients_accepted_total", "Recipients stored by SendMessage and SendMessages", registry=registry
         )
         self.idempotent_replays = Counter(
             "smsgw_gateway_idempotent_replays_total",
-            "SendMessage calls answered with an existing message (same idempotency key)",
+            "Sends (SendMessage calls, SendMessages items) answered with an existing message (same idempotency key)",
             registry=registry,
         )
         self.auth_failures = Counter(
