@@ -153,7 +153,7 @@ class _Session:
         self.handle: SessionHandle | None = None
         self.slots: tuple[int, ...] = ()
         # What the last dispatch round left behind (see worth_dispatching).
-        self.window_was_full = False
+        self.room_ran_out = False
         self.partly_sent: set[str] = set()
         self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
 
@@ -274,7 +274,7 @@ class _Session:
             if r.message_id in self.partly_sent:
                 self.partly_sent.discard(r.message_id)
                 woken = True
-        return woken or self.window_was_full or any(r.state == ReceiptState.FAILED for r in receipts)
+        return woken or self.room_ran_out or any(r.state == ReceiptState.FAILED for r in receipts)
 
     async def apply_receipts(self, receipts: Sequence[Receipt]) -> int:
         """Store the receipts; returns how many changed a state."""
@@ -366,8 +366,9 @@ class _Session:
             finals = {}
             if in_flight:
                 finals = await trio.to_thread.run_sync(ctx.messages.final_states, handle.device_id, in_flight)
+            room = self.proto.window_available
             batch = await trio.to_thread.run_sync(
-                ctx.messages.dispatch, handle.device_id, handle.session_id, self.proto.window_available, ctx.clock(), in_flight
+                ctx.messages.dispatch, handle.device_id, handle.session_id, room, ctx.clock(), in_flight
             )
             if not self.open_now():
                 return  # claimed rows stay DISPATCHED on this session; close_out requeues them
@@ -378,7 +379,10 @@ class _Session:
                 self.proto.send_deliver(_delivery(unit))
                 if len(unit.recipient_indices) < len(unit.message.recipients):
                     self.partly_sent.add(unit.message.id)
-            self.window_was_full = self.proto.window_available == 0
+            # All the room was used: more may wait behind it. (Not "the window is full now":
+            # receipts that freed slots during the round were already stored, and must not
+            # be the ones that find no reason to wake the next round.)
+            self.room_ran_out = len(batch.units) >= room
             ctx.metrics.delivers.inc(len(batch.units))
             wake_at = batch.wake_at
             if batch.units or batch.drops:

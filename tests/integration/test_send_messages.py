@@ -85,16 +85,6 @@ async def _wait_sent(phone: Any, count: int) -> None:
         await trio.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bridge: since 6405c0b a receipt wakes the dispatcher only if the last round left the "
-        "window full (window_available == 0 after it); receipts that free slots while a round "
-        "runs leave it not full, later receipts no longer wake it, and the backlog stalls "
-        "(~70 of 1,000 sent). Judging 'full' by the room the round was given "
-        "(len(batch.units) >= room) delivers all 1,000; device_bridge is not ours to change"
-    ),
-)
 def test_a_thousand_in_one_call_are_stored_and_delivered(server: ServerProcess) -> None:
     bodies = [f"bulk notice {i}: your parcel is on its way" for i in range(1000)]
     items = [OutgoingMessage([number(i)], bodies[i], idempotency_key=f"bulk-{i}") for i in range(1000)]
