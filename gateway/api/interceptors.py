@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -108,7 +109,7 @@ def status_of(exc: SmsgwError) -> status_pb2.Status:
         status.details.add().Pack(detail)
     elif isinstance(exc, ResourceExhausted):
         delay = Duration()
-        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        delay.FromNanoseconds(math.ceil(exc.retry_after * 1e9))  # a positive delay never reads as 0
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status.details.add().Pack(
             error_details_pb2.QuotaFailure(
