@@ -109,7 +109,8 @@ def status_of(exc: SmsgwError) -> status_pb2.Status:
         status.details.add().Pack(detail)
     elif isinstance(exc, ResourceExhausted):
         delay = Duration()
-        delay.FromNanoseconds(math.ceil(exc.retry_after * 1e9))  # a positive delay never reads as 0
+        # Whole microseconds, rounded up: a positive delay must not read as 0 (timedelta has µs).
+        delay.FromMicroseconds(math.ceil(exc.retry_after * 1e6))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status.details.add().Pack(
             error_details_pb2.QuotaFailure(
