@@ -47,7 +47,7 @@ from gateway.devices.repository import DeviceRepository
 from gateway.inbound.records import NewInbound
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
-from gateway.messages.records import DispatchUnit, HeldRecipient, ReceiptUpdate
+from gateway.messages.records import DispatchBatch, DispatchUnit, HeldRecipient, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.types import State, utcnow
 
@@ -255,10 +255,10 @@ class _Session:
             inbound = [e.inbound for e in events if isinstance(e, InboundReceived)]
             if not receipts and not inbound:
                 continue
-            changed = await self.apply_receipts(receipts) if receipts else 0
+            changed, finals = await self.apply_receipts(receipts) if receipts else (0, {})
             stored = await self.store_inbound(inbound) if inbound else 0
             self.proto.send_ack([r.event_id for r in receipts] + [i.event_id for i in inbound])
-            await self.drop_if_final([r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED])
+            self.send_drops(finals)
             await self.flush()
             if changed or stored:
                 self.ctx.bus.notify_events()  # WatchMessages, WatchInbound and the webhook worker
@@ -276,8 +276,10 @@ class _Session:
                 woken = True
         return woken or self.room_ran_out or any(r.state == ReceiptState.FAILED for r in receipts)
 
-    async def apply_receipts(self, receipts: Sequence[Receipt]) -> int:
-        """Store the receipts; returns how many changed a state."""
+    async def apply_receipts(self, receipts: Sequence[Receipt]) -> tuple[int, dict[str, State]]:
+        """Store the receipts; returns how many changed a state, and which of the messages
+        the phone ACCEPTED ended CANCELLED or EXPIRED meanwhile (see drop_if_final), read
+        in the same worker call."""
         assert self.handle is not None
         updates = [
             ReceiptUpdate(
@@ -294,8 +296,14 @@ class _Session:
         ]
         for r in receipts:
             self.ctx.metrics.receipts.labels(r.state.name).inc()
-        device_id = self.handle.device_id
-        return await trio.to_thread.run_sync(self.ctx.messages.apply_receipts, device_id, updates, self.ctx.clock())
+        device_id, now, messages = self.handle.device_id, self.ctx.clock(), self.ctx.messages
+        accepted = [r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED]
+
+        def store() -> tuple[int, dict[str, State]]:
+            changed = messages.apply_receipts(device_id, updates, now)
+            return changed, messages.final_states(device_id, accepted) if accepted else {}
+
+        return await trio.to_thread.run_sync(store)
 
     async def store_inbound(self, inbound: Sequence[InboundSms]) -> int:
         """Store the SMS not stored before (a re-send after a lost Ack is not); returns how many were new."""
@@ -318,7 +326,10 @@ class _Session:
         if not message_ids:
             return
         assert self.handle is not None
-        finals = await trio.to_thread.run_sync(self.ctx.messages.final_states, self.handle.device_id, message_ids)
+        self.send_drops(await trio.to_thread.run_sync(self.ctx.messages.final_states, self.handle.device_id, message_ids))
+
+    def send_drops(self, finals: dict[str, State]) -> None:
+        """Queue a Drop for each message that ended (unless the session ended meanwhile)."""
         if not self.open_now():
             return
         for message_id, state in finals.items():
@@ -362,19 +373,17 @@ class _Session:
                 if not self.open_now():
                     return
                 self.proto.send_settings(_settings(pacing, self.slots))
-            in_flight = self.proto.in_flight
-            finals = {}
-            if in_flight:
-                finals = await trio.to_thread.run_sync(ctx.messages.final_states, handle.device_id, in_flight)
-            room = self.proto.window_available
-            batch = await trio.to_thread.run_sync(
-                ctx.messages.dispatch, handle.device_id, handle.session_id, room, ctx.clock(), in_flight
-            )
+            in_flight, room, now = self.proto.in_flight, self.proto.window_available, ctx.clock()
+
+            def round_() -> tuple[dict[str, State], DispatchBatch]:
+                """One worker call: what in flight ended meanwhile, then the round itself."""
+                finals = ctx.messages.final_states(handle.device_id, in_flight) if in_flight else {}
+                return finals, ctx.messages.dispatch(handle.device_id, handle.session_id, room, now, in_flight)
+
+            finals, batch = await trio.to_thread.run_sync(round_)
             if not self.open_now():
                 return  # claimed rows stay DISPATCHED on this session; close_out requeues them
-            for message_id, state in {**finals, **batch.drops}.items():
-                self.proto.send_drop(message_id, state.name.lower())
-                ctx.metrics.drops.inc()
+            self.send_drops({**finals, **batch.drops})
             for unit in batch.units:
                 self.proto.send_deliver(_delivery(unit))
                 if len(unit.recipient_indices) < len(unit.message.recipients):
