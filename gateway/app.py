@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -259,6 +260,11 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 metrics=f"http://{metrics_host}:{metrics_server.server_port}/metrics",
                 grpc_tls=settings.grpc.tls_cert_file is not None,
             )
+            # Start-up objects (modules, ORM mappers, compiled statements) live for good: keep
+            # them out of every collection, and collect the young generation less often (the
+            # hot paths allocate many short-lived ORM objects; ~15 % of a bulk call's CPU).
+            gc.freeze()
+            gc.set_threshold(10_000, 20, 20)
             _write_json(data_dir / "endpoints.json", endpoints.__dict__)
             grpc_shown = endpoints.grpc + (" (TLS)" if endpoints.grpc_tls else "")
             announce(f"smsgw serving  gRPC {grpc_shown}  phones {endpoints.device}  metrics {endpoints.metrics}")

@@ -101,10 +101,14 @@ class MessageRepository:
         now = to_utc(now)
         # Insert first: a new key is the common case; the unique key catches a replay.
         try:
-            with self.db.write() as s:
+
+            def tx(s: Session) -> MessageRecord:  # shares its commit with concurrent writers
                 adder = _Adder(s, owner_id, daily_segments, now)
-                record = adder.add(new)
+                added = adder.add(new)
                 adder.write()
+                return added
+
+            record = self.db.group(tx)
         except (IntegrityError, ResourceExhausted):
             # The key exists (a retry, or a concurrent send that won the insert).
             existing = self._existing(owner_id, new)
