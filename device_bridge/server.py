@@ -8,10 +8,13 @@ write `bridge = await nursery.start(serve, ...)` and read `bridge.port`.
 from __future__ import annotations
 
 import hmac
+import random
+import threading
 import logging
 import ssl
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 
 import trio
@@ -44,6 +47,38 @@ class BridgeServer:
         await self.server.aclose(close_connections=True, code=SERVICE_RESTART, reason="bridge restarting")
 
 
+class _Opening:
+    """Sessions between the upgrade request and the Welcome, capped (bridge.max_opening).
+
+    Opening a session costs storage work (credentials, presence, requeue, a first dispatch
+    round). When 10,000 phones reconnect at once, taking them all on means each open is
+    slowed until their handshakes time out and they retry: nobody gets in. Past the cap a
+    phone is answered 503 with Retry-After at once and comes back a few seconds later.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.count = 0
+        self._lock = threading.Lock()  # release may run from a finalizer, on any thread
+
+    def take(self) -> Callable[[], None] | None:
+        """A slot, as the function that gives it back (idempotent), or None when full."""
+        with self._lock:
+            if self.count >= self.cap:
+                return None
+            self.count += 1
+        given_back = False
+
+        def release() -> None:
+            nonlocal given_back
+            with self._lock:
+                if not given_back:
+                    given_back = True
+                    self.count -= 1
+
+        return release
+
+
 def _refuse(ws: ServerConnection, status: HTTPStatus, text: str) -> Response:
     response = ws.respond(status, text + "\n")
     if status == HTTPStatus.UNAUTHORIZED:
@@ -68,6 +103,7 @@ async def serve(
     # Keyed by the connection object and held weakly: an upgrade that websockets refuses
     # after process_request (bad handshake headers, timeout) leaves nothing behind.
     admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = weakref.WeakKeyDictionary()
+    opening = _Opening(ctx.settings.max_opening)
 
     async def process_request(ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -77,11 +113,23 @@ async def serve(
         if not offered & set(SUBPROTOCOLS):
             ctx.metrics.handshakes.labels("bad_subprotocol").inc()
             return _refuse(ws, HTTPStatus.BAD_REQUEST, "offer subprotocol " + " or ".join(SUBPROTOCOLS))
-        admission = await _admit(ctx, request.headers, _peer_host(ws))
+        release = opening.take()
+        if release is None:  # a reconnect storm: say "later" at once rather than time out
+            ctx.metrics.handshakes.labels("busy").inc()
+            response = _refuse(ws, HTTPStatus.SERVICE_UNAVAILABLE, "too many sessions opening; retry")
+            response.headers["Retry-After"] = str(random.randint(1, 5))
+            return response
+        weakref.finalize(ws, release)  # an upgrade websockets refuses later never reaches the handler
+        try:
+            admission = await _admit(ctx, request.headers, _peer_host(ws))
+        except BaseException:
+            release()
+            raise
         if admission is None:
+            release()
             ctx.metrics.handshakes.labels("bad_credentials").inc()
             return _refuse(ws, HTTPStatus.UNAUTHORIZED, "bad or missing device credentials")
-        admissions[ws] = admission
+        admissions[ws] = replace(admission, opened=release)
         return None
 
     async def handler(ws: ServerConnection) -> None:

@@ -92,6 +92,7 @@ class Admission:
     identity: DeviceIdentity | None  # a device token
     pairing_code: str | None  # or a pairing code to redeem
     source: str = ""  # the phone's address, for the audit log
+    opened: Callable[[], None] = lambda: None  # gives back the bridge's opening slot
 
 
 class _Aborted(Exception):
@@ -429,8 +430,11 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
     close: tuple[int, str] | None = None
     try:
         try:
-            identity, hello, credentials = await session.handshake(admission)
-            handle = await session.open(identity, hello, credentials)
+            try:
+                identity, hello, credentials = await session.handshake(admission)
+                handle = await session.open(identity, hello, credentials)
+            finally:
+                admission.opened()
             ctx.metrics.handshakes.labels("ok").inc()
             with handle.cancel_scope:
                 async with trio.open_nursery() as nursery:

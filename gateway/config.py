@@ -62,6 +62,8 @@ class BridgeSettings(_Section):
     hello_timeout: float = 10.0
     max_size: int = 256 * 1024
     max_window: int = 1000
+    # Sessions being opened at once; past it a phone gets 503 + Retry-After (a reconnect storm).
+    max_opening: int = Field(default=64, gt=0)
     shutdown_grace: float = 5.0
 
 
