@@ -329,7 +329,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench.driver import Options, run
+    from gateway.bench.driver import Options, run, unfinished
 
     given = {k: v for k, v in vars(args).items() if k in Options.__dataclass_fields__ and v is not None}
     given.pop("quick", None)
@@ -339,9 +339,13 @@ def _bench(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     options = Options.quick_run(**given) if args.quick else Options(**given)
     try:
-        run(options, say=lambda line: print(line, flush=True))
+        results = run(options, say=lambda line: print(line, flush=True))
     except (OSError, RuntimeError) as exc:
         print(f"smsgw bench: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    missing = unfinished(results)
+    if missing:
+        print(f"smsgw bench: did not finish: {', '.join(missing)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -16,12 +16,14 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from gateway.bench import raw
 from gateway.bench.fleet import raise_open_files_limit
@@ -29,7 +31,7 @@ from gateway.bench.processes import FleetProc, ServerRun
 from gateway.bench.report import render, rows
 from gateway.bench.scenarios import Api, bulk, idle, latency, pair_phones, quiet, storm, throughput
 
-__all__ = ["Options", "run"]
+__all__ = ["Options", "run", "unfinished"]
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -100,6 +102,17 @@ async def _settle_online(fleet: FleetProc, count: int, total: int) -> None:
     raise RuntimeError(f"the fleet did not settle at {count} connected phones")
 
 
+async def _step(say: Callable[[str], None], scenario: Awaitable[Any]) -> Any:
+    """A scenario's result, or {"error": why} when it could not finish in its bounds: the
+    run goes on and the table says which figure is missing."""
+    try:
+        return await scenario
+    except (RuntimeError, TimeoutError, grpc.aio.AioRpcError) as exc:
+        reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        say(f"  failed: {type(exc).__name__}: {reason}")
+        return {"error": f"{type(exc).__name__}: {reason}"}
+
+
 async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Callable[[str], None], *,
                 everything: bool) -> dict[str, Any]:
     server = ServerRun(work, name, env)
@@ -118,11 +131,11 @@ async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Cal
         busy = devices[: o.phones]
         if everything:
             say(f"[{name}] latency: {o.rate:.0f} msg/s for {o.duration:.0f} s over {o.phones} phones")
-            out["latency"] = await latency(api, fleet, busy, o.rate, o.duration)
+            out["latency"] = await _step(say, latency(api, fleet, busy, o.rate, o.duration))
         say(f"[{name}] throughput: SendMessage for {o.duration:.0f} s")
-        out["throughput"] = await throughput(api, busy, o.duration)
+        out["throughput"] = await _step(say, throughput(api, busy, o.duration))
         say(f"[{name}] bulk: {o.bulk_recipients} recipients through SendMessages")
-        out["bulk"] = await bulk(api, busy, o.bulk_recipients)
+        out["bulk"] = await _step(say, bulk(api, busy, o.bulk_recipients))
         if everything:
             await quiet(server)  # what the load runs left in flight is done
             await _settle_online(fleet, 0, total)
@@ -132,9 +145,10 @@ async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Cal
             api = Api(server.grpc, token)
             await asyncio.sleep(1.0)
             say(f"[{name}] idle: {o.idle_phones} phones connected, {o.idle_window:.0f} s of keepalives")
-            out["idle"] = await idle(server, fleet, o.idle_phones, o.idle_window)
+            out["idle"] = await _step(say, idle(server, fleet, o.idle_phones, o.idle_window))
             say(f"[{name}] reconnect storm: restart with {o.idle_phones} phones holding a message each")
-            out["storm"], api = await storm(server, fleet, token, api, devices)
+            stormed = await _step(say, storm(server, fleet, token, api, devices))
+            out["storm"], api = stormed if isinstance(stormed, tuple) else (stormed, Api(server.grpc, token))
     finally:
         if fleet is not None:
             await fleet.stop()
@@ -196,3 +210,14 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
 @contextmanager
 def _none() -> Iterator[None]:
     yield None
+
+
+def unfinished(results: dict[str, Any]) -> list[str]:
+    """The scenarios that did not finish within their bounds ("sqlite.idle", ...)."""
+    return [
+        f"{db}.{name}"
+        for db in ("sqlite", "postgres")
+        if isinstance(results.get(db), dict)
+        for name, value in results[db].items()
+        if isinstance(value, dict) and "error" in value
+    ]

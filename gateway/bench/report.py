@@ -45,8 +45,12 @@ def rows(results: dict[str, Any]) -> list[Row]:
         if not isinstance(r, dict):
             continue
         tag = f"[{db}] "
+        for scenario in ("latency", "throughput", "bulk", "idle", "storm"):
+            failed = r.get(scenario)
+            if isinstance(failed, dict) and "error" in failed:
+                out.append(Row(f"{tag}{scenario}: did not finish ({str(failed['error'])[:70]})", None, "", met=False))
         lat = r.get("latency")
-        if isinstance(lat, dict):
+        if isinstance(lat, dict) and "error" not in lat:
             ws_p50 = _get(raw, "ws_echo", "p50_ms_one_connection")
             p50 = _get(lat, "deliver_after_return", "p50_ms")
             p99 = _get(lat, "deliver_after_return", "p99_ms")
@@ -59,18 +63,18 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 out.append(Row(f"{tag}SendMessage return -> DELIVERED on WatchMessages {p}",
                                _get(lat, "delivered_after_return", f"{p}_ms"), "ms"))
         thr = r.get("throughput")
-        if isinstance(thr, dict):
+        if isinstance(thr, dict) and "error" not in thr:
             rate = _get(thr, "accepted_per_s")
             third = unary / 3 if unary else None
             out.append(Row(f"{tag}SendMessage -> ACCEPTED, sustained ({thr['phones']} phones, {thr['in_flight']} in flight)",
                            rate, "msg/s", unary, ">= 1/3 bare", _at_least(rate, third)))
         blk = r.get("bulk")
-        if isinstance(blk, dict):
+        if isinstance(blk, dict) and "error" not in blk:
             rate = _get(blk, "recipients_per_s")
             out.append(Row(f"{tag}SendMessages bulk enqueue ({blk['calls']} calls)", rate, "recipients/s", None, ">= 10000",
                            _at_least(rate, 10_000)))
         idle = r.get("idle")
-        if isinstance(idle, dict):
+        if isinstance(idle, dict) and "error" not in idle:
             per = _get(idle, "rss_kib_per_session")
             cpu = _get(idle, "idle_cpu_percent")
             n = idle["phones"]
@@ -79,7 +83,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             out.append(Row(f"{tag}idle sessions: CPU for keepalives ({n} phones)", cpu, "% of a core",
                            _get(raw, "ws_idle", "cpu_percent_idle"), "<= 25", _at_most(cpu, 25)))
         storm = r.get("storm")
-        if isinstance(storm, dict):
+        if isinstance(storm, dict) and "error" not in storm:
             drained = _get(storm, "drained_s")
             ok = _at_most(drained, 30) if storm.get("all_accepted") else False
             out.append(Row(f"{tag}reconnect storm: {storm['phones']} phones back and 1 message each ACCEPTED", drained, "s",
