@@ -1,0 +1,43 @@
+"""`smsgw bench --quick`, the CI smoke run: it completes, prints the table and writes every
+section of the JSON. Numbers are not checked (tests never assert on wall-clock figures);
+the full run and its targets are docs/performance.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.helpers.postgres import PG_ADMIN
+from tests.helpers.server import SMSGW
+
+
+def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    run = subprocess.run(
+        [SMSGW, "bench", "--quick", "--output", str(output), "--work-dir", str(tmp_path / "work"), "--postgres", PG_ADMIN],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = run.stdout
+    for measure in (
+        "SendMessage return -> phone Deliver p50", "DELIVERED on WatchMessages p99", "SendMessage -> ACCEPTED, sustained",
+        "SendMessages bulk enqueue", "idle sessions: RSS per session", "idle sessions: CPU for keepalives",
+        "reconnect storm", "bare grpc.aio unary echo", "bare websockets.trio echo",
+    ):
+        assert measure in table, f"{measure!r} missing from the table:\n{table}"
+    assert "[postgres] SendMessage -> ACCEPTED" in table
+    results = json.loads(output.read_text())
+    sqlite = results["sqlite"]
+    assert sqlite["latency"]["all_delivered"] and sqlite["latency"]["send_errors"] == 0
+    assert sqlite["throughput"]["all_accepted"] and sqlite["throughput"]["messages"] > 0
+    assert sqlite["bulk"]["item_errors"] == 0
+    assert sqlite["idle"]["still_connected"] == sqlite["idle"]["phones"]
+    assert sqlite["storm"]["all_accepted"] and sqlite["storm"]["accepted"] == sqlite["storm"]["phones"]
+    assert results["postgres"]["throughput"]["all_accepted"]
+    assert set(results["raw"]) == {"grpc_unary", "grpc_stream", "ws_echo", "ws_idle"}
+
+
+def test_bench_refuses_bad_counts(tmp_path: Path) -> None:
+    run = subprocess.run([SMSGW, "bench", "--quick", "--phones", "0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 2 and "--phones must be positive" in run.stderr
