@@ -113,11 +113,11 @@ async def _step(say: Callable[[str], None], scenario: Awaitable[Any]) -> Any:
         return {"error": f"{type(exc).__name__}: {reason}"}
 
 
-async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Callable[[str], None], *,
-                everything: bool) -> dict[str, Any]:
+async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Callable[[str], None],
+                out: dict[str, Any], save: Callable[[], None], *, everything: bool) -> None:
+    """Fill `out` scenario by scenario (calling `save` after each)."""
     server = ServerRun(work, name, env)
     server.start()
-    out: dict[str, Any] = {}
     fleet: FleetProc | None = None
     api: Api | None = None
     try:
@@ -132,10 +132,13 @@ async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Cal
         if everything:
             say(f"[{name}] latency: {o.rate:.0f} msg/s for {o.duration:.0f} s over {o.phones} phones")
             out["latency"] = await _step(say, latency(api, fleet, busy, o.rate, o.duration))
+            save()
         say(f"[{name}] throughput: SendMessage for {o.duration:.0f} s")
         out["throughput"] = await _step(say, throughput(api, busy, o.duration))
+        save()
         say(f"[{name}] bulk: {o.bulk_recipients} recipients through SendMessages")
         out["bulk"] = await _step(say, bulk(api, busy, o.bulk_recipients))
+        save()
         if everything:
             await quiet(server)  # what the load runs left in flight is done
             await _settle_online(fleet, 0, total)
@@ -146,16 +149,17 @@ async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Cal
             await asyncio.sleep(1.0)
             say(f"[{name}] idle: {o.idle_phones} phones connected, {o.idle_window:.0f} s of keepalives")
             out["idle"] = await _step(say, idle(server, fleet, o.idle_phones, o.idle_window))
+            save()
             say(f"[{name}] reconnect storm: restart with {o.idle_phones} phones holding a message each")
             stormed = await _step(say, storm(server, fleet, token, api, devices))
             out["storm"], api = stormed if isinstance(stormed, tuple) else (stormed, Api(server.grpc, token))
+            save()
     finally:
         if fleet is not None:
             await fleet.stop()
         if api is not None:
             await api.close()
         server.stop()
-    return out
 
 
 @contextmanager
@@ -188,20 +192,27 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": _machine(), "options": {**asdict(o), "output": str(o.output),
                                                                    "work_dir": str(o.work_dir or "")}}
+
+    def save() -> None:
+        """After every scenario: a run stopped half-way keeps what it measured."""
+        o.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     try:
         results["raw"] = _raw_limits(o, say)
-        results["sqlite"] = asyncio.run(_ours(o, work, "sqlite", {}, say, everything=True))
+        save()
+        results["sqlite"] = {}
+        asyncio.run(_ours(o, work, "sqlite", {}, say, results["sqlite"], save, everything=True))
         with _postgres(o.postgres) if o.postgres else _none() as url:
             if url is None:
                 results["postgres"] = "skipped: PostgreSQL not reachable" if o.postgres else "skipped"
             else:
                 env = {"SMSGW_DATABASE__URL": url}
-                results["postgres"] = asyncio.run(_ours(o, work, "postgres", env, say, everything=False))
+                results["postgres"] = {}
+                asyncio.run(_ours(o, work, "postgres", env, say, results["postgres"], save, everything=False))
     finally:
         if o.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = time.monotonic() - started
-    o.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    save()
     say(render(rows(results), quick=o.quick))
     say(f"results: {o.output}  ({results['elapsed_s']:.0f} s)")
     return results

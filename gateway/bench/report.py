@@ -77,7 +77,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         if isinstance(idle, dict) and "error" not in idle:
             per = _get(idle, "rss_kib_per_session")
             cpu = _get(idle, "idle_cpu_percent")
-            n = idle["phones"]
+            n = idle["phones"] if idle.get("asked", idle["phones"]) == idle["phones"] else f"{idle['phones']} of {idle['asked']}"
             out.append(Row(f"{tag}idle sessions: RSS per session ({n} phones)", per, "KiB",
                            _get(raw, "ws_idle", "rss_kib_per_connection"), "<= 40", _at_most(per, 40)))
             out.append(Row(f"{tag}idle sessions: CPU for keepalives ({n} phones)", cpu, "% of a core",
