@@ -8,6 +8,7 @@ import itertools
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,15 +151,14 @@ async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: floa
     count = max(1, int(rate * duration))
     called: dict[str, float] = {}
     returned: dict[str, float] = {}
-    errors = 0
+    errors: Counter[str] = Counter()
 
     async def one(i: int) -> None:
-        nonlocal errors
         t0 = time.monotonic()
         try:
             message_id, t1 = await api.send(devices[i % len(devices)])
-        except grpc.aio.AioRpcError:
-            errors += 1
+        except grpc.aio.AioRpcError as exc:
+            errors[exc.code().name] += 1
             return
         called[message_id], returned[message_id] = t0, t1
 
@@ -169,8 +169,8 @@ async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: floa
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
+    offered = count / max(1e-9, time.monotonic() - start)  # the pace the calls were made at
     await asyncio.gather(*tasks)
-    offered = count / max(1e-9, time.monotonic() - start)
     ids = list(returned)
     delivered_all = await watch.until(common_pb2.DELIVERED, ids, _DRAIN_TIMEOUT)
     await watch.stop()
@@ -183,7 +183,8 @@ async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: floa
         "messages": count,
         "phones": len(devices),
         "offered_per_s": offered,
-        "send_errors": errors,
+        "send_errors": sum(errors.values()),
+        "send_errors_by_code": dict(errors),
         "all_delivered": delivered_all,
         "deliver_after_return": percentiles(to_phone),
         "deliver_after_call": percentiles(to_phone_from_call),
