@@ -15,7 +15,9 @@ from tests.helpers.server import SMSGW
 def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     run = subprocess.run(
-        [SMSGW, "bench", "--quick", "--output", str(output), "--work-dir", str(tmp_path / "work"), "--postgres", PG_ADMIN],
+        # --quick with even smaller counts: the suite's time budget; the scenarios are the same.
+        [SMSGW, "bench", "--quick", "--phones", "10", "--idle-phones", "40", "--bulk", "500",
+         "--output", str(output), "--work-dir", str(tmp_path / "work"), "--postgres", PG_ADMIN],
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
