@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -201,7 +201,7 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         save()
         results["sqlite"] = {}
         asyncio.run(_ours(o, work, "sqlite", {}, say, results["sqlite"], save, everything=True))
-        with _postgres(o.postgres) if o.postgres else _none() as url:
+        with _postgres(o.postgres) if o.postgres else nullcontext() as url:
             if url is None:
                 results["postgres"] = "skipped: PostgreSQL not reachable" if o.postgres else "skipped"
             else:
@@ -216,11 +216,6 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
     say(render(rows(results), quick=o.quick))
     say(f"results: {o.output}  ({results['elapsed_s']:.0f} s)")
     return results
-
-
-@contextmanager
-def _none() -> Iterator[None]:
-    yield None
 
 
 def unfinished(results: dict[str, Any]) -> list[str]:

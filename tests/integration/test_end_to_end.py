@@ -11,27 +11,7 @@ from smsgw_client import Client
 
 from tests.helpers.phones import start_phones
 from tests.helpers.server import ServerProcess
-
-FINAL = {common_pb2.DELIVERED, common_pb2.FAILED, common_pb2.EXPIRED, common_pb2.CANCELLED}
-
-
-def _watch_until_final(client: Client, ids: set[str], after: int | None, limit: float) -> dict[str, list[int]]:
-    """Each message's recipient-0 state history from the stream, until all are final."""
-    history: dict[str, list[int]] = {i: [] for i in ids}
-    done: set[str] = set()
-    stream = client.watch_messages(after_event_id=after, timeout=limit)
-    try:
-        for event in stream:
-            if event.message_id in ids:
-                history[event.message_id].append(event.state)
-                if event.message_state in FINAL:
-                    done.add(event.message_id)
-                if done == ids:
-                    break
-    finally:
-        stream.close()
-    return history
-
+from tests.helpers.watch import watch_until_final
 
 def _assert_logs_clean(server: ServerProcess, secrets: list[str]) -> None:
     """No message body or full phone number in any server log line (RELIABILITY 31)."""
@@ -48,7 +28,7 @@ def test_one_message_reaches_delivered(server: ServerProcess) -> None:
             with Client(server.grpc_target, server.token) as client:
                 message = client.send_message(["+15551234567"], "your code is 424242")
                 history = await trio.to_thread.run_sync(
-                    lambda: _watch_until_final(client, {message.id}, 0, 20)
+                    lambda: watch_until_final(client, {message.id}, 0, 20)
                 )
                 assert history[message.id] == [
                     common_pb2.PENDING, common_pb2.DISPATCHED, common_pb2.ACCEPTED, common_pb2.SENT, common_pb2.DELIVERED
@@ -76,7 +56,7 @@ def test_hundred_messages_across_ten_phones(server: ServerProcess) -> None:
                     (await trio.to_thread.run_sync(lambda i=i: client.send_message([numbers[i]], bodies[i]))).id
                     for i in range(100)
                 ]
-                history = await trio.to_thread.run_sync(lambda: _watch_until_final(client, set(ids), 0, 60))
+                history = await trio.to_thread.run_sync(lambda: watch_until_final(client, set(ids), 0, 60))
                 for mid in ids:
                     assert history[mid][-1] == common_pb2.DELIVERED
                     assert history[mid].count(common_pb2.DELIVERED) == 1

@@ -27,8 +27,8 @@ from smsgw_client import (
 )
 from tests.helpers.phones import start_phones
 from tests.helpers.server import ServerProcess
+from tests.helpers.watch import watch_until_final
 
-FINAL = {common_pb2.DELIVERED, common_pb2.FAILED, common_pb2.EXPIRED, common_pb2.CANCELLED}
 INSTANT_MODEM = ModemOptions(send_delay=0, delivery_delay=0, android_limit_parts=0)
 
 
@@ -50,24 +50,6 @@ def quiet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     """A server without phones for the tests that only look at answers and storage."""
     with ServerProcess(tmp_path_factory.mktemp("bulk") / "data") as proc:
         yield proc
-
-
-def _watch_until_final(client: Client, ids: set[str], limit: float) -> dict[str, list[int]]:
-    """Each message's recipient-0 state history, from the start of the log until all are final."""
-    history: dict[str, list[int]] = {i: [] for i in ids}
-    done: set[str] = set()
-    stream = client.watch_messages(after_event_id=0, timeout=limit)
-    try:
-        for event in stream:
-            if event.message_id in ids:
-                history[event.message_id].append(event.state)
-                if event.message_state in FINAL:
-                    done.add(event.message_id)
-                if done == ids:
-                    break
-    finally:
-        stream.close()
-    return history
 
 
 # The phone's window (64) refills only as receipts come back, so the 1,000 go out in many
@@ -103,7 +85,7 @@ def test_a_thousand_in_one_call_are_stored_and_delivered(server: ServerProcess) 
                 assert ids == sorted(ids), "ids, and so FIFO order, follow the request order"
                 assert {r.message.device_id for r in results if r.message} == {phone.device_id}
                 await _wait_sent(phone, 1000)
-                history = await trio.to_thread.run_sync(lambda: _watch_until_final(client, set(ids), 60))
+                history = await trio.to_thread.run_sync(lambda: watch_until_final(client, set(ids), 0, 60))
                 assert all(h[0] == common_pb2.PENDING and h[-1] == common_pb2.DELIVERED for h in history.values())
                 assert Counter(phone.modem.sent) == Counter((mid, 0) for mid in ids), "each sent exactly once"
                 listed = await trio.to_thread.run_sync(lambda: list(client.iter_messages()))

@@ -6,7 +6,6 @@ On SQLite (a real file) and, for the lost race on a key, on PostgreSQL too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,11 @@ from gateway.storage.engine import Database
 from gateway.storage.models import DailyUsageRow, EventRow, MessageRow, RecipientRow
 from tests.helpers.accounts import create_owner
 from tests.helpers.postgres import throwaway_database
-from tests.unit.gateway.test_gw_repository import UNPACED, T0, World, new_message
+from tests.unit.gateway.test_gw_repository import UNPACED, T0, World, new_message, world  # noqa: F401 (the fixture)
 
 ALL = MessageFilter()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.db.close()
 
 
 def count(db: Database, table: Any) -> int:
