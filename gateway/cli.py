@@ -1,7 +1,9 @@
 """The `smsgw` command: serve, and the client commands (send, watch, devices, webhooks, simulate).
 
 Exit status: 0 success (send: DELIVERED, or SENT without a delivery report), 1 when a sent
-message ends FAILED / EXPIRED / CANCELLED, 2 on usage or connection errors.
+message ends FAILED / EXPIRED / CANCELLED, 2 on usage or connection errors, 130 when
+interrupted (Ctrl-C), 141 when the reader of stdout went away (`smsgw watch | head -1`): the
+statuses a shell reports for a process ended by SIGINT / SIGPIPE, so pipelines read them alike.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -276,19 +279,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("websockets", "device_bridge.websockets"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "bench":
-            return _bench(args)
-        if args.command == "users":
-            from gateway import cli_users
-
-            return cli_users.run(args)
-        from gateway import cli_client
-
-        return cli_client.run(args)
+        return _dispatch(args)
     except KeyboardInterrupt:
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED  # Ctrl-C is the user's choice: no traceback
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "users":
+        from gateway import cli_users
+
+        return cli_users.run(args)
+    from gateway import cli_client
+
+    return cli_client.run(args)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter flushes it at exit, and a flush into the
+    closed pipe would print "Exception ignored ... BrokenPipeError" after all."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (embedded use): nothing will be flushed
+        pass
 
 
 def _serve(args: argparse.Namespace) -> int:
