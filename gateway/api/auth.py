@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import grpc
 from smsgw.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
 
 from gateway.api.convert import timestamp
+from gateway.api.cursors import decode_id_token, encode_id_token
 from gateway.api.interceptors import current_caller, metadata_value
 from gateway.auth.records import TokenPair
 from gateway.auth.service import AuthService
@@ -18,7 +18,6 @@ __all__ = ["AuthServicer", "AuditServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _PAGE_DEFAULT, _PAGE_MAX = 50, 500
-_MAX_ID = 2**63 - 1  # audit ids are SQL BIGINTs
 
 
 def _pair_to_pb(pair: TokenPair) -> auth_pb2.TokenPair:
@@ -72,17 +71,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     ) -> audit_pb2.ListAuditEventsResponse:
         if request.page_size > _PAGE_MAX:
             raise InvalidArgument("page_size", f"at most {_PAGE_MAX}")
-        before_id = None
-        if request.page_token:
-            try:
-                before_id = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidArgument("page_token", "not a token from next_page_token") from None
-            if not 0 < before_id <= _MAX_ID:  # beyond a BIGINT the database refuses the query
-                raise InvalidArgument("page_token", "not a token from next_page_token")
+        before_id = decode_id_token(request.page_token) if request.page_token else None
         limit = request.page_size or _PAGE_DEFAULT
         records = await self.service.list_audit(current_caller().owner_id, request.action, limit, before_id)
-        token = base64.urlsafe_b64encode(str(records[-1].id).encode()).decode() if len(records) == limit else ""
+        token = encode_id_token(records[-1].id) if len(records) == limit else ""
         return audit_pb2.ListAuditEventsResponse(
             events=[
                 audit_pb2.AuditEvent(

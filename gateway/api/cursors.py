@@ -4,17 +4,27 @@ the event log (WatchMessages, WatchInbound) from a resumable event id."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from gateway.errors import InvalidArgument, Unavailable
 from gateway.messages.service import EventFeed
 
-__all__ = ["PAGE_MAX", "WATCH_BATCH", "page_limit", "encode_page_token", "decode_page_token", "start_cursor", "follow"]
+__all__ = [
+    "PAGE_MAX", "WATCH_BATCH", "page_limit", "encode_page_token", "decode_page_token", "encode_id_token",
+    "decode_id_token", "start_cursor", "follow",
+]
 
 PAGE_DEFAULT, PAGE_MAX = 50, 500
 WATCH_BATCH = 500
 _MAX_EVENT_ID = 2**63 - 1  # event ids are SQL BIGINTs
+# What a token may carry: a ULID in Crockford base32 as `str(ULID())` writes it (the first
+# character at most 7: 128 bits), or a positive decimal id. `str.isalnum` and `int` also take
+# any Unicode letter or digit, so the alphabets are spelled out.
+_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+_DECIMAL = re.compile(r"[1-9][0-9]{0,18}")
+_NOT_A_TOKEN = "not a token from next_page_token"
 # Safety net only: watchers are woken by the bus; this bounds a missed wake-up.
 _WATCH_POLL = 1.0
 
@@ -38,14 +48,37 @@ def encode_page_token(last_id: str) -> str:
     return base64.urlsafe_b64encode(last_id.encode()).decode()
 
 
+def _decode(token: str, alphabet: re.Pattern[str]) -> str:
+    """The value inside `token`, which must be exactly what `encode_page_token` writes for a
+    value in `alphabet`: urlsafe_b64decode alone skips characters outside base64's alphabet,
+    so the token is re-encoded and compared. Never raises anything but InvalidArgument."""
+    if not token.isascii() or len(token) > 64:
+        raise InvalidArgument("page_token", _NOT_A_TOKEN)
+    try:
+        value = base64.urlsafe_b64decode(token).decode("ascii")
+    except ValueError:  # binascii.Error and UnicodeDecodeError
+        raise InvalidArgument("page_token", _NOT_A_TOKEN) from None
+    if not alphabet.fullmatch(value) or encode_page_token(value) != token:
+        raise InvalidArgument("page_token", _NOT_A_TOKEN)
+    return value
+
+
 def decode_page_token(token: str) -> str:
     """The ULID a page token continues below; anything else is INVALID_ARGUMENT on page_token."""
-    try:
-        value = base64.urlsafe_b64decode(token.encode()).decode()
-    except ValueError:
-        raise InvalidArgument("page_token", "not a token from next_page_token") from None
-    if len(value) != 26 or not value.isalnum():
-        raise InvalidArgument("page_token", "not a token from next_page_token")
+    return _decode(token, _ULID)
+
+
+def encode_id_token(last_id: int) -> str:
+    """A page token over a positive integer id (the audit log)."""
+    return encode_page_token(str(last_id))
+
+
+def decode_id_token(token: str) -> int:
+    """The integer id (1..2**63-1, a BIGINT) an `encode_id_token` token carries; anything else is
+    INVALID_ARGUMENT on page_token."""
+    value = int(_decode(token, _DECIMAL))
+    if value > _MAX_EVENT_ID:
+        raise InvalidArgument("page_token", _NOT_A_TOKEN)
     return value
 
 
