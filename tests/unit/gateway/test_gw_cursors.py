@@ -25,13 +25,17 @@ def _refused(decode, token: str) -> None:  # type: ignore[no-untyped-def]
 
 
 @given(ulids)
-def test_ulid_tokens_round_trip(value: str) -> None:
+def test_ulid_tokens_round_trip_and_their_lower_case_copies_do_not(value: str) -> None:
     assert decode_page_token(encode_page_token(value)) == value
+    if value != value.lower():
+        _refused(decode_page_token, encode_page_token(value.lower()))
 
 
 @given(st.integers(1, 2**63 - 1))
-def test_id_tokens_round_trip(value: int) -> None:
+def test_id_tokens_round_trip_and_padded_copies_do_not(value: int) -> None:
     assert decode_id_token(encode_id_token(value)) == value
+    for padded in (f"0{value}", f"+{value}", f" {value}"):
+        _refused(decode_id_token, encode_page_token(padded))
 
 
 def _is_ulid(value: str) -> bool:
