@@ -1,0 +1,70 @@
+"""Node as a client of the real server: proto/ loads in @grpc/proto-loader with includeDirs
+[proto] alone, and grpc-js calls health, IssueToken (Basic), ListMessages (Bearer) and gets an
+INVALID_ARGUMENT whose google.rpc.BadRequest it decodes (clients/node/harness). Skipped without
+`node`, except where REQUIRE_NODE_TESTS is set (CI). clients/node/node_modules comes from
+scripts/bootstrap (npm ci)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smsgw_client import Client
+from tests.helpers.server import ServerProcess
+
+NODE_PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "node"
+NODE = shutil.which("node")
+
+if NODE is None and os.environ.get("REQUIRE_NODE_TESTS"):
+    raise RuntimeError("REQUIRE_NODE_TESTS is set but `node` is not on the PATH")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+
+def _node(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    assert NODE is not None
+    if not (NODE_PACKAGE / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.fail("clients/node/node_modules is missing: run scripts/bootstrap (it runs npm ci there)")
+    return subprocess.run([NODE, *args], cwd=NODE_PACKAGE, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_node_loads_every_proto_with_only_proto_as_include_dir() -> None:
+    done = _node("--test", "test/proto-load.test.js")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "# pass 4" in done.stdout
+
+
+def test_node_calls_the_real_server_and_decodes_error_details(server: ServerProcess) -> None:
+    with Client(server.grpc_target, server.token) as client:
+        sent = client.send_message(["+15551234567"], "from python")
+    request = {"target": server.grpc_target, "username": "admin", "password": server.admin_password,
+               "bad_phone": "5551234567"}
+    done = _node("harness/grpc-harness.js", stdin=json.dumps(request))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out: dict[str, Any] = json.loads(done.stdout)
+
+    assert out["health"] == {"status": "SERVING"}
+    token = out["token"]
+    assert token["token_type"] == "Bearer" and token["access_token"].count(".") == 2
+    assert isinstance(token["access_expires_at"]["seconds"], str)  # longs: String
+    assert 0 < int(token["access_expires_at"]["seconds"]) - time.time() <= 600 + 5
+
+    [message] = out["list"]["messages"]
+    assert message["id"] == sent.id
+    assert message["state"] == "PENDING"  # enums: String
+    assert message["content"] == "text_message"  # oneofs: true
+    assert message["text_message"]["text"] == "from python"
+    assert message["device_id"] == ""  # defaults: true
+
+    error = out["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    status = error["status"]
+    assert status["code"] == 3 and status["message"] == error["details"]
+    bad_requests = [d for d in status["details"] if d["@type"] == "google.rpc.BadRequest"]
+    assert [v["field"] for v in bad_requests[0]["field_violations"]] == ["phone_numbers[0]"]
