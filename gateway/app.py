@@ -45,7 +45,8 @@ from gateway.inbound.service import InboundService
 from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
-from gateway.storage.engine import Database
+from gateway.private_files import create_private_file, ensure_private_dir, tighten, write_private_file
+from gateway.storage.engine import Database, sqlite_file
 from gateway.tls import bridge_ssl_context, check_plaintext_allowed
 from gateway.types import utcnow
 from gateway.webhooks.repository import WebhookRepository
@@ -54,7 +55,7 @@ from gateway.webhooks.service import WebhookService
 from gateway.webhooks.ssrf import Policy
 from gateway.webhooks.worker import WebhookWorker
 
-__all__ = ["serve", "ensure_admin_account", "split_hostport", "write_secret_file"]
+__all__ = ["serve", "ensure_admin_account", "split_hostport"]
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,6 @@ def split_hostport(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"expected HOST:PORT with a port 0..65535, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def write_secret_file(path: Path, text: str) -> None:
-    """Write a credential readable by its owner only (0600), replacing any old one."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
 
 
 def ensure_admin_account(auth: AuthRepository, data_dir: Path) -> tuple[Path, bool]:
@@ -93,7 +86,7 @@ def ensure_admin_account(auth: AuthRepository, data_dir: Path) -> tuple[Path, bo
         auth.update_account(accounts[0].username, utcnow(), password_hash=hashed, scopes=ALL_SCOPES)
     else:
         auth.create_account("admin", hashed, ALL_SCOPES, utcnow(), AuditEntry("account.create", actor="admin", source="serve"))
-    write_secret_file(path, password)
+    write_private_file(path, password + "\n")
     return path, True
 
 
@@ -215,8 +208,9 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     check_plaintext_allowed(settings)  # RELIABILITY 25, before anything listens
     bridge_ssl = bridge_ssl_context(settings.bridge)  # gRPC's credentials: gateway.api.server
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.umask(0o077)  # the database holds message texts and numbers: owner-only files
+    ensure_private_dir(data_dir)
+    tighten(_private_paths(settings), log)  # an older version's or a hand-made data directory
+    os.umask(0o077)  # anything else this process creates (a library's file) is owner-only too
     lock = _lock_data_dir(data_dir)
     db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
     db.migrate()
@@ -291,8 +285,23 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
         lock.close()
 
 
+# Files of the data directory `serve` makes owner-only when it finds them open.
+_DATA_FILES = ("admin.password", "jwt.secret", "credentials.json", "simulator.json", "endpoints.json", "smsgw.lock")
+
+
+def _private_paths(settings: Settings) -> list[Path]:
+    """The data directory, its known files, and a SQLite database with its -wal/-shm/-journal
+    (not a database's other directory: that may be anyone's)."""
+    paths = [settings.data_dir, *(settings.data_dir / name for name in _DATA_FILES)]
+    db = sqlite_file(settings.database_url)
+    if db is not None:
+        paths += [db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+    return list(dict.fromkeys(paths))
+
+
 def _lock_data_dir(data_dir: Path) -> IO[str]:
     """One server per data directory: a second would share the database but not the phones."""
+    create_private_file(data_dir / "smsgw.lock")
     lock = open(data_dir / "smsgw.lock", "w")  # noqa: SIM115 — held for the server's life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -303,7 +312,5 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+    write_private_file(path, json.dumps(value, indent=2) + "\n")
 

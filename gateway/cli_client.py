@@ -14,6 +14,7 @@ from smsgw_client import Client, DeadlineExceeded, SmsgwError, tls_credentials
 
 from gateway import cli_inbound, cli_messages, cli_webhooks
 from gateway.cli_credentials import StoredCredentials, credentials_path
+from gateway.private_files import ensure_private_dir
 from gateway.cli_users import read_password
 from gateway.redact import redact_number
 from gateway.types import State, is_settled
@@ -285,6 +286,7 @@ def _simulate(args: argparse.Namespace) -> int:
         private_token = os.environ.get(args.private_token_env, "")
         if not private_token:
             return _usage(f"--private-token-env: ${args.private_token_env} is not set")
+    ensure_private_dir(args.state_file.parent)  # it will hold the phones' credentials
     options = SimulatorOptions(
         server=args.server,
         token=_token(args),

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gateway.private_files import ensure_private_dir, write_private_file
 from smsgw.v1 import auth_pb2
 
 __all__ = ["StoredCredentials", "DEFAULT_CREDENTIALS", "credentials_path"]
@@ -52,13 +53,8 @@ class StoredCredentials:
         return cls(**json.loads(path.read_text()))
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=2)
-        tmp.replace(path)
+        ensure_private_dir(path.parent)
+        write_private_file(path, json.dumps(asdict(self), indent=2))
 
     def access_expiring(self) -> bool:
         return datetime.fromisoformat(self.access_expires_at) - _REFRESH_MARGIN <= datetime.now(UTC)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.auth.scopes import Scope, parse_scopes
 from gateway.config import JwtSettings
 from gateway.errors import Unauthenticated
+from gateway.private_files import write_private_file
 
 __all__ = ["TokenKind", "Claims", "JwtKeys", "TokenCodec", "load_or_create_secret"]
 
@@ -131,9 +131,7 @@ def load_or_create_secret(path: Path) -> str:
         secret = path.read_text().strip()
     except FileNotFoundError:
         secret = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
+        write_private_file(path, secret + "\n")
     if len(secret) < 32:
         raise ValueError(f"{path}: a JWT secret must be at least 32 characters")
     return secret

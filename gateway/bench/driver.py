@@ -30,6 +30,7 @@ from gateway.bench.fleet import raise_open_files_limit
 from gateway.bench.processes import FleetProc, ServerRun
 from gateway.bench.report import render, rows
 from gateway.bench.scenarios import Api, bulk, idle, latency, pair_phones, quiet, storm, throughput
+from gateway.private_files import ensure_private_dir
 
 __all__ = ["Options", "run", "unfinished"]
 
@@ -189,7 +190,7 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
     raise_open_files_limit(o.idle_phones + 1000)  # inherited by the server and the fleet
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="smsgw-bench-")) if o.work_dir is None else o.work_dir
-    work.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(work)  # the servers' data directories and the phones' credentials
     results: dict[str, Any] = {"machine": _machine(), "options": {**asdict(o), "output": str(o.output),
                                                                    "work_dir": str(o.work_dir or "")}}
 

@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
+from gateway.private_files import create_private_file, ensure_private_dir
 from gateway.storage import models  # noqa: F401  (registers the tables)
 
-__all__ = ["Database", "AFTER_COMMIT"]
+__all__ = ["Database", "AFTER_COMMIT", "sqlite_file"]
 
 # session.info key: callables a writer registers to run once its transaction is durable.
 AFTER_COMMIT = "smsgw.after_commit"
@@ -40,9 +41,12 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
-            path = url.removeprefix("sqlite:///")
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            path = sqlite_file(url)
+            if path is not None:
+                # Owner-only from the start (accounts, secrets, bodies); SQLite gives its
+                # -wal and -shm files the database file's mode.
+                ensure_private_dir(path.parent)
+                create_private_file(path)
             else:
                 kwargs["poolclass"] = StaticPool
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -99,6 +103,14 @@ class Database:
     def close(self) -> None:
         self._committer.close()
         self.engine.dispose()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for PostgreSQL or an in-memory database."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 _Job = tuple[Callable[[Session], Any], "Future[Any]"]
