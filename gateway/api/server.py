@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from smsgw.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -27,6 +26,7 @@ from gateway.api.devices import DeviceServicer
 from gateway.api.inbound import InboundServicer
 from gateway.api.interceptors import ApiInterceptor
 from gateway.api.messages import MessageServicer
+from gateway.api.reflection import enable_reflection
 from gateway.api.webhooks import WebhookServicer
 from gateway.auth.service import AuthService
 from gateway.config import Settings
@@ -94,9 +94,7 @@ async def start_grpc_server(
     webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     # TLS when configured (mTLS with tls_client_ca_file); plaintext only where
     # gateway.tls.check_plaintext_allowed let it through (loopback or gateway.insecure).
     credentials = grpc_server_credentials(settings.grpc)
