@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 from smsgw.v1 import common_pb2
-from smsgw_client import Client, DeadlineExceeded, SmsgwError, tls_credentials
+from smsgw_client import Client, DeadlineExceeded, SmsgwError, Unauthenticated, tls_credentials
 
 from gateway import cli_inbound, cli_messages, cli_webhooks
 from gateway.cli_credentials import StoredCredentials, credentials_path
@@ -66,24 +66,64 @@ def _login(args: argparse.Namespace) -> int:
             args.user, password, scopes=args.scope, access_ttl=args.access_ttl, refresh_ttl=args.refresh_ttl
         )
     StoredCredentials.from_pair(args.server, args.user, pair).save(path)
-    print(f"signed in as {args.user}; scopes {' '.join(pair.scopes)}")
-    print(f"tokens in {path} (access until {pair.access_expires_at.ToJsonString()}, refreshed when needed)")
+    # With --print stdout carries the token alone, for SMSGW_TOKEN=$(smsgw login --print ...).
+    human = sys.stderr if args.print else sys.stdout
+    print(f"signed in as {args.user}; scopes {' '.join(pair.scopes)}", file=human)
+    print(f"tokens in {path} (access until {pair.access_expires_at.ToJsonString()}, refreshed when needed)", file=human)
     if args.print:
         print(pair.access_token)
     return EXIT_OK
 
 
 def _logout(args: argparse.Namespace) -> int:
+    """Revoke the stored sign-in on the server, then delete the credentials file whatever the
+    server said: a user who logs out wants no usable tokens left on disk. Exit 0 when the server
+    revoked the sign-in (or it was already void), 1 when it could not (tokens may stay valid
+    until they expire); the reason goes to stderr."""
     path = credentials_path(args.credentials)
     try:
         stored = StoredCredentials.load(path)
     except (OSError, ValueError, TypeError):
         return _usage(f"not signed in ({path})")
-    with Client(args.server, _token(args), credentials=_channel_credentials(args)) as client:
+    try:
+        with Client(args.server, credentials=_channel_credentials(args)) as client:
+            outcome = _revoke_sign_in(client, stored)
+    finally:
+        path.unlink(missing_ok=True)
+    if outcome is None:
+        print(f"signed out: {path} deleted; the sign-in's tokens are revoked on the server", file=sys.stderr)
+        return EXIT_OK
+    print(f"signed out: {path} deleted, but the server did not revoke the sign-in ({outcome}); "
+          "its tokens stay valid until they expire", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _revoke_sign_in(client: Client, stored: StoredCredentials) -> str | None:
+    """Revoke the sign-in's token family; None when done (or already void), else why not.
+
+    The access token may be expired or revoked on its own (`smsgw token revoke`); the refresh
+    token then still proves the sign-in: it is traded for a fresh pair whose access token
+    revokes the family."""
+    client.set_token(stored.access_token)
+    try:
         client.revoke_token(stored.refresh_jti)
-    path.unlink(missing_ok=True)
-    print("signed out; the sign-in's tokens are revoked")
-    return EXIT_OK
+        return None
+    except Unauthenticated:
+        pass
+    except SmsgwError as exc:
+        return f"{exc.code.name}: {exc.details}"
+    try:
+        pair = client.refresh_token(stored.refresh_token)
+    except Unauthenticated:
+        return None  # the refresh token is spent, revoked or expired: nothing left to revoke
+    except SmsgwError as exc:
+        return f"{exc.code.name}: {exc.details}"
+    client.set_token(pair.access_token)
+    try:
+        client.revoke_token(pair.refresh_jti)
+    except SmsgwError as exc:
+        return f"{exc.code.name}: {exc.details}"
+    return None
 
 
 def _usage(message: str) -> int:
