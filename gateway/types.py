@@ -1,7 +1,8 @@
 """Domain types shared by the core and the bridge: ids, states and the forward-only state rule.
 
 The state table is the one place that decides which recipient transitions are legal
-(DESIGN.md "Message model"); everything that writes a state asks `may_move`.
+(DESIGN.md "Message model"); everything that writes a state asks `may_move`. Forward only,
+except that a phone's SENT / DELIVERED overrides the server's EXPIRED / CANCELLED.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ __all__ = [
     "FINAL_STATES",
     "UNACCEPTED_STATES",
     "UNSENT_STATES",
+    "PROVISIONAL_STATES",
+    "PHONE_EVIDENCE",
     "may_move",
     "is_settled",
     "derive_message_state",
@@ -48,6 +51,11 @@ FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.EXPIRED, State.CA
 UNACCEPTED_STATES = frozenset({State.PENDING, State.DISPATCHED})
 # "Not yet sent": what valid_until can still expire.
 UNSENT_STATES = frozenset({State.PENDING, State.DISPATCHED, State.ACCEPTED})
+# Final states the server chose on its own (a clock, a client's cancel) while a phone may
+# already hold the recipient: a guess about the air, not a report from it.
+PROVISIONAL_STATES = frozenset({State.EXPIRED, State.CANCELLED})
+# What only a phone reports, and only once the SMS went out: it overrides a provisional state.
+PHONE_EVIDENCE = frozenset({State.SENT, State.DELIVERED})
 
 # Rank along the forward path. PENDING and DISPATCHED share a rank: a dispatch to a
 # session that dies before the phone accepts returns the message to PENDING, and
@@ -67,11 +75,16 @@ _RANK = {
 def may_move(old: State, new: State) -> bool:
     """Whether a recipient may go from `old` to `new`.
 
-    Final states never change. Otherwise the move must go up in rank, except the
-    PENDING <-> DISPATCHED pair (dispatch, and return after a lost session).
-    CANCELLED is only reachable before a phone accepted the recipient, EXPIRED before
-    it was sent (the phone is told to drop it).
+    The phone's truth wins over the server's guess: EXPIRED and CANCELLED (the server's
+    verdicts, sent to the phone as a Drop it may get too late) yield to SENT or DELIVERED,
+    which only a phone's receipt sets: the SMS went out, and what went out cannot be
+    called back. Other final states never change (FAILED and DELIVERED are the phone's
+    own word). Otherwise the move must go up in rank, except the PENDING <-> DISPATCHED
+    pair (dispatch, and return after a lost session). CANCELLED is only reachable before
+    a phone accepted the recipient, EXPIRED before it was sent (the phone is told to drop it).
     """
+    if old in PROVISIONAL_STATES and new in PHONE_EVIDENCE:
+        return True
     if old in FINAL_STATES or old == new:
         return False
     if new == State.CANCELLED:

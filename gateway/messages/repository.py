@@ -47,7 +47,9 @@ from gateway.messages.retry import RETRYABLE, backoff
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
 from gateway.webhooks.outbox import enqueue
 from gateway.webhooks.payloads import MESSAGE_EVENTS, message_body
-from gateway.types import FINAL_STATES, UNACCEPTED_STATES, UNSENT_STATES, EventKind, State, derive_message_state, may_move
+from gateway.types import (
+    FINAL_STATES, PROVISIONAL_STATES, UNACCEPTED_STATES, UNSENT_STATES, EventKind, State, derive_message_state, may_move,
+)
 
 __all__ = ["MessageRepository", "to_utc", "pacing_defaults"]
 
@@ -559,6 +561,7 @@ class MessageRepository:
 
     def apply_receipts(self, device_id: str, receipts: Sequence[ReceiptUpdate], now: datetime) -> int:
         """Apply a phone's receipts, forward only; stale, repeated or foreign ones change nothing.
+        A SENT / DELIVERED overrides EXPIRED / CANCELLED (`may_move`: the SMS went out).
 
         A report on one part of a multipart SMS updates the part counts; the recipient moves
         to SENT / DELIVERED once every part has. A retryable FAILED (gateway.messages.retry)
@@ -623,6 +626,13 @@ class MessageRepository:
             if done < total:
                 return changed  # one part of several: counted, no state change, no event
             return changed + self._transition(s, row, rs, receipt.state, "", now, only=[r])
+        if State(r.state) in PROVISIONAL_STATES:
+            # Expired or cancelled, and the phone failed it anyway: nothing went out whole, as the
+            # state already says (may_move keeps it). Only the parts that did go out are recorded.
+            if receipt.parts_done > r.parts_sent:
+                r.parts_sent = min(receipt.parts_done, total)
+                s.add(r)
+            return changed
         if State(r.state) in FINAL_STATES:
             return changed  # a late FAILED for a finished recipient: not even its last_error changes
         cls = receipt.failure_class or "generic_failure"

@@ -1124,9 +1124,12 @@ def test_expire_due_moves_every_unsent_recipient_past_valid_until(world: World) 
     assert batch.drops == {dispatched.id: E, accepted.id: E, half_sent.id: E}
     assert ids(batch) == [future.id, forever.id]
     assert repo.dispatch(dev, "s1", 5, soon).drops == {}
-    # A late SENT for an expired recipient changes nothing.
-    assert repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, S, 0)], soon) == 0
+    # A late ACCEPTED for an expired recipient changes nothing (the phone obeys the Drop); a
+    # late SENT is the phone's truth: it went out (test_gw_phone_truth.py).
+    assert repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, A, 0)], soon) == 0
     assert world.state(accepted.id) == E
+    assert repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, S, 0)], soon) == 1
+    assert world.state(accepted.id) == S
 
 
 def test_expire_due_drains_every_due_message_in_batches(world: World) -> None:

@@ -387,8 +387,10 @@ def test_expiry_of_pending_dispatched_and_accepted_recipients(tmp_path: Path) ->
             dispatched.id: E, accepted.id: E, pending.id: E
         }
         assert repo.dispatch(dev, "s2", 10, until + 3 * SEC).units == []
-        # Late receipts change nothing.
-        assert repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, S, 0), ReceiptUpdate(dispatched.id, A, 0)], until) == 0
+        # A late ACCEPTED changes nothing (the phone obeys the Drop); a late SENT is the
+        # phone's truth and moves the recipient on (test_gw_phone_truth.py).
+        assert repo.apply_receipts(dev, [ReceiptUpdate(accepted.id, S, 0), ReceiptUpdate(dispatched.id, A, 0)], until) == 1
+        assert [world.state(x.id) for x in (dispatched, accepted)] == [E, S]
     finally:
         world.db.close()
 

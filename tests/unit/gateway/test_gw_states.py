@@ -5,7 +5,9 @@ FAILED / EXPIRED (before send) / CANCELLED; transitions only move forward, a lat
 repeated receipt never moves a state back. EXPIRED is reachable until a phone reports SENT
 (issue 4: a phone holding an expired recipient is told to drop it); CANCELLED only before a
 phone accepted. (A retry after a retryable failure is a new attempt, not a move: see
-test_gw_scheduler.)
+test_gw_scheduler.) The phone's truth wins over the server's guess (issue 14): EXPIRED and
+CANCELLED, chosen by the server while a phone may hold the recipient, yield to a SENT or
+DELIVERED the phone reports; FAILED and DELIVERED, the phone's own word, never change.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.types import FINAL_STATES, UNACCEPTED_STATES, State, derive_message_state, may_move
+from gateway.types import FINAL_STATES, PROVISIONAL_STATES, UNACCEPTED_STATES, State, derive_message_state, may_move
 
 P, D, A, S = State.PENDING, State.DISPATCHED, State.ACCEPTED, State.SENT
 DL, F, E, C = State.DELIVERED, State.FAILED, State.EXPIRED, State.CANCELLED
@@ -29,8 +31,8 @@ ALLOWED: dict[State, set[State]] = {
     S: {DL, F},
     DL: set(),
     F: set(),
-    E: set(),
-    C: set(),
+    E: {S, DL},  # the phone sent it after all (the Drop came too late)
+    C: {S, DL},
 }
 
 # The rank along the forward path (PENDING and DISPATCHED share one).
@@ -42,6 +44,7 @@ def test_table_covers_every_state() -> None:
     assert len(State) == 8
     assert FINAL_STATES == {DL, F, E, C}
     assert UNACCEPTED_STATES == {P, D}
+    assert PROVISIONAL_STATES == {E, C}
 
 
 @pytest.mark.parametrize(
@@ -51,9 +54,16 @@ def test_may_move_table(old: State, new: State) -> None:
     assert may_move(old, new) is (new in ALLOWED[old])
 
 
-@pytest.mark.parametrize("final", sorted(FINAL_STATES))
-def test_final_states_never_change(final: State) -> None:
+@pytest.mark.parametrize("final", [DL, F])
+def test_the_phones_final_states_never_change(final: State) -> None:
     assert not any(may_move(final, new) for new in State)
+
+
+@pytest.mark.parametrize("provisional", [E, C])
+def test_server_verdicts_yield_only_to_the_phone_sending(provisional: State) -> None:
+    """EXPIRED / CANCELLED move only to SENT or DELIVERED (never back to the forward path:
+    an ACCEPTED receipt for a dropped recipient, or a FAILED, leaves the verdict)."""
+    assert {new for new in State if may_move(provisional, new)} == {S, DL}
 
 
 def test_cancelled_only_before_a_phone_accepted() -> None:
@@ -67,16 +77,24 @@ def test_expired_only_before_a_phone_sent() -> None:
 @given(st.lists(st.sampled_from(list(State)), max_size=40), st.sampled_from([P, D]))
 @settings(max_examples=200, database=None)
 def test_any_attempted_sequence_keeps_rank_non_decreasing(attempts: list[State], start: State) -> None:
+    """Nothing moves backwards, except a provisional server verdict (EXPIRED / CANCELLED)
+    overridden by the phone's evidence (SENT / DELIVERED), at most once per history."""
     history = [start]
     for new in attempts:
         if may_move(history[-1], new):
             history.append(new)
+    overrides = 0
     for before, after in itertools.pairwise(history):
+        if before in PROVISIONAL_STATES:
+            assert after in (S, DL), history
+            overrides += 1
+            continue
         assert RANK[after] >= RANK[before], history
         # Equal rank only for the PENDING <-> DISPATCHED pair.
         if RANK[after] == RANK[before]:
             assert {before, after} == {P, D}, history
         assert before not in FINAL_STATES, history
+    assert overrides <= 1, history
     # Once accepted, CANCELLED is unreachable; once sent, EXPIRED too.
     if A in history or S in history:
         first_accepted = min(i for i, s in enumerate(history) if s in (A, S))
