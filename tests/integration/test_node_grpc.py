@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -19,7 +20,8 @@ import pytest
 from smsgw_client import Client
 from tests.helpers.server import ServerProcess
 
-NODE_PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "node"
+ROOT = Path(__file__).resolve().parents[2]
+NODE_PACKAGE = ROOT / "clients" / "node"
 NODE = shutil.which("node")
 
 if NODE is None and os.environ.get("REQUIRE_NODE_TESTS"):
@@ -68,3 +70,22 @@ def test_node_calls_the_real_server_and_decodes_error_details(server: ServerProc
     assert status["code"] == 3 and status["message"] == error["details"]
     bad_requests = [d for d in status["details"] if d["@type"] == "google.rpc.BadRequest"]
     assert [v["field"] for v in bad_requests[0]["field_violations"]] == ["phone_numbers[0]"]
+
+
+def test_the_readme_node_snippet_runs_as_written(server: ServerProcess, tmp_path: Path) -> None:
+    """README "For client developers" Node block, with only the target and the credentials
+    swapped in; run from the repository root (includeDirs ["proto"]) with clients/node's modules."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [snippet] = re.findall(r"- Other languages:.*?```js\n(.*?)```", readme, flags=re.S)
+    assert snippet.count('"127.0.0.1:50051"') == 1 and snippet.count('"alice:password"') == 1
+    snippet = snippet.replace('"127.0.0.1:50051"', json.dumps(server.grpc_target))
+    snippet = snippet.replace('"alice:password"', json.dumps(f"admin:{server.admin_password}"))
+    snippet += '\nconsole.log(JSON.stringify({ token_type: tokens.token_type, listed: page.messages.length }));\n'
+    (tmp_path / "node_modules").symlink_to(NODE_PACKAGE / "node_modules")
+    (tmp_path / "snippet.mjs").write_text(snippet, encoding="utf-8")
+    _node("--version")  # fails clearly when node_modules is missing
+    assert NODE is not None
+    done = subprocess.run([NODE, str(tmp_path / "snippet.mjs")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "field: 'phone_numbers[0]'" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"token_type": "Bearer", "listed": 0}
