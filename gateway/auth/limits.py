@@ -60,7 +60,13 @@ class RateLimiter:
 
 
 class FailureTracker:
-    """Counts failed authentications per source; `limit` within `window` s locks it for `lockout` s."""
+    """Counts failed authentications per source address, each tagged with the account it aimed
+    at; `limit` within `window` s locks the address out for `lockout` s.
+
+    A successful sign-in forgives only that address's failures against the same account (its
+    user's typos), never those against other accounts or naming none: otherwise anyone with an
+    account could reset the count between guesses at another one (issue 14, item 5).
+    """
 
     def __init__(
         self, limit: int, window: float, lockout: float, *, clock: Clock = time.monotonic, max_keys: int = _MAX_KEYS
@@ -70,7 +76,7 @@ class FailureTracker:
         self.lockout = lockout
         self.clock = clock
         self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
         self._locked_until: dict[str, float] = {}
 
     def locked_for(self, source: str) -> float:
@@ -84,8 +90,9 @@ class FailureTracker:
             return 0.0
         return left
 
-    def fail(self, source: str) -> bool:
-        """Record a failure; True when this one locked the source out."""
+    def fail(self, source: str, account: str = "") -> bool:
+        """Record a failure from `source` against `account` ("" = none known); True when this
+        one locked the source out."""
         now = self.clock()
         times = self._failures.get(source)
         if times is None:
@@ -94,8 +101,8 @@ class FailureTracker:
                 self._failures.popitem(last=False)
         else:
             self._failures.move_to_end(source)
-        times.append(now)
-        while times and now - times[0] > self.window:
+        times.append((now, account))
+        while times and now - times[0][0] > self.window:
             times.popleft()
         if len(times) >= self.limit:
             # Re-inserted so that the table is in lockout order; bounded like the counts.
@@ -107,6 +114,15 @@ class FailureTracker:
             return True
         return False
 
-    def succeed(self, source: str) -> None:
-        """A successful sign-in clears the count (not an active lockout)."""
-        self._failures.pop(source, None)
+    def succeed(self, source: str, account: str) -> None:
+        """A successful sign-in to `account` from `source` clears the failures from `source`
+        against `account` (not those against other accounts, nor an active lockout)."""
+        times = self._failures.get(source)
+        if times is None or not account:
+            return
+        kept = [entry for entry in times if entry[1] != account]
+        if not kept:
+            del self._failures[source]
+        elif len(kept) < len(times):
+            times.clear()
+            times.extend(kept)

@@ -132,8 +132,9 @@ class AuthService:
             )
 
     async def failed(self, source: str, why: str, *, owner_id: str | None = None, actor: str = "") -> None:
-        """Count a failed authentication against `source` and audit it."""
-        locked = self.failures.fail(source)
+        """Count a failed authentication from `source` (against `owner_id`'s account, when
+        known) and audit it."""
+        locked = self.failures.fail(source, owner_id or "")
         if self.metrics is not None:
             self.metrics.auth_failures.inc()
         detail = why + ("; address locked out" if locked else "")
@@ -167,7 +168,7 @@ class AuthService:
             owner = found[0].id if found else None
             await self.failed(source, "wrong username or password", owner_id=owner, actor=username if found else "")
             raise Unauthenticated("wrong username or password")
-        self.failures.succeed(source)
+        self.failures.succeed(source, found[0].id)
         return found[0]
 
     async def issue(

@@ -115,17 +115,58 @@ def test_failures_spread_beyond_the_window_do_not_lock_out() -> None:
     assert tracker.locked_for("ip") == 0
 
 
-def test_succeed_clears_the_count_but_not_an_active_lockout() -> None:
+def test_succeed_clears_its_accounts_count_but_not_an_active_lockout() -> None:
     clock = FakeClock()
     tracker = FailureTracker(limit=3, window=60, lockout=300, clock=clock)
-    tracker.fail("ip")
-    tracker.fail("ip")
-    tracker.succeed("ip")
-    assert tracker.fail("ip") is False
-    assert tracker.fail("ip") is False
-    assert tracker.fail("ip") is True
-    tracker.succeed("ip")
+    tracker.fail("ip", "alice")
+    tracker.fail("ip", "alice")
+    tracker.succeed("ip", "alice")  # her own typos are forgiven
+    assert tracker.fail("ip", "alice") is False
+    assert tracker.fail("ip", "alice") is False
+    assert tracker.fail("ip", "alice") is True
+    tracker.succeed("ip", "alice")
     assert tracker.locked_for("ip") == pytest.approx(300)
+
+
+def test_alternating_guesses_and_sign_ins_to_another_account_lock_out() -> None:
+    """Issue 14, item 5: 9 wrong guesses at admin, 1 good sign-in with one's own account, and
+    again; a success reset the whole count of the address, so this never locked."""
+    clock = FakeClock()
+    tracker = FailureTracker(limit=10, window=300, lockout=300, clock=clock)
+    guesses = 0
+    for _ in range(3):  # bounded: 30 guesses at most
+        for _ in range(9):
+            guesses += 1
+            if tracker.fail("ip", "admin"):
+                break
+            clock.advance(0.01)
+        if tracker.locked_for("ip"):
+            break
+        tracker.succeed("ip", "mallory")
+    assert tracker.locked_for("ip") == pytest.approx(300)
+    assert guesses == 10  # the tenth guess at admin locks, whatever came between
+
+
+def test_a_success_keeps_failures_naming_no_account() -> None:
+    clock = FakeClock()
+    tracker = FailureTracker(limit=3, window=60, lockout=300, clock=clock)
+    tracker.fail("ip")  # a bad bearer token: no account known
+    tracker.fail("ip", "admin")
+    tracker.succeed("ip", "mallory")
+    tracker.succeed("ip", "")  # names no account: clears nothing
+    assert tracker.fail("ip", "mallory") is True
+
+
+def test_counts_still_decay_with_the_window() -> None:
+    clock = FakeClock()
+    tracker = FailureTracker(limit=3, window=60, lockout=300, clock=clock)
+    tracker.fail("ip", "admin")
+    tracker.fail("ip", "admin")
+    tracker.succeed("ip", "mallory")
+    clock.advance(61)
+    assert tracker.fail("ip", "admin") is False  # the two older ones left the window
+    assert tracker.fail("ip", "bob") is False
+    assert tracker.fail("ip", "admin") is True
 
 
 def test_sources_are_independent() -> None:
