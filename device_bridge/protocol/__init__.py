@@ -9,7 +9,7 @@ The wire contract is ``proto/smsgw/device/v1/device.proto``.
 from __future__ import annotations
 
 from .codec import PRIVATE_TOKEN_HEADER, SUBPROTOCOLS, CloseCode, Encoding, decode, encode
-from .errors import MAX_REASON_BYTES, InvalidState, ProtocolError, RemoteProtocolError
+from .errors import MAX_REASON_BYTES, InvalidEvent, InvalidState, ProtocolError, RemoteProtocolError
 from .events import (
     AckReceived,
     Credentials,
@@ -22,15 +22,19 @@ from .events import (
     HelloReceived,
     InboundReceived,
     InboundSms,
+    InvalidEventReceived,
     PacingSettings,
     Receipt,
     ReceiptReceived,
     ReceiptState,
+    RejectReason,
+    RejectReceived,
     SettingsReceived,
     Side,
     SimInfo,
     SimPacing,
     WelcomeReceived,
+    cut_inbound_body,
 )
 from .flow import MAX_WINDOW, FlowWindow
 from .session import DeviceSession, SessionState, SessionStatistics
@@ -55,12 +59,16 @@ __all__ = [
     "HelloReceived",
     "InboundReceived",
     "InboundSms",
+    "InvalidEvent",
+    "InvalidEventReceived",
     "InvalidState",
     "PacingSettings",
     "ProtocolError",
     "Receipt",
     "ReceiptReceived",
     "ReceiptState",
+    "RejectReason",
+    "RejectReceived",
     "RemoteProtocolError",
     "SessionState",
     "SessionStatistics",
@@ -69,6 +77,7 @@ __all__ = [
     "SimInfo",
     "SimPacing",
     "WelcomeReceived",
+    "cut_inbound_body",
     "decode",
     "encode",
 ]

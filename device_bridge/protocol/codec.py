@@ -8,8 +8,10 @@ This is the only module of the protocol package that touches protobuf
 classes: :func:`encode` / :func:`decode` handle whole frames, and the
 ``*_to_proto`` / ``*_from_proto`` pairs convert between the wire messages and
 the dataclasses of ``events.py``. Everything a peer can send is turned into
-:class:`RemoteProtocolError` (``BAD_FRAME``) here; no other exception escapes
-:func:`decode` or a ``*_from_proto`` function.
+:class:`RemoteProtocolError` (``BAD_FRAME``) here, except a Receipt or Inbound
+that names its event id: that one is :class:`InvalidEvent` (refuse the event,
+keep the session). No other exception escapes :func:`decode` or a
+``*_from_proto`` function.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgw.device.v1 import device_pb2
 
-from .errors import RemoteProtocolError
+from .errors import InvalidEvent, ProtocolError, RemoteProtocolError
 from .events import (
     AckReceived,
     Credentials,
@@ -36,10 +38,12 @@ from .events import (
     InboundSms,
     PacingSettings,
     Receipt,
+    RejectReceived,
     SettingsReceived,
     SimInfo,
     SimPacing,
     WelcomeReceived,
+    cut_inbound_body,
 )
 
 __all__ = [
@@ -61,6 +65,8 @@ __all__ = [
     "inbound_to_proto",
     "receipt_from_proto",
     "receipt_to_proto",
+    "reject_from_proto",
+    "reject_to_proto",
     "settings_from_proto",
     "settings_to_proto",
     "timestamp_from_proto",
@@ -73,7 +79,7 @@ __all__ = [
 class CloseCode(IntEnum):
     """Application close codes; mirrors ``smsgw.device.v1.CloseCode`` (see the proto)."""
 
-    BAD_FRAME = 4000  # undecodable frame, wrong frame type, invalid field values
+    BAD_FRAME = 4000  # undecodable frame, wrong frame type, invalid field values, an event without event_id
     PROTOCOL_VIOLATION = 4001  # a valid frame at the wrong time
     WINDOW_EXCEEDED = 4002  # more Delivers in flight than the window
     REPLACED = 4003  # a newer session for the same device took over
@@ -186,6 +192,14 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _invalid(kind: str, exc: Exception) -> RemoteProtocolError:
     # Validation messages from events.py name fields, never values.
     return RemoteProtocolError(_BAD_FRAME, f"invalid {kind}: {exc}")
+
+
+def _invalid_event(kind: str, event_id: int, exc: Exception) -> ProtocolError:
+    """A device event that can be named (event_id > 0) is refused alone; one that cannot
+    (event_id 0) leaves nothing to refuse, so the frame is bad."""
+    if event_id == 0:
+        return _invalid(kind, exc)
+    return InvalidEvent(event_id, kind, str(exc))
 
 
 # --- timestamps ---------------------------------------------------------------
@@ -394,8 +408,9 @@ def receipt_from_proto(message: device_pb2.Receipt) -> Receipt:
     """Validate a received ``Receipt``.
 
     Raises:
-        RemoteProtocolError: ``BAD_FRAME`` (event id 0, empty message id,
-            unspecified or unknown state, ...).
+        RemoteProtocolError: ``BAD_FRAME``: event id 0 (the event cannot be named).
+        InvalidEvent: any other invalid field (empty message id, unspecified or
+            unknown state, ...): refuse this event, keep the session.
     """
     try:
         return Receipt(
@@ -411,7 +426,7 @@ def receipt_from_proto(message: device_pb2.Receipt) -> Receipt:
             parts_done=message.parts_done,
         )
     except (ValueError, TypeError) as exc:
-        raise _invalid("Receipt", exc) from None
+        raise _invalid_event("Receipt", message.event_id, exc) from None
 
 
 def inbound_to_proto(inbound: InboundSms) -> device_pb2.Inbound:
@@ -426,6 +441,7 @@ def inbound_to_proto(inbound: InboundSms) -> device_pb2.Inbound:
         sim_number=inbound.sim_number,
         sender=inbound.sender,
         is_encrypted=inbound.is_encrypted,
+        truncated=inbound.truncated,
     )
     _put_content(message, inbound.text, inbound.data, inbound.port)
     if inbound.received_at is not None:
@@ -434,14 +450,16 @@ def inbound_to_proto(inbound: InboundSms) -> device_pb2.Inbound:
 
 
 def inbound_from_proto(message: device_pb2.Inbound) -> InboundSms:
-    """Validate a received ``Inbound``.
+    """Validate a received ``Inbound``; a body over its bound is cut and flagged truncated.
 
     Raises:
-        RemoteProtocolError: ``BAD_FRAME`` (event id 0, empty or long id or
-            sender, no content, a body over its bound, ...).
+        RemoteProtocolError: ``BAD_FRAME``: event id 0 (the event cannot be named).
+        InvalidEvent: any other invalid field (empty or long id or sender, no
+            content, a port over 65535, ...): refuse this event, keep the session.
     """
     try:
         text, data, port = _content(message)
+        text, data, cut = cut_inbound_body(text, data)
         return InboundSms(
             event_id=message.event_id,
             id=message.id,
@@ -452,9 +470,10 @@ def inbound_from_proto(message: device_pb2.Inbound) -> InboundSms:
             sim_number=message.sim_number,
             received_at=_optional_timestamp(message, "received_at"),
             is_encrypted=message.is_encrypted,
+            truncated=cut or message.truncated,
         )
     except (ValueError, TypeError) as exc:
-        raise _invalid("Inbound", exc) from None
+        raise _invalid_event("Inbound", message.event_id, exc) from None
 
 
 def ack_to_proto(ack: AckReceived) -> device_pb2.Ack:
@@ -472,6 +491,27 @@ def ack_from_proto(message: device_pb2.Ack) -> AckReceived:
         return AckReceived(tuple(message.event_ids))
     except (ValueError, TypeError) as exc:
         raise _invalid("Ack", exc) from None
+
+
+def reject_to_proto(reject: RejectReceived) -> device_pb2.Reject:
+    """Build the ``Reject`` that refuses one device event."""
+    return device_pb2.Reject(
+        event_id=reject.event_id,
+        reason=int(reject.reason),  # type: ignore[arg-type]  # the stub wants the proto enum
+        detail=reject.detail,
+    )
+
+
+def reject_from_proto(message: device_pb2.Reject) -> RejectReceived:
+    """Validate a received ``Reject`` (a reason this side does not know reads as UNSPECIFIED).
+
+    Raises:
+        RemoteProtocolError: ``BAD_FRAME`` (event id 0: nothing to forget).
+    """
+    try:
+        return RejectReceived(message.event_id, message.reason, message.detail)
+    except (ValueError, TypeError) as exc:
+        raise _invalid("Reject", exc) from None
 
 
 def drop_to_proto(drop: DropReceived) -> device_pb2.Drop:

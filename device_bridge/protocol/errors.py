@@ -5,6 +5,10 @@ The tree says who is at fault (as in h11):
     ProtocolError
     ├── RemoteProtocolError   the peer broke the rules: close the WebSocket
     │                         with ``exc.code`` and ``exc.reason``
+    ├── InvalidEvent          one device event (Receipt, Inbound) that names its
+    │                         event id is invalid: refuse that event, keep the
+    │                         session (the codec raises it; the session turns it
+    │                         into an ``InvalidEventReceived``)
     └── InvalidState          we (the caller) misused the API: a bug, hence
                               also an ``AssertionError``
 
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # codec imports this module; a runtime import would cycle.
     from .codec import CloseCode
 
-__all__ = ["MAX_REASON_BYTES", "InvalidState", "ProtocolError", "RemoteProtocolError"]
+__all__ = ["MAX_REASON_BYTES", "InvalidEvent", "InvalidState", "ProtocolError", "RemoteProtocolError"]
 
 #: Longest close reason, in UTF-8 bytes. RFC 6455 §5.5 caps a control frame
 #: payload at 125 bytes, 2 of which carry the close code; we keep a margin.
@@ -62,6 +66,30 @@ class RemoteProtocolError(ProtocolError):
     def __str__(self) -> str:
         name = getattr(self.code, "name", "close code")
         return f"{self.reason} ({name} {int(self.code)})"
+
+
+class InvalidEvent(ProtocolError):
+    """A device event names its event id but can never be stored; refuse it, keep the session.
+
+    Closing the session instead would wedge the phone: it re-sends unacknowledged events in
+    order after every Welcome, so the same event would close every session.
+
+    Attributes:
+        event_id: The refused event's id (> 0).
+        kind: "Receipt" or "Inbound".
+        detail: What is wrong, naming fields, never values; at most
+            :data:`MAX_REASON_BYTES` UTF-8 bytes.
+    """
+
+    def __init__(self, event_id: int, kind: str, detail: str) -> None:
+        detail = _truncate_utf8(detail, MAX_REASON_BYTES)
+        super().__init__(event_id, kind, detail)
+        self.event_id = event_id
+        self.kind = kind
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.event_id} refused: {self.detail}"
 
 
 class InvalidState(ProtocolError, AssertionError):

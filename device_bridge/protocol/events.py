@@ -31,10 +31,13 @@ __all__ = [
     "HelloReceived",
     "InboundReceived",
     "InboundSms",
+    "InvalidEventReceived",
     "PacingSettings",
     "Receipt",
     "ReceiptReceived",
     "ReceiptState",
+    "RejectReason",
+    "RejectReceived",
     "Side",
     "SettingsReceived",
     "SimInfo",
@@ -47,7 +50,9 @@ _UINT64_MAX = 2**64 - 1
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _PORT_MAX = 65535
 # Inbound bounds: generous for any carrier's SMS (a long concatenated one stays far below),
-# small enough that a hostile phone cannot fill the database with one frame.
+# small enough that a hostile phone cannot fill the database with one frame. A longer body is
+# cut to the bound and flagged truncated (cut_inbound_body), never refused: refusing it would
+# lose the SMS.
 MAX_SENDER_CHARS = 64
 MAX_INBOUND_TEXT_CHARS = 16 * 1024
 MAX_INBOUND_DATA_BYTES = 8 * 1024
@@ -68,6 +73,19 @@ class ReceiptState(IntEnum):
     SENT = 2  # per recipient
     DELIVERED = 3  # per recipient
     FAILED = 4  # per recipient, with an error and a failure class
+
+
+class RejectReason(IntEnum):
+    """Why the bridge refused a device event; mirrors ``smsgw.device.v1.RejectReason``.
+
+    A phone reads a value it does not know as UNSPECIFIED: every refusal means the same to
+    it (forget the event), the reason only helps people.
+    """
+
+    UNSPECIFIED = 0
+    INVALID_EVENT = 1  # a field missing or out of bounds
+    UNKNOWN_MESSAGE = 2  # Receipt: no such message routed to this device
+    UNKNOWN_RECIPIENT = 3  # Receipt: a recipient index the message does not have
 
 
 class FailureClass(IntEnum):
@@ -134,6 +152,19 @@ def _utc(value: datetime | None, what: str) -> datetime | None:
         return value.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"{what} is out of range") from None
+
+
+def cut_inbound_body(text: str | None, data: bytes | None) -> tuple[str | None, bytes | None, bool]:
+    """(text, data, truncated): the body cut to the Inbound bounds, and whether it was cut.
+
+    The bridge stores an over-long SMS cut rather than refusing it (a refusal would lose it);
+    a phone may cut it first to keep its frame under the bridge's size limit.
+    """
+    if text is not None and len(text) > MAX_INBOUND_TEXT_CHARS:
+        return text[:MAX_INBOUND_TEXT_CHARS], data, True
+    if data is not None and len(data) > MAX_INBOUND_DATA_BYTES:
+        return text, bytes(data[:MAX_INBOUND_DATA_BYTES]), True
+    return text, data, False
 
 
 # --- value objects ------------------------------------------------------------
@@ -299,8 +330,9 @@ class InboundSms:
     phone's own id for the SMS, the same on every re-send: the server stores
     one copy per (device, id). Exactly one of ``text`` and ``data`` is set;
     ``port`` belongs to data SMS. ``sim_number`` 0 means "unknown";
-    ``received_at`` None means the phone did not say. ``repr()`` shows sizes,
-    never the sender or the body.
+    ``received_at`` None means the phone did not say. ``truncated``: the body is
+    only the first part of what the phone received (see :func:`cut_inbound_body`).
+    ``repr()`` shows sizes, never the sender or the body.
     """
 
     event_id: int
@@ -312,6 +344,7 @@ class InboundSms:
     sim_number: int = 0
     received_at: datetime | None = None
     is_encrypted: bool = False
+    truncated: bool = False
 
     def __post_init__(self) -> None:
         _check_int(self.event_id, 1, _UINT64_MAX, "Inbound.event_id")
@@ -340,6 +373,8 @@ class InboundSms:
         object.__setattr__(self, "received_at", _utc(self.received_at, "Inbound.received_at"))
         if not isinstance(self.is_encrypted, bool):
             raise TypeError("Inbound.is_encrypted must be a bool")
+        if not isinstance(self.truncated, bool):
+            raise TypeError("Inbound.truncated must be a bool")
 
     def __repr__(self) -> str:
         if self.text is not None:
@@ -348,7 +383,8 @@ class InboundSms:
             content = f"data=<{len(self.data or b'')} bytes>, port={self.port}"
         return (
             f"InboundSms(event_id={self.event_id}, id={self.id!r}, sender=<{len(self.sender)} chars>, {content}, "
-            f"sim_number={self.sim_number}, received_at={self.received_at!r}, is_encrypted={self.is_encrypted})"
+            f"sim_number={self.sim_number}, received_at={self.received_at!r}, is_encrypted={self.is_encrypted}, "
+            f"truncated={self.truncated})"
         )
 
 
@@ -459,6 +495,23 @@ class InboundReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class InvalidEventReceived:
+    """BRIDGE side: the phone sent a Receipt or Inbound that names its event id but can never
+    be stored (a field missing or out of bounds). Answer ``send_reject(event_id,
+    RejectReason.INVALID_EVENT, detail)``; the session stays open. ``detail`` names the field,
+    never a value."""
+
+    event_id: int
+    kind: str  # "Receipt" or "Inbound"
+    detail: str
+
+    def __post_init__(self) -> None:
+        _check_int(self.event_id, 1, _UINT64_MAX, "event_id")
+        _check_text(self.kind, "kind")
+        _check_text(self.detail, "detail")
+
+
+@dataclass(frozen=True, slots=True)
 class WelcomeReceived:
     """PHONE side: the bridge accepted the session; it is now OPEN.
 
@@ -520,6 +573,27 @@ class AckReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class RejectReceived:
+    """PHONE side: the bridge will never store this event; forget it as after an Ack and do
+    not send it again. An unknown reason reads as UNSPECIFIED."""
+
+    event_id: int
+    reason: RejectReason = RejectReason.UNSPECIFIED
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int(self.event_id, 1, _UINT64_MAX, "Reject.event_id")
+        if isinstance(self.reason, bool) or not isinstance(self.reason, int):
+            raise TypeError("Reject.reason must be an int")
+        try:
+            reason = RejectReason(self.reason)
+        except ValueError:
+            reason = RejectReason.UNSPECIFIED
+        object.__setattr__(self, "reason", reason)
+        _check_text(self.detail, "Reject.detail")
+
+
+@dataclass(frozen=True, slots=True)
 class DropReceived:
     """PHONE side: do not send this message (cancelled or expired); it leaves the window."""
 
@@ -546,9 +620,11 @@ Event: TypeAlias = (
     HelloReceived
     | ReceiptReceived
     | InboundReceived
+    | InvalidEventReceived
     | WelcomeReceived
     | DeliverReceived
     | AckReceived
+    | RejectReceived
     | DropReceived
     | SettingsReceived
 )

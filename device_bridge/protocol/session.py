@@ -47,12 +47,14 @@ from .codec import (
     inbound_to_proto,
     receipt_from_proto,
     receipt_to_proto,
+    reject_from_proto,
+    reject_to_proto,
     settings_from_proto,
     settings_to_proto,
     welcome_from_proto,
     welcome_to_proto,
 )
-from .errors import InvalidState, RemoteProtocolError
+from .errors import MAX_REASON_BYTES, InvalidEvent, InvalidState, RemoteProtocolError, _truncate_utf8
 from .events import (
     AckReceived,
     Credentials,
@@ -64,9 +66,12 @@ from .events import (
     HelloReceived,
     InboundReceived,
     InboundSms,
+    InvalidEventReceived,
     PacingSettings,
     Receipt,
     ReceiptReceived,
+    RejectReason,
+    RejectReceived,
     Side,
     SimInfo,
     WelcomeReceived,
@@ -109,7 +114,7 @@ _RECEIVE_TRANSITIONS: Final[_Transitions] = {
     (_BRIDGE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
     (_BRIDGE, OPEN): {"receipt": OPEN, "inbound": OPEN},
     (_PHONE, AWAIT_WELCOME): {"welcome": OPEN},
-    (_PHONE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN, "settings": OPEN},
+    (_PHONE, OPEN): {"deliver": OPEN, "ack": OPEN, "reject": OPEN, "drop": OPEN, "settings": OPEN},
 }
 
 # Frame kinds that may be sent, per side and state. Anything missing is an
@@ -118,7 +123,7 @@ _SEND_TRANSITIONS: Final[_Transitions] = {
     (_PHONE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
     (_PHONE, OPEN): {"receipt": OPEN, "inbound": OPEN},
     (_BRIDGE, AWAIT_WELCOME): {"welcome": OPEN},
-    (_BRIDGE, OPEN): {"deliver": OPEN, "ack": OPEN, "drop": OPEN, "settings": OPEN},
+    (_BRIDGE, OPEN): {"deliver": OPEN, "ack": OPEN, "reject": OPEN, "drop": OPEN, "settings": OPEN},
 }
 
 
@@ -266,9 +271,14 @@ class DeviceSession:
             RemoteProtocolError: The peer broke the protocol; the session is
                 now CLOSED. Close the WebSocket with ``exc.code`` and
                 ``exc.reason``: ``BAD_FRAME`` (undecodable, wrong frame type,
-                invalid field values), ``PROTOCOL_VIOLATION`` (a frame not
+                invalid field values, a Receipt or Inbound without an event
+                id), ``PROTOCOL_VIOLATION`` (a frame not
                 allowed in this state, or a Welcome widening the window),
                 ``WINDOW_EXCEEDED`` (PHONE: a new Deliver beyond the window).
+                A Receipt or Inbound that names its event id but is invalid
+                otherwise does not raise: it becomes an
+                :class:`InvalidEventReceived` (BRIDGE: answer it with
+                :meth:`send_reject`) and the session stays OPEN.
         """
         self._frames_received += 1
         try:
@@ -304,18 +314,23 @@ class DeviceSession:
             )
         event: Event
         if isinstance(frame, device_pb2.DeviceFrame):
-            if kind == "hello":
-                event = self._on_hello(frame.hello)
-            elif kind == "inbound":
-                event = InboundReceived(inbound_from_proto(frame.inbound))
-            else:
-                event = self._on_receipt(frame.receipt)
+            try:
+                if kind == "hello":
+                    event = self._on_hello(frame.hello)
+                elif kind == "inbound":
+                    event = InboundReceived(inbound_from_proto(frame.inbound))
+                else:
+                    event = self._on_receipt(frame.receipt)
+            except InvalidEvent as exc:
+                event = InvalidEventReceived(exc.event_id, exc.kind, exc.detail)
         elif kind == "welcome":
             event = self._on_welcome(frame.welcome)
         elif kind == "deliver":
             event = self._on_deliver(frame.deliver)
         elif kind == "ack":
             event = ack_from_proto(frame.ack)
+        elif kind == "reject":
+            event = reject_from_proto(frame.reject)
         elif kind == "settings":
             event = settings_from_proto(frame.settings)
         else:
@@ -470,6 +485,21 @@ class DeviceSession:
         if not ids:
             return
         self._queue(device_pb2.BridgeFrame(ack=ack_to_proto(AckReceived(ids))), next_state)
+
+    def send_reject(self, event_id: int, reason: RejectReason, detail: str = "") -> None:
+        """BRIDGE: refuse one device event for good; the phone forgets it, the session goes on.
+
+        Answer an :class:`InvalidEventReceived`, or a Receipt / Inbound that storage will
+        never take (e.g. a message not routed to this device). ``detail`` is for people:
+        name fields, never a body or a number; it is cut to 120 bytes.
+
+        Raises:
+            InvalidState: Not an OPEN BRIDGE session.
+            ValueError: ``event_id`` is not in 1..2**64-1.
+        """
+        next_state = self._check_send("reject")
+        reject = RejectReceived(event_id, RejectReason(reason), _truncate_utf8(detail, MAX_REASON_BYTES))
+        self._queue(device_pb2.BridgeFrame(reject=reject_to_proto(reject)), next_state)
 
     def send_receipt(self, receipt: Receipt) -> None:
         """PHONE: report on a message; any state takes it out of flight.

@@ -15,7 +15,7 @@ from smsgw.device.v1 import device_pb2
 
 from device_bridge.protocol import codec
 from device_bridge.protocol.codec import SUBPROTOCOLS, CloseCode, Encoding, decode, encode
-from device_bridge.protocol.errors import MAX_REASON_BYTES, RemoteProtocolError
+from device_bridge.protocol.errors import MAX_REASON_BYTES, InvalidEvent, RemoteProtocolError
 from device_bridge.protocol.events import (
     AckReceived,
     Credentials,
@@ -267,11 +267,14 @@ _VALIDATORS: dict[str, Callable[[Any], object]] = {
     "drop": codec.drop_from_proto,
     "inbound": codec.inbound_from_proto,
     "settings": codec.settings_from_proto,
+    "reject": codec.reject_from_proto,
 }
 
 
 def _decode_and_validate(data: Any, frame_type: type, encoding: Encoding) -> None:
-    """Decode and validate like a session does; only BAD_FRAME may come out."""
+    """Decode and validate like a session does; only BAD_FRAME may come out, or InvalidEvent
+    for a Receipt / Inbound that names its event id."""
+    kind = None
     try:
         frame = decode(data, frame_type, encoding)
         kind = frame.WhichOneof("frame")
@@ -279,6 +282,9 @@ def _decode_and_validate(data: Any, frame_type: type, encoding: Encoding) -> Non
     except RemoteProtocolError as exc:
         assert exc.code is CloseCode.BAD_FRAME
         assert len(exc.reason.encode()) <= MAX_REASON_BYTES
+    except InvalidEvent as exc:
+        assert kind in ("receipt", "inbound") and exc.event_id > 0
+        assert len(exc.detail.encode()) <= MAX_REASON_BYTES
 
 
 class TestBadInput:
@@ -346,9 +352,9 @@ class TestBadInput:
             codec.timestamp_from_proto(Timestamp(seconds=seconds, nanos=nanos))
         message = device_pb2.Receipt(event_id=1, message_id="m1", state=device_pb2.ACCEPTED)
         message.time.seconds, message.time.nanos = seconds, nanos
-        with pytest.raises(RemoteProtocolError) as info:
+        with pytest.raises(InvalidEvent) as info:  # a named event: refused alone
             codec.receipt_from_proto(message)
-        assert info.value.code is CloseCode.BAD_FRAME
+        assert info.value.event_id == 1
 
 
 # --- fuzzing: nothing but BAD_FRAME escapes ---------------------------------------
@@ -358,7 +364,7 @@ _KEYS = [
     "heldMessageIds", "eventId", "messageId", "state", "recipientIndex", "error", "time", "phoneNumbers",
     "text", "data", "port", "simNumber", "isEncrypted", "withDeliveryReport", "priority", "validUntil",
     "deviceId", "serverTime", "pingIntervalSeconds", "credentials", "token", "eventIds", "reason",
-    "seconds", "nanos", "@type", "value", "id", "sender", "receivedAt",
+    "seconds", "nanos", "@type", "value", "id", "sender", "receivedAt", "reject", "detail", "truncated",
 ]  # fmt: skip
 _json_scalars = st.one_of(
     st.none(),
@@ -443,6 +449,14 @@ raw_bridge_frames = st.one_of(
     ),
     st.builds(lambda ids: device_pb2.BridgeFrame(ack=device_pb2.Ack(event_ids=ids)), st.lists(_big, max_size=3)),
     st.builds(lambda mid: device_pb2.BridgeFrame(drop=device_pb2.Drop(message_id=mid)), _raw_strings),
+    st.builds(
+        lambda event_id, reason, detail: device_pb2.BridgeFrame(
+            reject=device_pb2.Reject(event_id=event_id, reason=reason, detail=detail)
+        ),
+        _big,
+        st.integers(-5, 10),
+        _raw_strings,
+    ),
 )
 
 

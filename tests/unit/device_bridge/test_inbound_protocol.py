@@ -1,5 +1,7 @@
 """The Inbound frame: the InboundSms value object, both encodings, and the session rules
-(PHONE sends it only while OPEN; the BRIDGE turns it into InboundReceived or BAD_FRAME)."""
+(PHONE sends it only while OPEN; the BRIDGE turns it into InboundReceived, an over-long body
+cut and flagged truncated; an invalid one that names its event id into InvalidEventReceived,
+the session staying open; one without an event id is BAD_FRAME)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from device_bridge.protocol import (
     Encoding,
     InboundReceived,
     InboundSms,
+    InvalidEvent,
+    InvalidEventReceived,
     InvalidState,
     RemoteProtocolError,
     SessionState,
@@ -47,6 +51,7 @@ inbounds = st.builds(
     sim_number=st.integers(0, 2**32 - 1),
     received_at=st.none() | st.datetimes(timezones=st.just(UTC)),
     is_encrypted=st.booleans(),
+    truncated=st.booleans(),
 ) | st.builds(
     InboundSms,
     event_id=st.integers(1, 2**64 - 1),
@@ -172,32 +177,57 @@ class TestCodec:
             }
         }
 
-    @pytest.mark.parametrize(
-        "message",
-        [
-            device_pb2.Inbound(event_id=0, id="a", sender=SENDER, text=BODY),
-            device_pb2.Inbound(event_id=1, id="", sender=SENDER, text=BODY),
-            device_pb2.Inbound(event_id=1, id="a", sender="", text=BODY),
-            device_pb2.Inbound(event_id=1, id="a", sender=SENDER),
-            device_pb2.Inbound(event_id=1, id="a", sender=SENDER, data=device_pb2.Data(port=70000)),
-            device_pb2.Inbound(event_id=1, id="a", sender=SENDER, text="x" * (MAX_INBOUND_TEXT_CHARS + 1)),
-            device_pb2.Inbound(event_id=1, id="a" * 65, sender=SENDER, text=BODY),
-        ],
-        ids=["event-id-0", "empty-id", "empty-sender", "no-content", "port", "long-text", "long-id"],
-    )
-    def test_bad_inbound(self, message: device_pb2.Inbound) -> None:
+    def test_an_inbound_without_event_id_is_a_bad_frame(self) -> None:
         with pytest.raises(RemoteProtocolError) as info:
-            codec.inbound_from_proto(message)
+            codec.inbound_from_proto(device_pb2.Inbound(event_id=0, id="a", sender=SENDER, text=BODY))
         exc = info.value
         assert exc.code is CloseCode.BAD_FRAME and exc.reason.startswith("invalid Inbound: ")
-        assert len(exc.reason.encode()) <= MAX_REASON_BYTES
         assert BODY not in exc.reason and SENDER not in exc.reason
+
+    @pytest.mark.parametrize(
+        ("message", "field"),
+        [
+            (device_pb2.Inbound(event_id=9, id="", sender=SENDER, text=BODY), "Inbound.id"),
+            (device_pb2.Inbound(event_id=9, id="a", sender="", text=BODY), "Inbound.sender"),
+            (device_pb2.Inbound(event_id=9, id="a", sender="1" * (MAX_SENDER_CHARS + 1), text=BODY), "Inbound.sender"),
+            (device_pb2.Inbound(event_id=9, id="a", sender=SENDER), "exactly one"),
+            (device_pb2.Inbound(event_id=9, id="a", sender=SENDER, data=device_pb2.Data(port=70000)), "Inbound.port"),
+            (device_pb2.Inbound(event_id=9, id="a" * 65, sender=SENDER, text=BODY), "Inbound.id"),
+        ],
+        ids=["empty-id", "empty-sender", "long-sender", "no-content", "port", "long-id"],
+    )
+    def test_an_invalid_named_inbound_is_an_invalid_event(self, message: device_pb2.Inbound, field: str) -> None:
+        with pytest.raises(InvalidEvent) as info:
+            codec.inbound_from_proto(message)
+        exc = info.value
+        assert (exc.event_id, exc.kind) == (9, "Inbound") and field in exc.detail
+        assert len(exc.detail.encode()) <= MAX_REASON_BYTES
+        assert BODY not in exc.detail and SENDER not in exc.detail
 
     def test_received_at_out_of_range(self) -> None:
         message = device_pb2.Inbound(event_id=1, id="a", sender=SENDER, text=BODY)
         message.received_at.seconds = 253_402_300_800
-        with pytest.raises(RemoteProtocolError):
+        with pytest.raises(InvalidEvent):
             codec.inbound_from_proto(message)
+
+    @ENCODINGS
+    def test_an_over_long_body_is_cut_to_the_bound_and_flagged(self, encoding: Encoding) -> None:
+        # A 110-part SMS (> 16,384 characters) used to close every session with 4000.
+        text = "".join(chr(0x41 + i % 26) for i in range(110 * 153))
+        for content, cut in [
+            ({"text": text}, {"text": text[:MAX_INBOUND_TEXT_CHARS]}),
+            ({"data": device_pb2.Data(data=b"\x01" * 9000, port=7)}, {"data": b"\x01" * MAX_INBOUND_DATA_BYTES, "port": 7}),
+        ]:
+            message = device_pb2.Inbound(event_id=3, id="long", sender=SENDER, **content)  # type: ignore[arg-type]
+            frame = decode(encode(device_pb2.DeviceFrame(inbound=message), encoding), device_pb2.DeviceFrame, encoding)
+            assert codec.inbound_from_proto(frame.inbound) == InboundSms(3, "long", SENDER, truncated=True, **cut)  # type: ignore[arg-type]
+
+    def test_a_body_at_the_bound_is_whole_and_the_phones_own_flag_is_kept(self) -> None:
+        message = device_pb2.Inbound(event_id=3, id="a", sender=SENDER, text="x" * MAX_INBOUND_TEXT_CHARS)
+        assert codec.inbound_from_proto(message).truncated is False
+        message.truncated = True  # the phone cut it itself
+        assert codec.inbound_from_proto(message).truncated is True
+        assert json.loads(device_frame(Encoding.JSON, message))["inbound"]["truncated"] is True  # type: ignore[arg-type]
 
 
 class TestSession:
@@ -235,13 +265,26 @@ class TestSession:
         assert info.value.reason == "unexpected Inbound in state AWAIT_HELLO"
 
     @ENCODINGS
-    def test_malformed_inbound_closes_with_bad_frame(self, encoding: Encoding) -> None:
+    def test_an_inbound_without_event_id_closes_with_bad_frame(self, encoding: Encoding) -> None:
         bridge, _ = open_pair(encoding)
-        bad = device_pb2.Inbound(event_id=1, id="a", sender=SENDER)  # no content
+        bad = device_pb2.Inbound(id="a", sender=SENDER, text=BODY)
         with pytest.raises(RemoteProtocolError) as info:
             bridge.receive_frame(device_frame(encoding, bad))
         assert info.value.code is CloseCode.BAD_FRAME
         assert bridge.state is SessionState.CLOSED and bridge.events_received() == []
+
+    @ENCODINGS
+    def test_an_invalid_inbound_is_refused_and_the_session_stays_open(self, encoding: Encoding) -> None:
+        bridge, phone = open_pair(encoding)
+        bad = device_pb2.Inbound(event_id=4, id="a", sender="", text=BODY)
+        bridge.receive_frame(device_frame(encoding, bad))
+        assert bridge.events_received() == [InvalidEventReceived(4, "Inbound", "Inbound.sender must not be empty")]
+        assert bridge.state is SessionState.OPEN
+        good = inbound(event_id=5)
+        phone.send_inbound(good)
+        for frame in phone.frames_to_send():
+            bridge.receive_frame(frame)
+        assert bridge.events_received() == [InboundReceived(good)]
 
     def test_phone_refuses_an_inbound_frame(self) -> None:
         # The phone decodes BridgeFrames, which have no such member (JSON names it).

@@ -32,11 +32,14 @@ from device_bridge.protocol import (
     DropReceived,
     Encoding,
     HelloReceived,
+    InvalidEventReceived,
     InvalidState,
     ProtocolError,
     Receipt,
     ReceiptReceived,
     ReceiptState,
+    RejectReason,
+    RejectReceived,
     RemoteProtocolError,
     SessionState,
     SessionStatistics,
@@ -386,6 +389,69 @@ class TestReceiptAndAck:
             bridge.send_receipt(receipt())
 
 
+class TestReject:
+    def test_the_bridge_refuses_one_event_and_the_session_goes_on(self, encoding: Encoding) -> None:
+        bridge, phone = open_pair(encoding)
+        bridge.send_reject(2**64 - 1, RejectReason.UNKNOWN_MESSAGE, "no such message on this device")
+        bridge.send_ack([3])
+        assert transfer(bridge, phone) == [
+            RejectReceived(2**64 - 1, RejectReason.UNKNOWN_MESSAGE, "no such message on this device"),
+            AckReceived((3,)),
+        ]
+        assert bridge.state is phone.state is SessionState.OPEN
+
+    def test_json_mapping(self) -> None:
+        bridge, _ = open_pair(Encoding.JSON)
+        bridge.send_reject(12, RejectReason.INVALID_EVENT, "Inbound.sender must not be empty")
+        [data] = bridge.frames_to_send()
+        assert json.loads(data) == {
+            "reject": {"eventId": "12", "reason": "INVALID_EVENT", "detail": "Inbound.sender must not be empty"}
+        }
+
+    def test_the_phone_accepts_numbers_and_ignores_unknown_fields(self) -> None:
+        _, phone = open_pair(Encoding.JSON)
+        phone.receive_frame(json.dumps({"reject": {"event_id": 5, "reason": 3, "hint": "x"}, "future": {}}))
+        assert phone.events_received() == [RejectReceived(5, RejectReason.UNKNOWN_RECIPIENT)]
+
+    def test_an_unknown_reason_reads_as_unspecified(self, encoding: Encoding) -> None:
+        _, phone = open_pair(encoding)
+        if encoding is Encoding.PROTO:
+            data = raw(encoding, reject=device_pb2.Reject(event_id=5, reason=99))  # type: ignore[arg-type]
+        else:
+            data = json.dumps({"reject": {"eventId": "5", "reason": "FROM_THE_FUTURE"}})
+        phone.receive_frame(data)
+        assert phone.events_received() == [RejectReceived(5, RejectReason.UNSPECIFIED)]
+        assert phone.state is SessionState.OPEN
+
+    def test_a_reject_naming_no_event_is_a_bad_frame(self, encoding: Encoding) -> None:
+        _, phone = open_pair(encoding)
+        assert_fails(phone, raw(encoding, reject=device_pb2.Reject(reason=1)), CloseCode.BAD_FRAME)
+
+    def test_detail_is_cut_to_120_bytes(self, encoding: Encoding) -> None:
+        bridge, phone = open_pair(encoding)
+        bridge.send_reject(1, RejectReason.INVALID_EVENT, "é" * 100)
+        [event] = transfer(bridge, phone)
+        assert event.detail == "é" * 60
+
+    def test_wrong_side_or_state(self, encoding: Encoding) -> None:
+        bridge, phone = make_pair(encoding)
+        with pytest.raises(InvalidState):
+            bridge.send_reject(1, RejectReason.INVALID_EVENT)  # not open
+        phone.send_hello(app_version="1", sims=[])
+        assert_fails(phone, raw(encoding, reject=device_pb2.Reject(event_id=1)), CloseCode.PROTOCOL_VIOLATION)
+        bridge, phone = open_pair(encoding)
+        with pytest.raises(InvalidState):
+            phone.send_reject(1, RejectReason.INVALID_EVENT)
+        with pytest.raises(ValueError):
+            bridge.send_reject(0, RejectReason.INVALID_EVENT)
+        assert bridge.frames_to_send() == []
+
+    def test_reasons_mirror_the_proto(self) -> None:
+        assert {r.name: r.value for r in RejectReason if r} == {
+            n: v for n, v in device_pb2.RejectReason.items() if v
+        }
+
+
 class TestDrop:
     def test_drop_frees_the_window_on_both_sides(self, encoding: Encoding) -> None:
         bridge, phone = open_pair(encoding, window=1)
@@ -666,30 +732,48 @@ class TestErrors:
         exc = assert_fails(bridge, raw(encoding, hello=hello), CloseCode.BAD_FRAME)
         assert exc.reason.startswith("invalid Hello: ")
 
-    @pytest.mark.parametrize(
-        "message",
-        [
-            device_pb2.Receipt(event_id=0, message_id="m1", state=device_pb2.ACCEPTED),
-            device_pb2.Receipt(event_id=1, message_id="", state=device_pb2.ACCEPTED),
-            device_pb2.Receipt(event_id=1, message_id="m1"),
-        ],
-        ids=["event-id-0", "empty-message-id", "unspecified-state"],
-    )
-    def test_bad_receipt(self, encoding: Encoding, message: device_pb2.Receipt) -> None:
+    def test_a_receipt_without_event_id_is_a_bad_frame(self, encoding: Encoding) -> None:
+        # Nothing names it, so it cannot be refused alone: the frame is bad.
         bridge, _ = open_pair(encoding)
+        message = device_pb2.Receipt(event_id=0, message_id="m1", state=device_pb2.ACCEPTED)
         exc = assert_fails(bridge, raw(encoding, receipt=message), CloseCode.BAD_FRAME)
         assert exc.reason.startswith("invalid Receipt: ")
+
+    @pytest.mark.parametrize(
+        ("message", "field"),
+        [
+            (device_pb2.Receipt(event_id=7, message_id="", state=device_pb2.ACCEPTED), "Receipt.message_id"),
+            (device_pb2.Receipt(event_id=7, message_id="m1"), "Receipt.state"),
+            (device_pb2.Receipt(event_id=7, message_id="m1", state=device_pb2.SENT, recipient_indices=[1, 1]),
+             "Receipt.recipient_indices"),
+        ],
+        ids=["empty-message-id", "unspecified-state", "repeated-index"],
+    )  # fmt: skip
+    def test_an_invalid_named_receipt_is_refused_and_the_session_stays_open(
+        self, encoding: Encoding, message: device_pb2.Receipt, field: str
+    ) -> None:
+        bridge, _ = open_pair(encoding)
+        for _ in range(2):  # refused the same way every time (a phone may re-send it)
+            bridge.receive_frame(raw(encoding, receipt=message))
+            [event] = bridge.events_received()
+            assert isinstance(event, InvalidEventReceived)
+            assert (event.event_id, event.kind) == (7, "Receipt") and field in event.detail
+            assert bridge.state is SessionState.OPEN
 
     def test_unknown_receipt_state(self) -> None:
         # Only the binary encoding can carry an unknown enum number.
         bridge, _ = open_pair(Encoding.PROTO)
         message = device_pb2.Receipt(event_id=1, message_id="m1", state=9)  # type: ignore[arg-type]
-        assert_fails(bridge, raw(Encoding.PROTO, receipt=message), CloseCode.BAD_FRAME)
+        bridge.receive_frame(raw(Encoding.PROTO, receipt=message))
+        [event] = bridge.events_received()
+        assert event == InvalidEventReceived(1, "Receipt", "Receipt.state must be ACCEPTED, SENT, DELIVERED or FAILED")
 
     def test_unknown_receipt_state_name(self) -> None:
         bridge, _ = open_pair(Encoding.JSON)
         data = json.dumps({"receipt": {"eventId": "1", "messageId": "m1", "state": "LOST_IN_SPACE"}})
-        assert_fails(bridge, data, CloseCode.BAD_FRAME)  # unknown name ignored -> unspecified
+        bridge.receive_frame(data)  # unknown name ignored -> unspecified -> refused
+        [event] = bridge.events_received()
+        assert isinstance(event, InvalidEventReceived) and event.event_id == 1
 
     @pytest.mark.parametrize(
         "message",

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from smsgw.v1 import messages_pb2 as smsgw_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16smsgw/v1/inbound.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smsgw/v1/messages.proto\"\xb3\x02\n\x0eInboundMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\nsim_number\x18\x03 \x01(\r\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12-\n\x0ctext_message\x18\x05 \x01(\x0b\x32\x15.smsgw.v1.TextMessageH\x00\x12-\n\x0c\x64\x61ta_message\x18\x06 \x01(\x0b\x32\x15.smsgw.v1.DataMessageH\x00\x12\x14\n\x0cis_encrypted\x18\x07 \x01(\x08\x12/\n\x0breceived_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x63ontent\"\xb7\x01\n\x12ListInboundRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x32\n\x0ereceived_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0freceived_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"Z\n\x13ListInboundResponse\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.smsgw.v1.InboundMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x13WatchInboundRequest\x12\x1b\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\tdevice_id\x18\x02 \x01(\tB\x11\n\x0f_after_event_id\"K\n\x0cInboundEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12)\n\x07message\x18\x02 \x01(\x0b\x32\x18.smsgw.v1.InboundMessage2\xa5\x01\n\x0eInboundService\x12J\n\x0bListInbound\x12\x1c.smsgw.v1.ListInboundRequest\x1a\x1d.smsgw.v1.ListInboundResponse\x12G\n\x0cWatchInbound\x12\x1d.smsgw.v1.WatchInboundRequest\x1a\x16.smsgw.v1.InboundEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16smsgw/v1/inbound.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17smsgw/v1/messages.proto\"\xc6\x02\n\x0eInboundMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\nsim_number\x18\x03 \x01(\r\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12-\n\x0ctext_message\x18\x05 \x01(\x0b\x32\x15.smsgw.v1.TextMessageH\x00\x12-\n\x0c\x64\x61ta_message\x18\x06 \x01(\x0b\x32\x15.smsgw.v1.DataMessageH\x00\x12\x14\n\x0cis_encrypted\x18\x07 \x01(\x08\x12/\n\x0breceived_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttruncated\x18\n \x01(\x08\x42\t\n\x07\x63ontent\"\xb7\x01\n\x12ListInboundRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x32\n\x0ereceived_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0freceived_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"Z\n\x13ListInboundResponse\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.smsgw.v1.InboundMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x13WatchInboundRequest\x12\x1b\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\tdevice_id\x18\x02 \x01(\tB\x11\n\x0f_after_event_id\"K\n\x0cInboundEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12)\n\x07message\x18\x02 \x01(\x0b\x32\x18.smsgw.v1.InboundMessage2\xa5\x01\n\x0eInboundService\x12J\n\x0bListInbound\x12\x1c.smsgw.v1.ListInboundRequest\x1a\x1d.smsgw.v1.ListInboundResponse\x12G\n\x0cWatchInbound\x12\x1d.smsgw.v1.WatchInboundRequest\x1a\x16.smsgw.v1.InboundEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smsgw.v1.inbound_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INBOUNDMESSAGE']._serialized_start=95
-  _globals['_INBOUNDMESSAGE']._serialized_end=402
-  _globals['_LISTINBOUNDREQUEST']._serialized_start=405
-  _globals['_LISTINBOUNDREQUEST']._serialized_end=588
-  _globals['_LISTINBOUNDRESPONSE']._serialized_start=590
-  _globals['_LISTINBOUNDRESPONSE']._serialized_end=680
-  _globals['_WATCHINBOUNDREQUEST']._serialized_start=682
-  _globals['_WATCHINBOUNDREQUEST']._serialized_end=770
-  _globals['_INBOUNDEVENT']._serialized_start=772
-  _globals['_INBOUNDEVENT']._serialized_end=847
-  _globals['_INBOUNDSERVICE']._serialized_start=850
-  _globals['_INBOUNDSERVICE']._serialized_end=1015
+  _globals['_INBOUNDMESSAGE']._serialized_end=421
+  _globals['_LISTINBOUNDREQUEST']._serialized_start=424
+  _globals['_LISTINBOUNDREQUEST']._serialized_end=607
+  _globals['_LISTINBOUNDRESPONSE']._serialized_start=609
+  _globals['_LISTINBOUNDRESPONSE']._serialized_end=699
+  _globals['_WATCHINBOUNDREQUEST']._serialized_start=701
+  _globals['_WATCHINBOUNDREQUEST']._serialized_end=789
+  _globals['_INBOUNDEVENT']._serialized_start=791
+  _globals['_INBOUNDEVENT']._serialized_end=866
+  _globals['_INBOUNDSERVICE']._serialized_start=869
+  _globals['_INBOUNDSERVICE']._serialized_end=1034
 # @@protoc_insertion_point(module_scope)

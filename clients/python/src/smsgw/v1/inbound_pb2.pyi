@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InboundMessage(_message.Message):
-    __slots__ = ("id", "device_id", "sim_number", "sender", "text_message", "data_message", "is_encrypted", "received_at", "created_at")
+    __slots__ = ("id", "device_id", "sim_number", "sender", "text_message", "data_message", "is_encrypted", "received_at", "created_at", "truncated")
     ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SIM_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class InboundMessage(_message.Message):
     IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     device_id: str
     sim_number: int
@@ -30,7 +31,8 @@ class InboundMessage(_message.Message):
     is_encrypted: bool
     received_at: _timestamp_pb2.Timestamp
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., device_id: _Optional[str] = ..., sim_number: _Optional[int] = ..., sender: _Optional[str] = ..., text_message: _Optional[_Union[_messages_pb2.TextMessage, _Mapping]] = ..., data_message: _Optional[_Union[_messages_pb2.DataMessage, _Mapping]] = ..., is_encrypted: _Optional[bool] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, id: _Optional[str] = ..., device_id: _Optional[str] = ..., sim_number: _Optional[int] = ..., sender: _Optional[str] = ..., text_message: _Optional[_Union[_messages_pb2.TextMessage, _Mapping]] = ..., data_message: _Optional[_Union[_messages_pb2.DataMessage, _Mapping]] = ..., is_encrypted: _Optional[bool] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ListInboundRequest(_message.Message):
     __slots__ = ("device_id", "received_after", "received_before", "page_size", "page_token")

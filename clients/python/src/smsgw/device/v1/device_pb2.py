@@ -25,47 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csmsgw/device/v1/device.proto\x12\x0fsmsgw.device.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x01\n\x0b\x44\x65viceFrame\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.smsgw.device.v1.HelloH\x00\x12+\n\x07receipt\x18\x02 \x01(\x0b\x32\x18.smsgw.device.v1.ReceiptH\x00\x12+\n\x07inbound\x18\x03 \x01(\x0b\x32\x18.smsgw.device.v1.InboundH\x00\x42\x07\n\x05\x66rame\"\xeb\x01\n\x0b\x42ridgeFrame\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.smsgw.device.v1.WelcomeH\x00\x12+\n\x07\x64\x65liver\x18\x02 \x01(\x0b\x32\x18.smsgw.device.v1.DeliverH\x00\x12#\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x14.smsgw.device.v1.AckH\x00\x12%\n\x04\x64rop\x18\x04 \x01(\x0b\x32\x15.smsgw.device.v1.DropH\x00\x12-\n\x08settings\x18\x05 \x01(\x0b\x32\x19.smsgw.device.v1.SettingsH\x00\x42\x07\n\x05\x66rame\"?\n\x03Sim\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x15\n\roperator_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63ountry_iso\x18\x03 \x01(\t\"\x98\x01\n\x05Hello\x12\x13\n\x0b\x61pp_version\x18\x01 \x01(\t\x12\"\n\x04sims\x18\x02 \x03(\x0b\x32\x14.smsgw.device.v1.Sim\x12\x0e\n\x06window\x18\x03 \x01(\r\x12\x18\n\x10held_message_ids\x18\x04 \x03(\t\x12,\n\x04held\x18\x05 \x03(\x0b\x32\x1e.smsgw.device.v1.HeldRecipient\"M\n\rHeldRecipient\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0frecipient_index\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"/\n\x0b\x43redentials\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\xdc\x01\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06window\x18\x03 \x01(\r\x12\x1d\n\x15ping_interval_seconds\x18\x04 \x01(\r\x12\x31\n\x0b\x63redentials\x18\x05 \x01(\x0b\x32\x1c.smsgw.device.v1.Credentials\x12+\n\x08settings\x18\x06 \x01(\x0b\x32\x19.smsgw.device.v1.Settings\"\x99\x01\n\tSimPacing\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x18\n\x10parts_per_minute\x18\x02 \x01(\r\x12\x17\n\x0fmin_interval_ms\x18\x03 \x01(\r\x12\x16\n\x0eparts_per_hour\x18\x04 \x01(\r\x12\x15\n\rparts_per_day\x18\x05 \x01(\r\x12\x1c\n\x14recipients_per_month\x18\x06 \x01(\r\"m\n\x08Settings\x12(\n\x04sims\x18\x01 \x03(\x0b\x32\x1a.smsgw.device.v1.SimPacing\x12\x1e\n\x16phone_parts_per_minute\x18\x02 \x01(\r\x12\x17\n\x0fpriority_bypass\x18\x03 \x01(\x08\"\"\n\x04\x44\x61ta\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xbc\x02\n\x07\x44\x65liver\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rphone_numbers\x18\x02 \x03(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x15.smsgw.device.v1.DataH\x00\x12\x12\n\nsim_number\x18\x05 \x01(\r\x12\x14\n\x0cis_encrypted\x18\x06 \x01(\x08\x12\x1c\n\x14with_delivery_report\x18\x07 \x01(\x08\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12/\n\x0bvalid_until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recipient_indices\x18\n \x03(\r\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\r\x12\r\n\x05parts\x18\x0c \x01(\rB\t\n\x07\x63ontent\"\xa5\x02\n\x07Receipt\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.smsgw.device.v1.ReceiptState\x12\x17\n\x0frecipient_index\x18\x04 \x01(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recipient_indices\x18\x07 \x03(\r\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x34\n\rfailure_class\x18\t \x01(\x0e\x32\x1d.smsgw.device.v1.FailureClass\x12\x12\n\nparts_done\x18\n \x01(\r\"\xd4\x01\n\x07Inbound\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nsim_number\x18\x03 \x01(\r\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x0e\n\x04text\x18\x05 \x01(\tH\x00\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x15.smsgw.device.v1.DataH\x00\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cis_encrypted\x18\x08 \x01(\x08\x42\t\n\x07\x63ontent\"\x18\n\x03\x41\x63k\x12\x11\n\tevent_ids\x18\x01 \x03(\x04\"*\n\x04\x44rop\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\xc1\x01\n\tCloseCode\x12\x1a\n\x16\x43LOSE_CODE_UNSPECIFIED\x10\x00\x12\x0e\n\tBAD_FRAME\x10\xa0\x1f\x12\x17\n\x12PROTOCOL_VIOLATION\x10\xa1\x1f\x12\x14\n\x0fWINDOW_EXCEEDED\x10\xa2\x1f\x12\r\n\x08REPLACED\x10\xa3\x1f\x12\x18\n\x13\x43REDENTIALS_REVOKED\x10\xa4\x1f\x12\x12\n\rHELLO_TIMEOUT\x10\xa5\x1f\x12\x1c\n\x17UNSUPPORTED_SUBPROTOCOL\x10\xa6\x1f*\xaa\x01\n\x0c\x46\x61ilureClass\x12\x1d\n\x19\x46\x41ILURE_CLASS_UNSPECIFIED\x10\x00\x12\x13\n\x0fGENERIC_FAILURE\x10\x01\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x02\x12\x0e\n\nNO_SERVICE\x10\x03\x12\r\n\tRADIO_OFF\x10\x04\x12\x12\n\x0eINVALID_NUMBER\x10\x05\x12\x0b\n\x07\x42LOCKED\x10\x06\x12\x12\n\x0e\x44\x45\x43RYPT_FAILED\x10\x07*`\n\x0cReceiptState\x12\x1d\n\x19RECEIPT_STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x08\n\x04SENT\x10\x02\x12\r\n\tDELIVERED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csmsgw/device/v1/device.proto\x12\x0fsmsgw.device.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x01\n\x0b\x44\x65viceFrame\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.smsgw.device.v1.HelloH\x00\x12+\n\x07receipt\x18\x02 \x01(\x0b\x32\x18.smsgw.device.v1.ReceiptH\x00\x12+\n\x07inbound\x18\x03 \x01(\x0b\x32\x18.smsgw.device.v1.InboundH\x00\x42\x07\n\x05\x66rame\"\x96\x02\n\x0b\x42ridgeFrame\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.smsgw.device.v1.WelcomeH\x00\x12+\n\x07\x64\x65liver\x18\x02 \x01(\x0b\x32\x18.smsgw.device.v1.DeliverH\x00\x12#\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x14.smsgw.device.v1.AckH\x00\x12%\n\x04\x64rop\x18\x04 \x01(\x0b\x32\x15.smsgw.device.v1.DropH\x00\x12-\n\x08settings\x18\x05 \x01(\x0b\x32\x19.smsgw.device.v1.SettingsH\x00\x12)\n\x06reject\x18\x06 \x01(\x0b\x32\x17.smsgw.device.v1.RejectH\x00\x42\x07\n\x05\x66rame\"?\n\x03Sim\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x15\n\roperator_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63ountry_iso\x18\x03 \x01(\t\"\x98\x01\n\x05Hello\x12\x13\n\x0b\x61pp_version\x18\x01 \x01(\t\x12\"\n\x04sims\x18\x02 \x03(\x0b\x32\x14.smsgw.device.v1.Sim\x12\x0e\n\x06window\x18\x03 \x01(\r\x12\x18\n\x10held_message_ids\x18\x04 \x03(\t\x12,\n\x04held\x18\x05 \x03(\x0b\x32\x1e.smsgw.device.v1.HeldRecipient\"M\n\rHeldRecipient\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0frecipient_index\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"/\n\x0b\x43redentials\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\xdc\x01\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06window\x18\x03 \x01(\r\x12\x1d\n\x15ping_interval_seconds\x18\x04 \x01(\r\x12\x31\n\x0b\x63redentials\x18\x05 \x01(\x0b\x32\x1c.smsgw.device.v1.Credentials\x12+\n\x08settings\x18\x06 \x01(\x0b\x32\x19.smsgw.device.v1.Settings\"\x99\x01\n\tSimPacing\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x18\n\x10parts_per_minute\x18\x02 \x01(\r\x12\x17\n\x0fmin_interval_ms\x18\x03 \x01(\r\x12\x16\n\x0eparts_per_hour\x18\x04 \x01(\r\x12\x15\n\rparts_per_day\x18\x05 \x01(\r\x12\x1c\n\x14recipients_per_month\x18\x06 \x01(\r\"m\n\x08Settings\x12(\n\x04sims\x18\x01 \x03(\x0b\x32\x1a.smsgw.device.v1.SimPacing\x12\x1e\n\x16phone_parts_per_minute\x18\x02 \x01(\r\x12\x17\n\x0fpriority_bypass\x18\x03 \x01(\x08\"\"\n\x04\x44\x61ta\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xbc\x02\n\x07\x44\x65liver\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rphone_numbers\x18\x02 \x03(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x15.smsgw.device.v1.DataH\x00\x12\x12\n\nsim_number\x18\x05 \x01(\r\x12\x14\n\x0cis_encrypted\x18\x06 \x01(\x08\x12\x1c\n\x14with_delivery_report\x18\x07 \x01(\x08\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12/\n\x0bvalid_until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recipient_indices\x18\n \x03(\r\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\r\x12\r\n\x05parts\x18\x0c \x01(\rB\t\n\x07\x63ontent\"\xa5\x02\n\x07Receipt\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.smsgw.device.v1.ReceiptState\x12\x17\n\x0frecipient_index\x18\x04 \x01(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recipient_indices\x18\x07 \x03(\r\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x34\n\rfailure_class\x18\t \x01(\x0e\x32\x1d.smsgw.device.v1.FailureClass\x12\x12\n\nparts_done\x18\n \x01(\r\"\xe7\x01\n\x07Inbound\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nsim_number\x18\x03 \x01(\r\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x0e\n\x04text\x18\x05 \x01(\tH\x00\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x15.smsgw.device.v1.DataH\x00\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cis_encrypted\x18\x08 \x01(\x08\x12\x11\n\ttruncated\x18\t \x01(\x08\x42\t\n\x07\x63ontent\"\x18\n\x03\x41\x63k\x12\x11\n\tevent_ids\x18\x01 \x03(\x04\"Y\n\x06Reject\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12-\n\x06reason\x18\x02 \x01(\x0e\x32\x1d.smsgw.device.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"*\n\x04\x44rop\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\xc1\x01\n\tCloseCode\x12\x1a\n\x16\x43LOSE_CODE_UNSPECIFIED\x10\x00\x12\x0e\n\tBAD_FRAME\x10\xa0\x1f\x12\x17\n\x12PROTOCOL_VIOLATION\x10\xa1\x1f\x12\x14\n\x0fWINDOW_EXCEEDED\x10\xa2\x1f\x12\r\n\x08REPLACED\x10\xa3\x1f\x12\x18\n\x13\x43REDENTIALS_REVOKED\x10\xa4\x1f\x12\x12\n\rHELLO_TIMEOUT\x10\xa5\x1f\x12\x1c\n\x17UNSUPPORTED_SUBPROTOCOL\x10\xa6\x1f*\xaa\x01\n\x0c\x46\x61ilureClass\x12\x1d\n\x19\x46\x41ILURE_CLASS_UNSPECIFIED\x10\x00\x12\x13\n\x0fGENERIC_FAILURE\x10\x01\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x02\x12\x0e\n\nNO_SERVICE\x10\x03\x12\r\n\tRADIO_OFF\x10\x04\x12\x12\n\x0eINVALID_NUMBER\x10\x05\x12\x0b\n\x07\x42LOCKED\x10\x06\x12\x12\n\x0e\x44\x45\x43RYPT_FAILED\x10\x07*`\n\x0cReceiptState\x12\x1d\n\x19RECEIPT_STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x08\n\x04SENT\x10\x02\x12\r\n\tDELIVERED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04*l\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_EVENT\x10\x01\x12\x13\n\x0fUNKNOWN_MESSAGE\x10\x02\x12\x15\n\x11UNKNOWN_RECIPIENT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smsgw.device.v1.device_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLOSECODE']._serialized_start=2251
-  _globals['_CLOSECODE']._serialized_end=2444
-  _globals['_FAILURECLASS']._serialized_start=2447
-  _globals['_FAILURECLASS']._serialized_end=2617
-  _globals['_RECEIPTSTATE']._serialized_start=2619
-  _globals['_RECEIPTSTATE']._serialized_end=2715
+  _globals['_CLOSECODE']._serialized_start=2404
+  _globals['_CLOSECODE']._serialized_end=2597
+  _globals['_FAILURECLASS']._serialized_start=2600
+  _globals['_FAILURECLASS']._serialized_end=2770
+  _globals['_RECEIPTSTATE']._serialized_start=2772
+  _globals['_RECEIPTSTATE']._serialized_end=2868
+  _globals['_REJECTREASON']._serialized_start=2870
+  _globals['_REJECTREASON']._serialized_end=2978
   _globals['_DEVICEFRAME']._serialized_start=83
   _globals['_DEVICEFRAME']._serialized_end=236
   _globals['_BRIDGEFRAME']._serialized_start=239
-  _globals['_BRIDGEFRAME']._serialized_end=474
-  _globals['_SIM']._serialized_start=476
-  _globals['_SIM']._serialized_end=539
-  _globals['_HELLO']._serialized_start=542
-  _globals['_HELLO']._serialized_end=694
-  _globals['_HELDRECIPIENT']._serialized_start=696
-  _globals['_HELDRECIPIENT']._serialized_end=773
-  _globals['_CREDENTIALS']._serialized_start=775
-  _globals['_CREDENTIALS']._serialized_end=822
-  _globals['_WELCOME']._serialized_start=825
-  _globals['_WELCOME']._serialized_end=1045
-  _globals['_SIMPACING']._serialized_start=1048
-  _globals['_SIMPACING']._serialized_end=1201
-  _globals['_SETTINGS']._serialized_start=1203
-  _globals['_SETTINGS']._serialized_end=1312
-  _globals['_DATA']._serialized_start=1314
-  _globals['_DATA']._serialized_end=1348
-  _globals['_DELIVER']._serialized_start=1351
-  _globals['_DELIVER']._serialized_end=1667
-  _globals['_RECEIPT']._serialized_start=1670
-  _globals['_RECEIPT']._serialized_end=1963
-  _globals['_INBOUND']._serialized_start=1966
-  _globals['_INBOUND']._serialized_end=2178
-  _globals['_ACK']._serialized_start=2180
-  _globals['_ACK']._serialized_end=2204
-  _globals['_DROP']._serialized_start=2206
-  _globals['_DROP']._serialized_end=2248
+  _globals['_BRIDGEFRAME']._serialized_end=517
+  _globals['_SIM']._serialized_start=519
+  _globals['_SIM']._serialized_end=582
+  _globals['_HELLO']._serialized_start=585
+  _globals['_HELLO']._serialized_end=737
+  _globals['_HELDRECIPIENT']._serialized_start=739
+  _globals['_HELDRECIPIENT']._serialized_end=816
+  _globals['_CREDENTIALS']._serialized_start=818
+  _globals['_CREDENTIALS']._serialized_end=865
+  _globals['_WELCOME']._serialized_start=868
+  _globals['_WELCOME']._serialized_end=1088
+  _globals['_SIMPACING']._serialized_start=1091
+  _globals['_SIMPACING']._serialized_end=1244
+  _globals['_SETTINGS']._serialized_start=1246
+  _globals['_SETTINGS']._serialized_end=1355
+  _globals['_DATA']._serialized_start=1357
+  _globals['_DATA']._serialized_end=1391
+  _globals['_DELIVER']._serialized_start=1394
+  _globals['_DELIVER']._serialized_end=1710
+  _globals['_RECEIPT']._serialized_start=1713
+  _globals['_RECEIPT']._serialized_end=2006
+  _globals['_INBOUND']._serialized_start=2009
+  _globals['_INBOUND']._serialized_end=2240
+  _globals['_ACK']._serialized_start=2242
+  _globals['_ACK']._serialized_end=2266
+  _globals['_REJECT']._serialized_start=2268
+  _globals['_REJECT']._serialized_end=2357
+  _globals['_DROP']._serialized_start=2359
+  _globals['_DROP']._serialized_end=2401
 # @@protoc_insertion_point(module_scope)

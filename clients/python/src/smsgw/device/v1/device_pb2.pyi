@@ -39,6 +39,13 @@ class ReceiptState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SENT: _ClassVar[ReceiptState]
     DELIVERED: _ClassVar[ReceiptState]
     FAILED: _ClassVar[ReceiptState]
+
+class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REJECT_REASON_UNSPECIFIED: _ClassVar[RejectReason]
+    INVALID_EVENT: _ClassVar[RejectReason]
+    UNKNOWN_MESSAGE: _ClassVar[RejectReason]
+    UNKNOWN_RECIPIENT: _ClassVar[RejectReason]
 CLOSE_CODE_UNSPECIFIED: CloseCode
 BAD_FRAME: CloseCode
 PROTOCOL_VIOLATION: CloseCode
@@ -60,6 +67,10 @@ ACCEPTED: ReceiptState
 SENT: ReceiptState
 DELIVERED: ReceiptState
 FAILED: ReceiptState
+REJECT_REASON_UNSPECIFIED: RejectReason
+INVALID_EVENT: RejectReason
+UNKNOWN_MESSAGE: RejectReason
+UNKNOWN_RECIPIENT: RejectReason
 
 class DeviceFrame(_message.Message):
     __slots__ = ("hello", "receipt", "inbound")
@@ -72,18 +83,20 @@ class DeviceFrame(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., inbound: _Optional[_Union[Inbound, _Mapping]] = ...) -> None: ...
 
 class BridgeFrame(_message.Message):
-    __slots__ = ("welcome", "deliver", "ack", "drop", "settings")
+    __slots__ = ("welcome", "deliver", "ack", "drop", "settings", "reject")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DELIVER_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    REJECT_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     deliver: Deliver
     ack: Ack
     drop: Drop
     settings: Settings
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drop: _Optional[_Union[Drop, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ...) -> None: ...
+    reject: Reject
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drop: _Optional[_Union[Drop, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ...) -> None: ...
 
 class Sim(_message.Message):
     __slots__ = ("slot", "operator_name", "country_iso")
@@ -230,7 +243,7 @@ class Receipt(_message.Message):
     def __init__(self, event_id: _Optional[int] = ..., message_id: _Optional[str] = ..., state: _Optional[_Union[ReceiptState, str]] = ..., recipient_index: _Optional[int] = ..., error: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipient_indices: _Optional[_Iterable[int]] = ..., attempt: _Optional[int] = ..., failure_class: _Optional[_Union[FailureClass, str]] = ..., parts_done: _Optional[int] = ...) -> None: ...
 
 class Inbound(_message.Message):
-    __slots__ = ("event_id", "id", "sim_number", "sender", "text", "data", "received_at", "is_encrypted")
+    __slots__ = ("event_id", "id", "sim_number", "sender", "text", "data", "received_at", "is_encrypted", "truncated")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     SIM_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +252,7 @@ class Inbound(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     IS_ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     id: str
     sim_number: int
@@ -247,13 +261,24 @@ class Inbound(_message.Message):
     data: Data
     received_at: _timestamp_pb2.Timestamp
     is_encrypted: bool
-    def __init__(self, event_id: _Optional[int] = ..., id: _Optional[str] = ..., sim_number: _Optional[int] = ..., sender: _Optional[str] = ..., text: _Optional[str] = ..., data: _Optional[_Union[Data, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_encrypted: _Optional[bool] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, event_id: _Optional[int] = ..., id: _Optional[str] = ..., sim_number: _Optional[int] = ..., sender: _Optional[str] = ..., text: _Optional[str] = ..., data: _Optional[_Union[Data, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_encrypted: _Optional[bool] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("event_ids",)
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     event_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, event_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Reject(_message.Message):
+    __slots__ = ("event_id", "reason", "detail")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    event_id: int
+    reason: RejectReason
+    detail: str
+    def __init__(self, event_id: _Optional[int] = ..., reason: _Optional[_Union[RejectReason, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Drop(_message.Message):
     __slots__ = ("message_id", "reason")
