@@ -91,7 +91,8 @@ def inbound_json(m: inbound_pb2.InboundMessage) -> dict[str, Any]:
         doc |= {"data_hex": m.data_message.data.hex(), "port": m.data_message.port}
     else:
         doc["text"] = m.text_message.text
-    return doc | {"is_encrypted": m.is_encrypted, "received_at": m.received_at.ToJsonString()}
+    doc |= {"is_encrypted": m.is_encrypted, "received_at": m.received_at.ToJsonString()}
+    return (doc | {"truncated": True}) if m.truncated else doc
 
 
 def _line(m: inbound_pb2.InboundMessage) -> str:
@@ -100,5 +101,5 @@ def _line(m: inbound_pb2.InboundMessage) -> str:
         body = f"data port {m.data_message.port}: {m.data_message.data.hex()}"
     else:
         body = m.text_message.text.replace("\n", " ")
-    flag = " [encrypted]" if m.is_encrypted else ""
+    flag = (" [encrypted]" if m.is_encrypted else "") + (" [truncated]" if m.truncated else "")
     return f"{when}  {m.id}  {m.device_id}  sim {m.sim_number or '-'}  {m.sender}{flag}  {body}"

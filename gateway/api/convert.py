@@ -105,6 +105,7 @@ def inbound_to_pb(r: InboundRecord) -> inbound_pb2.InboundMessage:
         is_encrypted=r.is_encrypted,
         received_at=timestamp(r.received_at),
         created_at=timestamp(r.created_at),
+        truncated=r.truncated,
     )
     _put_body(out, r.text, r.data, r.port)
     return out

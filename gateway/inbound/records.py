@@ -22,6 +22,7 @@ class NewInbound:
     sim: int = 0  # 1-based; 0 = the phone did not say
     is_encrypted: bool = False
     received_at: datetime | None = None  # the phone's clock; None = when the server stored it
+    truncated: bool = False  # the body was cut to the bridge's bound (or by the phone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class InboundRecord:
     is_encrypted: bool
     received_at: datetime
     created_at: datetime
+    truncated: bool = False  # only the first part of the body is kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,7 @@ class InboundRepository:
                 data=item.data if item.text is None else None,
                 port=item.port if item.text is None else 0,
                 is_encrypted=item.is_encrypted,
+                truncated=item.truncated,
                 received_at=to_utc(item.received_at) if item.received_at else now,
                 created_at=now,
             )
@@ -159,4 +160,5 @@ def _record(row: InboundRow) -> InboundRecord:
         is_encrypted=row.is_encrypted,
         received_at=to_utc(row.received_at),
         created_at=to_utc(row.created_at),
+        truncated=row.truncated,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from gateway.errors import SmsgwError
 from gateway.types import State
@@ -15,6 +16,7 @@ __all__ = [
     "SendOutcome",
     "EventRecord",
     "ReceiptUpdate",
+    "ReceiptRefusal",
     "MessageFilter",
     "DispatchUnit",
     "DispatchBatch",
@@ -133,6 +135,14 @@ class ReceiptUpdate:
     attempt: int = 0  # 0 = the current attempt
     failure_class: str = ""  # FAILED: e.g. "no_service" (gateway.messages.retry)
     parts_done: int = 0  # SENT/DELIVERED: parts so far (0 = all); FAILED: parts sent before it
+
+
+class ReceiptRefusal(StrEnum):
+    """Why storage will never take a receipt: the same receipt is refused the same way again,
+    so the phone must forget it (device protocol: Reject) rather than re-send it."""
+
+    UNKNOWN_MESSAGE = "unknown_message"  # no such message routed to this device (or deleted)
+    UNKNOWN_RECIPIENT = "unknown_recipient"  # a recipient index the message does not have
 
 
 @dataclass(frozen=True, slots=True)

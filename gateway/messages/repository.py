@@ -38,6 +38,7 @@ from gateway.messages.records import (
     MessageFilter,
     MessageRecord,
     NewMessage,
+    ReceiptRefusal,
     ReceiptUpdate,
     RecipientRecord,
     SendOutcome,
@@ -569,23 +570,35 @@ class MessageRepository:
         backoff, until `max_attempts`. Returns how many states changed. Safe to call again
         with the same receipts.
         """
+        return self.apply_receipts_checked(device_id, receipts, now)[0]
+
+    def apply_receipts_checked(
+        self, device_id: str, receipts: Sequence[ReceiptUpdate], now: datetime
+    ) -> tuple[int, dict[int, ReceiptRefusal]]:
+        """`apply_receipts`, also returning the receipts it can never apply, by position: one
+        naming a message not routed to this device, or a recipient index the message lacks.
+        Those change nothing; the bridge refuses them (Reject) so the phone stops re-sending."""
         now = to_utc(now)
 
-        def tx(s: Session) -> int:
-            changed = 0
+        def tx(s: Session) -> tuple[int, dict[int, ReceiptRefusal]]:
+            changed, refused = 0, dict[int, ReceiptRefusal]()
             ids = list({r.message_id for r in receipts})
             rows = {
                 r.id: r
                 for r in s.exec(select(MessageRow).where(col(MessageRow.id).in_(ids), MessageRow.device_id == device_id))
             }
             recipients = self._recipients_rows_many(s, list(rows))
-            for receipt in receipts:
+            for i, receipt in enumerate(receipts):
                 row = rows.get(receipt.message_id)
                 if row is None:
-                    log.warning("receipt for a message not routed to this device ignored")
+                    refused[i] = ReceiptRefusal.UNKNOWN_MESSAGE
+                    continue
+                count = len(recipients[row.id])
+                if receipt.recipient_index >= count or any(x >= count for x in receipt.recipient_indices):
+                    refused[i] = ReceiptRefusal.UNKNOWN_RECIPIENT
                     continue
                 changed += self._apply_receipt(s, row, recipients[row.id], receipt, now)
-            return changed
+            return changed, refused
 
         return self.db.group(tx)
 

@@ -242,6 +242,7 @@ class InboundRow(SQLModel, table=True):
     data: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     port: int = 0
     is_encrypted: bool = False
+    truncated: bool = False  # the body is only the first part of what the phone received
     received_at: datetime
     created_at: datetime
 
