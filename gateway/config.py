@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config_errors import ConfigError, Sources, explain_validation, load_yaml
 from gateway.messages.pacing import ANDROID_PARTS_PER_MINUTE
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "WebhookSettings",
     "load_settings",
     "describe_error",
+    "ConfigError",
 ]
 
 
@@ -72,6 +73,21 @@ class DatabaseSettings(_Section):
     url: str = ""
     # FULL: an acknowledged SendMessage survives power loss (RELIABILITY 6). NORMAL is an opt-in.
     sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL)$")
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        """A typo is a configuration error (exit 2, the key named, the URL and its password
+        not shown), not a traceback when the engine is made."""
+        if value:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(value)
+            except (ArgumentError, ValueError):
+                raise ValueError("not a database URL (dialect+driver://user:password@host:port/name)") from None
+        return value
 
 
 class MetricsSettings(_Section):
@@ -248,21 +264,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then the YAML file, then `SMSGW_SECTION__KEY` variables, then `overrides` (CLI flags)."""
     tree: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
     if config_file is not None:
-        try:
-            loaded = yaml.safe_load(config_file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{config_file}: not valid YAML: {exc}") from None
+        loaded, lines = load_yaml(config_file, config_file.read_text())
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
-            raise ValueError(f"{config_file}: expected a mapping at the top level")
+            raise ConfigError([f"{config_file}: expected a mapping at the top level"])
         tree = loaded
-    tree = _merge(_merge(tree, _env_tree(os.environ)), overrides)
-    return Settings.model_validate(tree)
+    env = _env_tree(os.environ)
+    try:
+        return Settings.model_validate(_merge(_merge(tree, env), overrides))
+    except ValidationError as exc:
+        # Named by key and where it was set; never pydantic's dump of the input (secrets).
+        raise explain_validation(exc, Sources(config_file, lines, env, overrides)) from None
 
 
 def describe_error(exc: Exception) -> str:
     """A configuration error as one line per problem, each naming its setting, without
-    pydantic's dump of the whole input tree."""
+    pydantic's dump of the whole input tree (load_settings' ConfigError is already that)."""
     if not isinstance(exc, ValidationError):
         return str(exc)
     parts = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.config import BridgeSettings, GrpcSettings, LimitsSettings, Settings, load_settings
+from gateway.config import BridgeSettings, ConfigError, GrpcSettings, LimitsSettings, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,7 @@ def test_env_is_case_insensitive_in_names_only(monkeypatch: pytest.MonkeyPatch) 
     ],
 )
 def test_unknown_yaml_keys_rejected(tmp_path: Path, yaml_text: str, where: str) -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigError) as info:
         load_settings(write_yaml(tmp_path, yaml_text))
     text = str(info.value)
     assert where in text
@@ -108,24 +108,24 @@ def test_unknown_yaml_keys_rejected(tmp_path: Path, yaml_text: str, where: str) 
 
 def test_unknown_env_key_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMSGW_BRIDGE__NO_SUCH_KEY", "1")
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigError) as info:
         load_settings()
     assert "no_such_key" in str(info.value)
     assert "Extra inputs are not permitted" in str(info.value)
 
 
 def test_unknown_override_rejected() -> None:
-    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match="Extra inputs are not permitted"):
         load_settings(limits={"max_recipientz": 3})
 
 
 def test_bad_value_rejected_with_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMSGW_BRIDGE__PING_INTERVAL", "soon")
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigError) as info:
         load_settings()
     assert "bridge.ping_interval" in str(info.value)
     monkeypatch.delenv("SMSGW_BRIDGE__PING_INTERVAL")
-    with pytest.raises(ValidationError, match="sqlite_synchronous"):
+    with pytest.raises(ConfigError, match="sqlite_synchronous"):
         load_settings(write_yaml(tmp_path, "database:\n  sqlite_synchronous: OFF\n"))
 
 
@@ -175,13 +175,72 @@ def test_errors_are_described_one_line_per_setting(monkeypatch: pytest.MonkeyPat
     from gateway.config import describe_error
 
     monkeypatch.setenv("SMSGW_BRIDGE__PING_INTERVAL", "soon")
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigError) as info:
         load_settings()
     text = describe_error(info.value)
-    assert text.startswith("bridge.ping_interval: ") and "input_value" not in text and "\n" not in text
+    assert text.startswith("bridge.ping_interval (SMSGW_BRIDGE__PING_INTERVAL): ")
+    assert "input_value" not in text and "\n" not in text
     monkeypatch.delenv("SMSGW_BRIDGE__PING_INTERVAL")
     monkeypatch.setenv("SMSGW_WEBHOOKS__ALLOW_HTTP", "true")
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigError) as info:
         load_settings()
     assert describe_error(info.value) == "webhooks.allow_private_targets and webhooks.allow_http need gateway.mode private"
     assert describe_error(ValueError("plain")) == "plain"
+
+
+# ---- errors name the file, line and key, never a secret's value (issue 14, item 8) ----------
+
+SECRET = "Sup3r-s3cret-VALUE-never-shown-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line"),
+    [
+        (f'jwt:\n  issuer: smsgw\n  secret: "{SECRET}\n  audience: smsgw\n', "line 3"),  # unterminated quote
+        (f"jwt:\n  issuer: smsgw\n  secret: {SECRET}: more\n", "line 3, column"),  # a second colon
+        (f'jwt:\n  issuer: smsgw\n  secret: "{SECRET}\\q"\n', "line 3, column"),  # a bad escape
+        (f"jwt:\n  previous_secrets: [{SECRET}, {SECRET}\n", "line 2"),  # an unclosed list
+    ],
+)
+def test_yaml_syntax_error_names_file_line_and_key_not_the_secret(tmp_path: Path, yaml_text: str, line: str) -> None:
+    cfg = write_yaml(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    text = str(info.value)
+    assert text.startswith(f"{cfg} {line}") and "not valid YAML" in text
+    assert "(jwt.secret)" in text or "(jwt.previous_secrets)" in text
+    assert SECRET not in text and SECRET[:6] not in text and "\n" not in text
+
+
+def test_a_type_error_on_a_secret_key_names_its_line_not_its_value(tmp_path: Path) -> None:
+    cfg = write_yaml(tmp_path, f"gateway:\n  mode: private\n  private_token:\n    - {SECRET}\njwt:\n  secret: {{a: {SECRET}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert info.value.problems == [
+        f"gateway.private_token ({cfg} line 3): Input should be a valid string",
+        f"jwt.secret ({cfg} line 6): Input should be a valid string",
+    ]
+
+
+def test_a_bad_env_override_names_the_variable_not_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMSGW_JWT__SECRET", SECRET[:20])  # too short
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert text == "jwt.secret (and each of jwt.previous_secrets) must be at least 32 characters (SMSGW_JWT__SECRET)"
+    monkeypatch.delenv("SMSGW_JWT__SECRET")
+    monkeypatch.setenv("SMSGW_DATABASE__URL", f"postgresql://smsgw:{SECRET}@db:notaport/smsgw")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith("database.url (SMSGW_DATABASE__URL): not a database URL")
+    assert SECRET not in str(info.value)
+
+
+def test_is_secret_key() -> None:
+    from gateway.config_errors import is_secret_key
+
+    for key in ("jwt.secret", "jwt.previous_secrets", "gateway.private_token", "database.url", "push.credentials_file",
+                "webhooks.signing_secret", "x.admin_password"):
+        assert is_secret_key(key), key
+    for key in ("jwt.issuer", "grpc.listen", "bridge.ping_interval", "database.sqlite_synchronous"):
+        assert not is_secret_key(key), key
