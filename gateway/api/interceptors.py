@@ -13,7 +13,9 @@ maps it, once, to a status with google.rpc details (BadRequest, RetryInfo, Quota
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import logging
 import math
 import time
@@ -25,6 +27,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.api.decoding import LOCATE_INLINE_BYTES, Undecodable, locate, safe_deserializer
 from gateway.auth.records import Caller
 from gateway.auth.scopes import PUBLIC, RPC_SCOPES
 from gateway.auth.service import AuthService
@@ -134,23 +137,97 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or method.startswith(_PUBLIC_PREFIXES):
+        if handler is None:
             return handler
+        method: str = details.method  # type: ignore[attr-defined]
+        # Every method's request parses through this: bytes that do not parse reach the
+        # handler as an Undecodable (answered below), not grpc's UNKNOWN and traceback.
+        decode = safe_deserializer(handler.request_deserializer)
+        if method.startswith(_PUBLIC_PREFIXES):
+            return self._wrap_infrastructure(handler, decode)
         rpc = method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, rpc),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    async def _undecodable(self, bad: Undecodable, context: grpc.aio.ServicerContext[Any, Any], method: str) -> InvalidArgument:
+        """The error for a request that did not parse, once the caller passed the gate of its
+        RPC. A caller without a valid access token (sign-in RPCs, health, reflection) has it
+        counted as a failed authentication of its address; a token's call was counted in its
+        bucket by `_login`."""
+        if RPC_SCOPES.get(method, _MISSING) in (PUBLIC, _MISSING):
+            await self._auth.failed(call_source(context), f"undecodable request to {method.rsplit('/', 1)[-1]}")
+        found = locate(bad) if len(bad.data) <= LOCATE_INLINE_BYTES else await asyncio.to_thread(locate, bad)
+        return InvalidArgument(*found)
+
+    async def _reject_anonymous(self, bad: Undecodable, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        """Abort an undecodable request to health or reflection (which take no credentials):
+        refused while its address is locked out, else counted against the address."""
+        try:
+            self._auth.check_locked(call_source(context))
+            raise await self._undecodable(bad, context, method)
+        except SmsgwError as exc:
+            self._count_limited(exc)
+            await self._fail(context, exc)
+
+    def _wrap_infrastructure(
+        self, handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any] | None
+    ) -> grpc.RpcMethodHandler:
+        """Health and reflection as they are, with requests that do not parse answered
+        INVALID_ARGUMENT (any of the four kinds of method)."""
+        method = ""  # no scope: named only in the audit detail
+        serializer = handler.response_serializer
+
+        async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, Undecodable):
+                    await self._reject_anonymous(request, context, method)
+                yield request
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if isinstance(request, Undecodable):
+                    await self._reject_anonymous(request, context, method)
+                result = unary(request, context)
+                return await result if inspect.isawaitable(result) else result
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, decode, serializer)
+        if handler.unary_stream is not None:
+            unary_to_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                if isinstance(request, Undecodable):
+                    await self._reject_anonymous(request, context, method)
+                async for item in unary_to_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, decode, serializer)
+        if handler.stream_unary is not None:
+            stream_to_unary = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await stream_to_unary(checked(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, decode, serializer)
+        stream_to_stream = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async for item in stream_to_stream(checked(requests, context), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, decode, serializer)
 
     async def _login(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         source = call_source(context)
@@ -199,6 +276,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 await self._login(context, method)
+                if isinstance(request, Undecodable):
+                    raise await self._undecodable(request, context, method)
                 return await behavior(request, context)
             except Exception as exc:  # noqa: BLE001 — mapped to a status, never leaked
                 if isinstance(exc, grpc.aio.AbortError):
@@ -215,6 +294,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
                 await self._login(context, method)
+                if isinstance(request, Undecodable):
+                    raise await self._undecodable(request, context, method)
                 async for item in behavior(request, context):
                     yield item
             except Exception as exc:  # noqa: BLE001
