@@ -347,11 +347,14 @@ class RepositoryMachine(RuleBasedStateMachine):
         self.repo.open_session(self.owner, device, session, held, now)
 
     def reportable(self) -> list[str]:
-        """Messages with a recipient the server saw ACCEPTED at its current attempt, on an open device."""
+        """Messages with a recipient the server saw ACCEPTED, or the phone holds, at its
+        current attempt, on an open device (a phone may hold a recipient cancelled or expired
+        while its Deliver was in flight, and send it before the Drop arrives)."""
         snaps, online = self.snaps(), self.open_devices()
+        held = {k for d in online for k in self.phone_held[d] if self.dispatched_to.get(k[0]) == d}
         return sorted(
             {
-                mid for mid, idx, att in self.server_accepted
+                mid for mid, idx, att in self.server_accepted | held
                 if self.dispatched_to.get(mid) in online and snaps[mid].recipients[idx].attempt == att
             }
         )
@@ -705,6 +708,14 @@ class RepositoryMachine(RuleBasedStateMachine):
         assert self.repo.apply_receipts(device, receipts, now) == moves
         after = self.snaps()[mid]
         assert after.states == tuple(states)
+        # The phone's truth wins (issue 14): a recipient it reported SENT / DELIVERED at its
+        # current attempt is not left EXPIRED or CANCELLED, whatever the server decided before.
+        for r in receipts:
+            i = r.recipient_index
+            if i < n and i not in retried and r.state in (S, DL):
+                old = m.recipients[i]
+                if r.attempt == old.attempt or (r.attempt == 0 and old.state != P):
+                    assert after.states[i] not in (E, C), (r, old, after)
         assert [r.attempt for r in after.recipients] == attempts
         for i in retried:
             # Backoff: not before retry_base * 4**(attempt-2) +-20 % from now.
