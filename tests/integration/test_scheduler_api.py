@@ -5,6 +5,7 @@ a phone holds (Drop). Pacing itself is proven on the virtual clock (test_schedul
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -242,7 +243,9 @@ def _next_deliver_for(raw: RawPhone, message_id: str, timeout: float = 10.0) -> 
     raise AssertionError("no Deliver")
 
 
-def test_expiry_of_a_held_message_drops_it_on_the_phone(client: Client, phone: tuple[RawPhone, str]) -> None:
+def test_expiry_of_a_held_message_drops_it_and_the_phones_sent_still_wins(
+    client: Client, phone: tuple[RawPhone, str]
+) -> None:
     raw, device = phone
     valid_until = datetime.now(UTC) + timedelta(seconds=1.5)
     mid = client.send_message(["+15551230020"], "soon stale", device_id=device, valid_until=valid_until).id
@@ -259,10 +262,35 @@ def test_expiry_of_a_held_message_drops_it_on_the_phone(client: Client, phone: t
     assert (event.message_id, event.reason) == (mid, "expired")
     expired = client.get_message(mid)
     assert expired.state == common_pb2.EXPIRED and expired.recipients[0].state == common_pb2.EXPIRED
-    # A SENT the phone reports afterwards (it sent regardless) is too late to move it.
+    # The phone had sent it already (the Drop came too late): its SENT and DELIVERED are the
+    # truth and win over the expiry (issue 14). A stream following the message sees them.
+    seen: list[int] = []
+    errors: list[Exception] = []
+
+    def follow() -> None:
+        stream = client.watch_messages(after_event_id=0, message_ids=[mid], timeout=20)
+        try:
+            for event in stream:
+                seen.append(event.state)
+                if event.state == common_pb2.DELIVERED:
+                    return
+        except Exception as exc:  # judged by the test thread (the client closes when it fails)
+            errors.append(exc)
+        finally:
+            stream.close()
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
     raw.receipt(mid, ReceiptState.SENT, 0)
-    time.sleep(QUIET)
-    assert client.get_message(mid).state == common_pb2.EXPIRED
+    raw.receipt(mid, ReceiptState.DELIVERED, 0)
+    delivered = _wait(client, mid, lambda m: m.state == common_pb2.DELIVERED)
+    assert delivered.recipients[0].state == common_pb2.DELIVERED and delivered.recipients[0].error == ""
+    watcher.join(20)
+    assert not watcher.is_alive() and not errors, errors
+    assert seen == [
+        common_pb2.PENDING, common_pb2.DISPATCHED, common_pb2.ACCEPTED, common_pb2.EXPIRED,
+        common_pb2.SENT, common_pb2.DELIVERED,
+    ]
 
 
 def test_cli_schedule_show_reschedule_cancel_and_device_settings(
