@@ -6,14 +6,16 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import grpc
 
 from gateway.errors import InvalidArgument, Unavailable
 from gateway.messages.service import EventFeed
 
 __all__ = [
     "PAGE_MAX", "WATCH_BATCH", "page_limit", "encode_page_token", "decode_page_token", "encode_id_token",
-    "decode_id_token", "start_cursor", "follow",
+    "decode_id_token", "start_cursor", "announce_start", "follow", "WATCH_START_KEY",
 ]
 
 PAGE_DEFAULT, PAGE_MAX = 50, 500
@@ -25,6 +27,9 @@ _MAX_EVENT_ID = 2**63 - 1  # event ids are SQL BIGINTs
 _ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 _DECIMAL = re.compile(r"[1-9][0-9]{0,18}")
 _NOT_A_TOKEN = "not a token from next_page_token"
+# The initial-metadata key naming the event id a watch starts after (smsgw_client's
+# WATCH_START_KEY: the client resumes from it when cut off before the first event).
+WATCH_START_KEY = "smsgw-watch-after"
 # Safety net only: watchers are woken by the bus; this bounds a missed wake-up.
 _WATCH_POLL = 1.0
 
@@ -90,6 +95,17 @@ def start_cursor(has_after: bool, after_event_id: int) -> int | None:
     if after_event_id > _MAX_EVENT_ID:
         raise InvalidArgument("after_event_id", "larger than any event id")
     return after_event_id
+
+
+async def announce_start(
+    context: grpc.aio.ServicerContext[Any, Any], cursor: int | None, last_event_id: Callable[[], Awaitable[int]]
+) -> int:
+    """Fix a watch's start (None = the current end of the log) and send it to the client as
+    initial metadata before any event: a watch "from now" cut off before its first event then
+    resumes from here, not from a later "now" that would skip what was logged in between."""
+    start = await last_event_id() if cursor is None else cursor
+    await context.send_initial_metadata(((WATCH_START_KEY, str(start)),))
+    return start
 
 
 async def follow(

@@ -13,6 +13,7 @@ from gateway.api.cursors import (
     WATCH_BATCH,
     decode_page_token,
     encode_page_token,
+    announce_start,
     follow,
     page_limit,
     start_cursor,
@@ -63,7 +64,9 @@ class InboundServicer(inbound_pb2_grpc.InboundServiceServicer):
         bad: list[tuple[str, str]] = []
         _check_device_id(device_id, bad)
         InvalidArgument.raise_if_any(bad)
-        cursor = start_cursor(request.HasField("after_event_id"), request.after_event_id)
+        cursor = await announce_start(
+            context, start_cursor(request.HasField("after_event_id"), request.after_event_id), self.service.last_event_id
+        )
 
         async def read(after: int, upto: int) -> list[InboundEventRecord]:
             return await self.service.events_after(owner, after, limit=WATCH_BATCH, device_id=device_id, upto=upto)

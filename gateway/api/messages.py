@@ -15,6 +15,7 @@ from gateway.api.cursors import (
     WATCH_BATCH,
     decode_page_token,
     encode_page_token,
+    announce_start,
     follow,
     page_limit,
     start_cursor,
@@ -120,7 +121,9 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
         ids = list(request.message_ids)
         if len(ids) > _WATCH_MAX_IDS:
             raise InvalidArgument("message_ids", f"at most {_WATCH_MAX_IDS}; watch all and filter instead")
-        cursor = start_cursor(request.HasField("after_event_id"), request.after_event_id)
+        cursor = await announce_start(
+            context, start_cursor(request.HasField("after_event_id"), request.after_event_id), self.service.last_event_id
+        )
 
         async def read(after: int, upto: int) -> list[EventRecord]:
             return await self.service.events_after(owner, after, limit=WATCH_BATCH, message_ids=ids, upto=upto)

@@ -4,8 +4,8 @@
 decision about the wire lives here once, so the two cannot drift apart:
 
 * the channel options, including the service config that makes gRPC retry
-  ``UNAVAILABLE`` by itself (RELIABILITY 22) and a keepalive the server accepts
-  (RELIABILITY 23);
+  ``UNAVAILABLE`` of unary calls by itself (RELIABILITY 22; streams resume through
+  ``WatchCursor`` only) and a keepalive the server accepts (RELIABILITY 23);
 * the ``authorization`` call metadata;
 * building the request messages (validation of local arguments included);
 * the resume cursor and reconnect backoff of ``WatchMessages`` and ``WatchInbound``.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import time
 import uuid
@@ -29,14 +30,18 @@ from smsgw.v1 import common_pb2, devices_pb2, inbound_pb2, messages_pb2
 
 from . import envelope
 
+_log = logging.getLogger("smsgw_client")
+
 __all__ = [
     "DEFAULT_MAX_RECONNECTS",
     "DEFAULT_OPTIONS",
     "DEFAULT_TIMEOUT",
     "KEEPALIVE_OPTIONS",
     "MAX_RECEIVE_MESSAGE_LENGTH",
+    "RETRIED_METHODS",
     "RETRIED_SERVICES",
     "SERVICE_CONFIG",
+    "WATCH_START_KEY",
     "WatchCursor",
     "basic_metadata",
     "call_metadata",
@@ -65,6 +70,25 @@ RETRIED_SERVICES: Final = (
     "smsgw.v1.InboundService",
 )
 
+# Only the unary methods, named one by one: gRPC would also re-open a server stream that has
+# not answered yet, so a WatchMessages/WatchInbound cut by a server restart came back "from
+# now" on the new server behind the client's back, and the resume from the last event id
+# (WatchCursor) never ran. ExportMessages is left to the caller for the same reason.
+RETRIED_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
+    "smsgw.v1.MessageService": (
+        "SendMessage", "SendMessages", "GetMessage", "ListMessages", "CancelMessage", "RescheduleMessage",
+    ),
+    "smsgw.v1.DeviceService": (
+        "ListDevices", "CreatePairingCode", "DeleteDevice", "GetDeviceSettings", "UpdateDeviceSettings",
+    ),
+    "smsgw.v1.AuditService": ("ListAuditEvents",),
+    "smsgw.v1.InboundService": ("ListInbound",),
+}
+
+WATCH_START_KEY: Final = "smsgw-watch-after"
+"""Initial metadata of a watch stream: the event id it starts after (the server's log head
+for a watch "from now"), so a reconnect before any event resumes from there."""
+
 MAX_RECEIVE_MESSAGE_LENGTH: Final = 16 * 1024 * 1024
 """Set explicitly (RELIABILITY 25): a page of 500 messages can exceed gRPC's 4 MiB."""
 
@@ -76,7 +100,11 @@ MAX_RECEIVE_MESSAGE_LENGTH: Final = 16 * 1024 * 1024
 SERVICE_CONFIG: Final[Mapping[str, Any]] = {
     "methodConfig": [
         {
-            "name": [{"service": service} for service in RETRIED_SERVICES],
+            "name": [
+                {"service": service, "method": method}
+                for service in RETRIED_SERVICES
+                for method in RETRIED_METHODS[service]
+            ],
             "retryPolicy": {
                 "maxAttempts": 4,
                 "initialBackoff": "0.2s",
@@ -326,7 +354,9 @@ class WatchCursor:
     Both watches are ordered by ``event_id``, and a new stream resumes after
     the ``after_event_id`` it is given. Remembering the last event handed to
     the caller, and starting each reconnect from it, gives the caller every
-    event exactly once across disconnects.
+    event exactly once across disconnects. A watch "from now" cut before its
+    first event resumes from the position the server named when the stream
+    began (:data:`WATCH_START_KEY`, :meth:`learn_start`).
 
     Args:
         after_event_id: The caller's starting point (None = only new events).
@@ -375,6 +405,24 @@ class WatchCursor:
         if self._deadline is None:
             return None
         return max(0.0, self._deadline - time.monotonic())
+
+    def learn_start(self, initial_metadata: Sequence[tuple[str, Any]] | None) -> None:
+        """Take the stream's start from its initial metadata when no event has fixed it yet.
+
+        A watch opened "from now" that is cut before its first event must resume from where it
+        began, not from "now" again: events logged while the server restarted would be lost.
+        """
+        for key, value in initial_metadata or ():
+            if key != WATCH_START_KEY:
+                continue
+            try:
+                start = int(value)
+            except (TypeError, ValueError):
+                return
+            if self.after_event_id is None:
+                self.after_event_id = start
+            _log.debug("watch stream open after event %d", start)
+            return
 
     def accept(self, event: messages_pb2.MessageEvent | inbound_pb2.InboundEvent) -> bool:
         """Record ``event``; return False if it was already handed out.

@@ -351,6 +351,8 @@ class AsyncClient:
         while True:
             call = open_stream()
             try:
+                # The server names the stream's start in its headers, before any event.
+                cursor.learn_start(await call.initial_metadata())
                 async for event in call:
                     if cursor.accept(event):
                         yield event

@@ -343,7 +343,8 @@ class Client:
         Args:
             after_event_id: Resume after this event (0 = from the start; None =
                 only events from now on; a reconnect before the first event
-                then also starts from "now").
+                resumes from the log position the server named when the
+                stream began, so nothing logged during a restart is missed).
             message_ids: Only these messages (empty = all of the caller's).
             timeout: Overall deadline in seconds; None = none, as a watch is
                 meant to run for long.
@@ -426,6 +427,8 @@ class Client:
         while True:
             call = open_stream()
             try:
+                # The server names the stream's start in its headers, before any event.
+                cursor.learn_start(call.initial_metadata())
                 for event in call:
                     if cursor.accept(event):
                         yield event
