@@ -24,4 +24,8 @@ class BridgeMetrics:
             registry=registry,
         )
         self.drops = Counter("smsgw_bridge_drops_total", "Drop frames sent to phones", registry=registry)
+        self.rejects = Counter(
+            "smsgw_bridge_rejects_total", "Device events refused for good (Reject frames), by reason", ["reason"],
+            registry=registry,
+        )
         self.closes = Counter("smsgw_bridge_closes_total", "Sessions closed, by close code", ["code"], registry=registry)

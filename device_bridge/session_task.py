@@ -30,10 +30,12 @@ from device_bridge.protocol import (
     HelloReceived,
     InboundReceived,
     InboundSms,
+    InvalidEventReceived,
     PacingSettings,
     Receipt,
     ReceiptReceived,
     ReceiptState,
+    RejectReason,
     RemoteProtocolError,
     SessionState,
     Side,
@@ -47,7 +49,7 @@ from gateway.devices.repository import DeviceRepository
 from gateway.inbound.records import NewInbound
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
-from gateway.messages.records import DispatchBatch, DispatchUnit, HeldRecipient, ReceiptUpdate
+from gateway.messages.records import DispatchBatch, DispatchUnit, HeldRecipient, ReceiptRefusal, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.types import State, utcnow
 
@@ -60,6 +62,10 @@ _RECEIPT_STATES = {
     ReceiptState.SENT: State.SENT,
     ReceiptState.DELIVERED: State.DELIVERED,
     ReceiptState.FAILED: State.FAILED,
+}
+_REFUSALS = {
+    ReceiptRefusal.UNKNOWN_MESSAGE: (RejectReason.UNKNOWN_MESSAGE, "no such message on this device"),
+    ReceiptRefusal.UNKNOWN_RECIPIENT: (RejectReason.UNKNOWN_RECIPIENT, "no such recipient index"),
 }
 # Cleanup must finish even during shutdown, but never hang it.
 _CLEANUP_TIMEOUT = 10.0
@@ -131,6 +137,7 @@ def _new_inbound(i: InboundSms) -> NewInbound:
         sim=i.sim_number,
         is_encrypted=i.is_encrypted,
         received_at=i.received_at,
+        truncated=i.truncated,
     )
 
 
@@ -178,10 +185,10 @@ class _Session:
                 self.ctx.devices.redeem_pairing_code, admission.pairing_code, self.ctx.clock(), admission.source
             )
             if redeemed is None:
-                raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code already used or expired")
+                raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code spent or expired meanwhile")
             identity, token = redeemed
             credentials = Credentials(identity.device_id, token)
-            self.log.info("= paired new device %s", identity.device_id)
+            self.log.info("= paired device %s", identity.device_id)
         return identity, hello, credentials
 
     async def open(self, identity: DeviceIdentity, hello: HelloReceived, credentials: Credentials | None) -> SessionHandle:
@@ -192,11 +199,16 @@ class _Session:
         sims = tuple(SimRecord(s.slot, s.operator_name, s.country_iso) for s in hello.sims)
         handle = SessionHandle(identity.device_id, identity.owner_id, session_id)
         async with self.ctx.registry.opening(identity.device_id):
+            if credentials is not None and not await self.token_current(credentials):
+                # The same code paired again since (docs/protocol.md "Pairing"): that session
+                # holds the device's one valid token and takes over, as a newer session would.
+                raise _Aborted(CloseCode.REPLACED, "a newer pairing of this device took over")
             self.handle = handle  # from here on close_out() cleans up, even if the rest fails
             now = self.ctx.clock()
             online = await trio.to_thread.run_sync(
                 lambda: self.ctx.devices.set_online(
-                    identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now
+                    identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now,
+                    with_token=credentials is None,
                 )
             )
             if not online:  # deleted between the upgrade and Hello
@@ -224,6 +236,11 @@ class _Session:
         self.ctx.bus.notify_events()
         self.log.info("= session open for device %s (window %d)", identity.device_id, self.proto.window)
         return handle
+
+    async def token_current(self, credentials: Credentials) -> bool:
+        """Whether the token this pairing session is about to hand out is still the device's."""
+        identity = await trio.to_thread.run_sync(self.ctx.devices.authenticate, credentials.token)
+        return identity is not None and identity.device_id == credentials.device_id
 
     async def read(self) -> None:
         """Receipts and inbound SMS -> storage -> Ack -> bus; ends when the phone closes.
@@ -254,17 +271,33 @@ class _Session:
                     break
             receipts = [e.receipt for e in events if isinstance(e, ReceiptReceived)]
             inbound = [e.inbound for e in events if isinstance(e, InboundReceived)]
-            if not receipts and not inbound:
+            invalid = [e for e in events if isinstance(e, InvalidEventReceived)]
+            if not receipts and not inbound and not invalid:
                 continue
-            changed, finals = await self.apply_receipts(receipts) if receipts else (0, {})
+            changed, finals, refused = await self.apply_receipts(receipts) if receipts else (0, {}, {})
             stored = await self.store_inbound(inbound) if inbound else 0
-            self.proto.send_ack([r.event_id for r in receipts] + [i.event_id for i in inbound])
+            acked = [r.event_id for i, r in enumerate(receipts) if i not in refused]
+            self.proto.send_ack(acked + [i.event_id for i in inbound])
+            self.refuse(invalid, {receipts[i].event_id: why for i, why in refused.items()})
             self.send_drops(finals)
             await self.flush()
             if changed or stored:
                 self.ctx.bus.notify_events()  # WatchMessages, WatchInbound and the webhook worker
             if self.worth_dispatching(receipts):
                 self.handle.wake()
+
+    def refuse(self, invalid: Sequence[InvalidEventReceived], refused: dict[int, ReceiptRefusal]) -> None:
+        """Reject the events that can never be stored, so the phone forgets them instead of
+        re-sending them after every Welcome (one such event used to close every session)."""
+        for e in invalid:
+            self.proto.send_reject(e.event_id, RejectReason.INVALID_EVENT, e.detail)
+            self.ctx.metrics.rejects.labels(RejectReason.INVALID_EVENT.name).inc()
+            self.log.warning("! %s event %d refused: %s", e.kind, e.event_id, e.detail)
+        for event_id, why in refused.items():
+            reason, detail = _REFUSALS[why]
+            self.proto.send_reject(event_id, reason, detail)
+            self.ctx.metrics.rejects.labels(reason.name).inc()
+            self.log.warning("! Receipt event %d refused: %s", event_id, detail)
 
     def worth_dispatching(self, receipts: Sequence[Receipt]) -> bool:
         """Whether these receipts may let the dispatcher send more: they free window slots
@@ -277,10 +310,12 @@ class _Session:
                 woken = True
         return woken or self.room_ran_out or any(r.state == ReceiptState.FAILED for r in receipts)
 
-    async def apply_receipts(self, receipts: Sequence[Receipt]) -> tuple[int, dict[str, State]]:
-        """Store the receipts; returns how many changed a state, and which of the messages
-        the phone ACCEPTED ended CANCELLED or EXPIRED meanwhile (see drop_if_final), read
-        in the same worker call."""
+    async def apply_receipts(
+        self, receipts: Sequence[Receipt]
+    ) -> tuple[int, dict[str, State], dict[int, ReceiptRefusal]]:
+        """Store the receipts; returns how many changed a state, which of the messages the
+        phone ACCEPTED ended CANCELLED or EXPIRED meanwhile (see drop_if_final), read in the
+        same worker call, and the receipts storage refused (by position)."""
         assert self.handle is not None
         updates = [
             ReceiptUpdate(
@@ -300,9 +335,9 @@ class _Session:
         device_id, now, messages = self.handle.device_id, self.ctx.clock(), self.ctx.messages
         accepted = [r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED]
 
-        def store() -> tuple[int, dict[str, State]]:
-            changed = messages.apply_receipts(device_id, updates, now)
-            return changed, messages.final_states(device_id, accepted) if accepted else {}
+        def store() -> tuple[int, dict[str, State], dict[int, ReceiptRefusal]]:
+            changed, refused = messages.apply_receipts_checked(device_id, updates, now)
+            return changed, messages.final_states(device_id, accepted) if accepted else {}, refused
 
         return await trio.to_thread.run_sync(store)
 

@@ -28,12 +28,15 @@ The phone side of the protocol (DESIGN, "Phone protocol"; ``device.proto``):
   sent before the failure; every receipt names one ``recipient_index`` and
   the Deliver's ``attempt``;
 * keep every receipt until the bridge Acks its event id, and re-send the
-  unacknowledged ones, in order, right after each Welcome;
+  unacknowledged ones, in order, right after each Welcome; a Reject (the bridge
+  will never store that event) drops it from the queue too, logged by event id
+  and reason only, and it is never sent again;
 * on Drop: never start sending any not-yet-started recipient of that message;
 * an SMS the phone "receives" (:meth:`PhoneAgent.receive_sms`) is forwarded as
   Inbound with a phone-made id and event id, kept until the bridge Acks that
   event id and re-sent (same id, so the server stores one copy) after each
-  Welcome, together with the unacknowledged receipts, in event-id order;
+  Welcome, together with the unacknowledged receipts, in event-id order; a body
+  over the protocol's bound is cut to it and flagged ``truncated``;
 * on Settings (and ``Welcome.settings``): keep the latest pacing in
   :attr:`PhoneAgent.settings`. The bridge does the pacing; the phone only
   keeps it;
@@ -87,12 +90,14 @@ from device_bridge.protocol import (
     PacingSettings,
     Receipt,
     ReceiptState,
+    RejectReceived,
     RemoteProtocolError,
     SessionState,
     SettingsReceived,
     Side,
     SimInfo,
     WelcomeReceived,
+    cut_inbound_body,
 )
 
 from .backoff import Backoff
@@ -187,6 +192,7 @@ class AgentStatistics:
     parts_delivered: int = 0  # DELIVERED receipts made (one per part)
     inbound: int = 0  # SMS received (receive_sms)
     inbound_unacked: int = 0  # of those, not acknowledged by the bridge yet
+    rejected: int = 0  # receipts and SMS the bridge refused for good (Reject), hence dropped
 
 
 class PhoneAgent:
@@ -318,6 +324,8 @@ class PhoneAgent:
         self._by_message: dict[str, list[_Recipient]] = {}
         self.unacked: dict[int, Receipt] = {}
         self.inbound_unacked: dict[int, InboundSms] = {}
+        # Events the bridge refused for good, by event id (the reason, for tests and people).
+        self.rejected: dict[int, RejectReceived] = {}
         self._next_event_id = 1
         self.accepted: set[RecipientKey] = set()
         self.settings: PacingSettings | None = None
@@ -389,6 +397,7 @@ class PhoneAgent:
             parts_delivered=self._parts_delivered,
             inbound=self._inbound,
             inbound_unacked=len(self.inbound_unacked),
+            rejected=len(self.rejected),
         )
 
     @property
@@ -491,6 +500,8 @@ class PhoneAgent:
                 for event_id in event.event_ids:
                     self.unacked.pop(event_id, None)
                     self.inbound_unacked.pop(event_id, None)
+        elif isinstance(event, RejectReceived):
+            self._on_reject(event)
         elif isinstance(event, DropReceived):
             self._on_drop(event.message_id)
         elif isinstance(event, SettingsReceived):
@@ -500,6 +511,18 @@ class PhoneAgent:
         else:  # HelloReceived / ReceiptReceived / InboundReceived only reach a BRIDGE session
             raise TypeError(f"unexpected event on the phone: {type(event).__name__}")
         self._notify()
+
+    def _on_reject(self, event: RejectReceived) -> None:
+        """Forget a refused event as after an Ack: re-sending it would only be refused again
+        (and, before refusals existed, closed every session). Ids, reason and the bridge's
+        detail only: never the body or a number."""
+        kind = "receipt" if event.event_id in self.unacked else "SMS" if event.event_id in self.inbound_unacked else ""
+        self.unacked.pop(event.event_id, None)
+        self.inbound_unacked.pop(event.event_id, None)
+        if kind:
+            self.rejected[event.event_id] = event
+            self._log.warning("! %s event %d refused by the bridge (%s: %s); dropped",
+                              kind, event.event_id, event.reason.name, event.detail)
 
     def accept_parked(self) -> None:
         """Accept every parked Deliver now (e.g. after clearing ``pause_accepting``)."""
@@ -627,9 +650,13 @@ class PhoneAgent:
         after every reconnect until the bridge Acks it. Returns the phone's id for it
         (the server's duplicate key).
 
+        A body over the protocol's bound (16,384 characters, 8,192 bytes) is cut to it
+        and sent flagged ``truncated``, as the bridge would store it anyway: the SMS is kept
+        and the frame stays small.
+
         Raises:
             ValueError / TypeError: Not a valid Inbound (e.g. both or neither of text and
-                data, an empty or too long sender, a body over its bound).
+                data, an empty or too long sender).
         """
         phone_id = uuid.uuid4().hex
         sealed = self._keys_ring is not None
@@ -638,6 +665,7 @@ class PhoneAgent:
                 text = self._keys_ring.encrypt(text)
             elif data is not None:
                 data = self._keys_ring.encrypt_bytes(data).encode("ascii")
+        text, data, truncated = cut_inbound_body(text, data)
         inbound = InboundSms(
             self._next_event_id,
             phone_id,
@@ -648,6 +676,7 @@ class PhoneAgent:
             sim_number=sim,
             received_at=received_at if received_at is not None else _now(),
             is_encrypted=sealed,
+            truncated=truncated,
         )
         self._next_event_id += 1
         self.inbound_unacked[inbound.event_id] = inbound
