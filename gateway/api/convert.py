@@ -125,6 +125,7 @@ def device_to_pb(d: DeviceRecord) -> devices_pb2.Device:
         app_version=d.app_version,
         created_at=timestamp(d.created_at),
         pending=d.pending,
+        connected_with_token=d.connected_with_token,
     )
 
 

@@ -27,6 +27,9 @@ class DeviceRecord:
     app_version: str
     created_at: datetime
     pending: int
+    # False until the phone opened a session with its device token: paired, but the Welcome
+    # (and the token in it) may never have reached it.
+    connected_with_token: bool
 
 
 @dataclass(frozen=True, slots=True)

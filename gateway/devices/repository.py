@@ -51,27 +51,39 @@ class DeviceRepository:
 
     def pairing_code_valid(self, code: str, now: datetime) -> bool:
         with self.db.read() as s:
-            row = s.get(PairingCode, hash_secret(_normal(code)))
-            return row is not None and row.used_at is None and row.expires_at > to_utc(now)
+            return _usable_code(s, hash_secret(_normal(code)), to_utc(now)) is not None
 
     def redeem_pairing_code(self, code: str, now: datetime, source: str = "") -> tuple[DeviceIdentity, str] | None:
-        """Trade a valid code for a new device and its token, once (audited as device.pair).
-        None if spent/expired/unknown."""
+        """Trade a valid code for device credentials. The first use makes the device (audited
+        as device.pair); a use before the device ever connected with its token re-issues that
+        device's token instead (device.reissue): the Welcome carrying the first may have been
+        lost, and as tokens are stored hashed the previous one stops working.
+        None if unknown, expired or spent for good (docs/protocol.md "Pairing")."""
         now = to_utc(now)
 
         def tx(s: Session) -> tuple[DeviceIdentity, str] | None:
-            row = s.get(PairingCode, hash_secret(_normal(code)))
-            if row is None or row.used_at is not None or row.expires_at <= now:
+            # Row-locked: two sessions redeeming at once (on two bridges) make one device.
+            usable = _usable_code(s, hash_secret(_normal(code)), now, lock=True)
+            if usable is None:
                 return None
-            row.used_at = now
-            s.add(row)
+            row, device = usable
             token = "dev_" + secrets.token_urlsafe(32)
-            device = Device(
-                id=str(ULID()), owner_id=row.owner_id, name=row.device_name,
-                token_hash=hash_secret(token), created_at=now,
-            )
+            if device is None:
+                device = Device(
+                    id=str(ULID()), owner_id=row.owner_id, name=row.device_name,
+                    token_hash=hash_secret(token), created_at=now,
+                )
+                row.used_at, row.device_id = now, device.id
+                s.add(row)
+                entry = AuditEntry("device.pair", device.owner_id, device.id, source, f"paired {device.name!r}")
+            else:
+                device.token_hash = hash_secret(token)
+                entry = AuditEntry(
+                    "device.reissue", device.owner_id, device.id, source,
+                    "pairing code used again before the token was: new token, the previous one revoked",
+                )
             s.add(device)
-            s.add(audit_row(AuditEntry("device.pair", device.owner_id, device.id, source, f"paired {device.name!r}"), now))
+            s.add(audit_row(entry, now))
             return DeviceIdentity(device.id, device.owner_id), token
 
         return self.db.group(tx)
@@ -86,10 +98,18 @@ class DeviceRepository:
             return DeviceIdentity(row.id, row.owner_id)
 
     def set_online(
-        self, device_id: str, session_id: str, *, app_version: str, sims: tuple[SimRecord, ...], now: datetime
+        self,
+        device_id: str,
+        session_id: str,
+        *,
+        app_version: str,
+        sims: tuple[SimRecord, ...],
+        now: datetime,
+        with_token: bool = True,
     ) -> bool:
         """Mark the device online on `session_id`. False (nothing changed) when it was deleted
-        after its credentials were checked at the upgrade."""
+        after its credentials were checked at the upgrade. `with_token`: the session was opened
+        with the device token (not a pairing code); the first such spends its pairing code."""
 
         def tx(s: Session) -> bool:
             row = s.get(Device, device_id)
@@ -103,6 +123,8 @@ class DeviceRepository:
             row.app_version = app_version[:64]
             row.sims_json = sims_to_json(sims)
             row.last_seen = to_utc(now)
+            if with_token and row.connected_with_token_at is None:
+                row.connected_with_token_at = to_utc(now)
             s.add(row)
             return True
 
@@ -149,6 +171,7 @@ class DeviceRepository:
                     id=r.id, owner_id=r.owner_id, name=r.name, online=bool(r.session_id),
                     last_seen=r.last_seen, sims=sims_from_json(r.sims_json), app_version=r.app_version,
                     created_at=r.created_at, pending=int(pending.get(r.id, 0)),
+                    connected_with_token=r.connected_with_token_at is not None,
                 )
                 for r in rows
             ]
@@ -157,6 +180,24 @@ class DeviceRepository:
 def _normal(code: str) -> str:
     """Codes are typed by people: ignore case, spaces and dashes."""
     return code.upper().replace("-", "").replace(" ", "")
+
+
+def _usable_code(
+    s: Session, code_hash: str, now: datetime, *, lock: bool = False
+) -> tuple[PairingCode, Device | None] | None:
+    """The code's row and the device its first use made (None before any use), or None when the
+    code pairs no more: unknown, expired, or spent for good because its device connected with
+    its token or was deleted."""
+    query = select(PairingCode).where(PairingCode.code_hash == code_hash)
+    row = s.exec(query.with_for_update() if lock else query).first()
+    if row is None or to_utc(row.expires_at) <= now:
+        return None
+    if row.used_at is None:
+        return row, None
+    device = s.get(Device, row.device_id) if row.device_id else None  # no device_id: paired before 0006
+    if device is None or device.revoked or device.connected_with_token_at is not None:
+        return None
+    return row, device
 
 
 def _presence(s: Session, row: Device, *, online: bool, now: datetime) -> None:

@@ -117,6 +117,9 @@ class Device(SQLModel, table=True):
     revoked: bool = False
     # Pacing overrides set with UpdateDeviceSettings (gateway.messages.pacing); "{}" = config defaults.
     settings_json: str = "{}"
+    # The first session opened with its own token: the phone holds it, so its pairing code is
+    # spent for good. Until then the code may re-issue the token (a lost Welcome).
+    connected_with_token_at: datetime | None = None
 
 
 class PairingCode(SQLModel, table=True):
@@ -125,7 +128,10 @@ class PairingCode(SQLModel, table=True):
     owner_id: str = Field(foreign_key="owner.id", index=True)
     device_name: str = ""
     expires_at: datetime
+    # First redeemed, and the device that made; spent for good once that device connected with
+    # its token, was deleted, or the code expired (gateway.devices.repository).
     used_at: datetime | None = None
+    device_id: str | None = None
 
 
 class MessageRow(SQLModel, table=True):

@@ -64,13 +64,20 @@ def test_pairing_needs_the_private_token_and_reconnects_do_not(private_server: S
         creds = phone.welcome.credentials
         assert creds is not None and creds.device_id == phone.welcome.device_id
         phone.ws.close()
-        # Spent now, even with the private token.
-        assert _refused(server.device_url, {**pairing, PRIVATE_TOKEN_HEADER: PRIVATE_TOKEN}) == 401
+        # Say the Welcome was lost: a retry of the code needs the private token too ...
+        assert _refused(server.device_url, pairing) == 401
+        retry = RawPhone(_open(server.device_url, {**pairing, PRIVATE_TOKEN_HEADER: PRIVATE_TOKEN}), Encoding.PROTO, 4)
+        assert isinstance(retry.welcome, WelcomeReceived) and retry.welcome.credentials is not None
+        assert retry.welcome.credentials.device_id == creds.device_id  # ... and re-issues the token
+        creds = retry.welcome.credentials
+        retry.ws.close()
 
         # Reconnect with the device token alone, and work.
         again = RawPhone(open_raw(server.device_url, f"Bearer {creds.token}"), Encoding.PROTO, 4)
         assert isinstance(again.welcome, WelcomeReceived) and again.welcome.device_id == creds.device_id
         assert again.welcome.credentials is None
+        # Spent now, even with the private token.
+        assert _refused(server.device_url, {**pairing, PRIVATE_TOKEN_HEADER: PRIVATE_TOKEN}) == 401
         mid = client.send_message(["+15551239999"], "private mode works").id
         deliver = again.next_deliver()
         assert deliver.delivery.message_id == mid and deliver.delivery.text == "private mode works"

@@ -20,7 +20,7 @@ class Sim(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., operator_name: _Optional[str] = ..., country_iso: _Optional[str] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "name", "online", "last_seen", "sims", "app_version", "created_at", "pending")
+    __slots__ = ("id", "name", "online", "last_seen", "sims", "app_version", "created_at", "pending", "connected_with_token")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Device(_message.Message):
     APP_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_WITH_TOKEN_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     online: bool
@@ -37,7 +38,8 @@ class Device(_message.Message):
     app_version: str
     created_at: _timestamp_pb2.Timestamp
     pending: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sims: _Optional[_Iterable[_Union[Sim, _Mapping]]] = ..., app_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending: _Optional[int] = ...) -> None: ...
+    connected_with_token: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sims: _Optional[_Iterable[_Union[Sim, _Mapping]]] = ..., app_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending: _Optional[int] = ..., connected_with_token: _Optional[bool] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()

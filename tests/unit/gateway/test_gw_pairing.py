@@ -1,0 +1,153 @@
+"""Pairing codes at the repository level (docs/protocol.md "Pairing"): a code trades for a
+device once, can re-issue that device's token while the phone has not yet connected with it
+(a lost Welcome), and is spent for good by the first session opened with the token, by its
+expiry, or by the device's deletion. On SQLite, and on PostgreSQL with two writers at once."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.auth.repository import AuthRepository
+from gateway.devices.repository import DeviceRepository
+from gateway.messages.repository import MessageRepository
+from gateway.storage.engine import Database
+from tests.helpers.accounts import create_owner
+from tests.helpers.postgres import throwaway_database
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+TTL = timedelta(minutes=10)
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """One throwaway PostgreSQL database for the module; each test makes its own owner."""
+    with throwaway_database() as url:
+        schema = Database(url)
+        schema.create_all()
+        schema.close()
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'p.db'}")
+        database.create_all()
+    else:
+        database = Database(request.getfixturevalue("pg_url"))
+    yield database
+    database.close()
+
+
+def _owner(db: Database) -> str:
+    return create_owner(db, f"owner-{uuid.uuid4().hex[:8]}", T0)
+
+
+def _pair_actions(db: Database, owner: str) -> list[str]:
+    rows = AuthRepository(db).list_audit(owner, action="", limit=100, before_id=None)
+    return sorted(r.action for r in rows if r.action.startswith("device."))
+
+
+def test_retry_before_the_token_is_used_reissues_it_for_the_same_device(db: Database) -> None:
+    devices = DeviceRepository(db)
+    owner = _owner(db)
+    code, _ = devices.create_pairing_code(owner, "phone", TTL, T0)
+    first = devices.redeem_pairing_code(code, T0, "10.0.0.1")
+    assert first is not None
+    # The Welcome never arrived: the phone tries the same code again.
+    assert devices.pairing_code_valid(code, T0 + timedelta(minutes=1))
+    second = devices.redeem_pairing_code(code, T0 + timedelta(minutes=1), "10.0.0.1")
+    assert second is not None
+    assert second[0] == first[0]
+    assert second[1] != first[1]
+    assert devices.authenticate(first[1]) is None  # the undelivered token is dead
+    assert devices.authenticate(second[1]) == first[0]
+    listed = devices.list(owner)
+    assert [d.id for d in listed] == [first[0].device_id]
+    assert not listed[0].connected_with_token
+    assert _pair_actions(db, owner) == ["device.pair", "device.reissue"]
+
+
+def test_first_session_with_the_token_spends_the_code(db: Database) -> None:
+    devices = DeviceRepository(db)
+    owner = _owner(db)
+    code, _ = devices.create_pairing_code(owner, "phone", TTL, T0)
+    redeemed = devices.redeem_pairing_code(code, T0)
+    assert redeemed is not None
+    identity, token = redeemed
+    # The pairing session itself does not prove the phone holds the token ...
+    assert devices.set_online(identity.device_id, "s1", app_version="t", sims=(), now=T0, with_token=False)
+    assert devices.set_offline(identity.device_id, "s1", T0)
+    assert devices.pairing_code_valid(code, T0)
+    assert not devices.list(owner)[0].connected_with_token
+    # ... a session opened with it does.
+    assert devices.set_online(identity.device_id, "s2", app_version="t", sims=(), now=T0, with_token=True)
+    assert devices.list(owner)[0].connected_with_token
+    assert not devices.pairing_code_valid(code, T0)
+    assert devices.redeem_pairing_code(code, T0) is None
+    assert devices.authenticate(token) == identity  # the token it holds keeps working
+    assert _pair_actions(db, owner) == ["device.pair"]
+
+
+def test_expiry_spends_the_code_and_leaves_the_orphan_listed(db: Database) -> None:
+    devices = DeviceRepository(db)
+    owner = _owner(db)
+    code, expires = devices.create_pairing_code(owner, "phone", TTL, T0)
+    redeemed = devices.redeem_pairing_code(code, T0)
+    assert redeemed is not None
+    assert not devices.pairing_code_valid(code, expires)
+    assert devices.redeem_pairing_code(code, expires) is None
+    listed = devices.list(owner)
+    assert [(d.id, d.connected_with_token) for d in listed] == [(redeemed[0].device_id, False)]
+
+
+def test_deleting_the_orphan_spends_the_code(db: Database) -> None:
+    devices = DeviceRepository(db)
+    messages = MessageRepository(db)
+    owner = _owner(db)
+    code, _ = devices.create_pairing_code(owner, "phone", TTL, T0)
+    redeemed = devices.redeem_pairing_code(code, T0)
+    assert redeemed is not None
+    assert devices.pairing_code_valid(code, T0)  # still re-issuable ...
+    messages.delete_device(owner, redeemed[0].device_id, T0)
+    assert not devices.pairing_code_valid(code, T0)  # ... not once the owner deleted it
+    assert devices.redeem_pairing_code(code, T0) is None
+    assert devices.list(owner) == []
+
+
+def test_two_writers_redeeming_one_code_at_once_make_one_device(db: Database) -> None:
+    """Two sessions take the same code at the same moment (on PostgreSQL through two engines,
+    as two bridge processes would; SQLite has one writer per data directory): one device,
+    both answers name it, and only the later token works."""
+    devices = DeviceRepository(db)
+    owner = _owner(db)
+    code, _ = devices.create_pairing_code(owner, "phone", TTL, T0)
+    other = db if db.is_sqlite else Database(db.engine.url.render_as_string(hide_password=False))
+    start = threading.Barrier(2, timeout=10)
+    results: list[object] = [None, None]
+
+    def redeem(i: int, repo: DeviceRepository) -> None:
+        start.wait()
+        results[i] = repo.redeem_pairing_code(code, T0)
+
+    threads = [threading.Thread(target=redeem, args=(i, r)) for i, r in enumerate([devices, DeviceRepository(other)])]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        if other is not db:
+            other.close()
+    assert all(r is not None for r in results), results
+    ids = {r[0] for r in results}  # type: ignore[index]
+    tokens = [r[1] for r in results]  # type: ignore[index]
+    assert len(ids) == 1
+    assert [d.id for d in devices.list(owner)] == [next(iter(ids)).device_id]
+    assert sum(devices.authenticate(t) is not None for t in tokens) == 1
