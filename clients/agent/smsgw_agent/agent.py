@@ -44,6 +44,9 @@ The phone side of the protocol (DESIGN, "Phone protocol"; ``device.proto``):
   cancelled, stopping for good on close 4003 (REPLACED), 4004
   (CREDENTIALS_REVOKED) or HTTP 401/403 at the upgrade. Pairing with a
   private-mode server also sends its private token (``PRIVATE_TOKEN_HEADER``).
+  A pairing connection that ends before its Welcome is retried with the same
+  code: until the device first connects with its token, the bridge answers it
+  with the same device id and a fresh token (docs/protocol.md, "Pairing").
 
 The store logic is sync and socket-free: :meth:`PhoneAgent.attach_session`,
 :meth:`PhoneAgent.handle_event` and :meth:`PhoneAgent.detach_session` are the
@@ -535,7 +538,7 @@ class PhoneAgent:
         if event.credentials is not None:
             self.credentials = event.credentials
             self.token = event.credentials.token
-            self.pairing_code = None  # spent
+            self.pairing_code = None  # the token replaces it (the next session spends it)
             if self.on_credentials is not None:
                 self.on_credentials(event.credentials)
         if event.settings is not None:
