@@ -31,6 +31,7 @@ from device_bridge.registry import SessionRegistry
 from device_bridge.server import BridgeServer
 from device_bridge.server import serve as serve_bridge
 from device_bridge.session_task import BridgeContext
+from gateway.api.devices import PhoneUrl
 from gateway.api.server import GrpcServer, start_grpc_server
 from gateway.auth.passwords import hash_password
 from gateway.auth.repository import AuditEntry, AuthRepository
@@ -106,6 +107,7 @@ class _GatewayThread:
         self.started = threading.Event()
         self.error: BaseException | None = None
         self.grpc: GrpcServer | None = None
+        self.phone_url = PhoneUrl(settings.bridge.public_url)  # `bound` is set once the bridge listens
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="smsgw-gateway", daemon=True)
 
@@ -133,7 +135,8 @@ class _GatewayThread:
         webhooks, worker, sender = self._webhooks()
         self.bus.attach_gateway(worker.wake_if_enqueued)
         self.grpc = await start_grpc_server(
-            self.settings, messages, devices, feed, auth, self.metrics, webhooks, inbound=InboundService(InboundRepository(self.db))
+            self.settings, messages, devices, feed, auth, self.metrics, webhooks, inbound=InboundService(InboundRepository(self.db)),
+            phone_url=self.phone_url,
         )
         self.started.set()
         jobs = asyncio.create_task(self._jobs_forever(messages, auth, webhooks))
@@ -255,6 +258,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 metrics=f"http://{metrics_host}:{metrics_server.server_port}/metrics",
                 grpc_tls=settings.grpc.tls_cert_file is not None,
             )
+            gateway.phone_url.bound = endpoints.device
             # Start-up objects (modules, ORM mappers, compiled statements) live for good: keep
             # them out of every collection, and collect the young generation less often (the
             # hot paths allocate many short-lived ORM objects; ~15 % of a bulk call's CPU).

@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     _client_args(pair)
     pair.add_argument("--name", default="", help="device name shown in the list")
     pair.add_argument("--ttl", type=int, default=0, help="seconds the code stays valid (default 600)")
-    pair.add_argument("--device-url", help="phone endpoint to put in the QR code (default from --server, port 8765)")
+    pair.add_argument("--device-url", help="phone endpoint to put in the QR code (default: the one the server names: bridge.public_url, else the address its bridge listens on)")
     delete = dsub.add_parser("delete", help="revoke a phone's credentials and end its session")
     _client_args(delete)
     delete.add_argument("device_id")

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from smsgw.v1 import common_pb2
@@ -306,8 +307,7 @@ def _devices_pair(client: Client, args: argparse.Namespace) -> int:
     import qrcode
 
     code = client.create_pairing_code(device_name=args.name, ttl_seconds=args.ttl)
-    scheme = "wss" if _uses_tls(args) else "ws"
-    url = args.device_url or f"{scheme}://{args.server.rpartition(':')[0] or '127.0.0.1'}:8765/device/v1"
+    url = args.device_url or _phone_url(code.device_url, args)
     qr = qrcode.QRCode(border=1)
     qr.add_data(f"smsgw://pair?url={url}&code={code.code}")
     qr.print_ascii(out=sys.stdout, invert=True)
@@ -315,6 +315,28 @@ def _devices_pair(client: Client, args: argparse.Namespace) -> int:
     print(f"phone endpoint: {url}")
     print(f"valid until: {code.expires_at.ToJsonString()} (one use)")
     return EXIT_OK
+
+
+def _phone_url(served: str, args: argparse.Namespace) -> str:
+    """The phone endpoint the server named (bridge.public_url, else its bound address). A
+    wildcard listen address (0.0.0.0, ::) is no address for a phone: the host this command
+    reached the server at stands in. An older server names none: guess from --server."""
+    host = _host(args.server) or "127.0.0.1"
+    if not served:
+        return f"{'wss' if _uses_tls(args) else 'ws'}://{_bracket(host)}:8765/device/v1"
+    parts = urlsplit(served)
+    if parts.hostname in ("0.0.0.0", "::", ""):
+        port = f":{parts.port}" if parts.port else ""
+        served = urlunsplit(parts._replace(netloc=f"{_bracket(host)}{port}"))
+    return served
+
+
+def _host(target: str) -> str:
+    return target.rpartition(":")[0].strip("[]") if ":" in target else target
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -66,6 +66,25 @@ class BridgeSettings(_Section):
     # Sessions being opened at once; past it a phone gets 503 + Retry-After (a reconnect storm).
     max_opening: int = Field(default=64, gt=0)
     shutdown_grace: float = 5.0
+    # The URL phones reach the bridge at, when it is not the listen address (a TLS proxy, a
+    # wildcard listen): what `smsgw devices pair` prints and QR-encodes. "" = the bound address.
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _phone_url(cls, value: str) -> str:
+        """A URL a phone can open, checked at load: a typo would end up in every QR code."""
+        if value:
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 — raises ValueError for a bad port
+            except ValueError:
+                raise ValueError("not a URL (ws://HOST:PORT/device/v1 or wss://...)") from None
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ValueError("must be a ws:// or wss:// URL with a host (e.g. wss://sms.example.com/device/v1)")
+        return value
 
 
 class DatabaseSettings(_Section):

@@ -13,14 +13,32 @@ from gateway.devices.service import DeviceService
 from gateway.errors import InvalidArgument
 from gateway.messages.pacing import ANDROID_PARTS_PER_MINUTE, DevicePacing, SimLimits
 
-__all__ = ["DeviceServicer"]
+__all__ = ["DeviceServicer", "PhoneUrl"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+class PhoneUrl:
+    """The URL phones connect to, which CreatePairingCode hands out for the QR code, so a CLI on
+    another machine shows the server's address, not a guess from its own --server.
+
+    `public_url` (bridge.public_url) wins; else `bound`, the address the bridge listens on, set
+    by the process running the bridge once it has bound its port ("" until then, or when the
+    bridge runs elsewhere)."""
+
+    def __init__(self, public_url: str = "") -> None:
+        self.public_url = public_url
+        self.bound = ""
+
+    @property
+    def value(self) -> str:
+        return self.public_url or self.bound
+
+
 class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
-    def __init__(self, service: DeviceService) -> None:
+    def __init__(self, service: DeviceService, phone_url: PhoneUrl | None = None) -> None:
         self.service = service
+        self.phone_url = phone_url or PhoneUrl()
 
     async def ListDevices(self, request: devices_pb2.ListDevicesRequest, context: Context) -> devices_pb2.ListDevicesResponse:
         return devices_pb2.ListDevicesResponse(devices=[device_to_pb(d) for d in await self.service.list(current_owner())])
@@ -29,7 +47,7 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
         self, request: devices_pb2.CreatePairingCodeRequest, context: Context
     ) -> devices_pb2.PairingCode:
         code, expires = await self.service.create_pairing_code(current_owner(), request.device_name, request.ttl_seconds)
-        return devices_pb2.PairingCode(code=code, expires_at=timestamp(expires))
+        return devices_pb2.PairingCode(code=code, expires_at=timestamp(expires), device_url=self.phone_url.value)
 
     async def DeleteDevice(
         self, request: devices_pb2.DeleteDeviceRequest, context: Context

@@ -22,7 +22,7 @@ from smsgw.v1 import (
 )
 
 from gateway.api.auth import AuditServicer, AuthServicer
-from gateway.api.devices import DeviceServicer
+from gateway.api.devices import DeviceServicer, PhoneUrl
 from gateway.api.inbound import InboundServicer
 from gateway.api.interceptors import ApiInterceptor
 from gateway.api.messages import MessageServicer
@@ -81,13 +81,14 @@ async def start_grpc_server(
     webhooks: WebhookService,
     *,
     inbound: InboundService,
+    phone_url: PhoneUrl | None = None,
 ) -> GrpcServer:
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(auth, metrics)],
         options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.grpc.max_receive_message_length)],
     )
     messages_pb2_grpc.add_MessageServiceServicer_to_server(MessageServicer(messages, feed, settings.limits), server)
-    devices_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(devices), server)
+    devices_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(devices, phone_url), server)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(auth), server)
     inbound_pb2_grpc.add_InboundServiceServicer_to_server(InboundServicer(inbound, feed), server)

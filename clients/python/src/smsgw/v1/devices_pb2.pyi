@@ -60,12 +60,14 @@ class CreatePairingCodeRequest(_message.Message):
     def __init__(self, device_name: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class PairingCode(_message.Message):
-    __slots__ = ("code", "expires_at")
+    __slots__ = ("code", "expires_at", "device_url")
     CODE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_URL_FIELD_NUMBER: _ClassVar[int]
     code: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, code: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    device_url: str
+    def __init__(self, code: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device_url: _Optional[str] = ...) -> None: ...
 
 class DeleteDeviceRequest(_message.Message):
     __slots__ = ("id",)
