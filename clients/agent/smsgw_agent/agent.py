@@ -106,7 +106,10 @@ from device_bridge.protocol import (
 from .backoff import Backoff
 from .modem import SimulatedModem, failure_code
 
-__all__ = ["AgentStatistics", "PhoneAgent", "RecipientKey", "DEFAULT_SIMS", "STOP_CLOSE_CODES", "NO_SUCH_SIM"]
+__all__ = [
+    "AgentStatistics", "PhoneAgent", "RecipientKey", "DEFAULT_SIMS", "STOP_CLOSE_CODES", "NO_SUCH_SIM",
+    "MAX_RETRY_AFTER", "retry_after_seconds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,17 @@ STOP_CLOSE_CODES: dict[int, str] = {
 NO_SUCH_SIM = "no_such_sim"
 #: HTTP statuses at the upgrade that mean "these credentials will never work".
 _STOP_HTTP_STATUSES = frozenset({401, 403})
+#: The longest Retry-After a phone honours, in seconds: more is a misconfigured proxy.
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The pause an HTTP ``Retry-After`` header asks for (the delta-seconds form the bridge
+    sends with 503 when too many sessions are opening), capped at :data:`MAX_RETRY_AFTER`;
+    None when absent or not a number of seconds."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER)
 
 _ENCODINGS = {"proto": Encoding.PROTO, "json": Encoding.JSON}
 _OPEN = SessionState.OPEN
@@ -314,6 +328,7 @@ class PhoneAgent:
         self.sims = tuple(sims)
         self.app_version = app_version
         self.backoff = backoff if backoff is not None else Backoff()
+        self._retry_after: float | None = None  # the last refused upgrade's Retry-After
         self.name = name
         self.on_credentials = on_credentials
         self.open_timeout = open_timeout
@@ -839,6 +854,8 @@ class PhoneAgent:
                     if self._stopping:
                         break
                     delay = self.backoff.next_delay()
+                    if self._retry_after is not None:  # the bridge said when: no sooner
+                        delay, self._retry_after = max(delay, self._retry_after), None
                     self._log.debug("- reconnecting in %.2f s", delay)
                     await trio.sleep(delay)
                 nursery.cancel_scope.cancel()
@@ -877,6 +894,7 @@ class PhoneAgent:
             if status in _STOP_HTTP_STATUSES:
                 self._stop(f"http_{status}", status)
                 return True
+            self._retry_after = retry_after_seconds(exc.response.headers.get("Retry-After"))
             self._log.debug("! upgrade refused with HTTP %d", status)
         except (OSError, TimeoutError, WebSocketException, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
