@@ -15,8 +15,11 @@ phone also "receives" an SMS (``receive_text`` from ``receive_from``) every that
 many seconds, and with ``receive_text`` alone one SMS once it is online; they are
 forwarded to the server as Inbound (``PhoneAgent.receive_sms``). Output (stdout,
 flushed): one line when all phones are online, then a one-line summary every 5 s
-when something changed (with the count of Android limit dialogs, if any). Problems
-go to stderr. Nothing printed carries a message body, a phone number or a token.
+when something changed (with the count of Android limit dialogs, if any). Progress
+("paired 57/200", "online 120/200", at most once a second while the fleet comes up)
+and problems go to stderr. Pairing codes are asked for one at a time, and a
+RESOURCE_EXHAUSTED answer (the per-token rate limit) is waited out as its RetryInfo
+says, so a fleet bigger than the limit's burst pairs in one run. Nothing printed carries a message body, a phone number or a token.
 ``private_token`` lets the phones pair with a server in private mode; ``passphrases`` turns
 end-to-end encryption on (the phones open encrypted messages and seal what they receive).
 """
@@ -46,6 +49,8 @@ from .modem import ANDROID_LIMIT_PARTS, ModemOptions, SimulatedModem
 __all__ = [
     "DEFAULT_SENDER",
     "PAIRING_ATTEMPTS",
+    "PROGRESS_INTERVAL",
+    "RATE_LIMIT_PATIENCE",
     "STARTUP_TIMEOUT",
     "FAILURE_CLASSES",
     "SUMMARY_INTERVAL",
@@ -57,6 +62,11 @@ __all__ = [
 
 #: Pairing codes a phone may spend before the simulator gives it up.
 PAIRING_ATTEMPTS = 3
+#: Seconds a pairing-code request may spend waiting out RESOURCE_EXHAUSTED (the server's
+#: RetryInfo) before the run gives up: a rate limit clears in seconds, a daily cap does not.
+RATE_LIMIT_PATIENCE = 120.0
+#: Seconds between progress lines on stderr while phones pair and come online.
+PROGRESS_INTERVAL = 1.0
 #: Seconds for every phone to get its first Welcome; after that the simulator
 #: reports the stragglers (and stops if none got in).
 STARTUP_TIMEOUT = 60.0
@@ -177,6 +187,9 @@ class _Simulator:
         self._main_scope: trio.CancelScope | None = None
         self._phones_running = 0
         self._ssl_context = _ssl_context(options)
+        # One pairing-code request at a time: a herd of phones would otherwise hit the
+        # per-token rate limit all at once, and each refusal asks all of them to wait.
+        self._code_lock = trio.Lock()
 
     # output
 
@@ -312,11 +325,26 @@ class _Simulator:
         self.warn(f"{name}: could not pair after {PAIRING_ATTEMPTS} attempts; giving it up")
 
     async def _pairing_code(self, name: str, attempt: int) -> str | None:
-        """A fresh pairing code; None to retry (after a pause); aborts the run on a hard error."""
-        from smsgw_client.errors import DeadlineExceeded, SmsgwError, Unavailable
+        """A fresh pairing code; None to retry (after a pause); aborts the run on a hard error.
+
+        RESOURCE_EXHAUSTED (the per-token rate limit) is waited out for the RetryInfo delay the
+        server names, for at most RATE_LIMIT_PATIENCE in all, since pairing more phones than
+        the limit's burst is the normal first run of a big fleet."""
+        from smsgw_client.errors import DeadlineExceeded, ResourceExhausted, SmsgwError, Unavailable
 
         try:
-            response = await trio.to_thread.run_sync(self._create_code, name, abandon_on_cancel=True)
+            async with self._code_lock:
+                waited = 0.0
+                while True:
+                    try:
+                        response = await trio.to_thread.run_sync(self._create_code, name, abandon_on_cancel=True)
+                        break
+                    except ResourceExhausted as exc:
+                        delay = max(0.05, exc.retry_delay if exc.retry_delay is not None else 1.0)
+                        if waited + delay > RATE_LIMIT_PATIENCE:
+                            raise
+                        waited += delay
+                        await trio.sleep(delay)
         except (Unavailable, DeadlineExceeded) as exc:
             if attempt >= PAIRING_ATTEMPTS:
                 self._abort(_rpc_error(exc))
@@ -404,15 +432,27 @@ class _Simulator:
         # Nothing to report until a message moves or a phone comes and goes.
         last_summary: tuple[int, ...] = (total, 0, 0, 0, 0, 0, 0, 0)
         next_summary = started + SUMMARY_INTERVAL
+        names = [_name(i) for i in range(total)]
+        pairing = any(name not in self.entries for name in names)  # said only on a run that pairs
+        shown = {"paired": -1, "online": 0}
+        next_progress = started + PROGRESS_INTERVAL
         while True:
             await trio.sleep(0.1)
             agents = [a for a in self.agents if a is not None]
             online = sum(1 for a in agents if a.connected)
+            now = trio.current_time()
+            if not all_online_said and (now >= next_progress or online == total):
+                # Progress on stderr while the fleet comes up: stdout keeps its one "online" line.
+                next_progress = now + PROGRESS_INTERVAL
+                counts = {"paired": sum(1 for name in names if name in self.entries), "online": online}
+                for what, count in counts.items():
+                    if count != shown[what] and (what == "online" or pairing):
+                        shown[what] = count
+                        print(f"{what} {count}/{total}", file=self.err, flush=True)
             if not all_online_said and online == total:
                 all_online_said = True
                 startup_checked = True
                 self.say(f"{total} simulated phone{'s' if total != 1 else ''} online")
-            now = trio.current_time()
             if not startup_checked and now - started >= STARTUP_TIMEOUT:
                 startup_checked = True
                 ever = sum(1 for a in agents if a.sessions > 0)
