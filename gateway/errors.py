@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "MAX_LISTED_VIOLATIONS",
     "SmsgwError",
     "InvalidArgument",
     "NotFound",
@@ -30,12 +31,20 @@ class SmsgwError(Exception):
     """Base of every error the core raises on purpose; the message is safe to show a client."""
 
 
+MAX_LISTED_VIOLATIONS = 10
+"""An error's message (and its google.rpc.BadRequest) lists the first this many violations and
+says how many more there were: 1,000 items × 100 bad numbers would otherwise answer 15 MB."""
+
+
 class InvalidArgument(SmsgwError):
-    """A request field is invalid; `violations` names each field path and why."""
+    """A request field is invalid; `violations` names each field path and why (all of them;
+    the message, shown to clients, only the first MAX_LISTED_VIOLATIONS)."""
 
     def __init__(self, field: str, reason: str, *more: tuple[str, str]) -> None:
         self.violations: list[tuple[str, str]] = [(field, reason), *more]
-        super().__init__("; ".join(f"{f}: {r}" for f, r in self.violations))
+        listed = "; ".join(f"{f}: {r}" for f, r in self.violations[:MAX_LISTED_VIOLATIONS])
+        unlisted = len(self.violations) - MAX_LISTED_VIOLATIONS
+        super().__init__(listed + (f"; and {unlisted} more not listed" if unlisted > 0 else ""))
 
     @classmethod
     def raise_if_any(cls, violations: list[tuple[str, str]]) -> None:

@@ -27,11 +27,13 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway.api.decoding import LOCATE_INLINE_BYTES, Undecodable, locate, safe_deserializer
+from gateway.api.decoding import LOCATE_INLINE_BYTES, Deferred, Undecodable, locate, parse_deferred, safe_deserializer
+from gateway.api.offload import run_big
 from gateway.auth.records import Caller
 from gateway.auth.scopes import PUBLIC, RPC_SCOPES
 from gateway.auth.service import AuthService
 from gateway.errors import (
+    MAX_LISTED_VIOLATIONS,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -106,7 +108,8 @@ def status_of(exc: SmsgwError) -> status_pb2.Status:
     if isinstance(exc, InvalidArgument):
         detail = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in exc.violations
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in exc.violations[:MAX_LISTED_VIOLATIONS]
             ]
         )
         status.details.add().Pack(detail)
@@ -190,6 +193,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
 
         async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async for request in requests:
+                if isinstance(request, Deferred):
+                    request = await run_big(parse_deferred, request)
                 if isinstance(request, Undecodable):
                     await self._reject_anonymous(request, context, method)
                 yield request
@@ -198,6 +203,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             unary = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if isinstance(request, Deferred):
+                    request = await run_big(parse_deferred, request)
                 if isinstance(request, Undecodable):
                     await self._reject_anonymous(request, context, method)
                 result = unary(request, context)
@@ -208,6 +215,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             unary_to_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                if isinstance(request, Deferred):
+                    request = await run_big(parse_deferred, request)
                 if isinstance(request, Undecodable):
                     await self._reject_anonymous(request, context, method)
                 async for item in unary_to_stream(request, context):
@@ -276,6 +285,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 await self._login(context, method)
+                if isinstance(request, Deferred):
+                    request = await run_big(parse_deferred, request)
                 if isinstance(request, Undecodable):
                     raise await self._undecodable(request, context, method)
                 return await behavior(request, context)
@@ -294,6 +305,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
                 await self._login(context, method)
+                if isinstance(request, Deferred):
+                    request = await run_big(parse_deferred, request)
                 if isinstance(request, Undecodable):
                     raise await self._undecodable(request, context, method)
                 async for item in behavior(request, context):

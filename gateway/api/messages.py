@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -25,6 +23,7 @@ from gateway.api.cursors import (
     start_cursor,
 )
 from gateway.api.interceptors import current_owner, status_of
+from gateway.api.offload import run_big
 from gateway.api.validation import (
     Abandoned,
     in_item,
@@ -46,9 +45,6 @@ _INLINE_RECIPIENTS = 16
 """Calls with up to this many recipients are validated and converted on the event loop (each
 E.164 check costs ~22 µs: at most ~0.4 ms); bigger ones in a worker thread, whose hop (36–76
 µs) is then the smaller cost, so a 1.4 MB SendMessages never stalls the RPCs sharing the loop."""
-# One thread for all big calls: they queue rather than run side by side, since pure-Python
-# work in several threads would take the GIL from the event loop several times as often.
-_BIG_CALLS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smsgw-api-big")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -62,7 +58,7 @@ async def _off_loop(recipients: int, fn: Callable[[threading.Event], T]) -> T:
     if recipients <= _INLINE_RECIPIENTS:
         return fn(stop)
     try:
-        return await asyncio.get_running_loop().run_in_executor(_BIG_CALLS, functools.partial(fn, stop))
+        return await run_big(fn, stop)
     except asyncio.CancelledError:
         stop.set()
         raise

@@ -78,6 +78,5 @@ def test_health_checks_stay_fast_while_big_send_messages_calls_are_validated(big
             f.cancel()
 
     print(f"health check latencies (ms): {sorted(round(t * 1e3, 1) for t in during)}")
-    assert in_flight, "a big call ended before the checks did: too few checks overlapped it"
-    assert len(during) == CHECKS
-    assert max(during) < BUDGET, f"health check latencies (ms): {sorted(round(t * 1e3, 1) for t in during)}"
+    assert during and max(during) < BUDGET, f"health check latencies (ms): {sorted(round(t * 1e3, 1) for t in during)}"
+    assert in_flight and len(during) == CHECKS, "a big call ended before the checks did: too few overlapped it"

@@ -89,6 +89,23 @@ def test_undecodable_requests_are_invalid_argument_naming_the_field_without_a_tr
         assert _fields(_call(channel, "/smsgw.v1.MessageService/SendMessages", _not_utf8(many), token)) == [
             "messages[1].phone_numbers[1]"
         ]
+        # A big request (parsed in the worker thread, piece by piece): the fault deep inside.
+        big = messages_pb2.SendMessagesRequest(
+            messages=[
+                messages_pb2.SendMessageRequest(
+                    phone_numbers=["+15551234567", MARK if i == 900 else "+15551234568"],
+                    text_message={"text": "x" * 100}, idempotency_key=f"big-{i}",
+                )
+                for i in range(1000)
+            ]
+        )
+        assert big.ByteSize() > 100_000
+        assert _fields(_call(channel, "/smsgw.v1.MessageService/SendMessages", _not_utf8(big), token)) == [
+            "messages[900].phone_numbers[1]"
+        ]
+        assert _fields(_call(channel, "/smsgw.v1.MessageService/SendMessages", big.SerializeToString()[:-7], token)) == [
+            "request"
+        ]
         # Server streaming: the same two faults.
         watch = messages_pb2.WatchMessagesRequest(message_ids=["01J00000000000000000000000", MARK])
         assert _fields(_call(channel, "/smsgw.v1.MessageService/WatchMessages", _not_utf8(watch), token, stream=True)) == [
