@@ -13,14 +13,17 @@ See docs/chaos.md.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from urllib.parse import urlsplit
 import grpc
 import trio
 
-from gateway.bench.chaos_check import FINAL, Problem, check, summary
+from gateway.bench.chaos_check import CHECKS, FINAL, Problem, check, summary
 from gateway.bench.chaos_history import (
     FAIL, INFO, OK, Call, FinalMessage, FinalRecipient, History, Nemesis, WatchEvent,
 )
@@ -38,7 +41,7 @@ from gateway.bench.chaos_proxy import CuttingProxy
 from gateway.bench.processes import ServerRun
 from gateway.private_files import ensure_private_dir
 
-__all__ = ["ChaosOptions", "ChaosResult", "run_chaos", "NEMESES"]
+__all__ = ["ChaosOptions", "ChaosResult", "run_chaos", "cli_run", "NEMESES"]
 
 NEMESES = ("kill9", "pause", "cut", "phone_kill")
 # Codes that say the call did not take effect; any other failure may have (an `info` outcome).
@@ -70,7 +73,7 @@ class ChaosOptions:
     @classmethod
     def reduced(cls, **overrides: Any) -> ChaosOptions:
         """The CI run: well under a minute on a loaded 2-core machine, every nemesis at least once."""
-        base: dict[str, Any] = dict(phones=12, messages=150, senders=4, nemesis_interval=1.5,
+        base: dict[str, Any] = dict(phones=12, messages=200, senders=4, nemesis_interval=1.5,
                                     key_patience=40.0, settle_timeout=30.0, backoff_scale=0.02)
         return cls(**{**base, **overrides})
 
@@ -252,9 +255,21 @@ class _Run:
                     hardware.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
         finally:
-            if self.stopped and self.server.proc is not None:
-                os.kill(self.server.proc.pid, signal.SIGCONT)
-            await trio.to_thread.run_sync(self.server.stop)
+            await trio.to_thread.run_sync(self._stop_server)
+
+    def _stop_server(self) -> None:
+        """SIGTERM (SIGCONT first if stopped), SIGKILL after 30 s; reaped through Popen."""
+        proc = self.server.proc
+        if proc is None or proc.poll() is not None:
+            return
+        if self.stopped:
+            os.kill(proc.pid, signal.SIGCONT)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
     async def _pair(self, token: str, hardware: trio.Nursery, apps: trio.Nursery) -> None:
         from smsgw_agent import Backoff, ModemOptions
@@ -428,3 +443,32 @@ def run_chaos(o: ChaosOptions, say: Callable[[str], None] = print) -> ChaosResul
     finally:
         if temp is not None:
             temp.cleanup()
+
+
+def cli_run(quick: bool, phones: int | None, messages: int | None, work_dir: Path | None, output: Path) -> int:
+    """`smsgw bench --chaos [--quick]`: run, print the counts and any problems, write them as
+    JSON (`output`, chaos-results.json unless given); exit 1 when the checker found a problem."""
+    given = {k: v for k, v in (("phones", phones), ("messages", messages)) if v is not None}
+    if any(v <= 0 for v in given.values()):
+        print("smsgw bench: --phones and --messages must be positive", file=sys.stderr)
+        return 2
+    if work_dir is not None:
+        given["work_dir"] = work_dir
+    o = ChaosOptions.reduced(**given) if quick else ChaosOptions(**given)
+    if output == Path("bench-results.json"):
+        output = Path("chaos-results.json")
+    result = run_chaos(o, say=lambda line: print(line, flush=True))
+    for name, value in result.summary.items():
+        print(f"{name:>20}  {value}")
+    print(f"{'elapsed_s':>20}  {result.elapsed:.0f}")
+    for n in result.history.nemeses:
+        print(f"  nemesis {n.kind:<10} {n.ended - n.started:5.1f} s  {n.detail}")
+    problems = [str(p) for p in result.problems]
+    output.write_text(json.dumps({"options": {**asdict(o), "work_dir": str(o.work_dir or "")}, "summary": result.summary,
+                                  "elapsed_s": result.elapsed, "problems": problems,
+                                  "history": str(result.history_path or "")}, indent=2) + "\n")
+    if problems:
+        print(f"chaos: {len(problems)} problems:", *problems[:50], sep="\n  ")
+        return 1
+    print(f"chaos: the checker found nothing wrong ({', '.join(CHECKS)}); results: {output}")
+    return 0

@@ -78,7 +78,7 @@ def check(h: History) -> list[Problem]:
     problems: list[Problem] = []
     problems += _keys(h)
     problems += _settled_and_modem(h)
-    problems += _forward(h.log, "log") + _forward(h.watch, "watch")
+    problems += _forward(h.log, "log") + _forward(list({e.event_id: e for e in h.watch}.values()), "watch")
     problems += _watch(h)
     problems += _sms(h)
     problems += _reached(h)

@@ -120,17 +120,17 @@ class History:
 
     def save(self, path: Path) -> None:
         with open(path, "w") as out:
-            out.write(json.dumps({"kind": "meta", "watch_complete": self.watch_complete}) + "\n")
+            out.write(json.dumps({"record": "meta", "watch_complete": self.watch_complete}) + "\n")
             for kind, name in self._LISTS.items():
                 for record in getattr(self, name):
-                    out.write(json.dumps({"kind": kind, **asdict(record)}) + "\n")
+                    out.write(json.dumps({"record": kind, **asdict(record)}) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> History:
         history = cls()
         for line in path.read_text().splitlines():
             row: dict[str, Any] = json.loads(line)
-            kind = row.pop("kind")
+            kind = row.pop("record")
             if kind == "meta":
                 history.watch_complete = bool(row["watch_complete"])
                 continue

@@ -59,15 +59,15 @@ class CuttingProxy:
 
     async def _handle(self, downstream: trio.SocketStream) -> None:
         self.accepted += 1
-        try:
-            upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
-        except OSError:  # the server is down (a kill -9 nemesis): the phone retries
-            _reset_on_close(downstream)
-            await trio.aclose_forcefully(downstream)
-            return
+        upstream: trio.SocketStream | None = None
         scope = trio.CancelScope()
-        self._open[scope] = None
         try:
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+            except OSError:  # the server is down (a kill -9 nemesis): the phone retries
+                _reset_on_close(downstream)
+                return
+            self._open[scope] = None
             with scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, downstream, upstream, nursery.cancel_scope)
@@ -76,9 +76,12 @@ class CuttingProxy:
             self._open.pop(scope, None)
             if scope.cancel_called:  # cut: reset both sides
                 _reset_on_close(downstream)
-                _reset_on_close(upstream)
-            await trio.aclose_forcefully(downstream)
-            await trio.aclose_forcefully(upstream)
+                if upstream is not None:
+                    _reset_on_close(upstream)
+            # Closed synchronously: an await here could be cancelled before the close.
+            downstream.socket.close()
+            if upstream is not None:
+                upstream.socket.close()
 
     @staticmethod
     async def _pump(src: trio.SocketStream, dst: trio.SocketStream, both: trio.CancelScope) -> None:
