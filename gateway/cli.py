@@ -263,6 +263,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="admin URL for a throwaway PostgreSQL database (default postgresql://postgres@127.0.0.1:5432/test; '' skips)")
     bench.add_argument("--output", type=Path, default=Path("bench-results.json"), help="where the JSON goes")
     bench.add_argument("--work-dir", type=Path, help="keep the servers' data and logs here (default: a temporary directory)")
+    bench.add_argument("--chaos", action="store_true",
+                       help="the history-checked chaos run instead (docs/chaos.md): 1000 phones, 10000 messages; --quick: the CI size")
+    bench.add_argument("--messages", type=int, help="--chaos: messages sent (default 10000)")
     return parser
 
 
@@ -350,6 +353,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.chaos:
+        from gateway.bench.chaos import cli_run
+
+        return cli_run(args.quick, args.phones, args.messages, args.work_dir, args.output)
     from gateway.bench.driver import Options, run, unfinished
 
     given = {k: v for k, v in vars(args).items() if k in Options.__dataclass_fields__ and v is not None}
