@@ -73,8 +73,8 @@ class ChaosOptions:
     @classmethod
     def reduced(cls, **overrides: Any) -> ChaosOptions:
         """The CI run: well under a minute on a loaded 2-core machine, every nemesis at least once."""
-        base: dict[str, Any] = dict(phones=12, messages=200, senders=4, nemesis_interval=1.5,
-                                    key_patience=40.0, settle_timeout=30.0, backoff_scale=0.02)
+        base: dict[str, Any] = dict(phones=12, messages=150, senders=4, nemesis_interval=1.5,
+                                    key_patience=40.0, settle_timeout=45.0, backoff_scale=0.02)
         return cls(**{**base, **overrides})
 
 

@@ -232,6 +232,10 @@ def summary(h: History) -> dict[str, int]:
         "delivered": sum(r.state == DELIVERED for m in h.final for r in m.recipients),
         "failed": sum(r.state == FAILED for m in h.final for r in m.recipients),
         "cancelled": sum(r.state == CANCELLED for m in h.final for r in m.recipients),
+        "phone_truth": sum(  # recipients that went EXPIRED/CANCELLED, then SENT/DELIVERED
+            any(a.state in (EXPIRED, CANCELLED) and b.state in _WENT_OUT for a, b in zip(seq, seq[1:], strict=False))
+            for seq in _by_recipient(sorted(h.log, key=lambda e: e.event_id)).values()
+        ),
         "delivers": sum(f.kind == "deliver" for f in h.frames),
         "sessions": sum(f.kind == "welcome" for f in h.frames),
         "modem_attempts": len(h.modem),

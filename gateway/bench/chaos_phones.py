@@ -96,10 +96,11 @@ class ChaosPhone(PhoneAgent):
 
     @property
     def quiet(self) -> bool:
-        """Nothing left to tell the bridge and nothing on the radio."""
+        """Connected, nothing left to tell the bridge, nothing held unsent, nothing on the radio."""
         modem = self.modem
         busy = modem.busy if isinstance(modem, RecordingModem) else 0
-        return self.connected and not self.unacked and not busy
+        sending = any(not r.finished for r in self._recipients.values())
+        return self.connected and not self.unacked and not busy and not sending
 
     async def live(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the app until killed (`kill`) or the run ends; `task_status` at its first Welcome."""
