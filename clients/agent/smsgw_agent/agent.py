@@ -108,7 +108,7 @@ from .modem import SimulatedModem, failure_code
 
 __all__ = [
     "AgentStatistics", "PhoneAgent", "RecipientKey", "DEFAULT_SIMS", "STOP_CLOSE_CODES", "NO_SUCH_SIM",
-    "MAX_RETRY_AFTER", "retry_after_seconds",
+    "MAX_RETRY_AFTER", "BUG_CLOSE_CODES", "retry_after_seconds",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ STOP_CLOSE_CODES: dict[int, str] = {
     CloseCode.REPLACED: "replaced",
     CloseCode.CREDENTIALS_REVOKED: "credentials_revoked",
 }
+#: Close codes that say this app sent something the bridge will never take (docs/protocol.md
+#: "Close codes"): the next session would end the same way, so wait the longest step.
+BUG_CLOSE_CODES = frozenset({CloseCode.BAD_FRAME, CloseCode.PROTOCOL_VIOLATION})
 #: The error of a FAILED (GENERIC_FAILURE) receipt for a Deliver naming a SIM the phone lacks.
 NO_SUCH_SIM = "no_such_sim"
 #: HTTP statuses at the upgrade that mean "these credentials will never work".
@@ -934,6 +937,10 @@ class PhoneAgent:
         if close_code is not None and close_code in STOP_CLOSE_CODES:
             self._stop(STOP_CLOSE_CODES[close_code], close_code)
             return True
+        if close_code in BUG_CLOSE_CODES:
+            # Not reset by a Welcome in between: a bad release must not hammer the bridge.
+            self._retry_after = self.backoff.cap * self.backoff.scale
+            self._log.warning("! the bridge closed with %d: waiting %.0f s", close_code, self._retry_after)
         return self._stopping
 
     async def _reader(self, ws: ClientConnection, proto: DeviceSession) -> int | None:

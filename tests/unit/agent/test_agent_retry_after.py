@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 import trio
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close
 from websockets.http11 import Response
 
 from smsgw_agent import Backoff, ModemOptions, PhoneAgent, SimulatedModem
 from smsgw_agent import agent as agent_module
-from smsgw_agent.agent import MAX_RETRY_AFTER, retry_after_seconds
+from smsgw_agent.agent import BUG_CLOSE_CODES, MAX_RETRY_AFTER, retry_after_seconds
 
 
 def _refusing(attempts: list[float], headers: dict[str, str], stop_after: int, agent: list[PhoneAgent]) -> Any:
@@ -58,3 +59,56 @@ def test_retry_after_is_read_as_seconds_and_capped() -> None:
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert retry_after_seconds("-1") is None
+
+
+def _closing(attempts: list[float], code: int, stop_after: int, agent: list[PhoneAgent]) -> Any:
+    """A bridge that takes the upgrade and closes the session with `code` at once."""
+
+    class _Session:
+        subprotocol = "smsgw.device.v1+proto"
+
+        async def send(self, data: bytes) -> None:
+            return None
+
+        async def recv(self) -> bytes:
+            raise ConnectionClosed(Close(code, "closed by the test"), None)
+
+        async def aclose(self, code: int = 1000, reason: str = "") -> None:
+            return None
+
+    class _Connect:
+        async def __aenter__(self) -> Any:
+            attempts.append(trio.current_time())
+            if len(attempts) >= stop_after:
+                agent[0]._stopping = True
+            return _Session()
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    return lambda *args, **kwargs: _Connect()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("code", [4000, 4001, 1011])
+async def test_a_close_for_a_bug_in_the_app_waits_the_longest_step(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """4000/4001 say the app sent what the bridge never takes: reconnecting at the first step
+    would replay it at once (docs/protocol.md "Close codes"); other closes keep the backoff."""
+    attempts: list[float] = []
+    agent: list[PhoneAgent] = []
+    monkeypatch.setattr(agent_module, "ws_connect", _closing(attempts, code, 3, agent))
+    backoff = Backoff(scale=0.001)
+    phone = PhoneAgent("ws://127.0.0.1:1/device/v1", token="t", modem=SimulatedModem(ModemOptions()),
+                       backoff=backoff)
+    agent.append(phone)
+    with trio.fail_after(600):
+        await phone.run()
+    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+    assert len(gaps) == 2
+    longest = backoff.cap * backoff.scale
+    if code in BUG_CLOSE_CODES:
+        assert all(gap >= longest for gap in gaps)
+    else:
+        assert all(gap < longest for gap in gaps)
