@@ -58,8 +58,8 @@ CHAOS_SETTINGS = {"SMSGW_SCHEDULER__RETRY_BASE": "0.2", "SMSGW_SCHEDULER__RETRY_
 class ChaosOptions:
     phones: int = 1000
     messages: int = 10_000
-    senders: int = 8
-    nemesis_interval: float = 6.0  # mean seconds between two nemeses
+    senders: int = 16
+    nemesis_interval: float = 20.0  # mean seconds between two nemeses (1,000 phones take a while to come back)
     seed: int = 29
     failure_rate: float = 0.03  # modem sends failing NO_SERVICE (retried by the server)
     cancel_share: float = 0.03  # sends followed at once by a CancelMessage
@@ -109,6 +109,7 @@ class _Clients:
     calls: list[Call]
     done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)  # the run is being torn down
 
     def client(self) -> Any:
         from smsgw_client import Client
@@ -129,7 +130,7 @@ class _Clients:
                 definite = code in _DEFINITE
                 self.calls.append(Call("send", key, "", FAIL if definite else INFO, code.name if code else type(exc).__name__,
                                        len(numbers), invoked, time.monotonic()))
-                if definite or time.monotonic() > give_up:
+                if definite or time.monotonic() > give_up or self.stopping.is_set():
                     return None
                 time.sleep(0.2)
                 continue
@@ -152,6 +153,8 @@ class _Clients:
         rng = random.Random(self.o.seed * 1000 + part)
         with self.client() as client:
             for i in range(part, self.o.messages, self.o.senders):
+                if self.stopping.is_set():
+                    return
                 mid = self.send(client, i, self.o.key_patience)
                 if mid is not None and rng.random() < self.o.cancel_share:
                     self.cancel(client, mid)
@@ -238,6 +241,7 @@ class _Run:
         self.phones: list[ChaosPhone] = []
         self.proxy: CuttingProxy | None = None
         self.stopped = False  # SIGSTOPped right now
+        self.clients: _Clients | None = None
 
     async def main(self) -> None:
         o = self.o
@@ -255,6 +259,8 @@ class _Run:
                     hardware.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
         finally:
+            if self.clients is not None:  # Ctrl-C or an error: the sender threads stop too
+                self.clients.stopping.set()
             await trio.to_thread.run_sync(self._stop_server)
 
     def _stop_server(self) -> None:
@@ -306,14 +312,15 @@ class _Run:
         async with trio.open_nursery() as watching:
             watching.start_soon(partial(trio.to_thread.run_sync, partial(watch.run, 0), abandon_on_cancel=True))
             await trio.to_thread.run_sync(watch.started.wait, 10)
-            clients = _Clients(self.server.grpc, token, o, h.calls)
+            clients = self.clients = _Clients(self.server.grpc, token, o, h.calls)
             self.say(f"chaos: {o.messages} messages from {o.senders} clients, nemeses every ~{o.nemesis_interval:.0f} s")
             loaded = trio.Event()
             async with trio.open_nursery() as load:
                 load.start_soon(self._nemeses, loaded, apps)
+                load.start_soon(self._progress, clients, loaded)
                 async with trio.open_nursery() as sending:
                     for part in range(o.senders):
-                        sending.start_soon(trio.to_thread.run_sync, clients.run, part)
+                        sending.start_soon(partial(trio.to_thread.run_sync, clients.run, part, abandon_on_cancel=True))
                 loaded.set()
             for i in clients.unresolved():  # every key ends known: retry it as a client does
                 await trio.to_thread.run_sync(clients.resolve, i)
@@ -329,6 +336,15 @@ class _Run:
                 self.say(f"chaos: the live watch failed: {watch.failure}")
             watch.stop()
             watching.cancel_scope.cancel()
+
+    async def _progress(self, clients: _Clients, loaded: trio.Event) -> None:
+        """A line every 30 s of load: a long run shows it is moving."""
+        while True:
+            with trio.move_on_after(30):
+                await loaded.wait()
+                return
+            self.say(f"chaos: {clients.done} of {self.o.messages} keys answered, {len(self.h.nemeses)} nemeses, "
+                     f"{len(self.h.watch)} events watched")
 
     async def _nemeses(self, loaded: trio.Event, apps: trio.Nursery) -> None:
         """One nemesis at a time, in shuffled rounds of every kind, until the load is done and
