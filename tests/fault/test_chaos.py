@@ -24,7 +24,8 @@ def test_chaos_history_keeps_every_promise(tmp_path: Path) -> None:
     # The run did what it claims: every key sent, every nemesis struck, phones saw work.
     assert s["keys"] == options.messages
     assert {n.kind for n in result.history.nemeses} == set(NEMESES)
-    assert s["delivers"] >= s["messages"] > 0 and s["events"] > 0
+    assert s["messages"] > 0 and s["events"] > 0
+    assert s["delivers"] >= s["messages"] - s["cancel_calls"]  # only a cancel keeps a message from every phone
     problems = [str(p) for p in result.problems]
     assert not problems, f"{len(problems)} problems (history kept in {result.history_path}):\n" + "\n".join(problems[:30])
     assert {p.check for p in result.problems} <= set(CHECKS)
