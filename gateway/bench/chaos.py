@@ -205,15 +205,24 @@ class _Watch:
             self._client.close()
 
 
-def _read_final(target: str, token: str) -> list[FinalMessage]:
-    from smsgw_client import Client
+def _read_final(target: str, token: str, patience: float = 60.0) -> list[FinalMessage]:
+    """Every message, read again from the start while the answer is UNAVAILABLE or late (bounded):
+    right after a restart, gRPC may still fail calls fast on the process's cached failed connection."""
+    from smsgw_client import Client, DeadlineExceeded, Unavailable
 
-    with Client(target, token, timeout=30.0) as client:
-        return [
-            FinalMessage(m.id, m.idempotency_key, m.state,
-                         tuple(FinalRecipient(r.state, r.attempt, r.parts_sent) for r in m.recipients))
-            for m in client.iter_messages(page_size=500)
-        ]
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            with Client(target, token, timeout=30.0) as client:
+                return [
+                    FinalMessage(m.id, m.idempotency_key, m.state,
+                                 tuple(FinalRecipient(r.state, r.attempt, r.parts_sent) for r in m.recipients))
+                    for m in client.iter_messages(page_size=500)
+                ]
+        except (Unavailable, DeadlineExceeded):
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.5)
 
 
 def _token(server: ServerRun) -> str:
