@@ -145,7 +145,8 @@ def _settled_and_modem(h: History) -> Iterable[Problem]:
                 yield Problem("state_matches_modem", f"{where}: the modem sent it (attempt {whole[0][0]}), it ended {_name(r.state)}")
             if not whole and r.state in _WENT_OUT:
                 yield Problem("state_matches_modem", f"{where}: ended {_name(r.state)}, no modem sent all its parts")
-            if partial and not whole and r.state != FAILED:
+            # A FAILED receipt leaves the server's own verdicts (EXPIRED, CANCELLED) standing.
+            if partial and not whole and r.state not in (FAILED, EXPIRED, CANCELLED):
                 yield Problem("state_matches_modem", f"{where}: parts went out and it failed, it ended {_name(r.state)}")
             if r.state == FAILED and not any(a[3] for a in attempts):
                 yield Problem("state_matches_modem", f"{where}: ended FAILED, no modem failed it")

@@ -228,3 +228,14 @@ def test_a_history_survives_save_and_load(tmp_path: Path) -> None:
     h.watch_complete = False
     h.save(tmp_path / "h.jsonl")
     assert History.load(tmp_path / "h.jsonl") == h
+
+
+@pytest.mark.parametrize(("final", "ok"), [(FAILED, True), (CANCELLED, True), (DELIVERED, False), (ACCEPTED, False)])
+def test_a_partly_sent_failure_leaves_failed_or_the_servers_verdict(final: int, ok: bool) -> None:
+    h = _good()
+    h.modem = [s for s in h.modem if s.message_id != "m1"] + [ModemSend("p0", "m1", 0, 1, 2, 1, "GENERIC_FAILURE")]
+    h.log = [e for e in h.log if e.message_id != "m1"]
+    h.log += [WatchEvent(50, "m1", 0, PENDING), WatchEvent(51, "m1", 0, DISPATCHED), WatchEvent(52, "m1", 0, final)]
+    h.watch = list(h.log)
+    h.final[0] = FinalMessage("m1", "k1", final, (FinalRecipient(final, 1, 1),))
+    assert ("state_matches_modem" not in _checks(h)) is ok
