@@ -160,6 +160,7 @@ class MessageRepository:
         # key -> (content hash, message): what is stored, and what this batch adds as it goes.
         known = {row.idempotency_key: (row.content_hash, _record(row, recipients[row.id])) for row in stored}
         adder = _Adder(s, owner_id, daily_segments, now)
+        adder.expect(new for new in items if new.idempotency_key not in known)
         outcomes = []
         for new in items:
             found = known.get(new.idempotency_key)
@@ -945,6 +946,10 @@ class _Adder:
         self._recipients: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
 
+    def expect(self, items: Iterable[NewMessage]) -> None:
+        """Read the devices these items will be routed among, in one query (`_Router.expect`)."""
+        self._router.expect(new.device_id for new in items)
+
     def add(self, new: NewMessage) -> MessageRecord:
         """Queue one message; returns its record. Raises InvalidArgument (`device_id`) or
         ResourceExhausted (the daily cap) before anything is queued or counted."""
@@ -1066,28 +1071,50 @@ class _Adder:
 class _Router:
     """Routing for the messages of one transaction: the owner's devices and their loads are
     read once (on the first unpinned message), and every message routed here adds to its
-    device's load, so a batch spreads over the phones as the same sends one by one would."""
+    device's load, so a batch spreads over the phones as the same sends one by one would.
+
+    The devices a batch is pinned to are read together (`expect`): one query for the batch,
+    not one per phone (a 1,000-item SendMessages pinned round-robin spent ~0.2 s reading
+    them one by one, issue 15)."""
 
     def __init__(self, s: Session, owner_id: str, *, exclude: str = "", online_only: bool = False) -> None:
         self._s, self._owner_id, self._exclude, self._online_only = s, owner_id, exclude, online_only
         self._loads: dict[str, int] | None = None  # the pool's devices -> their PENDING + DISPATCHED messages
         self._added: dict[str, int] = {}  # device -> messages routed here, not yet in the database
         self._pinned: dict[str, bool] = {}  # device -> whether a message may be pinned to it
+        self._all_known = False  # every usable device is in _pinned (the owner's devices were read)
+
+    def expect(self, device_ids: Iterable[str]) -> None:
+        """Read, in one query, what the coming messages need: the pool when one of them is
+        unpinned ('') (the owner's devices, which also answer for every pinned one), else
+        whether each pinned device not yet known is the owner's and not revoked."""
+        wanted = set(device_ids)
+        if "" in wanted:
+            self._pool()
+        unknown = [d for d in wanted if d and d not in self._pinned]
+        if not unknown:
+            return
+        if self._all_known:
+            usable: set[str] = set()
+        else:
+            usable = set(
+                self._s.exec(
+                    select(Device.id).where(
+                        col(Device.id).in_(sorted(unknown)), Device.owner_id == self._owner_id, Device.revoked == False  # noqa: E712
+                    )
+                )
+            )
+        for d in unknown:
+            self._pinned[d] = d in usable
 
     def route(self, device_id: str) -> tuple[str | None, bool]:
         """(device, pinned): the requested device, else the least-loaded online device,
         else (unless online_only) the least-loaded device, else None (unrouted).
         InvalidArgument on `device_id` for a device that is unknown, revoked or another owner's."""
         if device_id:
-            usable = self._pinned.get(device_id)
-            if usable is None:
-                # Remembered: the session's identity map holds rows weakly, so a batch pinned
-                # to one phone would read it again for every message.
-                device = self._s.get(Device, device_id)
-                usable = self._pinned[device_id] = (
-                    device is not None and device.owner_id == self._owner_id and not device.revoked
-                )
-            if not usable:
+            if device_id not in self._pinned:
+                self.expect((device_id,))
+            if not self._pinned[device_id]:
                 raise InvalidArgument("device_id", "unknown device")
             return device_id, True
         loads, added = self._pool(), self._added
@@ -1104,13 +1131,15 @@ class _Router:
         if self._loads is None:
             s = self._s
             # Ids and sessions only: ORM rows for every device would cost ~50 µs each.
-            devices = [
-                (device_id, session_id)
-                for device_id, session_id in s.exec(
+            owned = list(
+                s.exec(
                     select(Device.id, Device.session_id).where(Device.owner_id == self._owner_id, Device.revoked == False)  # noqa: E712
                 )
-                if device_id != self._exclude
-            ]
+            )
+            for device_id, _ in owned:  # the owner's usable devices: any other is not
+                self._pinned[device_id] = True
+            self._all_known = True
+            devices = [(d, session_id) for d, session_id in owned if d != self._exclude]
             online = [d for d, session_id in devices if session_id]
             pool = online or ([] if self._online_only else [d for d, _ in devices])
             counts: dict[str, int] = {}

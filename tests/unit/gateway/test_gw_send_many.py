@@ -243,3 +243,87 @@ def test_a_batch_pinned_to_one_phone_reads_it_once(world: World) -> None:
         event.remove(world.db.engine, "before_cursor_execute", count_device_reads)
     assert all(o.created and o.message and o.message.device_id == device for o in outcomes)
     assert len(reads) == 1
+
+
+# ---- routing reads the batch's devices in one query (issue 15) ----------------------
+
+
+def _statements(db: Database, run: Any) -> list[str]:
+    """Every statement `run()` sends to the database."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    return seen
+
+
+def _pinned_batches_cost_the_same(store: Store, devices: list[str]) -> None:
+    """A batch pinned round-robin to N phones issues as many statements for N = 1 as for
+    N = 12, and reads the devices once: never one read per phone."""
+    costs = []
+    for n in (1, len(devices)):
+        items = [new_message(key=f"n{n}-{k}", device_id=devices[k % n]) for k in range(2 * len(devices))]
+        outcomes: list[SendOutcome] = []
+        seen = _statements(store.db, lambda: outcomes.extend(store.repo.create_many(store.owner, items, T0)))
+        assert [o.message.device_id for o in outcomes if o.created and o.message] == [i.device_id for i in items]
+        assert len([q for q in seen if "FROM device" in q]) == 1, seen
+        costs.append(len(seen))
+    assert costs[0] == costs[1]
+
+
+def _phones(store: Store, n: int) -> list[str]:
+    devices = DeviceRepository(store.db)
+    out = []
+    for _ in range(n):
+        code, _ = devices.create_pairing_code(store.owner, "phone", timedelta(minutes=5), T0)
+        redeemed = devices.redeem_pairing_code(code, T0)
+        assert redeemed is not None
+        out.append(redeemed[0].device_id)
+    return out
+
+
+def test_a_batch_pinned_to_many_phones_reads_them_in_one_query_sqlite(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'smsgw.db'}")
+    try:
+        _pinned_batches_cost_the_same(store, _phones(store, 12))
+    finally:
+        store.db.close()
+
+
+def test_a_batch_pinned_to_many_phones_reads_them_in_one_query_postgresql() -> None:
+    with throwaway_database() as url:
+        store = Store(url)
+        try:
+            _pinned_batches_cost_the_same(store, _phones(store, 12))
+        finally:
+            store.db.close()
+
+
+def test_mixed_batch_reads_devices_once_and_routes_as_before(world: World) -> None:
+    """Pinned to several phones, to a foreign, a revoked and an unknown one, and unpinned, in
+    one batch: one device read (the owner's pool answers for the pinned ones), and each item
+    routed as alone: the bad pins are INVALID_ARGUMENT on device_id, the others stored."""
+    repo, owner = world.repo, world.owner
+    mine = world.device_ids + [world.pair(), world.pair()]
+    revoked = world.pair()
+    repo.delete_device(owner, revoked, T0)
+    foreign = world.pair(create_owner(world.db, "other", T0))
+    world.online(mine[0], "s0")
+    pins = [mine[1], "", foreign, mine[2], revoked, "", "no-such-device", mine[3], ""]
+    items = [new_message(key=f"m{k}", device_id=d) for k, d in enumerate(pins)]
+    outcomes: list[SendOutcome] = []
+    seen = _statements(world.db, lambda: outcomes.extend(repo.create_many(owner, items, T0)))
+    assert len([q for q in seen if "FROM device" in q]) == 1, seen
+    assert kinds(outcomes) == ["new", "new", "InvalidArgument", "new", "InvalidArgument", "new", "InvalidArgument",
+                               "new", "new"]
+    for o in outcomes:
+        if o.error is not None:
+            assert isinstance(o.error, InvalidArgument) and o.error.violations[0][0] == "device_id"
+    routed = [o.message.device_id if o.message else None for o in outcomes]
+    assert routed == [mine[1], mine[0], None, mine[2], None, mine[0], None, mine[3], mine[0]]  # unpinned: the online one
