@@ -344,7 +344,14 @@ class DeviceSession:
         return event
 
     def _on_receipt(self, message: device_pb2.Receipt) -> ReceiptReceived:
-        receipt = receipt_from_proto(message)
+        try:
+            receipt = receipt_from_proto(message)
+        except InvalidEvent:
+            # Refused, so the phone drops the event: were its Deliver kept in flight, each bad
+            # receipt would shrink the window for good (to 0 after `window` of them).
+            if message.message_id:
+                self._flow.discard(message.message_id)
+            raise
         # Any state frees the window: ACCEPTED means held, the others imply it.
         # A receipt for an id not in flight (re-sent after a reconnect) is fine.
         self._flow.discard(receipt.message_id)

@@ -768,6 +768,21 @@ class TestErrors:
         [event] = bridge.events_received()
         assert event == InvalidEventReceived(1, "Receipt", "Receipt.state must be ACCEPTED, SENT, DELIVERED or FAILED")
 
+    def test_a_refused_receipt_frees_the_window_slot_of_its_message(self) -> None:
+        # The phone drops a refused event; were its Deliver kept in flight, `window` bad
+        # receipts (here FAILED with an unknown failure_class) would close the window for good.
+        bridge, phone = open_pair(Encoding.PROTO, window=2)
+        deliver(bridge, phone, "m1", "m2")
+        assert bridge.window_available == 0
+        for event_id, message_id in ((1, "m1"), (2, "m2")):
+            message = device_pb2.Receipt(
+                event_id=event_id, message_id=message_id, state=device_pb2.FAILED, failure_class=99  # type: ignore[arg-type]
+            )
+            bridge.receive_frame(raw(Encoding.PROTO, receipt=message))
+            [event] = bridge.events_received()
+            assert isinstance(event, InvalidEventReceived) and event.event_id == event_id
+        assert bridge.in_flight == set() and bridge.window_available == 2
+
     def test_unknown_receipt_state_name(self) -> None:
         bridge, _ = open_pair(Encoding.JSON)
         data = json.dumps({"receipt": {"eventId": "1", "messageId": "m1", "state": "LOST_IN_SPACE"}})
