@@ -147,7 +147,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         # handler as an Undecodable (answered below), not grpc's UNKNOWN and traceback.
         decode = safe_deserializer(handler.request_deserializer)
         if method.startswith(_PUBLIC_PREFIXES):
-            return self._wrap_infrastructure(handler, decode)
+            return self._wrap_infrastructure(handler, decode, method)
         rpc = method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -184,11 +184,11 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             await self._fail(context, exc)
 
     def _wrap_infrastructure(
-        self, handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any] | None
+        self, handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any] | None, method: str
     ) -> grpc.RpcMethodHandler:
         """Health and reflection as they are, with requests that do not parse answered
-        INVALID_ARGUMENT (any of the four kinds of method)."""
-        method = ""  # no scope: named only in the audit detail
+        INVALID_ARGUMENT (any of the four kinds of method). `method` has no scope: it only
+        names the call in the audit row of the failure counted against the address."""
         serializer = handler.response_serializer
 
         async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:

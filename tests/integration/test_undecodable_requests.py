@@ -5,6 +5,7 @@ and each counts against its caller's limits: a token's bucket, an address's fail
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,6 +52,15 @@ def _fields(exc: grpc.RpcError) -> list[str]:
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     return [v.field for v in bad.field_violations]
+
+
+def _audit_failures(server: ServerProcess) -> list[tuple[str, str]]:
+    """(source, detail) of every auth.failure audit row, owners' or not."""
+    db = sqlite3.connect(f"file:{server.data_dir / 'smsgw.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT source, detail FROM audit WHERE action = 'auth.failure' ORDER BY id").fetchall()
+    finally:
+        db.close()
 
 
 def _assert_no_traceback(server: ServerProcess) -> None:
@@ -112,8 +122,10 @@ def test_undecodable_requests_are_invalid_argument_naming_the_field_without_a_tr
             "message_ids[1]"
         ]
         assert _fields(_call(channel, "/smsgw.v1.MessageService/ExportMessages", BROKEN, token, stream=True)) == ["request"]
-        # Health takes no credentials; its requests parse through the same guard.
+        # Health takes no credentials; its requests parse through the same guard, and count as
+        # a failed authentication of the address whose audit row names the method.
         assert _fields(_call(channel, "/grpc.health.v1.Health/Check", BROKEN, None)) == ["request"]
+        assert ("127.0.0.1", "undecodable request to Check") in _audit_failures(server)
         # Nothing was stored for the batch (the whole call was refused).
     with Client(server.grpc_target, token) as client:
         assert not [m for m in client.list_messages(page_size=500).messages if m.idempotency_key in ("a", "b")]
