@@ -57,7 +57,7 @@ from gateway.webhooks.service import WebhookService
 from gateway.webhooks.ssrf import Policy
 from gateway.webhooks.worker import WebhookWorker
 
-__all__ = ["serve", "ensure_admin_account", "split_hostport"]
+__all__ = ["serve", "ensure_admin_account", "split_hostport", "join_hostport"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ def split_hostport(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"expected HOST:PORT with a port 0..65535, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def join_hostport(host: str, port: int) -> str:
+    """HOST:PORT for a URL or a gRPC target: an IPv6 host in brackets (split_hostport strips
+    them), else "::" and port 8765 would read as the host ":::8765" with no port."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ensure_admin_account(auth: AuthRepository, data_dir: Path) -> tuple[Path, bool]:
@@ -253,9 +259,9 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 reason = getattr(first, "strerror", None) or first
                 raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {reason}") from None
             endpoints = Endpoints(
-                grpc=f"{grpc_host}:{grpc_port}",
-                device=f"{'ws' if bridge_ssl is None else 'wss'}://{bridge_host}:{bridge.port}/device/v1",
-                metrics=f"http://{metrics_host}:{metrics_server.server_port}/metrics",
+                grpc=join_hostport(grpc_host, grpc_port),
+                device=f"{'ws' if bridge_ssl is None else 'wss'}://{join_hostport(bridge_host, bridge.port)}/device/v1",
+                metrics=f"http://{join_hostport(metrics_host, metrics_server.server_port)}/metrics",
                 grpc_tls=settings.grpc.tls_cert_file is not None,
             )
             gateway.phone_url.bound = endpoints.device

@@ -325,8 +325,11 @@ def _phone_url(served: str, args: argparse.Namespace) -> str:
     if not served:
         return f"{'wss' if _uses_tls(args) else 'ws'}://{_bracket(host)}:8765/device/v1"
     parts = urlsplit(served)
-    if parts.hostname in ("0.0.0.0", "::", ""):
-        port = f":{parts.port}" if parts.port else ""
+    # hostname None: no host, or an unbracketed IPv6 one (ws://:::8765/ from servers before
+    # endpoints were bracketed); either way no address a phone can use.
+    if parts.hostname in (None, "0.0.0.0", "::", ""):
+        number = parts.netloc.rpartition(":")[2]  # parts.port raises on the unbracketed form
+        port = f":{number}" if number.isdigit() else ""
         served = urlunsplit(parts._replace(netloc=f"{_bracket(host)}{port}"))
     return served
 

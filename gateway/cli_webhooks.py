@@ -55,7 +55,7 @@ def listen(args: argparse.Namespace) -> int:
 
     from smsgw_client import WebhookReceiver, WebhookVerificationError
 
-    from gateway.app import split_hostport
+    from gateway.app import join_hostport, split_hostport
 
     secret = os.environ.get(args.secret_env, "")
     if not secret:
@@ -90,7 +90,7 @@ def listen(args: argparse.Namespace) -> int:
         print(f"smsgw webhooks listen: cannot listen on {args.listen}: {getattr(exc, 'strerror', None) or exc}",
               file=sys.stderr)
         return 2
-    print(f"listening on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(f"listening on http://{join_hostport(host, server.server_address[1])}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     if args.duration is not None:
         threading.Timer(args.duration, server.shutdown).start()
     try:

@@ -48,7 +48,15 @@ def private_webhook_env(**extra: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        listen: tuple[str, str, str] = ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"),
+    ) -> None:
+        """`listen`: the gRPC, phone and metrics listen addresses."""
         self.args = args
         self.data_dir = data_dir
         self.env = {**os.environ, **LENIENT_LIMITS, **(env or {})}
@@ -56,7 +64,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, str] = {}
         self.log_path = data_dir.parent / "server.log"
-        self._ports: tuple[str, str, str] = ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
+        self._ports: tuple[str, str, str] = listen
 
     def __enter__(self) -> ServerProcess:
         """Started on entry, stopped (SIGTERM, then SIGKILL) on exit."""
