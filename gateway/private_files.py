@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,35 +57,66 @@ def create_private_file(path: Path) -> bool:
 
 
 def write_private_file(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically (a 0600 temporary file renamed over it), so a
-    reader never sees half a file and the content is never readable by others."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_FILE)
+    """Replace `path` with `text` atomically and durably: a 0600 temporary file of its own
+    (so concurrent writers never share one), flushed to disk before it is renamed over `path`,
+    so a reader or a crash never leaves half a file and the content is never readable by others."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), OWNER_FILE)
+            os.fchmod(f.fileno(), OWNER_FILE)  # mkstemp's 0600 already; say so where it matters
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable; best effort (not every platform or filesystem can)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def tighten(paths: Iterable[Path], log: logging.Logger) -> None:
     """Drop the group and other bits of each existing path, one log line per change (the
-    path and both modes: never a content). A path it may not change is logged, not fatal."""
+    path and both modes: never a content). A path it may not change is logged, not fatal.
+
+    A symbolic link is left alone, as is its target: in a data directory others could write
+    to, a link would make `smsgw serve` change the mode of any file its user owns. The
+    mode is changed through a descriptor opened without following links, so a path swapped
+    for a link after the check is not followed either.
+    """
     for path in paths:
         try:
-            old = stat.S_IMODE(path.stat().st_mode)
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             continue
-        new = old & ~0o077
-        if new == old:
+        except OSError as exc:
+            log.warning("cannot make %s owner-only: %s", path, exc.strerror)
             continue
         try:
-            os.chmod(path, new)
-        except OSError as exc:
-            log.warning("cannot make %s owner-only (mode %04o): %s", path, old, exc.strerror)
-            continue
-        log.warning("made %s owner-only: mode %04o -> %04o", path, old, new)
+            old = stat.S_IMODE(os.fstat(fd).st_mode)
+            new = old & ~0o077
+            if new == old:
+                continue
+            try:
+                os.fchmod(fd, new)
+            except OSError as exc:
+                log.warning("cannot make %s owner-only (mode %04o): %s", path, old, exc.strerror)
+                continue
+            log.warning("made %s owner-only: mode %04o -> %04o", path, old, new)
+        finally:
+            os.close(fd)

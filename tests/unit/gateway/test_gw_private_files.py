@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_created_owner_only_whatever_the_umask(tmp_path: Path, open_umask: None)
     write_private_file(tmp_path / "a" / "data" / "secret", "x\n")
     write_private_file(tmp_path / "a" / "data" / "secret", "y\n")  # replaced
     assert (tmp_path / "a" / "data" / "secret").read_text() == "y\n"
-    assert [p.name for p in (tmp_path / "a" / "data").iterdir()].count(".secret.tmp") == 0
+    assert not [p.name for p in (tmp_path / "a" / "data").iterdir() if p.name.startswith(".")]  # no temporary left
     assert {_mode(p) for p in (tmp_path / "a" / "data").iterdir()} == {0o600}
 
 
@@ -55,6 +56,44 @@ def test_tighten_drops_group_and_other_bits_and_logs_each(tmp_path: Path, caplog
         tighten([tmp_path / "db", tmp_path / "ok", tmp_path / "missing"], logging.getLogger("t"))
     assert _mode(tmp_path / "db") == 0o600 and _mode(tmp_path / "ok") == 0o600
     assert caplog.messages == [f"made {tmp_path / 'db'} owner-only: mode 0664 -> 0600"]
+
+
+def test_concurrent_writers_never_collide_nor_leave_half_a_file(tmp_path: Path) -> None:
+    # One shared temporary name made writers unlink or rename each other's file mid-write.
+    path = tmp_path / "credentials.json"
+    texts = [str(i) * 50_000 for i in range(4)]
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(40):
+                write_private_file(path, text)
+                seen.add(path.read_text())
+        except BaseException as exc:  # noqa: BLE001 — reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert seen <= set(texts) and path.read_text() in texts
+    assert [p.name for p in tmp_path.iterdir()] == ["credentials.json"]  # no temporary file left
+    assert _mode(path) == 0o600
+
+
+def test_tighten_does_not_follow_a_symlink(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("")
+    os.chmod(outside, 0o644)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "smsgw.db").symlink_to(outside)
+    with caplog.at_level(logging.WARNING):
+        tighten([data / "smsgw.db"], logging.getLogger("t"))
+    assert _mode(outside) == 0o644 and caplog.messages == []
 
 
 def test_bench_work_dir_is_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
