@@ -35,13 +35,14 @@ class GatewayMetrics:
         )
         self.limited = Counter(
             "smsgw_gateway_limited_total",
-            "Calls refused by a limit: token (per-token rate), source (sign-in rate or lockout), owner (daily cap)",
+            "Calls refused by a limit: token (per-token rate), source (sign-in rate or lockout), owner (daily cap), "
+            "server (too many big calls queued)",
             ["limit"],
             registry=registry,
         )
         for kind in ("issue", "refresh"):
             self.tokens_issued.labels(kind)
-        for limit in ("token", "source", "owner"):
+        for limit in ("token", "source", "owner", "server"):
             self.limited.labels(limit)
         self.webhook_attempts = Counter(
             "smsgw_webhook_attempts_total",

@@ -183,6 +183,19 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             self._count_limited(exc)
             await self._fail(context, exc)
 
+    async def _parse_anonymous(self, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Any:
+        """A health or reflection request, parsed (a big one in the worker thread, which may be
+        busy: RESOURCE_EXHAUSTED) and checked; a failure aborts the call with its status."""
+        if isinstance(request, Deferred):
+            try:
+                request = await run_big(parse_deferred, request)
+            except SmsgwError as exc:
+                self._count_limited(exc)
+                await self._fail(context, exc)
+        if isinstance(request, Undecodable):
+            await self._reject_anonymous(request, context, method)
+        return request
+
     def _wrap_infrastructure(
         self, handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any] | None, method: str
     ) -> grpc.RpcMethodHandler:
@@ -193,20 +206,14 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
 
         async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async for request in requests:
-                if isinstance(request, Deferred):
-                    request = await run_big(parse_deferred, request)
-                if isinstance(request, Undecodable):
-                    await self._reject_anonymous(request, context, method)
+                request = await self._parse_anonymous(request, context, method)
                 yield request
 
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                if isinstance(request, Deferred):
-                    request = await run_big(parse_deferred, request)
-                if isinstance(request, Undecodable):
-                    await self._reject_anonymous(request, context, method)
+                request = await self._parse_anonymous(request, context, method)
                 result = unary(request, context)
                 return await result if inspect.isawaitable(result) else result
 
@@ -215,10 +222,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             unary_to_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                if isinstance(request, Deferred):
-                    request = await run_big(parse_deferred, request)
-                if isinstance(request, Undecodable):
-                    await self._reject_anonymous(request, context, method)
+                request = await self._parse_anonymous(request, context, method)
                 async for item in unary_to_stream(request, context):
                     yield item
 
@@ -268,7 +272,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
     def _count_limited(self, exc: BaseException) -> None:
         if isinstance(exc, ResourceExhausted) and exc.subject:
             limit = exc.subject.partition(":")[0]
-            if limit in ("token", "source", "owner"):
+            if limit in ("token", "source", "owner", "server"):
                 self._metrics.limited.labels(limit).inc()
 
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
