@@ -26,6 +26,7 @@ def test_chaos_history_keeps_every_promise(tmp_path: Path) -> None:
     assert {n.kind for n in result.history.nemeses} == set(NEMESES)
     assert s["messages"] > 0 and s["events"] > 0
     assert s["delivers"] >= s["messages"] - s["cancel_calls"]  # only a cancel keeps a message from every phone
+    # Every problem names one of the checker's checks (after `not problems` this could not fail).
+    assert {p.check for p in result.problems} <= set(CHECKS)
     problems = [str(p) for p in result.problems]
     assert not problems, f"{len(problems)} problems (history kept in {result.history_path}):\n" + "\n".join(problems[:30])
-    assert {p.check for p in result.problems} <= set(CHECKS)
