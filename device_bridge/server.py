@@ -25,6 +25,7 @@ from websockets.trio.server import serve as ws_serve
 
 from device_bridge.protocol import PRIVATE_TOKEN_HEADER, SUBPROTOCOLS
 from device_bridge.session_task import Admission, BridgeContext, run_session
+from gateway.devices.repository import hash_secret
 from gateway.types import utcnow
 
 __all__ = ["BridgeServer", "serve", "DEVICE_PATH", "PRIVATE_TOKEN_HEADER", "SERVICE_RESTART"]
@@ -176,7 +177,7 @@ async def _admit(ctx: BridgeContext, headers: Headers, source: str) -> Admission
         return None
     if scheme == "Bearer":
         identity = await trio.to_thread.run_sync(ctx.devices.authenticate, credential)
-        return Admission(identity, None, source) if identity else None
+        return Admission(identity, None, source, token_hash=hash_secret(credential)) if identity else None
     if scheme == "Pairing":
         # Private mode (DESIGN "Pairing"): the code alone does not register a phone.
         offered = headers.get(PRIVATE_TOKEN_HEADER, "")

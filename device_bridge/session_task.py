@@ -11,7 +11,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +45,7 @@ from device_bridge.registry import SessionHandle, SessionRegistry
 from gateway.bus import Bus
 from gateway.config import BridgeSettings
 from gateway.devices.records import DeviceIdentity, SimRecord
-from gateway.devices.repository import DeviceRepository
+from gateway.devices.repository import DeviceRepository, Online, hash_secret
 from gateway.inbound.records import NewInbound
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
@@ -99,6 +99,7 @@ class Admission:
     pairing_code: str | None  # or a pairing code to redeem
     source: str = ""  # the phone's address, for the audit log
     opened: Callable[[], None] = lambda: None  # gives back the bridge's opening slot
+    token_hash: str = field(default="", repr=False)  # of the device token, re-checked when the session opens
 
 
 class _Aborted(Exception):
@@ -191,28 +192,35 @@ class _Session:
             self.log.info("= paired device %s", identity.device_id)
         return identity, hello, credentials
 
-    async def open(self, identity: DeviceIdentity, hello: HelloReceived, credentials: Credentials | None) -> SessionHandle:
+    async def open(
+        self, identity: DeviceIdentity, hello: HelloReceived, credentials: Credentials | None, token_hash: str
+    ) -> SessionHandle:
         """Presence, requeue and registration, one session of a device at a time: two
         overlapping handshakes of one phone are ordered, so the registry and the database
-        agree on which session is current (the later one)."""
+        agree on which session is current (the later one). `token_hash`: of the token the
+        session was admitted with or hands out; set_online re-checks it, as a retry with the
+        pairing code may have replaced it since."""
         session_id = uuid.uuid4().hex
         sims = tuple(SimRecord(s.slot, s.operator_name, s.country_iso) for s in hello.sims)
         handle = SessionHandle(identity.device_id, identity.owner_id, session_id)
         async with self.ctx.registry.opening(identity.device_id):
-            if credentials is not None and not await self.token_current(credentials):
-                # The same code paired again since (docs/protocol.md "Pairing"): that session
-                # holds the device's one valid token and takes over, as a newer session would.
-                raise _Aborted(CloseCode.REPLACED, "a newer pairing of this device took over")
-            self.handle = handle  # from here on close_out() cleans up, even if the rest fails
             now = self.ctx.clock()
             online = await trio.to_thread.run_sync(
                 lambda: self.ctx.devices.set_online(
-                    identity.device_id, session_id, app_version=hello.app_version, sims=sims, now=now,
-                    with_token=credentials is None,
+                    identity.device_id, session_id, token_hash=token_hash, app_version=hello.app_version,
+                    sims=sims, now=now, with_token=credentials is None,
                 )
             )
-            if not online:  # deleted between the upgrade and Hello
+            if online is Online.DELETED:  # deleted between the upgrade and Hello
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
+            if online is Online.TOKEN_REPLACED:  # docs/protocol.md "When the code is spent"
+                if credentials is not None:
+                    # The same code paired again since: that session holds the device's one
+                    # valid token and takes over, as a newer session would.
+                    raise _Aborted(CloseCode.REPLACED, "a newer pairing of this device took over")
+                # Admitted with a token a retry with the code killed before this Hello.
+                raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "token replaced by a newer pairing")
+            self.handle = handle  # from here on close_out() cleans up, even if the rest fails
             held = [HeldRecipient(h.message_id, h.recipient_index, h.attempt) for h in hello.held]
             await trio.to_thread.run_sync(
                 lambda: self.ctx.messages.open_session(identity.owner_id, identity.device_id, session_id, held, now)
@@ -236,11 +244,6 @@ class _Session:
         self.ctx.bus.notify_events()
         self.log.info("= session open for device %s (window %d)", identity.device_id, self.proto.window)
         return handle
-
-    async def token_current(self, credentials: Credentials) -> bool:
-        """Whether the token this pairing session is about to hand out is still the device's."""
-        identity = await trio.to_thread.run_sync(self.ctx.devices.authenticate, credentials.token)
-        return identity is not None and identity.device_id == credentials.device_id
 
     async def read(self) -> None:
         """Receipts and inbound SMS -> storage -> Ack -> bus; ends when the phone closes.
@@ -467,7 +470,8 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
         try:
             try:
                 identity, hello, credentials = await session.handshake(admission)
-                handle = await session.open(identity, hello, credentials)
+                token_hash = admission.token_hash if credentials is None else hash_secret(credentials.token)
+                handle = await session.open(identity, hello, credentials, token_hash)
             finally:
                 admission.opened()
             ctx.metrics.handshakes.labels("ok").inc()

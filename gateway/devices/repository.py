@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from enum import Enum
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -25,7 +26,7 @@ from gateway.webhooks.outbox import enqueue
 from gateway.webhooks.payloads import device_body
 from gateway.webhooks.records import WebhookEvent
 
-__all__ = ["DeviceRepository", "hash_secret", "PAIRING_ALPHABET"]
+__all__ = ["DeviceRepository", "Online", "hash_secret", "PAIRING_ALPHABET"]
 
 # No 0/O/1/I: the code is read off a screen and typed.
 PAIRING_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -34,6 +35,15 @@ _PAIRING_LENGTH = 10  # 50 bits; single use, short-lived
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Online(Enum):
+    """What `set_online` did. Credentials are checked at the upgrade, but the session opens
+    later (after Hello): the device may have been deleted, or re-paired, meanwhile."""
+
+    ONLINE = "online"
+    DELETED = "deleted"  # nothing changed
+    TOKEN_REPLACED = "token_replaced"  # a retry with the pairing code re-issued the token; nothing changed
 
 
 class DeviceRepository:
@@ -102,21 +112,29 @@ class DeviceRepository:
         device_id: str,
         session_id: str,
         *,
+        token_hash: str | None,
         app_version: str,
         sims: tuple[SimRecord, ...],
         now: datetime,
         with_token: bool = True,
-    ) -> bool:
-        """Mark the device online on `session_id`. False (nothing changed) when it was deleted
-        after its credentials were checked at the upgrade. `with_token`: the session was opened
-        with the device token (not a pairing code); the first such spends its pairing code."""
+    ) -> Online:
+        """Mark the device online on `session_id`, unless it was deleted or its token replaced
+        since the session's credentials were checked. `token_hash`: of the token the session
+        was admitted with, or (pairing) hands out; re-checked here, in the transaction that
+        takes the device, so a session whose token a re-pair killed neither takes the device
+        nor spends the code (None: nothing to check, for tests that stage devices).
+        `with_token`: the session was opened with the device token (not a pairing code); the
+        first such spends its pairing code."""
 
-        def tx(s: Session) -> bool:
-            row = s.get(Device, device_id)
+        def tx(s: Session) -> Online:
+            # Locked (PostgreSQL): a re-issue on another bridge commits before or after, never across.
+            row = s.get(Device, device_id, with_for_update=True, populate_existing=True)
             if row is None:
                 raise InvalidArgument("device_id", "unknown device")
             if row.revoked:
-                return False
+                return Online.DELETED
+            if token_hash is not None and row.token_hash != token_hash:
+                return Online.TOKEN_REPLACED
             if not row.session_id:  # a reconnect replacing a live session is no news
                 _presence(s, row, online=True, now=to_utc(now))
             row.session_id = session_id
@@ -126,7 +144,7 @@ class DeviceRepository:
             if with_token and row.connected_with_token_at is None:
                 row.connected_with_token_at = to_utc(now)
             s.add(row)
-            return True
+            return Online.ONLINE
 
         return self.db.group(tx)
 
@@ -187,14 +205,20 @@ def _usable_code(
 ) -> tuple[PairingCode, Device | None] | None:
     """The code's row and the device its first use made (None before any use), or None when the
     code pairs no more: unknown, expired, or spent for good because its device connected with
-    its token or was deleted."""
+    its token or was deleted.
+
+    `lock`: lock the code's row, then its device's (always in that order; set_online locks
+    the device alone), so on PostgreSQL a re-issue and a first session with the token on
+    another bridge cannot both commit: the later one sees what the earlier one did."""
     query = select(PairingCode).where(PairingCode.code_hash == code_hash)
     row = s.exec(query.with_for_update() if lock else query).first()
     if row is None or to_utc(row.expires_at) <= now:
         return None
     if row.used_at is None:
         return row, None
-    device = s.get(Device, row.device_id) if row.device_id else None  # no device_id: paired before 0006
+    device = None
+    if row.device_id:  # none: paired before 0006
+        device = s.get(Device, row.device_id, with_for_update=True, populate_existing=True) if lock else s.get(Device, row.device_id)
     if device is None or device.revoked or device.connected_with_token_at is not None:
         return None
     return row, device

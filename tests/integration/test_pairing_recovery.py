@@ -179,3 +179,29 @@ def test_the_reference_phone_pairs_with_a_code_whose_first_welcome_was_lost(shar
         assert phone.closed_reason is None, phone.closed_reason
         assert phone.credentials is not None and phone.device_id == phone.credentials.device_id == device_id
         assert _devices_named(client, "agent-retry") == [(device_id, False)]
+
+
+def test_a_bearer_session_with_a_token_reissued_meanwhile_does_not_take_over(shared_server: ServerProcess) -> None:
+    """Bearer tokens are checked at the upgrade; a re-pair may kill the token before that
+    session's Hello. It must not replace the pairing session holding the live token, nor spend
+    the code: it is closed 4004 (its credentials are revoked)."""
+    server = shared_server
+    with Client(server.grpc_target, server.token) as client:
+        code = client.create_pairing_code(device_name="stale-bearer").code
+        first_ws = open_raw(server.device_url, f"Pairing {code}")
+        first = _welcome_or_close(first_ws, _hello(first_ws))
+        assert isinstance(first, Credentials)
+        first_ws.close()
+        stale_ws = open_raw(server.device_url, f"Bearer {first.token}")  # admitted: the token is live now
+        # The phone retries with the code before its Bearer session says Hello: the token dies.
+        repaired = RawPhone(open_raw(server.device_url, f"Pairing {code}"), Encoding.PROTO, 4)
+        assert isinstance(repaired.welcome, WelcomeReceived) and repaired.welcome.credentials is not None
+        assert repaired.welcome.credentials.device_id == first.device_id
+
+        assert _welcome_or_close(stale_ws, _hello(stale_ws)) == CloseCode.CREDENTIALS_REVOKED
+        assert _devices_named(client, "stale-bearer") == [(first.device_id, False)]  # the code is not spent
+        # The pairing session is still the device's: it answers a ping, and no close came first.
+        repaired.ws.ping().wait(_WAIT)
+        assert [d.online for d in client.list_devices().devices if d.name == "stale-bearer"] == [True]
+        open_raw(server.device_url, f"Pairing {code}").close()  # still admitted (never sends Hello)
+        repaired.ws.close()

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from gateway.auth.repository import AuthRepository
-from gateway.devices.repository import DeviceRepository
+from gateway.devices.repository import DeviceRepository, Online, hash_secret
 from gateway.messages.repository import MessageRepository
 from gateway.storage.engine import Database
 from tests.helpers.accounts import create_owner
@@ -54,6 +55,12 @@ def _pair_actions(db: Database, owner: str) -> list[str]:
     return sorted(r.action for r in rows if r.action.startswith("device."))
 
 
+def _online(devices: DeviceRepository, device_id: str, session_id: str, token: str, *, with_token: bool) -> Online:
+    return devices.set_online(
+        device_id, session_id, token_hash=hash_secret(token), app_version="t", sims=(), now=T0, with_token=with_token
+    )
+
+
 def test_retry_before_the_token_is_used_reissues_it_for_the_same_device(db: Database) -> None:
     devices = DeviceRepository(db)
     owner = _owner(db)
@@ -82,12 +89,12 @@ def test_first_session_with_the_token_spends_the_code(db: Database) -> None:
     assert redeemed is not None
     identity, token = redeemed
     # The pairing session itself does not prove the phone holds the token ...
-    assert devices.set_online(identity.device_id, "s1", app_version="t", sims=(), now=T0, with_token=False)
+    assert _online(devices, identity.device_id, "s1", token, with_token=False) is Online.ONLINE
     assert devices.set_offline(identity.device_id, "s1", T0)
     assert devices.pairing_code_valid(code, T0)
     assert not devices.list(owner)[0].connected_with_token
     # ... a session opened with it does.
-    assert devices.set_online(identity.device_id, "s2", app_version="t", sims=(), now=T0, with_token=True)
+    assert _online(devices, identity.device_id, "s2", token, with_token=True) is Online.ONLINE
     assert devices.list(owner)[0].connected_with_token
     assert not devices.pairing_code_valid(code, T0)
     assert devices.redeem_pairing_code(code, T0) is None
@@ -151,3 +158,90 @@ def test_two_writers_redeeming_one_code_at_once_make_one_device(db: Database) ->
     assert len(ids) == 1
     assert [d.id for d in devices.list(owner)] == [next(iter(ids)).device_id]
     assert sum(devices.authenticate(t) is not None for t in tokens) == 1
+
+
+def test_a_session_whose_token_was_reissued_meanwhile_neither_takes_the_device_nor_spends_the_code(db: Database) -> None:
+    """The token is checked at the upgrade, the session opens after Hello: a retry with the
+    code in between kills it. set_online re-checks it, in the transaction that takes the device."""
+    devices = DeviceRepository(db)
+    owner = _owner(db)
+    code, _ = devices.create_pairing_code(owner, "phone", TTL, T0)
+    first = devices.redeem_pairing_code(code, T0)
+    second = devices.redeem_pairing_code(code, T0)
+    assert first is not None and second is not None
+    device_id = first[0].device_id
+    assert _online(devices, device_id, "bearer-1", first[1], with_token=True) is Online.TOKEN_REPLACED
+    assert _online(devices, device_id, "pairing-2", first[1], with_token=False) is Online.TOKEN_REPLACED
+    [listed] = devices.list(owner)
+    assert (listed.online, listed.connected_with_token) == (False, False)  # nothing changed
+    assert devices.pairing_code_valid(code, T0)
+    assert _online(devices, device_id, "bearer-2", second[1], with_token=True) is Online.ONLINE
+    assert not devices.pairing_code_valid(code, T0)
+
+
+def _wait_for_a_lock_wait(db: Database, worker: threading.Thread) -> None:
+    """Until `worker` waits for a row lock in this database (or has ended without waiting)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while worker.is_alive():
+        with db.engine.connect() as conn:
+            if conn.execute(query).scalar():
+                return
+        worker.join(0.01)
+
+
+def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(fn()))
+    worker.start()
+    return worker, result
+
+
+def test_postgresql_a_reissue_waits_for_a_first_session_with_the_token_on_another_bridge(pg_url: str) -> None:
+    """Another bridge's set_online holds the device row (about to spend the code): the re-issue
+    waits for it and then finds the code spent, rather than killing the token just used."""
+    db = Database(pg_url)
+    other = Database(pg_url)
+    try:
+        devices = DeviceRepository(db)
+        code, _ = devices.create_pairing_code(_owner(db), "phone", TTL, T0)
+        redeemed = devices.redeem_pairing_code(code, T0)
+        assert redeemed is not None
+        device_id = redeemed[0].device_id
+        with other.engine.connect() as conn, conn.begin():
+            conn.execute(text("SELECT id FROM device WHERE id = :id FOR UPDATE"), {"id": device_id})
+            worker, result = _in_thread(lambda: devices.redeem_pairing_code(code, T0))
+            _wait_for_a_lock_wait(db, worker)
+            conn.execute(text("UPDATE device SET connected_with_token_at = :t WHERE id = :id"), {"t": T0, "id": device_id})
+        worker.join(30)
+        assert result == [None]
+        assert devices.authenticate(redeemed[1]) == redeemed[0]
+    finally:
+        other.close()
+        db.close()
+
+
+def test_postgresql_a_first_session_with_the_token_waits_for_a_reissue_on_another_bridge(pg_url: str) -> None:
+    """The other order: a re-issue holds the code and the device; set_online waits for it and
+    then finds the token it was admitted with replaced."""
+    db = Database(pg_url)
+    other = Database(pg_url)
+    try:
+        devices = DeviceRepository(db)
+        code, _ = devices.create_pairing_code(_owner(db), "phone", TTL, T0)
+        redeemed = devices.redeem_pairing_code(code, T0)
+        assert redeemed is not None
+        identity, token = redeemed
+        with other.engine.connect() as conn, conn.begin():
+            conn.execute(text("SELECT code_hash FROM pairing_code WHERE code_hash = :h FOR UPDATE"), {"h": hash_secret(code)})
+            conn.execute(text("SELECT id FROM device WHERE id = :id FOR UPDATE"), {"id": identity.device_id})
+            worker, result = _in_thread(lambda: _online(devices, identity.device_id, "s1", token, with_token=True))
+            _wait_for_a_lock_wait(db, worker)
+            conn.execute(text("UPDATE device SET token_hash = 'reissued' WHERE id = :id"), {"id": identity.device_id})
+        worker.join(30)
+        assert result == [Online.TOKEN_REPLACED]
+        assert devices.pairing_code_valid(code, T0)
+    finally:
+        other.close()
+        db.close()

@@ -51,7 +51,7 @@ class Stage:
         redeemed = devices.redeem_pairing_code(code, T0)
         assert redeemed is not None
         self.dev = redeemed[0].device_id
-        devices.set_online(self.dev, "s1", app_version="t", sims=(), now=T0)
+        devices.set_online(self.dev, "s1", token_hash=None, app_version="t", sims=(), now=T0)
         self.repo.open_session(self.owner, self.dev, "s1", [], T0)
         with self.db.write() as s:
             s.add(

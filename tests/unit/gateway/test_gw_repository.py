@@ -222,7 +222,7 @@ class World:
         now: datetime = T0,
         sims: Sequence[int] = (),
     ) -> None:
-        self.devices.set_online(device, session, app_version="t", sims=tuple(SimRecord(x) for x in sims), now=now)
+        self.devices.set_online(device, session, token_hash=None, app_version="t", sims=tuple(SimRecord(x) for x in sims), now=now)
         self.repo.open_session(self.owner, device, session, self.held(held), now)
 
     def state(self, message_id: str) -> State:
@@ -343,7 +343,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         return self.cached
 
     def online(self, device: str, session: str, held: list[HeldRecipient], now: datetime) -> None:
-        self.device_repo.set_online(device, session, app_version="t", sims=(), now=now)
+        self.device_repo.set_online(device, session, token_hash=None, app_version="t", sims=(), now=now)
         self.repo.open_session(self.owner, device, session, held, now)
 
     def reportable(self) -> list[str]:
