@@ -8,13 +8,13 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import phonenumbers
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgw.v1 import messages_pb2
 
 from gateway.config import LimitsSettings
 from smsgw_client.envelope import OVERHEAD, EnvelopeError, check_envelope
 
+from gateway.api.e164 import check_e164
 from gateway.errors import InvalidArgument
 from gateway.messages.records import NewMessage
 from smsgw_client.segments import Encoding, count_segments
@@ -27,7 +27,6 @@ __all__ = [
 MAX_BATCH = 1000
 """Items of one SendMessages call (issue 7): one transaction each, a bounded request."""
 
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 # The most UTF-8 bytes one SMS part's text can take: 160 GSM-7 characters, each at most 3
 # bytes in UTF-8 (the euro sign), or 70 UCS-2 units of at most 3 bytes (or 4 per pair).
@@ -54,19 +53,6 @@ def require(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(field, "required")
     return value
-
-
-def check_e164(number: str) -> str | None:
-    """Why `number` is not a dialable E.164 number, or None when it is."""
-    if not _E164.fullmatch(number):
-        return "must be E.164: '+' then 8 to 15 digits"
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return "not a phone number"
-    if not phonenumbers.is_possible_number(parsed):
-        return "not a possible number for its country code"
-    return None
 
 
 def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSettings, now: datetime) -> NewMessage:
