@@ -50,13 +50,13 @@ async def test_forwards_then_cut_resets_the_connection() -> None:
 @pytest.mark.trio
 async def test_a_dead_upstream_closes_the_phone_side() -> None:
     async with trio.open_nursery() as nursery:
+        # Bound but not listening, and kept so until the end: connections to it are refused,
+        # and no other process can take the port meanwhile (as after a close it could).
         dead = trio.socket.socket()
         await dead.bind(("127.0.0.1", 0))
-        port_of_nothing = dead.getsockname()[1]
-        dead.close()
-        proxy = CuttingProxy(port_of_nothing)
+        proxy = CuttingProxy(dead.getsockname()[1])
         port = await nursery.start(proxy.serve)
-        with trio.fail_after(10):
+        with dead, trio.fail_after(10):
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             try:
                 assert await stream.receive_some(1024) == b""
