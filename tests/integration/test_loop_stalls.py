@@ -1,10 +1,15 @@
 """One call must not stall the API (issue 14, item 6): while several 1.4 MB SendMessages calls
 of 1,000 invalid items × 100 recipients are validated, grpc.health.v1 Check stays fast.
 
-The one wall-clock assertion the issue asks for: the slowest of the health checks made while
-every big call was verifiably in flight (not finished before the check began nor when it ended)
+The one wall-clock assertion the issue asks for: the slowest of the health checks made while a
+big call was verifiably in flight (started before the check began, not finished when it ended)
 is under 50 ms. Before the fix, validation ran on the event loop that serves every RPC and the
-checks took seconds."""
+checks took seconds.
+
+How long a big call takes depends on the machine, so the test does not count on three calls
+outlasting the checks: it keeps CALLS calls in flight, starting another whenever one ends (at
+most MAX_CALLS in all), until CHECKS checks overlapped one; too few overlaps fail the test as
+such, never as a latency."""
 
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ from smsgw.v1 import messages_pb2, messages_pb2_grpc
 
 from tests.helpers.server import ServerProcess
 
-CALLS = 3
+CALLS = 3  # in flight at once
+MAX_CALLS = 60  # started in all, at most
 ITEMS, RECIPIENTS = 1000, 100
-CHECKS = 40  # made while every call was in flight (~1.5 s)
+CHECKS = 40  # made while a call was in flight
 MAX_CHECKS = 400
 BUDGET = 0.050  # seconds: the issue's bound
+SEND_MESSAGES = "/smsgw.v1.MessageService/SendMessages"
 
 
 def _big_invalid_request() -> messages_pb2.SendMessagesRequest:
@@ -50,6 +57,7 @@ def test_health_checks_stay_fast_while_big_send_messages_calls_are_validated(big
     server = big_server
     request = _big_invalid_request()
     assert request.ByteSize() > 1_400_000
+    payload = request.SerializeToString()  # once: the client's own work stays out of the loop below
     auth = [("authorization", f"Bearer {server.token}")]
     options = [("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     with grpc.insecure_channel(server.grpc_target, options=options) as bulk, grpc.insecure_channel(
@@ -57,12 +65,18 @@ def test_health_checks_stay_fast_while_big_send_messages_calls_are_validated(big
     ) as probe:
         health = health_pb2_grpc.HealthStub(probe)
         health.Check(health_pb2.HealthCheckRequest(), timeout=10)  # connected and warm
-        stub = messages_pb2_grpc.MessageServiceStub(bulk)
-        futures = [stub.SendMessages.future(request, metadata=auth, timeout=120) for _ in range(CALLS)]
+        send = bulk.unary_unary(SEND_MESSAGES, request_serializer=None, response_deserializer=None)
+        calls: list[grpc.Future] = []
+
+        def in_flight() -> list[grpc.Future]:
+            return [f for f in calls if not f.done()]
 
         during: list[float] = []
         for _ in range(MAX_CHECKS):  # bounded in count; the calls' deadline bounds the time
-            if any(f.done() for f in futures) or len(during) >= CHECKS:
+            while len(in_flight()) < CALLS and len(calls) < MAX_CALLS:
+                calls.append(send.future(payload, metadata=auth, timeout=120))
+            before = in_flight()
+            if not before or len(during) >= CHECKS:
                 break
             started = time.perf_counter()
             try:
@@ -70,13 +84,17 @@ def test_health_checks_stay_fast_while_big_send_messages_calls_are_validated(big
             except grpc.RpcError as exc:  # a stalled loop: recorded as the time it took
                 assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
             took = time.perf_counter() - started
-            if not any(f.done() for f in futures):
+            if any(not f.done() for f in before):  # a call in flight from before it began until after
                 during.append(took)
             time.sleep(0.02)
-        in_flight = not any(f.done() for f in futures)
-        for f in futures:  # the server stops checking what nobody waits for (the test stays short)
+        for f in calls:  # the server stops checking what nobody waits for (the test stays short)
             f.cancel()
+        # Each call that ended did its work (per-item errors, or all refused), never, say,
+        # RESOURCE_EXHAUSTED, which would have made the calls too short to overlap anything.
+        ended = {(e.code() if (e := f.exception()) else grpc.StatusCode.OK) for f in calls if not f.cancelled()}  # type: ignore[attr-defined]
+        assert ended <= {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}, ended
 
-    print(f"health check latencies (ms): {sorted(round(t * 1e3, 1) for t in during)}")
-    assert during and max(during) < BUDGET, f"health check latencies (ms): {sorted(round(t * 1e3, 1) for t in during)}"
-    assert in_flight and len(during) == CHECKS, "a big call ended before the checks did: too few overlapped it"
+    shown = sorted(round(t * 1e3, 1) for t in during)
+    print(f"{len(calls)} big calls; health check latencies (ms): {shown}")
+    assert len(during) >= CHECKS, f"only {len(during)} checks overlapped a big call ({len(calls)} calls started)"
+    assert max(during) < BUDGET, f"health check latencies (ms): {shown}"
