@@ -296,8 +296,8 @@ def _devices_list(client: Client) -> int:
     print(f"{'ID':26}  {'NAME':16}  {'STATE':7}  {'LAST SEEN':20}  {'PENDING':7}  SIMS")
     for d in devices:
         seen = d.last_seen.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if d.HasField("last_seen") else "never"
-        if not d.connected_with_token:  # paired, but the phone never used its token (lost Welcome?)
-            seen = "never with token"
+        if not d.connected_with_token:  # paired; online now on its pairing session, or the Welcome was lost
+            seen = "pairing" if d.online else "never with token"
         sims = ", ".join(f"{s.slot}:{s.operator_name or '?'}" for s in d.sims) or "-"
         print(f"{d.id:26}  {d.name[:16]:16}  {'online' if d.online else 'offline':7}  {seen:20}  {d.pending:7}  {sims}")
     return EXIT_OK
