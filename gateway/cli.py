@@ -190,7 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     dsub = devices.add_subparsers(dest="devices_command", required=True)
     dlist = dsub.add_parser("list", help="phones with online state, last seen, SIMs")
     _client_args(dlist)
-    pair = dsub.add_parser("pair", help="make a one-time pairing code (and QR code) for a phone")
+    pair = dsub.add_parser(
+        "pair",
+        help="make a pairing code (and QR code) for a phone: short-lived; usable for its device"
+        " until the device's first session with its token",
+    )
     _client_args(pair)
     pair.add_argument("--name", default="", help="device name shown in the list")
     pair.add_argument("--ttl", type=int, default=0, help="seconds the code stays valid (default 600)")

@@ -30,7 +30,7 @@ __all__ = ["DeviceRepository", "Online", "hash_secret", "PAIRING_ALPHABET"]
 
 # No 0/O/1/I: the code is read off a screen and typed.
 PAIRING_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
-_PAIRING_LENGTH = 10  # 50 bits; single use, short-lived
+_PAIRING_LENGTH = 10  # 50 bits; short-lived, usable for its device until the device's first session with its token
 
 
 def hash_secret(secret: str) -> str:

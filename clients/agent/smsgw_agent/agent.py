@@ -221,8 +221,10 @@ class PhoneAgent:
     Args:
         device_url: ``ws://HOST:PORT/device/v1``, or ``wss://`` for a bridge serving TLS.
         token: The device token for ``Authorization: Bearer``.
-        pairing_code: A one-time code for the first connect, used when no
-            token is known; the Welcome's credentials replace it.
+        pairing_code: A short-lived code for the first connect, used when no
+            token is known (and again after a pairing connection that brought
+            no Welcome, until the device's first session with its token); the
+            Welcome's credentials replace it.
         encoding: ``"proto"`` or ``"json"`` (the subprotocol to offer).
         window: The flow-control window to advertise, 1..1000.
         modem: Sends the messages.

@@ -71,8 +71,9 @@ class DeviceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreatePairingCode(self, request, context):
-        """A one-time code a phone trades for device credentials (see
-        smsgw.device.v1: open the session with `authorization: Pairing <code>`).
+        """A short-lived code a phone trades for device credentials (see
+        smsgw.device.v1: open the session with `authorization: Pairing <code>`);
+        usable for its device until the device's first session with its token.
         In private mode the phone must also present the server's private token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
