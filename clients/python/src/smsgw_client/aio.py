@@ -376,7 +376,8 @@ class AsyncClient:
     async def create_pairing_code(
         self, device_name: str = "", ttl_seconds: int = 0, *, timeout: float | None = None
     ) -> devices_pb2.PairingCode:
-        """Return a one-time code a new phone trades for its device credentials."""
+        """Return a short-lived code a new phone trades for its device credentials (usable
+        for its device until the device's first session with its token)."""
         with map_rpc_errors():
             response: devices_pb2.PairingCode = await self._devices.CreatePairingCode(
                 _channel.pairing_code_request(device_name, ttl_seconds),

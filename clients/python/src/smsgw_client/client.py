@@ -454,7 +454,8 @@ class Client:
     def create_pairing_code(
         self, device_name: str = "", ttl_seconds: int = 0, *, timeout: float | None = None
     ) -> devices_pb2.PairingCode:
-        """Return a one-time code a new phone trades for its device credentials.
+        """Return a short-lived code a new phone trades for its device credentials
+        (usable for its device until the device's first session with its token).
 
         Args:
             device_name: Name shown by :meth:`list_devices` (up to 64 characters).
