@@ -1109,7 +1109,8 @@ class _Router:
 
     def route(self, device_id: str) -> tuple[str | None, bool]:
         """(device, pinned): the requested device, else the least-loaded online device,
-        else (unless online_only) the least-loaded device, else None (unrouted).
+        else (unless online_only) the least-loaded device that ever connected with its
+        token, else None (unrouted).
         InvalidArgument on `device_id` for a device that is unknown, revoked or another owner's."""
         if device_id:
             if device_id not in self._pinned:
@@ -1133,15 +1134,19 @@ class _Router:
             # Ids and sessions only: ORM rows for every device would cost ~50 µs each.
             owned = list(
                 s.exec(
-                    select(Device.id, Device.session_id).where(Device.owner_id == self._owner_id, Device.revoked == False)  # noqa: E712
+                    select(Device.id, Device.session_id, Device.connected_with_token_at).where(
+                        Device.owner_id == self._owner_id, Device.revoked == False  # noqa: E712
+                    )
                 )
             )
-            for device_id, _ in owned:  # the owner's usable devices: any other is not
+            for device_id, _, _ in owned:  # the owner's usable devices: any other is not
                 self._pinned[device_id] = True
             self._all_known = True
-            devices = [(d, session_id) for d, session_id in owned if d != self._exclude]
-            online = [d for d, session_id in devices if session_id]
-            pool = online or ([] if self._online_only else [d for d, _ in devices])
+            devices = [(d, session_id, proven) for d, session_id, proven in owned if d != self._exclude]
+            online = [d for d, session_id, _ in devices if session_id]
+            # Offline, only a phone that has held a session with its token: an orphan of a
+            # lost pairing Welcome may never come (docs/protocol.md "When the code is spent").
+            pool = online or ([] if self._online_only else [d for d, _, proven in devices if proven is not None])
             counts: dict[str, int] = {}
             if pool:
                 counts = dict(

@@ -20,6 +20,7 @@ from gateway.messages.repository import MessageRepository
 from gateway.storage.engine import Database
 from tests.helpers.accounts import create_owner
 from tests.helpers.postgres import throwaway_database
+from tests.unit.gateway.test_gw_repository import new_message
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 TTL = timedelta(minutes=10)
@@ -245,3 +246,27 @@ def test_postgresql_a_first_session_with_the_token_waits_for_a_reissue_on_anothe
     finally:
         other.close()
         db.close()
+
+
+def test_an_orphan_gets_no_unpinned_message_while_every_phone_is_offline(db: Database) -> None:
+    """Routing's offline fallback skips a device that never connected with its token: a
+    message there would wait for a phone that may never come. Unrouted, the next phone to
+    connect adopts it; a message pinned to the orphan still goes there."""
+    devices, messages = DeviceRepository(db), MessageRepository(db)
+    owner = _owner(db)
+    code, _ = devices.create_pairing_code(owner, "orphan", TTL, T0)
+    orphan = devices.redeem_pairing_code(code, T0)
+    assert orphan is not None
+    alone, _ = messages.create(owner, new_message(), T0)
+    assert alone.device_id is None
+
+    code, _ = devices.create_pairing_code(owner, "phone", TTL, T0)
+    phone = devices.redeem_pairing_code(code, T0)
+    assert phone is not None
+    assert _online(devices, phone[0].device_id, "s1", phone[1], with_token=True) is Online.ONLINE
+    assert devices.set_offline(phone[0].device_id, "s1", T0)
+    for _ in range(3):  # the orphan would be the least loaded each time
+        routed, _ = messages.create(owner, new_message(), T0)
+        assert routed.device_id == phone[0].device_id
+    pinned, _ = messages.create(owner, new_message(device_id=orphan[0].device_id), T0)
+    assert pinned.device_id == orphan[0].device_id

@@ -37,6 +37,7 @@ import pytest
 from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from sqlalchemy import text as sa_text
 
 from gateway.config import SchedulerSettings
 from gateway.devices.records import SimRecord
@@ -198,6 +199,13 @@ class World:
         code, _ = self.devices.create_pairing_code(owner or self.owner, "phone", timedelta(minutes=5), T0)
         redeemed = self.devices.redeem_pairing_code(code, T0)
         assert redeemed is not None
+        # A phone that once connected with its token, so routing may pick it while offline
+        # (an orphan of a lost Welcome it would not: test_gw_pairing.py).
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                sa_text("UPDATE device SET connected_with_token_at = :t WHERE id = :id"),
+                {"t": T0, "id": redeemed[0].device_id},
+            )
         return redeemed[0].device_id
 
     def held(self, items: Iterable[str | HeldRecipient]) -> list[HeldRecipient]:
