@@ -15,7 +15,7 @@ from smsgw_client import Client, InvalidArgument, NotFound
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from device_bridge.protocol import AckReceived, CloseCode, DeviceSession, Encoding, ReceiptState, Side, SimInfo, WelcomeReceived
-from tests.helpers.raw_phone import open_raw, pair_raw
+from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
 from tests.helpers.server import SMSGW, ServerProcess
 
 _accounts = itertools.count()
@@ -213,7 +213,9 @@ def test_delete_only_phone_leaves_messages_unrouted_for_the_next_phone(server: S
 def test_messages_moved_to_an_offline_phone_follow_the_next_online_one(server: ServerProcess) -> None:
     _, token = _account(server)
     b, b_creds = pair_raw(server.grpc_target, token, server.device_url)
-    b.ws.close()  # B is paired but offline
+    b.ws.close()
+    # B connects once with its token (a phone, not an orphan of a lost Welcome), then goes offline.
+    RawPhone(open_raw(server.device_url, f"Bearer {b_creds.token}"), Encoding.PROTO, 4).ws.close()
     a, a_creds = pair_raw(server.grpc_target, token, server.device_url, window=4)
     with Client(server.grpc_target, token) as client:
         deadline = time.monotonic() + 10
