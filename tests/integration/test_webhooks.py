@@ -213,8 +213,9 @@ def test_retried_with_the_same_id_then_failing_then_enabled(private_server: Serv
         phone = _phone(server)
         got = receiver.wait_for(lambda got: len(got) == 6)  # 1 + the 5 configured retries
         assert len({r.id for r in got}) == 1 and all(r.verified for r in got)
-        listed = _settled(client, webhook.id)
-        assert listed.state == webhooks_pb2.FAILING, (client.webhooks.deliveries(webhook.id), [(r.answered, r.at) for r in got]) and "HTTP 500" in listed.disabled_reason
+        listed = _settled(client, webhook.id, attempts=6)
+        assert listed.state == webhooks_pb2.FAILING, (listed, client.webhooks.deliveries(webhook.id), len(receiver.received))
+        assert "HTTP 500" in listed.disabled_reason
         [delivery] = client.webhooks.deliveries(webhook.id, state=webhooks_pb2.DELIVERY_FAILED).deliveries
         assert [a.status_code for a in delivery.attempt_log] == [500] * 6
         assert all(a.latency_ms >= 0 for a in delivery.attempt_log)
@@ -283,12 +284,15 @@ def _second_account(server: ServerProcess) -> str:
         return anonymous.issue_token("bob", password).access_token
 
 
-def _settled(client: Client, webhook_id: str) -> webhooks_pb2.Webhook:
+def _settled(client: Client, webhook_id: str, attempts: int = 0) -> webhooks_pb2.Webhook:
     """The webhook once the server recorded the answers the receiver already gave: the
-    receiver sees a request before the server records its answer (bounded wait)."""
+    receiver sees a request before the server records its answer, and a delivery whose last
+    attempt is in flight no longer counts as pending, so wait until no delivery is pending
+    and at least `attempts` attempts are recorded (bounded wait)."""
     for _ in range(200):
         [webhook] = [w for w in client.webhooks.list().webhooks if w.id == webhook_id]
-        if webhook.pending_deliveries == 0:
+        recorded = sum(len(d.attempt_log) for d in client.webhooks.deliveries(webhook_id).deliveries) if attempts else 0
+        if webhook.pending_deliveries == 0 and recorded >= attempts:
             break
         time.sleep(0.05)
     return webhook
