@@ -110,16 +110,14 @@ async def announce_start(
 
 async def follow(
     feed: EventFeed,
-    cursor: int | None,
+    cursor: int,
     last_event_id: Callable[[], Awaitable[int]],
     read: Callable[[int, int], Awaitable[list[E]]],
 ) -> AsyncIterator[E]:
-    """Yield events after `cursor` (None = from now on) as they are logged, for the life of
-    the stream; `read(after, upto)` returns at most WATCH_BATCH matching events, oldest first.
+    """Yield events after `cursor` (fixed by `announce_start`) as they are logged, for the life
+    of the stream; `read(after, upto)` returns at most WATCH_BATCH matching events, oldest first.
     Ends with UNAVAILABLE when the server shuts down, so the client resumes from its cursor.
     """
-    if cursor is None:
-        cursor = await last_event_id()
     while not feed.closed:
         waiter = feed.waiter()
         # Read up to the newest id known now; when the batch is not full, everything up
