@@ -24,6 +24,7 @@ class SessionHandle:
     _event: trio.Event = field(default_factory=trio.Event)
     replaced: bool = False
     revoked: bool = False
+    keepalive_lost: bool = False
     _settings_changed: bool = False
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -57,6 +58,11 @@ class SessionHandle:
     def revoke(self) -> None:
         """The device was deleted: end this session at once (close 4004)."""
         self.revoked = True
+        self.cancel_scope.cancel()
+
+    def lose_keepalive(self) -> None:
+        """No pong within ping_timeout (device_bridge.keepalive): end this session at once (close 1011)."""
+        self.keepalive_lost = True
         self.cancel_scope.cancel()
 
 

@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 
+from device_bridge.keepalive import Keepalive
 from device_bridge.protocol import PRIVATE_TOKEN_HEADER, SUBPROTOCOLS
 from device_bridge.session_task import Admission, BridgeContext, run_session
 from gateway.devices.repository import hash_secret
@@ -105,6 +106,7 @@ async def serve(
     # after process_request (bad handshake headers, timeout) leaves nothing behind.
     admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = weakref.WeakKeyDictionary()
     opening = _Opening(ctx.settings.max_opening)
+    keepalive = Keepalive(ctx.settings.ping_interval, ctx.settings.ping_timeout)
 
     async def process_request(ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -135,11 +137,12 @@ async def serve(
 
     async def handler(ws: ServerConnection) -> None:
         admission = admissions.pop(ws)
-        await run_session(ctx, ws, admission)
+        await run_session(ctx, ws, admission, keepalive)
 
     settings = ctx.settings
     kwargs = dict(listeners=listeners) if listeners is not None else dict(host=host, port=port)
     async with trio.open_nursery() as nursery:
+        await nursery.start(keepalive.run)  # one timer pings every session
         server: Server = await nursery.start(
             lambda task_status: ws_serve(
                 handler,
@@ -147,7 +150,7 @@ async def serve(
                 process_request=process_request,
                 compression=None,  # permessage-deflate costs 2.5x memory per session
                 open_timeout=settings.open_timeout,
-                # Keepalive is the session's own (session_task.keepalive), so that a missed
+                # Keepalive is the bridge's own (device_bridge.keepalive), so that a missed
                 # pong ends the session at once instead of after close_timeout.
                 ping_interval=None,
                 close_timeout=settings.close_timeout,

@@ -19,6 +19,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
+from device_bridge.keepalive import Keepalive, KeepaliveEntry
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.protocol import (
     CloseCode,
@@ -375,23 +376,6 @@ class _Session:
             self.proto.send_drop(message_id, state.name.lower())
             self.ctx.metrics.drops.inc()
 
-    async def keepalive(self) -> None:
-        """Ping every `ping_interval`; no pong within `ping_timeout` ends the session at once.
-
-        websockets' own keepalive would then wait `close_timeout` more for a closing
-        handshake a dead phone never sends; owning it here makes a silent phone dead
-        <= ping_interval + ping_timeout after its last frame (RELIABILITY 7), and its
-        unaccepted messages return to PENDING right then (cleanup runs before the close).
-        """
-        interval, timeout = self.ctx.settings.ping_interval, self.ctx.settings.ping_timeout
-        while True:
-            await trio.sleep(interval)
-            pong = await self.ws.ping(ack_on_close=True)
-            with trio.move_on_after(timeout) as scope:
-                await pong.wait()
-            if scope.cancelled_caught:
-                raise _Aborted(1011, "keepalive ping timeout")
-
     def open_now(self) -> bool:
         """Still OPEN after an await? (The reader may have ended the session meanwhile.)"""
         return self.proto.state is SessionState.OPEN
@@ -460,12 +444,19 @@ class _Session:
         await trio.to_thread.run_sync(clean_up, abandon_on_cancel=True)
 
 
-async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admission) -> None:
-    """The websockets handler body for one authenticated upgrade."""
+async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admission, keepalive: Keepalive) -> None:
+    """The websockets handler body for one authenticated upgrade.
+
+    `keepalive` pings the session once it is open. A missed pong ends the session at once
+    (`handle.keepalive_lost`, close 1011) instead of after websockets' close_timeout: a silent
+    phone is dead <= ping_interval + ping_timeout after its last frame (RELIABILITY 7), and
+    its unaccepted messages return to PENDING right then (cleanup runs before the close).
+    """
     assert ws.subprotocol is not None, "process_request refuses upgrades without one of ours"
     session = _Session(ctx, ws, Encoding(ws.subprotocol))
     ctx.metrics.sessions.inc()
     close: tuple[int, str] | None = None
+    pinged: KeepaliveEntry | None = None
     try:
         try:
             try:
@@ -475,16 +466,19 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
             finally:
                 admission.opened()
             ctx.metrics.handshakes.labels("ok").inc()
+            pinged = keepalive.register(ws, handle.lose_keepalive)
             with handle.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(session.dispatch)
-                    nursery.start_soon(session.keepalive)
                     await session.read()
                     nursery.cancel_scope.cancel()
             if handle.revoked:
                 close = (CloseCode.CREDENTIALS_REVOKED, "device deleted")
             elif handle.replaced:
                 close = (CloseCode.REPLACED, "a newer session of this device took over")
+            elif handle.keepalive_lost:
+                session.log.warning("! session ended: keepalive ping timeout")
+                close = (1011, "keepalive ping timeout")
         except* RemoteProtocolError as group:
             exc = _first(group)
             assert isinstance(exc, RemoteProtocolError)
@@ -498,6 +492,8 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
         except* ConnectionClosed:
             pass
     finally:
+        if pinged is not None:
+            keepalive.unregister(pinged)
         ctx.metrics.sessions.dec()
         # Requeue first: a dead phone may never answer the closing handshake below.
         with trio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
