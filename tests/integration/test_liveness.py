@@ -7,6 +7,8 @@ trio's MockClock with ping_interval = ping_timeout = 1 s, over in-memory streams
 is a real websockets client (sans-I/O ClientProtocol) plus the phone-side DeviceSession.
 `VirtualTime` advances the clock only when every task is blocked and no storage thread is
 running, so a storage call takes no virtual time and the numbers below are exact.
+The last two tests run the same bridge over real sockets on 127.0.0.1, in real time: the
+close code a silent phone gets (1011) and a reading phone kept; they assert no wall time.
 """
 
 from __future__ import annotations
@@ -268,3 +270,90 @@ def test_phone_that_keeps_reading_stays_connected(tmp_path: Path) -> None:
     assert isinstance(pongs, int)
     # One ping per interval (latency is 0 on the virtual clock): about 30 in 30 s.
     assert watched / PING_INTERVAL - 2 <= pongs <= watched / PING_INTERVAL + 1, pongs
+
+
+class TcpListener:
+    """`MemoryWebSocket.connect` over a real socket: the bridge's own listener on 127.0.0.1."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def connect(self) -> trio.abc.Stream:
+        return await trio.open_tcp_stream("127.0.0.1", self.port)
+
+
+def _real_time_world(tmp_path: Path, interval: float, timeout: float) -> World:
+    world = World(tmp_path)
+    world.ctx.settings = BridgeSettings(ping_interval=interval, ping_timeout=timeout)
+    world.ctx.clock = lambda: datetime.now(UTC)
+    return world
+
+
+def test_over_tcp_a_silent_phone_is_closed_1011_after_its_message_is_requeued(tmp_path: Path) -> None:
+    """The shared keepalive timer over real websockets and sockets: the close code and reason
+    a phone sees, and the cleanup done before it. No wall-clock figure is asserted."""
+    world = _real_time_world(tmp_path, interval=0.2, timeout=0.5)
+    report: dict[str, object] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            bridge: BridgeServer = await nursery.start(
+                lambda task_status: serve(world.ctx, "127.0.0.1", 0, task_status=task_status)
+            )
+            listener = TcpListener(bridge.port)
+            with trio.fail_after(30):
+                phone = await Phone.open(listener, world.token)  # type: ignore[arg-type]
+                assert await phone.welcome_and_deliver() == world.message_id
+                await world.registry.ended.wait()  # the phone reads nothing from here on
+                try:
+                    while True:
+                        await phone.next_event()  # answers the queued pings, far too late
+                except ConnectionClosed as closed:
+                    report["close"] = (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None
+                # The close frame comes after the cleanup: the message is back to PENDING by now.
+                report["state_at_close"] = await trio.to_thread.run_sync(world.state)
+                report["online"] = await trio.to_thread.run_sync(world.online)
+                await phone.ws.aclose()
+                await bridge.aclose()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        world.db.close()
+    assert report["close"] == (1011, "keepalive ping timeout")
+    assert report["state_at_close"] == State.PENDING
+    assert report["online"] is False
+    assert len(world.registry) == 0
+
+
+def test_over_tcp_a_reading_phone_is_pinged_and_kept(tmp_path: Path) -> None:
+    # A timeout far above any scheduling stall of a loaded machine: only a phone that does
+    # not answer at all may be dropped here.
+    world = _real_time_world(tmp_path, interval=0.1, timeout=10.0)
+    report: dict[str, object] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            bridge: BridgeServer = await nursery.start(
+                lambda task_status: serve(world.ctx, "127.0.0.1", 0, task_status=task_status)
+            )
+            with trio.fail_after(30):
+                phone = await Phone.open(TcpListener(bridge.port), world.token)  # type: ignore[arg-type]
+                assert await phone.welcome_and_deliver() == world.message_id
+                with trio.move_on_after(1.0):
+                    await phone.next_event()  # nothing but pings should come (answered on the way)
+                report["pongs"] = phone.ws.pongs_sent
+                report["ended"] = world.registry.ended.is_set()
+                report["registry"] = len(world.registry)
+                await phone.ws.aclose()
+                await bridge.aclose()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        world.db.close()
+    assert report["ended"] is False and report["registry"] == 1
+    pongs = report["pongs"]
+    assert isinstance(pongs, int) and pongs >= 1
