@@ -42,6 +42,8 @@ from gateway.bus import LocalBus
 from gateway.config import Settings
 from gateway.devices.repository import DeviceRepository
 from gateway.devices.service import DeviceService
+from gateway.events.ring import RING_CAPACITY, EventRing
+from gateway.events.tail import read_tail
 from gateway.inbound.repository import InboundRepository
 from gateway.inbound.service import InboundService
 from gateway.messages.repository import MessageRepository
@@ -102,9 +104,17 @@ class _GatewayThread:
     """Runs the asyncio loop (grpc.aio server, expiry job) in its own thread."""
 
     def __init__(
-        self, settings: Settings, db: Database, bus: LocalBus, registry: CollectorRegistry, codec: TokenCodec
+        self,
+        settings: Settings,
+        db: Database,
+        bus: LocalBus,
+        registry: CollectorRegistry,
+        codec: TokenCodec,
+        *,
+        event_ring_capacity: int = RING_CAPACITY,
     ) -> None:
         self.settings = settings
+        self.event_ring_capacity = event_ring_capacity
         self.codec = codec
         self.db = db
         self.bus = bus
@@ -129,10 +139,15 @@ class _GatewayThread:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        self.feed = feed = EventFeed()
-        self.bus.attach_gateway(feed.notify)
         message_repo, auth_repo = MessageRepository(self.db, self.settings.scheduler), AuthRepository(self.db)
         messages = MessageService(message_repo, self.bus, self.metrics, daily_segments=self.settings.limits.daily_segments)
+        # The watch streams read the ring; the bus wakes the ring, whose refill wakes them.
+        self.feed = feed = EventFeed()
+        ring = feed.ring = EventRing(
+            partial(read_tail, self.db), capacity=self.event_ring_capacity, on_published=feed.notify
+        )
+        ring.reset(await messages.last_event_id())
+        self.bus.attach_gateway(ring.wake)
         devices = DeviceService(
             DeviceRepository(self.db), message_repo, auth_repo, self.bus, self.settings.jobs.pairing_code_ttl
         )
@@ -147,8 +162,10 @@ class _GatewayThread:
         self.started.set()
         jobs = asyncio.create_task(self._jobs_forever(messages, auth, webhooks))
         delivering = asyncio.create_task(worker.run())
+        refilling = asyncio.create_task(ring.run())
         await self._stop.wait()
         jobs.cancel()
+        refilling.cancel()
         delivering.cancel()  # a claimed delivery in flight is sent again after restart (same webhook-id)
         await self.grpc.stop(self.settings.grpc.shutdown_grace)
         await sender.aclose()

@@ -1,5 +1,6 @@
 """Cursors shared by the list and watch RPCs: page tokens over ULIDs, and the loop that follows
-the event log (WatchMessages, WatchInbound) from a resumable event id."""
+the event log (WatchMessages, WatchInbound) from a resumable event id: from the ring of recent
+events when it covers the cursor, else from storage."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from gateway.errors import InvalidArgument, Unavailable
+from gateway.events.ring import EventRing
 from gateway.messages.service import EventFeed
 
 __all__ = [
@@ -30,7 +32,8 @@ _NOT_A_TOKEN = "not a token from next_page_token"
 # The initial-metadata key naming the event id a watch starts after (smsgw_client's
 # WATCH_START_KEY: the client resumes from it when cut off before the first event).
 WATCH_START_KEY = "smsgw-watch-after"
-# Safety net only: watchers are woken by the bus; this bounds a missed wake-up.
+# Safety net only: watchers are woken after each ring refill (or by the bus); this bounds a
+# missed wake-up.
 _WATCH_POLL = 1.0
 
 
@@ -113,18 +116,28 @@ async def follow(
     cursor: int,
     last_event_id: Callable[[], Awaitable[int]],
     read: Callable[[int, int], Awaitable[list[E]]],
+    from_ring: Callable[[EventRing, int], tuple[list[E], int] | None],
 ) -> AsyncIterator[E]:
     """Yield events after `cursor` (fixed by `announce_start`) as they are logged, for the life
-    of the stream; `read(after, upto)` returns at most WATCH_BATCH matching events, oldest first.
+    of the stream. `from_ring(ring, after)` returns at most WATCH_BATCH matching events from
+    the feed's ring with the ring's last id, or None when the ring does not reach back to
+    `after`; then `read(after, upto)` returns them from storage, oldest first.
     Ends with UNAVAILABLE when the server shuts down, so the client resumes from its cursor.
     """
     while not feed.closed:
         waiter = feed.waiter()
-        # Read up to the newest id known now; when the batch is not full, everything up
-        # to it was seen, so a filtered stream does not rescan non-matching events.
-        # (Event ids commit in order on SQLite, whose writes are serialised.)
-        bound = await last_event_id()
-        events = await read(cursor, bound)
+        ring = feed.ring
+        served = from_ring(ring, cursor) if ring is not None else None
+        if served is not None:
+            events, bound = served
+        else:
+            # Storage reads up to a bound known before the read (the ring's last id: every
+            # event up to it was committed; without a ring, the newest id now), so that when
+            # the batch is not full everything up to it was seen and a filtered stream does
+            # not rescan non-matching events. Event ids commit in order with one writer
+            # (SQLite, `smsgw serve`); see gateway.events.tail.
+            bound = ring.last_id if ring is not None else await last_event_id()
+            events = await read(cursor, bound)
         for e in events:
             yield e
             cursor = e.id

@@ -21,6 +21,7 @@ from gateway.api.cursors import (
 from gateway.api.interceptors import current_owner
 from gateway.api.validation import timestamp_field
 from gateway.errors import InvalidArgument
+from gateway.events.ring import EventRing
 from gateway.inbound.records import InboundEventRecord
 from gateway.inbound.service import InboundService
 from gateway.messages.service import EventFeed
@@ -71,7 +72,10 @@ class InboundServicer(inbound_pb2_grpc.InboundServiceServicer):
         async def read(after: int, upto: int) -> list[InboundEventRecord]:
             return await self.service.events_after(owner, after, limit=WATCH_BATCH, device_id=device_id, upto=upto)
 
-        async for e in follow(self.feed, cursor, self.service.last_event_id, read):
+        def from_ring(ring: EventRing, after: int) -> tuple[list[InboundEventRecord], int] | None:
+            return ring.inbound_events(owner, after, WATCH_BATCH, device_id)
+
+        async for e in follow(self.feed, cursor, self.service.last_event_id, read, from_ring):
             yield inbound_event_to_pb(e)
 
 

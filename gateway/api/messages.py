@@ -34,6 +34,7 @@ from gateway.api.validation import (
 )
 from gateway.config import LimitsSettings
 from gateway.errors import InvalidArgument
+from gateway.events.ring import EventRing
 from gateway.messages.records import EventRecord, MessageFilter, NewMessage, SendOutcome
 from gateway.messages.service import EventFeed, MessageService
 from gateway.types import State, utcnow
@@ -152,10 +153,15 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
             context, start_cursor(request.HasField("after_event_id"), request.after_event_id), self.service.last_event_id
         )
 
+        wanted = frozenset(ids)
+
         async def read(after: int, upto: int) -> list[EventRecord]:
             return await self.service.events_after(owner, after, limit=WATCH_BATCH, message_ids=ids, upto=upto)
 
-        async for e in follow(self.feed, cursor, self.service.last_event_id, read):
+        def from_ring(ring: EventRing, after: int) -> tuple[list[EventRecord], int] | None:
+            return ring.message_events(owner, after, WATCH_BATCH, wanted)
+
+        async for e in follow(self.feed, cursor, self.service.last_event_id, read, from_ring):
             yield event_to_pb(e)
 
 

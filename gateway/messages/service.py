@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from gateway.bus import Bus
+from gateway.events.ring import EventRing
 from gateway.messages.records import EventRecord, MessageFilter, MessageRecord, NewMessage, SendOutcome
 from gateway.messages.repository import MessageRepository
 from gateway.metrics import GatewayMetrics
@@ -20,15 +21,19 @@ __all__ = ["MessageService", "EventFeed"]
 
 
 class EventFeed:
-    """Wakes WatchMessages streams when the bus says events were logged (asyncio side).
+    """Wakes the WatchMessages and WatchInbound streams when events were logged (asyncio side),
+    and holds the ring of recent events they read (gateway.events.ring).
 
-    A stream takes `waiter()` *before* it reads the log and waits on it after, so a
-    notification that lands between the read and the wait is never missed.
+    With a ring, `notify` is the ring's: it runs after each refill, so the streams wake once
+    the events are in memory. Without one (tests of the storage path) it is the bus's.
+    A stream takes `waiter()` *before* it reads and waits on it after, so a notification
+    that lands between the read and the wait is never missed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ring: EventRing | None = None) -> None:
         self._changed = asyncio.Event()
         self.closed = False
+        self.ring = ring
 
     def notify(self) -> None:
         self._changed.set()
@@ -74,7 +79,7 @@ class MessageService:
         else:
             self.metrics.idempotent_replays.inc()
         if record.device_id:
-            self.bus.notify_work([record.device_id])
+            self.bus.notify_queued({record.device_id: [record.id]})
         return record, created
 
     async def send_many(self, owner_id: str, items: Sequence[NewMessage]) -> list[SendOutcome]:
@@ -96,9 +101,12 @@ class MessageService:
             self.bus.notify_events()
         if len(stored) > len(created):
             self.metrics.idempotent_replays.inc(len(stored) - len(created))
-        devices = {o.message.device_id for o in stored if o.message is not None and o.message.device_id}
-        if devices:
-            self.bus.notify_work(devices)
+        queued: dict[str, list[str]] = {}
+        for o in stored:
+            if o.message is not None and o.message.device_id:
+                queued.setdefault(o.message.device_id, []).append(o.message.id)
+        if queued:
+            self.bus.notify_queued(queued)
         return outcomes
 
     async def get(self, owner_id: str, message_id: str) -> MessageRecord:
@@ -117,7 +125,7 @@ class MessageService:
         record, device = self.repo.cancel(owner_id, message_id, utcnow())
         self.bus.notify_events()
         if device:
-            self.bus.notify_work([device])  # its session Drops the message
+            self.bus.notify_queued({device: [message_id]})  # its session Drops the message
         return record
 
     async def reschedule(self, owner_id: str, message_id: str, schedule_at: datetime | None) -> MessageRecord:
@@ -126,7 +134,7 @@ class MessageService:
     def _reschedule(self, owner_id: str, message_id: str, schedule_at: datetime | None) -> MessageRecord:
         record, device = self.repo.reschedule(owner_id, message_id, schedule_at, utcnow())
         if device:
-            self.bus.notify_work([device])  # its session recomputes when to look again
+            self.bus.notify_queued({device: [message_id]})  # its session recomputes when to look again
         return record
 
     async def prune_dispatch_log(self) -> None:
