@@ -132,13 +132,13 @@ async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Cal
         busy = devices[: o.phones]
         if everything:
             say(f"[{name}] latency: {o.rate:.0f} msg/s for {o.duration:.0f} s over {o.phones} phones")
-            out["latency"] = await _step(say, latency(api, fleet, busy, o.rate, o.duration))
+            out["latency"] = await _step(say, latency(api, fleet, busy, o.rate, o.duration, server))
             save()
         say(f"[{name}] throughput: SendMessage for {o.duration:.0f} s")
-        out["throughput"] = await _step(say, throughput(api, busy, o.duration))
+        out["throughput"] = await _step(say, throughput(api, busy, o.duration, server=server, fleet=fleet))
         save()
         say(f"[{name}] bulk: {o.bulk_recipients} recipients through SendMessages")
-        out["bulk"] = await _step(say, bulk(api, busy, o.bulk_recipients))
+        out["bulk"] = await _step(say, bulk(api, busy, o.bulk_recipients, server=server))
         save()
         if everything:
             await quiet(server)  # what the load runs left in flight is done

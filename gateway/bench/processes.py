@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerRun", "FleetProc", "BENCH_SETTINGS"]
+__all__ = ["ServerRun", "FleetProc", "BENCH_SETTINGS", "cpu_seconds"]
 
 _START_TIMEOUT = 60.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -32,6 +32,13 @@ BENCH_SETTINGS = {
     "SMSGW_SCHEDULER__SIM_MIN_INTERVAL": "0",
     "SMSGW_SCHEDULER__PHONE_PARTS_PER_MINUTE": "0",
 }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` (every thread) so far, from /proc/PID/stat (fields 14
+    and 15; the name before them may hold spaces). Clock ticks: 10 ms on most kernels."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def _smsgw() -> list[str]:
@@ -129,8 +136,7 @@ class ServerRun:
     def cpu_seconds(self) -> float:
         """User + system CPU of the whole process (every thread) so far."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return cpu_seconds(self.proc.pid)
 
 
 class FleetProc:
@@ -162,6 +168,11 @@ class FleetProc:
         if "error" in reply:
             raise RuntimeError(f"fleet {op}: {reply['error']}")
         return reply
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the fleet process so far: beside the server's, what the
+        simulated phones cost (on the same cores, so it is CPU the server did not get)."""
+        return cpu_seconds(self.proc.pid)
 
     async def wait_connected(self, count: int, timeout: float) -> float:
         """Until `count` phones hold an open session; returns time.monotonic() then."""

@@ -36,9 +36,30 @@ def _at_least(value: float | None, limit: float | None) -> bool | None:
     return None if value is None or limit is None else value >= limit
 
 
+def _bare_cpu_ms_per_call(raw: dict[str, Any]) -> float | None:
+    """The bare grpc.aio echo server's CPU per unary call, in ms (its CPU share over its rate)."""
+    rate, cpu = _get(raw, "grpc_unary", "calls_per_s"), _get(raw, "grpc_unary", "server_cpu_percent")
+    return None if not rate or cpu is None else 10 * cpu / rate
+
+
+def _cpu_rows(tag: str, what: str, r: dict[str, Any], unit: str, bare: float | None) -> list[Row]:
+    """Server CPU per `unit` against the issue-15 target (<= 1 ms), and the fleet's beside it:
+    the fleet must cost less than the server, or the server's figure is capped by its phones."""
+    server = _get(r, f"server_cpu_ms_per_{unit}")
+    fleet = _get(r, f"fleet_cpu_ms_per_{unit}")
+    out = []
+    if server is not None:
+        out.append(Row(f"{tag}server CPU per {unit} ({what})", server, "ms", bare, "<= 1.0", _at_most(server, 1.0)))
+    if fleet is not None:
+        met = None if server is None else fleet < server
+        out.append(Row(f"{tag}fleet CPU per {unit} ({what})", fleet, "ms", None, "< server", met))
+    return out
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     raw = results.get("raw", {})
     unary = _get(raw, "grpc_unary", "calls_per_s")
+    bare_cpu = _bare_cpu_ms_per_call(raw)
     out: list[Row] = []
     for db in ("sqlite", "postgres"):
         r = results.get(db)
@@ -62,17 +83,22 @@ def rows(results: dict[str, Any]) -> list[Row]:
             for p in ("p50", "p95", "p99"):
                 out.append(Row(f"{tag}SendMessage return -> DELIVERED on WatchMessages {p}",
                                _get(lat, "delivered_after_return", f"{p}_ms"), "ms"))
+            out += _cpu_rows(tag, f"latency run, to DELIVERED, {lat['offered_per_s']:.0f} msg/s", lat, "message", bare_cpu)
         thr = r.get("throughput")
         if isinstance(thr, dict) and "error" not in thr:
             rate = _get(thr, "accepted_per_s")
             third = unary / 3 if unary else None
             out.append(Row(f"{tag}SendMessage -> ACCEPTED, sustained ({thr['phones']} phones, {thr['in_flight']} in flight)",
                            rate, "msg/s", unary, ">= 1/3 bare", _at_least(rate, third)))
+            out += _cpu_rows(tag, f"throughput run, to DELIVERED, {thr['in_flight']} in flight", thr, "message", bare_cpu)
         blk = r.get("bulk")
         if isinstance(blk, dict) and "error" not in blk:
             rate = _get(blk, "recipients_per_s")
             out.append(Row(f"{tag}SendMessages bulk enqueue ({blk['calls']} calls)", rate, "recipients/s", None, ">= 10000",
                            _at_least(rate, 10_000)))
+            per = _get(blk, "server_cpu_us_per_recipient")
+            if per is not None:
+                out.append(Row(f"{tag}server CPU per recipient (bulk enqueue)", per, "us", None, "<= 60", _at_most(per, 60)))
         idle = r.get("idle")
         if isinstance(idle, dict) and "error" not in idle:
             per = _get(idle, "rss_kib_per_session")
@@ -88,8 +114,17 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ok = _at_most(drained, 30) if storm.get("all_accepted") else False
             out.append(Row(f"{tag}reconnect storm: {storm['phones']} phones back and 1 message each ACCEPTED", drained, "s",
                            None, "<= 30", ok))
+            out += _cpu_rows(tag, "storm: session open + its 1 message", storm, "reconnect", None)
+    sqlite_cpu = _get(results, "sqlite", "throughput", "server_cpu_ms_per_message")
+    postgres_cpu = _get(results, "postgres", "throughput", "server_cpu_ms_per_message")
+    if sqlite_cpu and postgres_cpu is not None:
+        ratio = postgres_cpu / sqlite_cpu
+        out.append(Row("[postgres] server CPU per message / SQLite's (throughput runs)", ratio, "x", None, "<= 1.5",
+                       _at_most(ratio, 1.5)))
     if unary is not None:
         out.append(Row("bare grpc.aio unary echo (64 in flight)", unary, "calls/s"))
+    if bare_cpu is not None:
+        out.append(Row("bare grpc.aio unary echo: server CPU per call", bare_cpu, "ms"))
     for name, key, unit in (("bare grpc.aio server-streaming (100 streams)", ("grpc_stream", "messages_per_s"), "msg/s"),
                             ("bare websockets.trio echo (100 connections)", ("ws_echo", "messages_per_s"), "msg/s")):
         value = _get(raw, *key)

@@ -1,5 +1,11 @@
 """The measured scenarios, each against a running server and fleet, each bounded in count
-and time. Times are `time.monotonic()`, the one clock the driver and the fleet share."""
+and time. Times are `time.monotonic()`, the one clock the driver and the fleet share.
+
+Besides rates and latencies, each load scenario reports CPU per operation, the server's and
+the fleet's apart (issue 15 "Targets"): on a shared 2-core machine a rate moves with whatever
+else runs, while CPU seconds per message move much less. A window ends once the work it
+caused is done (every message DELIVERED), so the receipts and the watcher are counted.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from smsgw.v1 import common_pb2, devices_pb2, devices_pb2_grpc, messages_pb2, me
 
 from gateway.bench.processes import FleetProc, ServerRun
 
-__all__ = ["Api", "Watch", "percentiles", "pair_phones", "latency", "throughput", "bulk", "idle", "quiet", "storm"]
+__all__ = ["Api", "Cpu", "Watch", "percentiles", "pair_phones", "latency", "throughput", "bulk", "idle", "quiet", "storm"]
 
 _DRAIN_TIMEOUT = 60.0
 
@@ -116,6 +122,24 @@ class Watch:
                 pass
 
 
+class Cpu:
+    """The server's and the fleet's CPU (user + system, every thread) from its creation on."""
+
+    def __init__(self, server: ServerRun, fleet: FleetProc | None = None) -> None:
+        self.server, self.fleet = server, fleet
+        self.server0 = server.cpu_seconds()
+        self.fleet0 = fleet.cpu_seconds() if fleet is not None else 0.0
+
+    def per(self, count: int, unit: str) -> dict[str, float]:
+        """CPU so far in all, and per `unit` ("message", "reconnect") in ms over `count` of them."""
+        server = self.server.cpu_seconds() - self.server0
+        out = {"server_cpu_s": server, f"server_cpu_ms_per_{unit}": 1000 * server / max(1, count)}
+        if self.fleet is not None:
+            fleet = self.fleet.cpu_seconds() - self.fleet0
+            out |= {"fleet_cpu_s": fleet, f"fleet_cpu_ms_per_{unit}": 1000 * fleet / max(1, count)}
+        return out
+
+
 async def _bounded(jobs: Sequence[Callable[[], Awaitable[Any]]], in_flight: int) -> list[Any]:
     slots = asyncio.Semaphore(in_flight)
 
@@ -141,9 +165,11 @@ async def pair_phones(api: Api, fleet: FleetProc, count: int) -> list[str]:
     return device_ids
 
 
-async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: float, duration: float) -> dict[str, Any]:
+async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: float, duration: float,
+                  server: ServerRun | None = None) -> dict[str, Any]:
     """Open loop at `rate` messages/s spread over `devices`: SendMessage return -> the phone's
-    Deliver, and -> DELIVERED on a WatchMessages stream."""
+    Deliver, and -> DELIVERED on a WatchMessages stream; with `server`, the server's and the
+    fleet's CPU per message from the first call to the last DELIVERED."""
     watch = Watch(api)
     watch.start()
     await asyncio.sleep(0.3)  # the stream is open before the first send
@@ -162,6 +188,7 @@ async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: floa
             return
         called[message_id], returned[message_id] = t0, t1
 
+    cpu = Cpu(server, fleet) if server is not None else None
     start = time.monotonic()
     tasks = []
     for i in range(count):
@@ -173,6 +200,7 @@ async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: floa
     await asyncio.gather(*tasks)
     ids = list(returned)
     delivered_all = await watch.until(common_pb2.DELIVERED, ids, _DRAIN_TIMEOUT)
+    spent = cpu.per(len(ids), "message") if cpu is not None else {}
     await watch.stop()
     delivers = (await fleet.call("delivers", timeout=60))["delivers"]
     to_phone = [delivers[i] - returned[i] for i in ids if i in delivers]
@@ -190,17 +218,22 @@ async def latency(api: Api, fleet: FleetProc, devices: Sequence[str], rate: floa
         "deliver_after_call": percentiles(to_phone_from_call),
         "delivered_after_return": percentiles(to_delivered),
         "sent_to_phone_before_return": sum(1 for x in to_phone if x < 0),
+        **spent,
     }
 
 
-async def throughput(api: Api, devices: Sequence[str], duration: float, in_flight: int = 64) -> dict[str, Any]:
+async def throughput(api: Api, devices: Sequence[str], duration: float, in_flight: int = 64, *,
+                     server: ServerRun | None = None, fleet: FleetProc | None = None) -> dict[str, Any]:
     """Closed loop, `in_flight` SendMessage calls outstanding for `duration`; the rate is the
-    messages over the time from the first call to the last ACCEPTED stored."""
+    messages over the time from the first call to the last ACCEPTED stored. With `server`, the
+    CPU per message from the first call until every message is DELIVERED (the receipts after
+    ACCEPTED are part of a message's cost)."""
     watch = Watch(api)
     watch.start()
     await asyncio.sleep(0.3)
     ids: list[str] = []
     errors = 0
+    cpu = Cpu(server, fleet) if server is not None else None
     start = time.monotonic()
     stop_at = start + duration
     counter = itertools.count()
@@ -218,6 +251,10 @@ async def throughput(api: Api, devices: Sequence[str], duration: float, in_fligh
     api_end = time.monotonic()
     drained = await watch.until(common_pb2.ACCEPTED, ids, _DRAIN_TIMEOUT)
     accepted = watch.times(common_pb2.ACCEPTED, ids)
+    spent: dict[str, Any] = {}
+    if cpu is not None:
+        spent["cpu_all_delivered"] = await watch.until(common_pb2.DELIVERED, ids, _DRAIN_TIMEOUT)
+        spent |= cpu.per(len(ids), "message")
     await watch.stop()
     last = max(accepted, default=api_end)
     return {
@@ -229,6 +266,7 @@ async def throughput(api: Api, devices: Sequence[str], duration: float, in_fligh
         "accepted_per_s": len(accepted) / (last - start),
         "all_accepted": drained,
         "accepted_lag_s": max(0.0, last - api_end),
+        **spent,
     }
 
 
@@ -243,9 +281,10 @@ def _bulk_request(api: Api, devices: Sequence[str], offset: int, size: int, *, h
     return messages_pb2.SendMessagesRequest(messages=items)
 
 
-async def bulk(api: Api, devices: Sequence[str], recipients: int, *, concurrency: int = 2) -> dict[str, Any]:
+async def bulk(api: Api, devices: Sequence[str], recipients: int, *, concurrency: int = 2,
+               server: ServerRun | None = None) -> dict[str, Any]:
     """SendMessages calls of up to 1,000 one-recipient messages each (held: scheduled a week
-    ahead); recipients stored per second."""
+    ahead); recipients stored per second, and with `server` its CPU per recipient."""
     sizes = [min(_BULK_MAX, recipients - s) for s in range(0, recipients, _BULK_MAX)]
     requests = [_bulk_request(api, devices, i * _BULK_MAX, size, hold=True) for i, size in enumerate(sizes)]
     failed = 0
@@ -255,11 +294,16 @@ async def bulk(api: Api, devices: Sequence[str], recipients: int, *, concurrency
         reply = await api.messages.SendMessages(request, metadata=api.metadata)  # type: ignore[attr-defined]
         failed += sum(1 for r in reply.results if r.HasField("error"))
 
+    cpu = Cpu(server) if server is not None else None
     start = time.monotonic()
     await _bounded([lambda r=r: call(r) for r in requests], concurrency)
     elapsed = time.monotonic() - start
+    spent: dict[str, Any] = {}
+    if cpu is not None:
+        spent = cpu.per(recipients, "recipient")
+        spent["server_cpu_us_per_recipient"] = 1000 * spent.pop("server_cpu_ms_per_recipient")
     return {"recipients": recipients, "calls": len(requests), "item_errors": failed, "recipients_per_s": recipients / elapsed,
-            "held_for_days": 7}
+            "held_for_days": 7, **spent}
 
 
 async def quiet(server: ServerRun, timeout: float = 120.0) -> float:
@@ -309,7 +353,12 @@ async def storm(server: ServerRun, fleet: FleetProc, token: str, api: Api,
                 devices: Sequence[str]) -> tuple[dict[str, Any], Api]:
     """Each phone holds one unaccepted message; the server restarts (phones get 1012 and
     their messages return to PENDING); time from the new server listening until every
-    phone reconnected and every message is ACCEPTED. Returns the new server's Api too."""
+    phone reconnected and every message is ACCEPTED. Returns the new server's Api too.
+
+    CPU per reconnect: the new server's and the fleet's from the moment it listens until
+    every message is DELIVERED, over the phones. It holds a session open and the one
+    redelivered message each phone answers (an upper bound on the open alone), and the
+    503s and retries of phones past `bridge.max_opening`."""
     await fleet.call("accept", value=False)
     await fleet.call("delivers")
     before = Watch(api)  # its last event id is where the new server's watch resumes
@@ -330,12 +379,15 @@ async def storm(server: ServerRun, fleet: FleetProc, token: str, api: Api,
     await fleet.call("accept", value=True)
     server.stop()
     started = server.start()
+    cpu = Cpu(server, fleet)
     new_api = Api(server.grpc, token)
     watch = Watch(new_api, after_event_id=before.last_event_id)
     watch.start()
     reconnected = await fleet.wait_connected(len(devices), timeout=_connect_timeout(len(devices)))
     drained = await watch.until(common_pb2.ACCEPTED, ids, _connect_timeout(len(devices)))
     accepted = watch.times(common_pb2.ACCEPTED, ids)
+    delivered = await watch.until(common_pb2.DELIVERED, ids, _DRAIN_TIMEOUT)
+    spent = cpu.per(len(devices), "reconnect")
     await watch.stop()
     return {
         "phones": len(devices),
@@ -344,4 +396,6 @@ async def storm(server: ServerRun, fleet: FleetProc, token: str, api: Api,
         "drained_s": (max(accepted) - started) if accepted else math.inf,
         "all_accepted": drained,
         "accepted": len(accepted),
+        "cpu_all_delivered": delivered,
+        **spent,
     }, new_api

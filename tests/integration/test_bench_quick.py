@@ -26,6 +26,8 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
         "SendMessage return -> phone Deliver p50", "DELIVERED on WatchMessages p99", "SendMessage -> ACCEPTED, sustained",
         "SendMessages bulk enqueue", "idle sessions: RSS per session", "idle sessions: CPU for keepalives",
         "reconnect storm", "bare grpc.aio unary echo", "bare websockets.trio echo",
+        "server CPU per message", "fleet CPU per message", "server CPU per recipient", "server CPU per reconnect",
+        "fleet CPU per reconnect", "bare grpc.aio unary echo: server CPU per call",
     ):
         assert measure in table, f"{measure!r} missing from the table:\n{table}"
     assert "[postgres] SendMessage -> ACCEPTED" in table
@@ -37,6 +39,10 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
     assert sqlite["idle"]["still_connected"] == sqlite["idle"]["phones"]
     assert sqlite["storm"]["all_accepted"] and sqlite["storm"]["accepted"] == sqlite["storm"]["phones"]
     assert results["postgres"]["throughput"]["all_accepted"]
+    # CPU per operation, the server's and the fleet's apart (present; values are not checked).
+    for scenario, unit in (("latency", "message"), ("throughput", "message"), ("storm", "reconnect")):
+        assert {f"server_cpu_ms_per_{unit}", f"fleet_cpu_ms_per_{unit}"} <= set(sqlite[scenario]), scenario
+    assert "server_cpu_us_per_recipient" in sqlite["bulk"]
     assert set(results["raw"]) == {"grpc_unary", "grpc_stream", "ws_echo", "ws_idle"}
 
 
