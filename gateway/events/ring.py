@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 RING_CAPACITY = 65_536
 """Events held, all owners and both kinds together. At the hot path's target rate (600
 messages/s, about five events each) that is some 20 s of history: a watcher further behind,
-or resuming an older cursor, reads storage instead. A message event costs about 350 bytes
-here, so a full ring is some 25 MB (inbound events also hold their SMS)."""
+or resuming an older cursor, reads storage instead. A message event costs about 330 bytes
+here, so a full ring is some 22 MB (inbound events also hold their SMS)."""
 
 REFILL_POLL = 1.0
 """Safety net only: the ring is refilled on every bus wake-up; this bounds a lost one."""
