@@ -21,6 +21,8 @@ class SessionHandle:
     owner_id: str
     session_id: str
     _woken: bool = True  # dispatch once right after the handshake
+    _reload: bool = True  # the next round reloads the whole queue (the first one loads it)
+    _fresh: set[str] = field(default_factory=set)  # messages the next round reads again
     _event: trio.Event = field(default_factory=trio.Event)
     replaced: bool = False
     revoked: bool = False
@@ -29,9 +31,25 @@ class SessionHandle:
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def wake(self) -> None:
-        """There may be work: new messages, freed window, messages to drop."""
+        """Something changed on this device's messages: the next round reloads its queue."""
+        self._reload = True
+        self.poke()
+
+    def queued(self, message_ids: Iterable[str]) -> None:
+        """These messages were stored or changed: the next round reads just them."""
+        self._fresh.update(message_ids)
+        self.poke()
+
+    def poke(self) -> None:
+        """There may be room now (a receipt freed the window): run a round on what is known."""
         self._woken = True
         self._event.set()
+
+    def take_work(self) -> tuple[bool, set[str]]:
+        """(reload the whole queue?, messages to read again) for the round about to run."""
+        reload, fresh = self._reload, self._fresh
+        self._reload, self._fresh = False, set()
+        return reload, fresh
 
     def settings_changed(self) -> None:
         """The owner changed this phone's pacing: push it, and dispatch under it."""
@@ -105,6 +123,12 @@ class SessionRegistry:
             handle = self._by_device.get(device_id)
             if handle is not None:
                 handle.wake()
+
+    def queued(self, queued: dict[str, set[str]]) -> None:
+        for device_id, message_ids in queued.items():
+            handle = self._by_device.get(device_id)
+            if handle is not None:
+                handle.queued(message_ids)
 
     def settings_changed(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:

@@ -162,7 +162,7 @@ async def serve(
             )
         )
         bound = server.listeners[0].socket.getsockname()[1]
-        ctx.bus.attach_bridge(ctx.registry.wake, ctx.registry.revoke, ctx.registry.settings_changed)
+        ctx.bus.attach_bridge(ctx.registry.wake, ctx.registry.revoke, ctx.registry.settings_changed, ctx.registry.queued)
         task_status.started(BridgeServer(server, bound, ctx))
 
 

@@ -50,6 +50,7 @@ from gateway.devices.repository import DeviceRepository, Online, hash_secret
 from gateway.inbound.records import NewInbound
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
+from gateway.messages.queue import DeviceQueue
 from gateway.messages.records import DispatchBatch, DispatchUnit, HeldRecipient, ReceiptRefusal, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.types import State, utcnow
@@ -287,8 +288,11 @@ class _Session:
             await self.flush()
             if changed or stored:
                 self.ctx.bus.notify_events()  # WatchMessages, WatchInbound and the webhook worker
+            failed = {r.message_id for r in receipts if r.state == ReceiptState.FAILED}
+            if failed:
+                self.handle.queued(failed)  # a retry returns to the queue (after its backoff)
             if self.worth_dispatching(receipts):
-                self.handle.wake()
+                self.handle.poke()
 
     def refuse(self, invalid: Sequence[InvalidEventReceived], refused: dict[int, ReceiptRefusal]) -> None:
         """Reject the events that can never be stored, so the phone forgets them instead of
@@ -382,28 +386,44 @@ class _Session:
 
     async def dispatch(self) -> None:
         """On each wake-up (or when pacing, a schedule or a retry comes due): push changed
-        settings, Drop what was cancelled/expired, then send what the scheduler allows."""
+        settings, Drop what was cancelled/expired, then send what the scheduler allows.
+
+        The phone's queue lives in memory between rounds (gateway.messages.queue): a round
+        reads only the messages the wake-up names (new ones, or ones a receipt or the
+        client changed), or reloads the queue when told something else changed."""
         assert self.handle is not None
         handle, ctx = self.handle, self.ctx
         wake_at: datetime | None = None
+        queue: DeviceQueue | None = None
         while True:
             deadline = math.inf
             if wake_at is not None:
                 deadline = trio.current_time() + max(0.0, (wake_at - ctx.clock()).total_seconds())
             await handle.wait_woken(deadline)
+            reload, fresh = handle.take_work()
             if handle.take_settings_changed():
                 pacing = await trio.to_thread.run_sync(ctx.messages.pacing_of, handle.device_id)
                 if not self.open_now():
                     return
                 self.proto.send_settings(_settings(pacing, self.slots))
+                reload = True
             in_flight, room, now = self.proto.in_flight, self.proto.window_available, ctx.clock()
+            # What in flight may have ended meanwhile (cancelled, expired): all of it after a
+            # change the session was not told the messages of, else the ones it was told of.
+            ending = list(in_flight) if reload else [m for m in in_flight if m in fresh]
+            current = None if reload else queue
 
-            def round_() -> tuple[dict[str, State], DispatchBatch]:
+            def round_() -> tuple[dict[str, State], DeviceQueue | None, DispatchBatch]:
                 """One worker call: what in flight ended meanwhile, then the round itself."""
-                finals = ctx.messages.final_states(handle.device_id, in_flight) if in_flight else {}
-                return finals, ctx.messages.dispatch(handle.device_id, handle.session_id, room, now, in_flight)
+                finals = ctx.messages.final_states(handle.device_id, ending) if ending else {}
+                kept, batch = ctx.messages.dispatch_round(
+                    current, handle.device_id, handle.session_id, room, now, in_flight, fresh
+                )
+                return finals, kept, batch
 
-            finals, batch = await trio.to_thread.run_sync(round_)
+            finals, queue, batch = await trio.to_thread.run_sync(round_)
+            if queue is not None:
+                queue.busy = False  # the round committed (see DeviceQueue)
             if not self.open_now():
                 return  # claimed rows stay DISPATCHED on this session; close_out requeues them
             self.send_drops({**finals, **batch.drops})

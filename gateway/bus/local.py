@@ -1,8 +1,10 @@
 """In-process bus for `smsgw serve`: the one module that hops between the two event loops.
 
-Four signals flow: "device D has work", "device D was deleted" and "device D's settings
-changed" (gateway -> bridge, also bridge -> itself), and "new events were logged"
-(anyone -> gateway watchers). Hops are coalesced: while a hop
+Five signals flow: "these messages were queued or changed on device D" (the session
+reloads just them), "device D has work" (anything else changed: the session reloads its
+whole queue), "device D was deleted" and "device D's settings changed" (gateway ->
+bridge, also bridge -> itself), and "new events were logged" (anyone -> gateway
+watchers). Signals carry ids, never bodies. Hops are coalesced: while a hop
 is scheduled and not yet run, further signals only add to the pending set, so a burst
 of N sends costs one hop, not N (DESIGN.md "What things cost here").
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import trio
@@ -20,6 +22,7 @@ __all__ = ["Bus", "LocalBus"]
 
 
 _DeviceCallback = Callable[[set[str]], None]
+_QueuedCallback = Callable[[dict[str, set[str]]], None]
 # The device signals, in the order the bridge gets them when several are pending.
 _REVOKED, _SETTINGS, _WORK = "revoked", "settings", "work"
 
@@ -30,11 +33,17 @@ class Bus(Protocol):
         on_work: _DeviceCallback,
         on_revoked: _DeviceCallback | None = None,
         on_settings: _DeviceCallback | None = None,
+        on_queued: _QueuedCallback | None = None,
     ) -> None:
-        """Subscribe the bridge (from its trio thread) to work, revocation and settings signals."""
+        """Subscribe the bridge (from its trio thread) to work, revocation, settings and queued signals."""
 
     def notify_work(self, device_ids: Iterable[str]) -> None:
-        """Some devices have new work (messages to deliver or drop). Thread-safe, non-blocking."""
+        """Something changed on these devices' messages (their sessions reload their queues).
+        Thread-safe, non-blocking."""
+
+    def notify_queued(self, queued: Mapping[str, Iterable[str]]) -> None:
+        """These messages (by device) were stored or changed: their devices' sessions read
+        just them (a new message is dispatched at once). Thread-safe, non-blocking."""
 
     def notify_revoked(self, device_ids: Iterable[str]) -> None:
         """These devices were deleted: end their live sessions. Thread-safe, non-blocking."""
@@ -51,6 +60,8 @@ class LocalBus:
         self._lock = threading.Lock()
         self._pending: dict[str, set[str]] = {_REVOKED: set(), _SETTINGS: set(), _WORK: set()}
         self._callbacks: dict[str, _DeviceCallback | None] = {}
+        self._queued: dict[str, set[str]] = {}
+        self._on_queued: _QueuedCallback | None = None
         self._work_scheduled = False
         self._events_scheduled = False
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -61,12 +72,15 @@ class LocalBus:
         on_work: _DeviceCallback,
         on_revoked: _DeviceCallback | None = None,
         on_settings: _DeviceCallback | None = None,
+        on_queued: _QueuedCallback | None = None,
     ) -> None:
-        """Call from the bridge's trio thread; the callbacks then run there, never concurrently."""
+        """Call from the bridge's trio thread; the callbacks then run there, never concurrently.
+        Without `on_queued`, a queued signal reaches `on_work` (a whole reload does no harm)."""
         with self._lock:
             self._callbacks = {_REVOKED: on_revoked, _SETTINGS: on_settings, _WORK: on_work}
+            self._on_queued = on_queued
             self._trio_token = trio.lowlevel.current_trio_token()
-            pending = any(self._pending.values()) and not self._work_scheduled
+            pending = (any(self._pending.values()) or bool(self._queued)) and not self._work_scheduled
             self._work_scheduled = self._work_scheduled or pending
         if pending:
             self._schedule_work()
@@ -74,6 +88,7 @@ class LocalBus:
     def detach_bridge(self) -> None:
         with self._lock:
             self._callbacks = {}
+            self._on_queued = None
             self._trio_token = None
             self._work_scheduled = False
 
@@ -94,6 +109,15 @@ class LocalBus:
 
     def notify_settings(self, device_ids: Iterable[str]) -> None:
         self._signal(_SETTINGS, device_ids)
+
+    def notify_queued(self, queued: Mapping[str, Iterable[str]]) -> None:
+        with self._lock:
+            for device_id, ids in queued.items():
+                self._queued.setdefault(device_id, set()).update(ids)
+            if not self._queued or self._work_scheduled or self._trio_token is None:
+                return
+            self._work_scheduled = True
+        self._schedule_work()
 
     def _signal(self, kind: str, device_ids: Iterable[str]) -> None:
         """Add to the pending set of `kind`; schedule one hop to the bridge unless one is due."""
@@ -131,12 +155,18 @@ class LocalBus:
         with self._lock:
             taken = {kind: ids for kind, ids in self._pending.items() if ids}
             self._pending = {kind: set() for kind in self._pending}
+            queued, self._queued = self._queued, {}
             self._work_scheduled = False
             callbacks = dict(self._callbacks)
+            on_queued = self._on_queued
+        if queued and on_queued is None:
+            taken[_WORK] = taken.get(_WORK, set()) | set(queued)
         for kind in (_REVOKED, _SETTINGS, _WORK):
             callback = callbacks.get(kind)
             if callback is not None and kind in taken:
                 callback(taken[kind])
+        if queued and on_queued is not None:
+            on_queued(queued)
 
     def _deliver_events(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:

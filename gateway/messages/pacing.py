@@ -123,6 +123,16 @@ class PacingHistory:
         if sent.number:
             self._month.setdefault(sent.sim, set()).add(sent.number)
 
+    def forget_before(self, t: datetime) -> None:
+        """Drop the dispatches before `t` (older than every window: they no longer count)."""
+        start = bisect_left([s.at for s in self._sent], t)
+        if start:
+            del self._sent[:start]
+
+    def start_month(self) -> None:
+        """A new calendar month: no number counts against the distinct-recipients cap yet."""
+        self._month = {}
+
     def last_at(self, sim: int) -> datetime:
         """When SIM `sim` last sent (the epoch if never): the rotation's tie-break."""
         return max((s.at for s in self._sent if s.sim == sim), default=datetime.min.replace(tzinfo=UTC))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, update
+from sqlalchemy import bindparam, delete, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from ulid import ULID
@@ -45,6 +45,8 @@ from gateway.messages.records import (
 )
 from gateway.storage.engine import Database
 from gateway.messages.retry import RETRYABLE, backoff
+from gateway.messages.queue import DeviceQueue, Plan
+from gateway.messages.rows import Msg, Rcp, Writes, in_writes, load_messages, load_recipients
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
 from gateway.webhooks.outbox import enqueue
 from gateway.webhooks.payloads import MESSAGE_EVENTS, message_body
@@ -53,6 +55,16 @@ from gateway.types import (
 )
 
 __all__ = ["MessageRepository", "to_utc", "pacing_defaults"]
+
+_M = MessageRow.__table__.c  # type: ignore[attr-defined]
+_R = RecipientRow.__table__.c  # type: ignore[attr-defined]
+_D = Device.__table__.c  # type: ignore[attr-defined]
+# A pacing stamp (display only) on a recipient still waiting: never overwrites a newer state.
+_STAMP_PACED = (
+    update(RecipientRow.__table__)  # type: ignore[arg-type]
+    .where(_R.message_id == bindparam("k_message_id"), _R.idx == bindparam("k_idx"), _R.state == int(State.PENDING))
+    .values(paced_until=bindparam("paced_until"))
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +206,15 @@ class MessageRepository:
         DISPATCHED recipients are failed or released; the accepted ones keep their state.
         """
         now = to_utc(now)
-        with self.db.write() as s:
+
+        def tx(s: Writes) -> tuple[int, int, set[str]]:
             device = s.get(Device, device_id)
             if device is None or device.owner_id != owner_id or device.revoked:
                 raise NotFound(f"device {device_id} not found")
             device.revoked, device.session_id = True, ""
             s.add(device)
-            s.flush()
-            rows = list(
-                s.exec(select(MessageRow).where(MessageRow.device_id == device_id, col(MessageRow.state).in_(_UNACCEPTED)))
-            )
+            s.s.flush()
+            rows = load_messages(s, _M.device_id == device_id, _M.state.in_(_UNACCEPTED))
             recipients = self._recipients_rows_many(s, [r.id for r in rows])
             pinned = [r for r in rows if r.pinned]
             for row in pinned:
@@ -222,6 +233,9 @@ class MessageRepository:
                 row.device_id, row.ever_dispatched = target, False
                 s.add(row)
             return len(moving), len(pinned), {device_id, *([target] if target else [])}
+
+        with self.db.write() as session:
+            return in_writes(tx)(session)
 
     def get(self, owner_id: str, message_id: str) -> MessageRecord:
         with self.db.read() as s:
@@ -259,7 +273,7 @@ class MessageRepository:
         to wake (it Drops the message if in flight); None when no phone ever got it."""
         now = to_utc(now)
 
-        def tx(s: Session) -> tuple[MessageRecord, str | None]:
+        def tx(s: Writes) -> tuple[MessageRecord, str | None]:
             row = s.get(MessageRow, message_id)
             if row is None or row.owner_id != owner_id:
                 raise NotFound(f"message {message_id} not found")
@@ -274,7 +288,7 @@ class MessageRepository:
                 self._transition(s, row, recipients, State.CANCELLED, "cancelled by client", now)
             return _record(row, recipients), row.device_id if row.ever_dispatched else None
 
-        return self.db.group(tx)
+        return self.db.group(in_writes(tx))
 
     def reschedule(
         self, owner_id: str, message_id: str, schedule_at: datetime | None, now: datetime
@@ -283,7 +297,8 @@ class MessageRepository:
         Returns it and the device to wake (its next wake-up time changed)."""
         now = to_utc(now)
         at = to_utc(schedule_at) if schedule_at is not None else None
-        with self.db.write() as s:
+
+        def tx(s: Writes) -> tuple[MessageRecord, str | None]:
             row = s.get(MessageRow, message_id)
             if row is None or row.owner_id != owner_id:
                 raise NotFound(f"message {message_id} not found")
@@ -303,6 +318,9 @@ class MessageRepository:
                 r.not_before, r.paced_until, r.updated_at = at, None, now
                 s.add(r)
             return _record(row, recipients), row.device_id
+
+        with self.db.write() as session:
+            return in_writes(tx)(session)
 
     def events_after(
         self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = (), upto: int | None = None
@@ -350,19 +368,16 @@ class MessageRepository:
         sent again), and the owner's unrouted messages are routed here."""
         now = to_utc(now)
 
-        def tx(s: Session) -> None:
+        def tx(s: Writes) -> None:
             held_keys = {(h.message_id, h.recipient_index): h.attempt for h in held}
-            mine = select(MessageRow).where(
-                col(MessageRow.id).in_({m for m, _ in held_keys}), MessageRow.device_id == device_id
-            )
-            rows = list(s.exec(mine))
+            rows = load_messages(s, _M.id.in_({m for m, _ in held_keys}), _M.device_id == device_id) if held_keys else []
             recipients = self._recipients_rows_many(s, [r.id for r in rows])
             for row in rows:
                 rs = recipients[row.id]
                 only = [r for r in rs if held_keys.get((row.id, r.idx)) == r.attempt]
                 self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
             stale = (
-                select(RecipientRow)
+                select(_R.message_id, _R.idx)
                 .join(MessageRow, MessageRow.id == RecipientRow.message_id)
                 .where(
                     MessageRow.device_id == device_id,
@@ -370,7 +385,7 @@ class MessageRepository:
                     RecipientRow.session_id != session_id,
                 )
             )
-            self._move_recipients(s, s.exec(stale), State.PENDING, "session_lost", now)
+            self._move_recipients(s, s.execute(stale), State.PENDING, "session_lost", now)
             # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
             # never-dispatched ones routed to a device that is offline now.
             offline = select(Device.id).where(Device.owner_id == owner_id, Device.session_id == "", Device.id != device_id)
@@ -382,157 +397,161 @@ class MessageRepository:
                 .values(device_id=device_id)
             )
 
-        return self.db.group(tx)
+        return self.db.group(in_writes(tx))
 
     def dispatch(
         self, device_id: str, session_id: str, room: int, now: datetime, in_flight: Iterable[str] = ()
     ) -> DispatchBatch:
-        """One dispatch round for a phone: expire what is due, then claim what its SIMs may
-        send now, in priority-then-FIFO order, at most `room` Delivers, at most one per
-        message and none for a message in flight (`in_flight`).
-
-        Pacing (gateway.messages.pacing) picks each recipient's SIM: the pinned one, else
-        the one free soonest (least recently used on a tie: SIM rotation). A recipient its
-        SIMs may not send yet closes them for this round, so nothing overtakes it on them;
-        except one held back only by the distinct-recipients-per-month cap (a number new
-        this month on SIMs that reached it): it waits for the next month without stopping
-        the messages behind it to numbers already counted.
+        """One dispatch round for a phone from a fresh load of its queue: expire what is due,
+        then claim what its SIMs may send now (`DeviceQueue.plan`: priority then FIFO, at
+        most `room` Delivers, at most one per message and none for a message in flight).
         Returns the Delivers to send, the messages to Drop, and when to look again.
 
-        Bounded work per round: at most `_EXPIRE_BATCH` messages expired (the rest by the
-        next round or `expire_due`; the candidates exclude them) and a window of candidates.
+        The bridge keeps the queue in memory between rounds instead (`dispatch_round`); this
+        is the same round on what storage holds, for the scheduler's tests and the model check.
         """
         now = to_utc(now)
+        busy = set(in_flight)
+        return self.db.group(in_writes(lambda s: self._round(s, None, device_id, session_id, room, now, busy, ())[1]))
 
-        def tx(s: Session) -> DispatchBatch:
+    def dispatch_round(
+        self,
+        queue: DeviceQueue | None,
+        device_id: str,
+        session_id: str,
+        room: int,
+        now: datetime,
+        in_flight: Collection[str],
+        fresh: Collection[str] = (),
+    ) -> tuple[DeviceQueue | None, DispatchBatch]:
+        """One round on the session's queue kept in memory, in one write job: reload the
+        messages named in `fresh` (new, or changed by a receipt), plan, write the claims.
+
+        With no queue (the first round), or one whose last round did not finish (`busy`) or
+        found memory behind storage (`needs_reload`), the queue is loaded whole, and the
+        device's expired and dropped messages are taken first, as a fresh round does.
+        Returns the queue to keep (None: the device is gone) and the round's outcome. The
+        caller clears `queue.busy` once this returned (the transaction committed).
+        """
+        now = to_utc(now)
+        return self.db.group(in_writes(lambda s: self._round(s, queue, device_id, session_id, room, now, in_flight, fresh)))
+
+    def _round(
+        self,
+        s: Writes,
+        queue: DeviceQueue | None,
+        device_id: str,
+        session_id: str,
+        room: int,
+        now: datetime,
+        in_flight: Collection[str],
+        fresh: Collection[str],
+    ) -> tuple[DeviceQueue | None, DispatchBatch]:
+        drops: dict[str, State] = {}
+        loaded: set[str] | None = None  # messages read in this transaction (None: all of the queue)
+        if queue is None or queue.busy or queue.needs_reload:
+            # Bounded: at most _EXPIRE_BATCH expired per round (the rest by the next one or
+            # expire_due; the plan skips them).
             self._expire_rows(s, now, device_id=device_id, batch=_EXPIRE_BATCH)
             drops = self._take_drops(s, device_id)
-            device = s.get(Device, device_id)
-            if device is None or room <= 0:
-                return DispatchBatch([], drops, None)
-            pacing = DevicePacing.from_json(device.settings_json, self.base_pacing)
-            slots = tuple(sorted(x.slot for x in sims_from_json(device.sims_json))) or (1,)
-            history = None if pacing.unpaced else self._history(s, device_id, pacing, now)
-            rows = list(s.exec(self._candidates(device_id, now).limit(max(room * 4, 64))))
-            recipients = self._recipients_rows_many(s, [r.id for r in rows])
-            busy = set(in_flight)
-            closed: set[int] = set()
-            claims: dict[str, tuple[int, int, list[RecipientRow]]] = {}  # message -> (attempt, sim, recipients)
-            wake_at: datetime | None = None
-            for row in rows:
-                if row.id in busy or (row.id not in claims and len(claims) >= room):
-                    continue
-                for r in recipients[row.id]:
-                    if r.state != int(State.PENDING) or (r.not_before is not None and r.not_before > now):
-                        continue
-                    if row.sim_number and row.sim_number not in slots:
-                        self._transition(
-                            s, row, recipients[row.id], State.FAILED, f"sim_not_present: SIM {row.sim_number} is not in this phone", now, only=[r]
-                        )
-                        continue
-                    options = [x for x in ((row.sim_number,) if row.sim_number else slots) if x not in closed]
-                    if not options:
-                        break
-                    sim, ready = self._pick_sim(history, pacing, options, row, r, now)
-                    claim = claims.get(row.id)
-                    if claim is not None and (claim[0], claim[1]) != (r.attempt, sim):
-                        closed.add(sim)  # it goes next round; nothing later overtakes it on that SIM
-                        break  # one Deliver per message per round
-                    if ready > now:
-                        wake_at = min(wake_at or ready, ready)
-                        if r.paced_until != ready:
-                            r.paced_until = ready
-                            s.add(r)
-                        if history is not None and self._month_capped(history, pacing, options, row, r):
-                            continue  # it cannot go this month: the numbers already counted may
-                        closed.update(options)  # FIFO per SIM: nothing later overtakes it there
-                        break
-                    if history is not None:
-                        history.record(Sent(now, sim, max(row.parts, 1), r.phone_number))
-                    claims.setdefault(row.id, (r.attempt, sim, []))[2].append(r)
-            units = []
-            by_id = {row.id: row for row in rows}
-            for message_id, (attempt, sim, claimed) in claims.items():
-                row = by_id[message_id]
-                self._transition(s, row, recipients[row.id], State.DISPATCHED, "", now, only=claimed)
-                row.ever_dispatched = True
-                for r in claimed:
-                    r.session_id, r.sim, r.paced_until = session_id, sim, None
-                    s.add(r)
-                    s.add(
-                        DispatchLogRow(
-                            device_id=device_id, sim=sim, at=now, parts=max(row.parts, 1), message_id=row.id, recipient_index=r.idx
-                        )
-                    )
-                units.append(DispatchUnit(_record(row, recipients[row.id]), tuple(r.idx for r in claimed), attempt, sim))
-            gate = self._next_gate(s, device_id, now)
-            wake = min((t for t in (wake_at, gate) if t is not None), default=None)
-            return DispatchBatch(units, drops, wake)
+            if room <= 0:
+                return None, DispatchBatch([], drops, None)  # loaded by the next round with room
+            queue = self._load_queue(s, device_id, now)
+            if queue is None:
+                return None, DispatchBatch([], drops, None)
+        else:
+            loaded = self._refresh(s, queue, fresh) if fresh else set()
+        queue.busy = True
+        plan = queue.plan(room, now, in_flight)
+        if plan.expired:
+            self._expire_rows(s, now, device_id=device_id, batch=_EXPIRE_BATCH)
+            drops.update(self._take_drops(s, device_id))
+            queue = self._load_queue(s, device_id, now)
+            if queue is None:
+                return None, DispatchBatch([], drops, None)
+            queue.busy, loaded = True, None
+            plan = queue.plan(room, now, in_flight)
+        units = self._write_plan(s, queue, plan, session_id, now, loaded)
+        gate = queue.next_gate(now)
+        # A claim memory got wrong was skipped: look again at once, on a reloaded queue.
+        wake = now if queue.needs_reload else min((t for t in (plan.wake_at, gate) if t is not None), default=None)
+        return queue, DispatchBatch(units, drops, wake)
 
-        return self.db.group(tx)
-
-    def _pick_sim(
-        self,
-        history: PacingHistory | None,
-        pacing: DevicePacing,
-        options: list[int],
-        row: MessageRow,
-        r: RecipientRow,
-        now: datetime,
-    ) -> tuple[int, datetime]:
-        """The SIM free soonest among `options` (least recently used on a tie) and when."""
-        if history is None:
-            # Unpaced: a pinned SIM, else the phone's default SIM (0).
-            return row.sim_number, now
-        bypass = pacing.priority_bypass and row.priority >= BYPASS_PRIORITY
-        parts = max(row.parts, 1)
-        timed = [(history.ready_at(pacing, x, parts, r.phone_number, now, bypass=bypass), history.last_at(x), x) for x in options]
-        ready, _, sim = min(timed)
-        return sim, ready
+    def _load_queue(self, s: Writes, device_id: str, now: datetime) -> DeviceQueue | None:
+        """A phone's dispatch state from storage: its settings, its PENDING messages (one
+        query, and one for their recipients) and its recent dispatches (pacing history)."""
+        device = s.execute(select(_D.settings_json, _D.sims_json).where(_D.id == device_id)).first()
+        if device is None:
+            return None
+        pacing = DevicePacing.from_json(device.settings_json, self.base_pacing)
+        slots = tuple(sorted(x.slot for x in sims_from_json(device.sims_json))) or (1,)
+        history = None if pacing.unpaced else self._history(s, device_id, pacing, now)
+        rows = load_messages(s, _M.device_id == device_id, _M.state == int(State.PENDING))
+        recipients = load_recipients(s, [m.id for m in rows])
+        return DeviceQueue(device_id, pacing, slots, history, ((m, recipients[m.id]) for m in rows), now=now)
 
     @staticmethod
-    def _month_capped(
-        history: PacingHistory, pacing: DevicePacing, options: list[int], row: MessageRow, r: RecipientRow
-    ) -> bool:
-        """Whether only the distinct-recipients-per-month cap keeps `r` off every SIM it may use."""
-        if pacing.priority_bypass and row.priority >= BYPASS_PRIORITY:
-            return False
-        return all(history.month_full(pacing, x, r.phone_number) for x in options)
+    def _refresh(s: Writes, queue: DeviceQueue, message_ids: Iterable[str]) -> set[str]:
+        """Put these messages into the queue as stored now (or take them out); returns them."""
+        ids = set(message_ids)
+        rows = load_messages(s, _M.id.in_(ids))
+        recipients = load_recipients(s, [m.id for m in rows])
+        for m in rows:
+            queue.put(m, recipients[m.id])
+        for gone in ids - {m.id for m in rows}:
+            queue.remove(gone)
+        return ids
 
-    @staticmethod
-    def _candidates(device_id: str, now: datetime) -> Any:
-        """The device's messages with a recipient that may go now, priority first, then FIFO."""
-        due = (
-            select(RecipientRow.message_id)
-            .where(
-                RecipientRow.message_id == MessageRow.id,
-                RecipientRow.state == int(State.PENDING),
-                col(RecipientRow.not_before).is_(None) | (col(RecipientRow.not_before) <= now),
+    def _write_plan(
+        self, s: Writes, queue: DeviceQueue, plan: Plan, session_id: str, now: datetime, loaded: set[str] | None
+    ) -> list[DispatchUnit]:
+        """Store a plan: the claims DISPATCHED on `session_id` (with their dispatch-log rows),
+        the recipients whose pinned SIM is absent FAILED, the pacing stamps. Rows the queue
+        held from an earlier transaction (not in `loaded`) are read again first: a claim
+        whose recipients changed meanwhile (a cancel, a reschedule) is not made, and the
+        queue is marked to reload (its history counted the claim)."""
+        if plan.paced:
+            s.execute(
+                _STAMP_PACED,
+                [{"k_message_id": r.message_id, "k_idx": r.idx, "paced_until": r.paced_until} for r in plan.paced],
             )
-            .exists()
-        )
-        return (
-            select(MessageRow)
-            .where(MessageRow.device_id == device_id, MessageRow.state == int(State.PENDING), due)
-            .where(col(MessageRow.valid_until).is_(None) | (col(MessageRow.valid_until) > now))
-            .order_by(col(MessageRow.priority).desc(), col(MessageRow.id))
-        )
-
-    @staticmethod
-    def _next_gate(s: Session, device_id: str, now: datetime) -> datetime | None:
-        """When the device's next scheduled or backed-off recipient comes due."""
-        q = (
-            select(func.min(RecipientRow.not_before))
-            .join(MessageRow, MessageRow.id == RecipientRow.message_id)
-            .where(
-                MessageRow.device_id == device_id,
-                MessageRow.state == int(State.PENDING),
-                RecipientRow.state == int(State.PENDING),
-                col(RecipientRow.not_before) > now,
-            )
-        )
-        found = s.exec(q).one()
-        return to_utc(found) if found is not None else None
+        touched = {c.message_id for c in plan.claims} | {m for m, _ in plan.missing_sim}
+        if loaded is not None and touched - loaded:
+            self._refresh(s, queue, touched - loaded)
+        for message_id, idx in plan.missing_sim:
+            entry = queue.get(message_id)
+            if entry is None:
+                continue
+            row, rs = entry
+            only = [r for r in rs if r.idx == idx and r.state == int(State.PENDING)]
+            reason = f"sim_not_present: SIM {row.sim_number} is not in this phone"
+            self._transition(s, row, rs, State.FAILED, reason, now, only=only)
+            queue.put(row, rs)
+        units = []
+        for claim in plan.claims:
+            entry = queue.get(claim.message_id)
+            wanted = set(claim.indices)
+            claimed = [
+                r for r in (entry[1] if entry is not None else [])
+                if r.idx in wanted and r.state == int(State.PENDING) and r.attempt == claim.attempt
+                and (r.not_before is None or r.not_before <= now)
+            ]
+            if entry is None or len(claimed) != len(wanted):
+                queue.needs_reload = True  # storage moved on meanwhile; its history counted this claim
+                continue
+            row, rs = entry
+            self._transition(s, row, rs, State.DISPATCHED, "", now, only=claimed)
+            row.ever_dispatched = True
+            for r in claimed:
+                r.session_id, r.sim, r.paced_until = session_id, claim.sim, None
+                s.add(r)
+                s.dispatch_log(
+                    {"device_id": queue.device_id, "sim": claim.sim, "at": now, "parts": max(row.parts, 1),
+                     "message_id": row.id, "recipient_index": r.idx}
+                )
+            units.append(DispatchUnit(_record(row, rs), tuple(r.idx for r in claimed), claim.attempt, claim.sim))
+            queue.put(row, rs)
+        return units
 
     @staticmethod
     def _history(s: Session, device_id: str, pacing: DevicePacing, now: datetime) -> PacingHistory:
@@ -581,13 +600,10 @@ class MessageRepository:
         Those change nothing; the bridge refuses them (Reject) so the phone stops re-sending."""
         now = to_utc(now)
 
-        def tx(s: Session) -> tuple[int, dict[int, ReceiptRefusal]]:
+        def tx(s: Writes) -> tuple[int, dict[int, ReceiptRefusal]]:
             changed, refused = 0, dict[int, ReceiptRefusal]()
             ids = list({r.message_id for r in receipts})
-            rows = {
-                r.id: r
-                for r in s.exec(select(MessageRow).where(col(MessageRow.id).in_(ids), MessageRow.device_id == device_id))
-            }
+            rows = {r.id: r for r in load_messages(s, _M.id.in_(ids), _M.device_id == device_id)}
             recipients = self._recipients_rows_many(s, list(rows))
             for i, receipt in enumerate(receipts):
                 row = rows.get(receipt.message_id)
@@ -601,11 +617,9 @@ class MessageRepository:
                 changed += self._apply_receipt(s, row, recipients[row.id], receipt, now)
             return changed, refused
 
-        return self.db.group(tx)
+        return self.db.group(in_writes(tx))
 
-    def _apply_receipt(
-        self, s: Session, row: MessageRow, rs: list[RecipientRow], receipt: ReceiptUpdate, now: datetime
-    ) -> int:
+    def _apply_receipt(self, s: Writes, row: Msg, rs: list[Rcp], receipt: ReceiptUpdate, now: datetime) -> int:
         # A late report of an old attempt is stale. Attempt 0 ("the current one", from a phone
         # that does not say) never reaches a PENDING recipient: that may be a retry waiting
         # for its backoff, and a replayed receipt must not claim it was handed over.
@@ -665,9 +679,7 @@ class MessageRepository:
             return changed + self._retry(s, row, rs, r, reason, now + timedelta(seconds=delay), now)
         return changed + self._transition(s, row, rs, State.FAILED, reason, now, only=[r])
 
-    def _retry(
-        self, s: Session, row: MessageRow, rs: list[RecipientRow], r: RecipientRow, reason: str, at: datetime, now: datetime
-    ) -> int:
+    def _retry(self, s: Writes, row: Msg, rs: list[Rcp], r: Rcp, reason: str, at: datetime, now: datetime) -> int:
         """Back to PENDING for the next attempt, not before `at` (the one backward move)."""
         r.attempt += 1
         r.state, r.session_id, r.not_before, r.paced_until, r.error = int(State.PENDING), "", at, None, ""
@@ -680,13 +692,11 @@ class MessageRepository:
         """The session ended: what it dispatched and the phone did not accept goes back to PENDING."""
         now = to_utc(now)
 
-        def tx(s: Session) -> None:
-            q = select(RecipientRow).where(
-                RecipientRow.session_id == session_id, RecipientRow.state == int(State.DISPATCHED)
-            )
-            self._move_recipients(s, s.exec(q), State.PENDING, "session_lost", now)
+        def tx(s: Writes) -> None:
+            q = select(_R.message_id, _R.idx).where(_R.session_id == session_id, _R.state == int(State.DISPATCHED))
+            self._move_recipients(s, s.execute(q), State.PENDING, "session_lost", now)
 
-        return self.db.group(tx)
+        return self.db.group(in_writes(tx))
 
     def reroute_from(self, owner_id: str, device_id: str) -> set[str]:
         """Move the never-dispatched, unpinned PENDING messages of an offline device to the
@@ -734,35 +744,31 @@ class MessageRepository:
         now = to_utc(now)
         devices: set[str] = set()
         while True:
-            with self.db.write() as s:
-                dropped, rows = self._expire_rows(s, now, batch=batch)
+            with self.db.write() as session:
+                dropped, rows = in_writes(lambda s: self._expire_rows(s, now, batch=batch))(session)
                 devices.update(r.device_id for r in rows if r.id in dropped and r.device_id)
             if len(rows) < batch:
                 return devices
 
     @staticmethod
-    def _take_drops(s: Session, device_id: str) -> dict[str, State]:
+    def _take_drops(s: Writes, device_id: str) -> dict[str, State]:
         """The device's messages flagged for a Drop, unflagged: the phone is told once per
         session; a phone that missed it lists the message in its next Hello and is told then."""
-        rows = list(s.exec(select(MessageRow).where(MessageRow.drop_pending == True, MessageRow.device_id == device_id)))  # noqa: E712
-        for row in rows:
-            row.drop_pending = False
-            s.add(row)
-        return {row.id: State.EXPIRED for row in rows}
+        flagged = (_M.drop_pending == True, _M.device_id == device_id)  # noqa: E712
+        ids = [i for (i,) in s.execute(select(_M.id).where(*flagged))]
+        if ids:
+            s.execute(update(MessageRow.__table__).where(_M.id.in_(ids)).values(drop_pending=False))
+        return {i: State.EXPIRED for i in ids}
 
     def _expire_rows(
-        self, s: Session, now: datetime, *, device_id: str | None = None, batch: int | None = None
-    ) -> tuple[set[str], list[MessageRow]]:
+        self, s: Writes, now: datetime, *, device_id: str | None = None, batch: int | None = None
+    ) -> tuple[set[str], list[Msg]]:
         """Expire the unsent recipients of messages past valid_until. Returns the messages a
         phone may hold (ever dispatched: the phone gets a Drop) and the rows looked at."""
-        q = select(MessageRow).where(
-            col(MessageRow.state).in_(_UNSENT), col(MessageRow.valid_until) <= now
-        )
+        where = [_M.state.in_(_UNSENT), _M.valid_until <= now]
         if device_id is not None:
-            q = q.where(MessageRow.device_id == device_id)
-        if batch is not None:
-            q = q.limit(batch)
-        rows = self._move_all(s, s.exec(q), State.EXPIRED, _EXPIRED_REASON, now)
+            where.append(_M.device_id == device_id)
+        rows = self._move_all(s, load_messages(s, *where, limit=batch), State.EXPIRED, _EXPIRED_REASON, now)
         for row in rows:
             if row.ever_dispatched:
                 row.drop_pending = True
@@ -809,9 +815,7 @@ class MessageRepository:
 
     # ---- internals ---------------------------------------------------------------
 
-    def _move_all(
-        self, s: Session, rows: Iterable[MessageRow], new: State, error: str, now: datetime
-    ) -> list[MessageRow]:
+    def _move_all(self, s: Writes, rows: Iterable[Msg], new: State, error: str, now: datetime) -> list[Msg]:
         """`_transition` every recipient of each row to `new`, with one recipients query."""
         rows = list(rows)
         recipients = self._recipients_rows_many(s, [r.id for r in rows])
@@ -820,15 +824,15 @@ class MessageRepository:
         return rows
 
     def _move_recipients(
-        self, s: Session, recipient_rows: Iterable[RecipientRow], new: State, error: str, now: datetime
+        self, s: Writes, recipient_keys: Iterable[tuple[str, int]], new: State, error: str, now: datetime
     ) -> int:
-        """`_transition` these recipients (of any messages) to `new`."""
+        """`_transition` these recipients (message id, index; of any messages) to `new`."""
         chosen: dict[str, set[int]] = {}
-        for r in recipient_rows:
-            chosen.setdefault(r.message_id, set()).add(r.idx)
+        for message_id, idx in list(recipient_keys):
+            chosen.setdefault(message_id, set()).add(idx)
         if not chosen:
             return 0
-        rows = s.exec(select(MessageRow).where(col(MessageRow.id).in_(list(chosen))))
+        rows = load_messages(s, _M.id.in_(list(chosen)))
         recipients = self._recipients_rows_many(s, list(chosen))
         moved = 0
         for row in rows:
@@ -838,14 +842,14 @@ class MessageRepository:
 
     def _transition(
         self,
-        s: Session,
-        row: MessageRow,
-        recipients: list[RecipientRow],
+        s: Writes,
+        row: Msg | MessageRow,
+        recipients: list[Rcp],
         new: State,
         error: str,
         now: datetime,
         *,
-        only: list[RecipientRow] | None = None,
+        only: list[Rcp] | None = None,
     ) -> int:
         """Move recipients (all, or `only`) to `new` where `may_move` allows; re-derive the
         message state; append one event per changed recipient. Returns how many changed."""
@@ -864,7 +868,7 @@ class MessageRepository:
         return self._changed(s, row, recipients, moved, error, now)
 
     def _changed(
-        self, s: Session, row: MessageRow, recipients: list[RecipientRow], moved: list[RecipientRow], error: str, now: datetime
+        self, s: Writes, row: Msg | MessageRow, recipients: list[Rcp], moved: list[Rcp], error: str, now: datetime
     ) -> int:
         """Re-derive the message state after `moved` changed and log one event each."""
         if not moved:
@@ -873,7 +877,7 @@ class MessageRepository:
         row.updated_at = now
         s.add(row)
         for r in moved:
-            s.add(self._event(row, r, now, error))
+            s.event(self._event(row, r, now, error))
             event = MESSAGE_EVENTS.get(State(r.state))
             if event is not None:  # the webhook outbox, in this same transaction (RELIABILITY 13)
                 enqueue(
@@ -883,16 +887,19 @@ class MessageRepository:
         return len(moved)
 
     @staticmethod
-    def _event(row: MessageRow, r: RecipientRow, now: datetime, error: str = "") -> EventRow:
-        return EventRow(
-            owner_id=row.owner_id,
-            message_id=row.id,
-            recipient_index=r.idx,
-            state=r.state,
-            message_state=row.state,
-            error=error if State(r.state) in (State.FAILED, State.EXPIRED, State.CANCELLED, State.PENDING) else "",
-            created_at=now,
-        )
+    def _event(row: Msg | MessageRow, r: Rcp, now: datetime, error: str = "") -> dict[str, Any]:
+        """One event-log row's values (inserted with the others of the transaction at once)."""
+        return {
+            "owner_id": row.owner_id,
+            "kind": EventKind.MESSAGE.value,
+            "message_id": row.id,
+            "recipient_index": r.idx,
+            "state": r.state,
+            "message_state": row.state,
+            "error": error if State(r.state) in (State.FAILED, State.EXPIRED, State.CANCELLED, State.PENDING) else "",
+            "inbound_id": "",
+            "created_at": now,
+        }
 
     def _route(
         self, s: Session, owner_id: str, device_id: str, *, exclude: str = "", online_only: bool = False
@@ -912,17 +919,11 @@ class MessageRepository:
                 raise _conflict(row.id)
             return _record(row, self._recipients_rows(s, row.id))
 
-    def _recipients_rows(self, s: Session, message_id: str) -> list[RecipientRow]:
-        q = select(RecipientRow).where(RecipientRow.message_id == message_id).order_by(col(RecipientRow.idx))
-        return list(s.exec(q))
+    def _recipients_rows(self, s: Session | Writes, message_id: str) -> list[Rcp]:
+        return load_recipients(s, [message_id])[message_id]
 
-    def _recipients_rows_many(self, s: Session, ids: list[str]) -> dict[str, list[RecipientRow]]:
-        out: dict[str, list[RecipientRow]] = {i: [] for i in ids}
-        if ids:
-            q = select(RecipientRow).where(col(RecipientRow.message_id).in_(ids)).order_by(col(RecipientRow.idx))
-            for r in s.exec(q):
-                out[r.message_id].append(r)
-        return out
+    def _recipients_rows_many(self, s: Session | Writes, ids: list[str]) -> dict[str, list[Rcp]]:
+        return load_recipients(s, ids)
 
 
 class _Adder:
