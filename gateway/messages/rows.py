@@ -112,7 +112,7 @@ def load_messages(s: Session | Writes, *where: Any, order_by: Sequence[Any] = ()
         q = q.order_by(*order_by)
     if limit is not None:
         q = q.limit(limit)
-    return [Msg(*row) for row in s.execute(q)]
+    return [Msg(*row) for row in s.execute(q)] if isinstance(s, Writes) else [Msg(*row) for row in s.connection().execute(q)]
 
 
 def load_recipients(s: Session | Writes, message_ids: Iterable[str]) -> dict[str, list[Rcp]]:
@@ -121,7 +121,7 @@ def load_recipients(s: Session | Writes, message_ids: Iterable[str]) -> dict[str
     out: dict[str, list[Rcp]] = {i: [] for i in ids}
     if ids:
         q = select(*_RCP_COLUMNS).where(_R.message_id.in_(ids)).order_by(_R.message_id, _R.idx)
-        for row in s.execute(q):
+        for row in (s.execute(q) if isinstance(s, Writes) else s.connection().execute(q)):
             out[row[0]].append(Rcp(*row))
     return out
 
@@ -165,8 +165,14 @@ class Writes:
         return self.s.exec(q)
 
     def execute(self, q: Any, params: Any = None) -> Any:
+        """A Core statement on the transaction's connection (the ORM's Session.execute costs
+        more than the statement on these paths), after writing what is queued and whatever
+        ORM changes are pending (autoflush)."""
         self.flush()
-        return self.s.execute(q, params) if params is not None else self.s.execute(q)
+        if not self.s._is_clean():
+            self.s.flush()
+        connection = self.s.connection()
+        return connection.execute(q, params) if params is not None else connection.execute(q)
 
     def get(self, model: Any, key: Any) -> Any:
         self.flush()
