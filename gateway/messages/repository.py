@@ -46,7 +46,7 @@ from gateway.messages.records import (
 from gateway.storage.engine import Database
 from gateway.messages.retry import RETRYABLE, backoff
 from gateway.messages.queue import DeviceQueue, Plan
-from gateway.messages.rows import Msg, Rcp, Writes, in_writes, load_messages, load_recipients
+from gateway.messages.rows import Msg, Rcp, Writes, in_writes, load_messages, load_recipients, messages_by_id
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
 from gateway.webhooks.outbox import enqueue
 from gateway.webhooks.payloads import MESSAGE_EVENTS, message_body
@@ -59,6 +59,34 @@ __all__ = ["MessageRepository", "to_utc", "pacing_defaults"]
 _M = MessageRow.__table__.c  # type: ignore[attr-defined]
 _R = RecipientRow.__table__.c  # type: ignore[attr-defined]
 _D = Device.__table__.c  # type: ignore[attr-defined]
+# Statements of the hot paths, built once (see gateway.messages.rows).
+_FINAL_STATES = (
+    select(_R.message_id, _R.state)
+    .join(MessageRow.__table__, _M.id == _R.message_id)  # type: ignore[arg-type]
+    .where(
+        _R.message_id.in_(bindparam("ids", expanding=True)),
+        _M.device_id == bindparam("device_id"),
+        _R.state.in_([int(State.CANCELLED), int(State.EXPIRED)]),
+    )
+)
+_USABLE_DEVICES = select(_D.id).where(
+    _D.id.in_(bindparam("ids", expanding=True)), _D.owner_id == bindparam("owner_id"), _D.revoked == False  # noqa: E712
+)
+_OWNED_DEVICES = select(_D.id, _D.session_id, _D.connected_with_token_at).where(
+    _D.owner_id == bindparam("owner_id"), _D.revoked == False  # noqa: E712
+)
+_LOADS = (
+    select(_M.device_id, func.count())
+    .where(_M.device_id.in_(bindparam("ids", expanding=True)), _M.state.in_([int(s) for s in UNACCEPTED_STATES]))
+    .group_by(_M.device_id)
+)
+_U = DailyUsageRow.__table__.c  # type: ignore[attr-defined]
+_USAGE = select(_U.segments).where(_U.owner_id == bindparam("owner_id"), _U.day == bindparam("day"))
+_ADD_USAGE = (
+    update(DailyUsageRow.__table__)  # type: ignore[arg-type]
+    .where(_U.owner_id == bindparam("k_owner_id"), _U.day == bindparam("k_day"))
+    .values(segments=_U.segments + bindparam("n"))
+)
 # A pacing stamp (display only) on a recipient still waiting: never overwrites a newer state.
 _STAMP_PACED = (
     update(RecipientRow.__table__)  # type: ignore[arg-type]
@@ -494,7 +522,7 @@ class MessageRepository:
     def _refresh(s: Writes, queue: DeviceQueue, message_ids: Iterable[str]) -> set[str]:
         """Put these messages into the queue as stored now (or take them out); returns them."""
         ids = set(message_ids)
-        rows = load_messages(s, _M.id.in_(ids))
+        rows = messages_by_id(s, ids)
         recipients = load_recipients(s, [m.id for m in rows])
         for m in rows:
             queue.put(m, recipients[m.id])
@@ -603,7 +631,7 @@ class MessageRepository:
         def tx(s: Writes) -> tuple[int, dict[int, ReceiptRefusal]]:
             changed, refused = 0, dict[int, ReceiptRefusal]()
             ids = list({r.message_id for r in receipts})
-            rows = {r.id: r for r in load_messages(s, _M.id.in_(ids), _M.device_id == device_id)}
+            rows = {r.id: r for r in messages_by_id(s, ids, device_id)}
             recipients = self._recipients_rows_many(s, list(rows))
             for i, receipt in enumerate(receipts):
                 row = rows.get(receipt.message_id)
@@ -728,16 +756,7 @@ class MessageRepository:
         if not ids:
             return {}
         with self.db.read() as s:
-            q = (
-                select(RecipientRow.message_id, RecipientRow.state)
-                .join(MessageRow, MessageRow.id == RecipientRow.message_id)
-                .where(
-                    col(RecipientRow.message_id).in_(ids),
-                    MessageRow.device_id == device_id,
-                    col(RecipientRow.state).in_([int(State.CANCELLED), int(State.EXPIRED)]),
-                )
-            )
-            return {mid: State(st) for mid, st in s.connection().execute(q)}
+            return {mid: State(st) for mid, st in s.connection().execute(_FINAL_STATES, {"ids": ids, "device_id": device_id})}
 
     def expire_due(self, now: datetime, *, batch: int = 500) -> set[str]:
         """Expire unsent recipients past valid_until; returns the devices to wake (Drop)."""
@@ -941,7 +960,7 @@ class _Adder:
     def __init__(self, s: Session, owner_id: str, daily_segments: int, now: datetime) -> None:
         self._s, self._owner_id, self._cap, self._now = s, owner_id, daily_segments, now
         self._router = _Router(s, owner_id)
-        self._usage: DailyUsageRow | None = None
+        self._usage: tuple[str, int | None] | None = None  # (day, segments stored; None = no row yet)
         self._segments = 0  # added to the usage row by `write`
         self._messages: list[dict[str, Any]] = []
         self._recipients: list[dict[str, Any]] = []
@@ -961,9 +980,13 @@ class _Adder:
 
     def write(self) -> None:
         """Insert everything queued (messages first: the others refer to them) and the usage."""
-        if self._usage is not None:
-            self._usage.segments += self._segments
-            self._s.add(self._usage)
+        if self._usage is not None and self._segments:
+            day, stored = self._usage
+            key = {"owner_id": self._owner_id, "day": day}
+            if stored is None:
+                self._s.connection().execute(insert(DailyUsageRow.__table__), [{**key, "segments": self._segments}])  # type: ignore[arg-type]
+            else:
+                self._s.connection().execute(_ADD_USAGE, {"k_owner_id": self._owner_id, "k_day": day, "n": self._segments})
         for table, values in (
             (MessageRow.__table__, self._messages),
             (RecipientRow.__table__, self._recipients),
@@ -975,10 +998,10 @@ class _Adder:
     def _count(self, segments: int) -> None:
         """Add to the owner's segments of the UTC day (written by `write`, in this transaction)."""
         now, owner_id = self._now, self._owner_id
-        if self._usage is None:
+        if self._usage is None:  # read once per transaction (Core: an ORM get costs ~10x)
             day = now.date().isoformat()
-            self._usage = self._s.get(DailyUsageRow, (owner_id, day)) or DailyUsageRow(owner_id=owner_id, day=day, segments=0)
-        used = self._usage.segments + self._segments
+            self._usage = (day, self._s.connection().execute(_USAGE, {"owner_id": owner_id, "day": day}).scalar())
+        used = (self._usage[1] or 0) + self._segments
         if self._cap and used + segments > self._cap:
             midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
             raise ResourceExhausted(
@@ -1099,11 +1122,7 @@ class _Router:
             usable: set[str] = set()
         else:
             usable = set(
-                _core(self._s).execute(
-                    select(Device.id).where(
-                        col(Device.id).in_(sorted(unknown)), Device.owner_id == self._owner_id, Device.revoked == False  # noqa: E712
-                    )
-                ).scalars()
+                _core(self._s).execute(_USABLE_DEVICES, {"ids": sorted(unknown), "owner_id": self._owner_id}).scalars()
             )
         for d in unknown:
             self._pinned[d] = d in usable
@@ -1133,13 +1152,7 @@ class _Router:
         if self._loads is None:
             s = self._s
             # Ids and sessions only: ORM rows for every device would cost ~50 µs each.
-            owned = list(
-                _core(s).execute(
-                    select(Device.id, Device.session_id, Device.connected_with_token_at).where(
-                        Device.owner_id == self._owner_id, Device.revoked == False  # noqa: E712
-                    )
-                )
-            )
+            owned = list(_core(s).execute(_OWNED_DEVICES, {"owner_id": self._owner_id}))
             for device_id, _, _ in owned:  # the owner's usable devices: any other is not
                 self._pinned[device_id] = True
             self._all_known = True
@@ -1150,13 +1163,7 @@ class _Router:
             pool = online or ([] if self._online_only else [d for d, _, proven in devices if proven is not None])
             counts: dict[str, int] = {}
             if pool:
-                counts = dict(
-                    _core(s).execute(
-                        select(MessageRow.device_id, func.count())
-                        .where(col(MessageRow.device_id).in_(pool), col(MessageRow.state).in_(_UNACCEPTED))
-                        .group_by(MessageRow.device_id)
-                    ).all()
-                )
+                counts = dict(_core(s).execute(_LOADS, {"ids": pool}).all())
             self._loads = {d: counts.get(d, 0) for d in pool}
         return self._loads
 

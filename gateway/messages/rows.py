@@ -26,7 +26,7 @@ from sqlmodel import Session
 
 from gateway.storage.models import DispatchLogRow, EventRow, MessageRow, RecipientRow
 
-__all__ = ["Msg", "Rcp", "Writes", "load_messages", "load_recipients", "in_writes"]
+__all__ = ["Msg", "Rcp", "Writes", "load_messages", "messages_by_id", "load_recipients", "in_writes"]
 
 T = TypeVar("T")
 
@@ -101,6 +101,13 @@ _UPDATE_RCP = (
     .where(_R.message_id == bindparam("k_message_id"), _R.idx == bindparam("k_idx"))
     .values({name: bindparam(name) for name in _RCP_MUTABLE})
 )
+# Built once: a statement built per call costs more in SQLAlchemy (construction, cache key)
+# than SQLite takes to run it; these compile once and run with the ids expanded.
+_MSGS_BY_ID = select(*_MSG_COLUMNS).where(_M.id.in_(bindparam("ids", expanding=True)))
+_MSGS_BY_ID_ON = _MSGS_BY_ID.where(_M.device_id == bindparam("device_id"))
+_RCPS_BY_MESSAGE = (
+    select(*_RCP_COLUMNS).where(_R.message_id.in_(bindparam("ids", expanding=True))).order_by(_R.message_id, _R.idx)
+)
 _INSERT_EVENT = insert(EventRow.__table__)  # type: ignore[arg-type]
 _INSERT_LOG = insert(DispatchLogRow.__table__)  # type: ignore[arg-type]
 
@@ -115,15 +122,27 @@ def load_messages(s: Session | Writes, *where: Any, order_by: Sequence[Any] = ()
     return [Msg(*row) for row in s.execute(q)] if isinstance(s, Writes) else [Msg(*row) for row in s.connection().execute(q)]
 
 
+def messages_by_id(s: Session | Writes, message_ids: Iterable[str], device_id: str | None = None) -> list[Msg]:
+    """These `message` rows (only those routed to `device_id` when given)."""
+    ids = list(message_ids)
+    if not ids:
+        return []
+    q, params = (_MSGS_BY_ID, {"ids": ids}) if device_id is None else (_MSGS_BY_ID_ON, {"ids": ids, "device_id": device_id})
+    return [Msg(*row) for row in _run(s, q, params)]
+
+
 def load_recipients(s: Session | Writes, message_ids: Iterable[str]) -> dict[str, list[Rcp]]:
     """Every recipient of these messages, by message, in index order."""
     ids = list(message_ids)
     out: dict[str, list[Rcp]] = {i: [] for i in ids}
     if ids:
-        q = select(*_RCP_COLUMNS).where(_R.message_id.in_(ids)).order_by(_R.message_id, _R.idx)
-        for row in (s.execute(q) if isinstance(s, Writes) else s.connection().execute(q)):
+        for row in _run(s, _RCPS_BY_MESSAGE, {"ids": ids}):
             out[row[0]].append(Rcp(*row))
     return out
+
+
+def _run(s: Session | Writes, q: Any, params: dict[str, Any]) -> Any:
+    return s.execute(q, params) if isinstance(s, Writes) else s.connection().execute(q, params)
 
 
 class Writes:
