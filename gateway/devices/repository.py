@@ -11,7 +11,8 @@ import secrets
 from datetime import datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 from ulid import ULID
 
@@ -19,6 +20,7 @@ from gateway.auth.repository import AuditEntry, audit_row
 from gateway.devices.records import DeviceIdentity, DeviceRecord, SimRecord, sims_from_json, sims_to_json
 from gateway.errors import InvalidArgument
 from gateway.messages.repository import to_utc
+from gateway.messages.rows import Writes, in_writes
 from gateway.storage.engine import Database
 from gateway.storage.models import Device, MessageRow, PairingCode
 from gateway.types import UNACCEPTED_STATES, utcnow
@@ -26,11 +28,12 @@ from gateway.webhooks.outbox import enqueue
 from gateway.webhooks.payloads import device_body
 from gateway.webhooks.records import WebhookEvent
 
-__all__ = ["DeviceRepository", "Online", "hash_secret", "PAIRING_ALPHABET"]
+__all__ = ["DeviceRepository", "Online", "hash_secret", "take_online", "take_offline", "PAIRING_ALPHABET"]
 
 # No 0/O/1/I: the code is read off a screen and typed.
 PAIRING_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 _PAIRING_LENGTH = 10  # 50 bits; short-lived, usable for its device until the device's first session with its token
+_D = Device.__table__.c  # type: ignore[attr-defined]
 
 
 def hash_secret(secret: str) -> str:
@@ -118,55 +121,26 @@ class DeviceRepository:
         now: datetime,
         with_token: bool = True,
     ) -> Online:
-        """Mark the device online on `session_id`, unless it was deleted or its token replaced
-        since the session's credentials were checked. `token_hash`: of the token the session
-        was admitted with, or (pairing) hands out; re-checked here, in the transaction that
-        takes the device, so a session whose token a re-pair killed neither takes the device
-        nor spends the code (None: nothing to check, for tests that stage devices).
-        `with_token`: the session was opened with the device token (not a pairing code); the
-        first such spends its pairing code."""
-
-        def tx(s: Session) -> Online:
-            # Locked (PostgreSQL): a re-issue on another bridge commits before or after, never across.
-            row = s.get(Device, device_id, with_for_update=True, populate_existing=True)
-            if row is None:
-                raise InvalidArgument("device_id", "unknown device")
-            if row.revoked:
-                return Online.DELETED
-            if token_hash is not None and row.token_hash != token_hash:
-                return Online.TOKEN_REPLACED
-            if not row.session_id:  # a reconnect replacing a live session is no news
-                _presence(s, row, online=True, now=to_utc(now))
-            row.session_id = session_id
-            row.app_version = app_version[:64]
-            row.sims_json = sims_to_json(sims)
-            row.last_seen = to_utc(now)
-            if with_token and row.connected_with_token_at is None:
-                row.connected_with_token_at = to_utc(now)
-            s.add(row)
-            return Online.ONLINE
-
-        return self.db.group(tx)
+        """Mark the device online on `session_id` in a write job of its own (see `take_online`;
+        the bridge does this inside the session-open job, gateway.devices.session_jobs)."""
+        return self.db.group(
+            in_writes(
+                lambda s: take_online(
+                    s, device_id, session_id, token_hash=token_hash, app_version=app_version, sims=sims,
+                    now=now, with_token=with_token,
+                )
+            )
+        )
 
     def set_offline(self, device_id: str, session_id: str, now: datetime) -> bool:
-        """Mark offline unless a newer session already took over. Returns whether it did."""
-        def tx(s: Session) -> bool:
-            row = s.get(Device, device_id)
-            if row is None or row.session_id != session_id:
-                return False
-            _presence(s, row, online=False, now=to_utc(now))
-            row.session_id = ""
-            row.last_seen = to_utc(now)
-            s.add(row)
-            return True
-
-        return self.db.group(tx)
+        """Mark offline unless a newer session already took over (see `take_offline`)."""
+        return self.db.group(in_writes(lambda s: take_offline(s, device_id, session_id, now)))
 
     def mark_all_offline(self) -> None:
         """At start-up no session of this (single) bridge survives a restart."""
         with self.db.write() as s:
             for row in s.exec(select(Device).where(Device.session_id != "")):
-                _presence(s, row, online=False, now=utcnow())
+                _presence(s, row.owner_id, row.id, row.name, online=False, now=utcnow())
                 row.session_id = ""
                 s.add(row)
 
@@ -193,6 +167,87 @@ class DeviceRepository:
                 )
                 for r in rows
             ]
+
+
+# The device row as the session open and close read and write it (Core: an ORM row costs
+# more than these statements; built once, compiled once).
+_PRESENCE_READ = core_select(_D.owner_id, _D.name, _D.session_id).where(_D.id == bindparam("device_id"))
+_ONLINE_READ = (
+    core_select(_D.owner_id, _D.name, _D.session_id, _D.revoked, _D.token_hash, _D.connected_with_token_at)
+    .where(_D.id == bindparam("device_id"))
+    .with_for_update()  # PostgreSQL; SQLite serialises writers anyway
+)
+_ONLINE_WRITE = (
+    update(Device.__table__)  # type: ignore[arg-type]
+    .where(_D.id == bindparam("k_id"))
+    .values(
+        session_id=bindparam("session_id"), app_version=bindparam("app_version"),
+        sims_json=bindparam("sims_json"), last_seen=bindparam("last_seen"),
+        # The first session with the device's own token spends its pairing code (None: not such a session).
+        connected_with_token_at=func.coalesce(
+            _D.connected_with_token_at, bindparam("proven_at", type_=_D.connected_with_token_at.type)
+        ),
+    )
+)
+_OFFLINE_WRITE = (
+    update(Device.__table__)  # type: ignore[arg-type]
+    .where(_D.id == bindparam("k_id"), _D.session_id == bindparam("k_session_id"))
+    .values(session_id="", last_seen=bindparam("last_seen"))
+)
+
+
+def take_online(
+    s: Writes,
+    device_id: str,
+    session_id: str,
+    *,
+    token_hash: str | None,
+    app_version: str,
+    sims: tuple[SimRecord, ...],
+    now: datetime,
+    with_token: bool = True,
+) -> Online:
+    """Mark the device online on `session_id` in the caller's transaction, unless it was
+    deleted or its token replaced since the session's credentials were checked (then nothing
+    changes). `token_hash`: of the token the session was admitted with, or (pairing) hands
+    out; re-checked here, in the transaction that takes the device, so a session whose token
+    a re-pair killed neither takes the device nor spends the code (None: nothing to check,
+    for tests that stage devices). `with_token`: the session was opened with the device token
+    (not a pairing code); the first such spends its pairing code.
+    InvalidArgument on `device_id` for an unknown device."""
+    now = to_utc(now)
+    # Locked (PostgreSQL): a re-issue on another bridge commits before or after, never across.
+    row = s.execute(_ONLINE_READ, {"device_id": device_id}).first()
+    if row is None:
+        raise InvalidArgument("device_id", "unknown device")
+    if row.revoked:
+        return Online.DELETED
+    if token_hash is not None and row.token_hash != token_hash:
+        return Online.TOKEN_REPLACED
+    if not row.session_id:  # a reconnect replacing a live session is no news
+        _presence(s, row.owner_id, device_id, row.name, online=True, now=now)
+    s.execute(
+        _ONLINE_WRITE,
+        {
+            "k_id": device_id, "session_id": session_id, "app_version": app_version[:64],
+            "sims_json": sims_to_json(sims), "last_seen": now, "proven_at": now if with_token else None,
+        },
+    )
+    return Online.ONLINE
+
+
+def take_offline(s: Writes, device_id: str, session_id: str, now: datetime) -> bool:
+    """Mark the device offline in the caller's transaction unless a newer session already
+    took over. Returns whether it did."""
+    now = to_utc(now)
+    row = s.execute(_PRESENCE_READ, {"device_id": device_id}).first()
+    if row is None or row.session_id != session_id:
+        return False
+    # Conditional: on PostgreSQL a newer session may commit between the read and this write.
+    if not s.execute(_OFFLINE_WRITE, {"k_id": device_id, "k_session_id": session_id, "last_seen": now}).rowcount:
+        return False
+    _presence(s, row.owner_id, device_id, row.name, online=False, now=now)
+    return True
 
 
 def _normal(code: str) -> str:
@@ -224,7 +279,7 @@ def _usable_code(
     return row, device
 
 
-def _presence(s: Session, row: Device, *, online: bool, now: datetime) -> None:
+def _presence(s: Session | Writes, owner_id: str, device_id: str, name: str, *, online: bool, now: datetime) -> None:
     """device:online / device:offline for the owner's webhooks, in the presence change's transaction."""
     event = WebhookEvent.DEVICE_ONLINE if online else WebhookEvent.DEVICE_OFFLINE
-    enqueue(s, row.owner_id, event, row.id, lambda: device_body(row.id, row.name, online), now)
+    enqueue(s, owner_id, event, device_id, lambda: device_body(device_id, name, online), now)  # type: ignore[arg-type]
