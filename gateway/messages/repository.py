@@ -393,39 +393,53 @@ class MessageRepository:
     ) -> None:
         """A phone's session started: the recipients the phone holds are ACCEPTED, those
         dispatched on any older session of this device go back to PENDING (they will be
-        sent again), and the owner's unrouted messages are routed here."""
+        sent again), and the owner's unrouted messages are routed here. (The bridge does this
+        inside the session-open job: gateway.devices.session_jobs.)"""
         now = to_utc(now)
+        return self.db.group(in_writes(lambda s: self.open_session_in(s, owner_id, device_id, session_id, held, now)))
 
-        def tx(s: Writes) -> None:
-            held_keys = {(h.message_id, h.recipient_index): h.attempt for h in held}
-            rows = load_messages(s, _M.id.in_({m for m, _ in held_keys}), _M.device_id == device_id) if held_keys else []
-            recipients = self._recipients_rows_many(s, [r.id for r in rows])
-            for row in rows:
-                rs = recipients[row.id]
-                only = [r for r in rs if held_keys.get((row.id, r.idx)) == r.attempt]
-                self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
-            stale = (
-                select(_R.message_id, _R.idx)
-                .join(MessageRow, MessageRow.id == RecipientRow.message_id)
-                .where(
-                    MessageRow.device_id == device_id,
-                    RecipientRow.state == int(State.DISPATCHED),
-                    RecipientRow.session_id != session_id,
-                )
-            )
-            self._move_recipients(s, s.execute(stale), State.PENDING, "session_lost", now)
-            # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
-            # never-dispatched ones routed to a device that is offline now.
-            offline = select(Device.id).where(Device.owner_id == owner_id, Device.session_id == "", Device.id != device_id)
-            s.exec(
-                update(MessageRow)
-                .where(MessageRow.owner_id == owner_id, MessageRow.state == int(State.PENDING))
-                .where(MessageRow.pinned == False, MessageRow.ever_dispatched == False)  # noqa: E712
-                .where(col(MessageRow.device_id).is_(None) | col(MessageRow.device_id).in_(offline))
-                .values(device_id=device_id)
-            )
+    def open_session_in(
+        self, s: Writes, owner_id: str, device_id: str, session_id: str, held: Iterable[HeldRecipient], now: datetime
+    ) -> None:
+        """`open_session` in the caller's transaction (`now` in UTC)."""
+        held_keys = {(h.message_id, h.recipient_index): h.attempt for h in held}
+        rows = messages_by_id(s, {m for m, _ in held_keys}, device_id) if held_keys else []
+        recipients = self._recipients_rows_many(s, [r.id for r in rows])
+        for row in rows:
+            rs = recipients[row.id]
+            only = [r for r in rs if held_keys.get((row.id, r.idx)) == r.attempt]
+            self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
+        stale = (
+            select(_R.message_id, _R.idx)
+            .join(MessageRow.__table__, _M.id == _R.message_id)  # type: ignore[arg-type]
+            .where(_M.device_id == device_id, _R.state == int(State.DISPATCHED), _R.session_id != session_id)
+        )
+        self._move_recipients(s, s.execute(stale), State.PENDING, "session_lost", now)
+        # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
+        # never-dispatched ones routed to a device that is offline now.
+        offline = select(_D.id).where(_D.owner_id == owner_id, _D.session_id == "", _D.id != device_id)
+        s.execute(
+            update(MessageRow.__table__)  # type: ignore[arg-type]
+            .where(_M.owner_id == owner_id, _M.state == int(State.PENDING))
+            .where(_M.pinned == False, _M.ever_dispatched == False)  # noqa: E712
+            .where(_M.device_id.is_(None) | _M.device_id.in_(offline))
+            .values(device_id=device_id)
+        )
 
-        return self.db.group(in_writes(tx))
+    def load_session_in(
+        self, s: Writes, device_id: str, held_ids: Collection[str], now: datetime
+    ) -> tuple[DeviceQueue | None, dict[str, State]]:
+        """In the session-open transaction, after `open_session_in`: the phone's queue loaded
+        whole, its expired messages taken first as a fresh round does (the session's first
+        round plans on this queue instead of loading it again), and the messages the phone
+        must Drop: those flagged for one, and those of `held_ids` (the ones the phone says it
+        holds) that ended CANCELLED or EXPIRED. None for the queue: the device is gone."""
+        self._expire_rows(s, now, device_id=device_id, batch=_EXPIRE_BATCH)
+        drops = self._take_drops(s, device_id)
+        if held_ids:  # its own final state, rather than the flag's EXPIRED
+            ids = sorted(set(held_ids))
+            drops.update((m, State(st)) for m, st in s.execute(_FINAL_STATES, {"ids": ids, "device_id": device_id}))
+        return self._load_queue(s, device_id, now), drops
 
     def dispatch(
         self, device_id: str, session_id: str, room: int, now: datetime, in_flight: Iterable[str] = ()
@@ -717,38 +731,40 @@ class MessageRepository:
         return self._changed(s, row, rs, [r], note, now)
 
     def close_session(self, device_id: str, session_id: str, now: datetime) -> None:
-        """The session ended: what it dispatched and the phone did not accept goes back to PENDING."""
+        """The session ended: what it dispatched and the phone did not accept goes back to
+        PENDING. (The bridge does this inside the session-close job: gateway.devices.session_jobs.)"""
         now = to_utc(now)
+        return self.db.group(in_writes(lambda s: self.close_session_in(s, session_id, now)))
 
-        def tx(s: Writes) -> None:
-            q = select(_R.message_id, _R.idx).where(_R.session_id == session_id, _R.state == int(State.DISPATCHED))
-            self._move_recipients(s, s.execute(q), State.PENDING, "session_lost", now)
-
-        return self.db.group(in_writes(tx))
+    def close_session_in(self, s: Writes, session_id: str, now: datetime) -> None:
+        """`close_session` in the caller's transaction (`now` in UTC)."""
+        q = select(_R.message_id, _R.idx).where(_R.session_id == session_id, _R.state == int(State.DISPATCHED))
+        self._move_recipients(s, s.execute(q), State.PENDING, "session_lost", now)
 
     def reroute_from(self, owner_id: str, device_id: str) -> set[str]:
         """Move the never-dispatched, unpinned PENDING messages of an offline device to the
         owner's least-loaded online device. Messages ever dispatched stay: that phone may
-        hold them, and sending them from a second phone could send an SMS twice."""
+        hold them, and sending them from a second phone could send an SMS twice. Returns the
+        device they went to (none: nothing moved)."""
+        return self.db.group(in_writes(lambda s: self.reroute_from_in(s, owner_id, device_id)))
+
+    def reroute_from_in(self, s: Writes, owner_id: str, device_id: str) -> set[str]:
+        """`reroute_from` in the caller's transaction."""
         movable = (
-            MessageRow.device_id == device_id,
-            MessageRow.state == int(State.PENDING),
-            MessageRow.pinned == False,  # noqa: E712
-            MessageRow.ever_dispatched == False,  # noqa: E712
+            _M.device_id == device_id,
+            _M.state == int(State.PENDING),
+            _M.pinned == False,  # noqa: E712
+            _M.ever_dispatched == False,  # noqa: E712
         )
-
-        def tx(s: Session) -> set[str]:
-            # Most phones go offline with nothing to move: then no routing (which reads
-            # every device of the owner) at all.
-            if s.exec(select(MessageRow.id).where(*movable).limit(1)).first() is None:
-                return set()
-            target, _ = self._route(s, owner_id, "", exclude=device_id, online_only=True)
-            if target is None:
-                return set()
-            result = s.exec(update(MessageRow).where(*movable).values(device_id=target))
-            return {target} if result.rowcount else set()
-
-        return self.db.group(tx)
+        # Most phones go offline with nothing to move: then no routing (which reads every
+        # device of the owner) at all.
+        if s.execute(select(_M.id).where(*movable).limit(1)).first() is None:
+            return set()
+        target, _ = self._route(s, owner_id, "", exclude=device_id, online_only=True)  # type: ignore[arg-type]
+        if target is None:
+            return set()
+        result = s.execute(update(MessageRow.__table__).where(*movable).values(device_id=target))  # type: ignore[arg-type]
+        return {target} if result.rowcount else set()
 
     def final_states(self, device_id: str, message_ids: Iterable[str]) -> dict[str, State]:
         """Which of these messages of the device ended CANCELLED or EXPIRED (the phone must drop them)."""
