@@ -21,7 +21,7 @@ class SessionHandle:
     owner_id: str
     session_id: str
     _woken: bool = True  # dispatch once right after the handshake
-    _reload: bool = True  # the next round reloads the whole queue (the first one loads it)
+    _reload: bool = True  # the next round reloads the whole queue (the first one loads it, unless `loading`)
     _fresh: set[str] = field(default_factory=set)  # messages the next round reads again
     _event: trio.Event = field(default_factory=trio.Event)
     replaced: bool = False
@@ -44,6 +44,13 @@ class SessionHandle:
         """There may be room now (a receipt freed the window): run a round on what is known."""
         self._woken = True
         self._event.set()
+
+    def loading(self) -> None:
+        """The session's open is about to load the queue, in a transaction that starts after
+        this call: the first round plans on that load instead of loading again, unless a
+        wake-up arrives from now on (it sets the reload again). Call it once the registry
+        hands this handle the device's wake-ups (`SessionRegistry.opening`)."""
+        self._reload = False
 
     def take_work(self) -> tuple[bool, set[str]]:
         """(reload the whole queue?, messages to read again) for the round about to run."""
@@ -87,6 +94,8 @@ class SessionHandle:
 class SessionRegistry:
     def __init__(self) -> None:
         self._by_device: dict[str, SessionHandle] = {}
+        # The session being opened, by device (its open loads the queue): wake-ups reach it too.
+        self._pending: dict[str, SessionHandle] = {}
         # Held only while a session of that device is being opened; dropped when unused.
         self._opening: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
         # Devices deleted while this bridge runs: a session of one that registers after the
@@ -95,18 +104,29 @@ class SessionRegistry:
         self._revoked: set[str] = set()
 
     @asynccontextmanager
-    async def opening(self, device_id: str) -> AsyncIterator[None]:
-        """Serialise the opening of sessions of one device."""
+    async def opening(self, device_id: str, handle: SessionHandle | None = None) -> AsyncIterator[None]:
+        """Serialise the opening of sessions of one device. `handle`: the session being
+        opened; inside the block the device's wake-ups (wake, queued, settings_changed)
+        reach it as well as the registered session, so what changes while its open reads
+        storage is not lost before it registers."""
         lock = self._opening.get(device_id)
         if lock is None:
             lock = self._opening[device_id] = trio.Lock()
         async with lock:
-            yield
+            if handle is not None:
+                self._pending[device_id] = handle
+            try:
+                yield
+            finally:
+                if handle is not None and self._pending.get(device_id) is handle:
+                    del self._pending[device_id]
 
     def register(self, handle: SessionHandle) -> SessionHandle | None:
         """Make `handle` the device's session; returns the one it replaces."""
         old = self._by_device.get(handle.device_id)
         self._by_device[handle.device_id] = handle
+        if self._pending.get(handle.device_id) is handle:
+            del self._pending[handle.device_id]
         if handle.device_id in self._revoked:
             handle.revoke()
         return old
@@ -120,21 +140,25 @@ class SessionRegistry:
 
     def wake(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
-            handle = self._by_device.get(device_id)
-            if handle is not None:
+            for handle in self._woken_by(device_id):
                 handle.wake()
 
     def queued(self, queued: dict[str, set[str]]) -> None:
         for device_id, message_ids in queued.items():
-            handle = self._by_device.get(device_id)
-            if handle is not None:
+            for handle in self._woken_by(device_id):
                 handle.queued(message_ids)
 
     def settings_changed(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
-            handle = self._by_device.get(device_id)
-            if handle is not None:
+            for handle in self._woken_by(device_id):
                 handle.settings_changed()
+
+    def _woken_by(self, device_id: str) -> tuple[SessionHandle, ...]:
+        """The device's registered session and the one being opened (either may be absent)."""
+        current, pending = self._by_device.get(device_id), self._pending.get(device_id)
+        if pending is None:
+            return () if current is None else (current,)
+        return (pending,) if current is None else (current, pending)
 
     def revoke(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:

@@ -47,6 +47,7 @@ from gateway.bus import Bus
 from gateway.config import BridgeSettings
 from gateway.devices.records import DeviceIdentity, SimRecord
 from gateway.devices.repository import DeviceRepository, Online, hash_secret
+from gateway.devices.session_jobs import close_device_session, open_device_session
 from gateway.inbound.records import NewInbound
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
@@ -166,6 +167,8 @@ class _Session:
         # What the last dispatch round left behind (see worth_dispatching).
         self.room_ran_out = False
         self.partly_sent: set[str] = set()
+        # The phone's queue as the open loaded it, for the first dispatch round (see open).
+        self.queue: DeviceQueue | None = None
         self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
 
     async def flush(self) -> None:
@@ -200,22 +203,33 @@ class _Session:
         """Presence, requeue and registration, one session of a device at a time: two
         overlapping handshakes of one phone are ordered, so the registry and the database
         agree on which session is current (the later one). `token_hash`: of the token the
-        session was admitted with or hands out; set_online re-checks it, as a retry with the
-        pairing code may have replaced it since."""
+        session was admitted with or hands out; the open re-checks it, as a retry with the
+        pairing code may have replaced it since.
+
+        One write job (gateway.devices.session_jobs): online flag, requeue, adoption, and the
+        phone's queue with its pacing and what it must Drop. The first dispatch round plans on
+        that queue; a wake-up that reaches the handle while the job runs (the registry hands
+        wake-ups to a session being opened) makes it reload instead."""
         session_id = uuid.uuid4().hex
         sims = tuple(SimRecord(s.slot, s.operator_name, s.country_iso) for s in hello.sims)
         handle = SessionHandle(identity.device_id, identity.owner_id, session_id)
-        async with self.ctx.registry.opening(identity.device_id):
+        held = [HeldRecipient(h.message_id, h.recipient_index, h.attempt) for h in hello.held]
+        held_ids = {*hello.held_message_ids, *(h.message_id for h in hello.held)}
+        async with self.ctx.registry.opening(identity.device_id, handle):
             now = self.ctx.clock()
-            online = await trio.to_thread.run_sync(
-                lambda: self.ctx.devices.set_online(
-                    identity.device_id, session_id, token_hash=token_hash, app_version=hello.app_version,
-                    sims=sims, now=now, with_token=credentials is None,
+            # From here a wake-up for the device reaches the handle; the job's transaction
+            # starts later and sees everything committed before.
+            handle.loading()
+            opened = await trio.to_thread.run_sync(
+                lambda: open_device_session(
+                    self.ctx.devices, self.ctx.messages, owner_id=identity.owner_id, device_id=identity.device_id,
+                    session_id=session_id, token_hash=token_hash, app_version=hello.app_version, sims=sims,
+                    held=held, held_ids=held_ids, now=now, with_token=credentials is None,
                 )
             )
-            if online is Online.DELETED:  # deleted between the upgrade and Hello
+            if opened.online is Online.DELETED:  # deleted between the upgrade and Hello
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
-            if online is Online.TOKEN_REPLACED:  # docs/protocol.md "When the code is spent"
+            if opened.online is Online.TOKEN_REPLACED:  # docs/protocol.md "When the code is spent"
                 if credentials is not None:
                     # The same code paired again since: that session holds the device's one
                     # valid token and takes over, as a newer session would.
@@ -223,25 +237,25 @@ class _Session:
                 # Admitted with a token a retry with the code killed before this Hello.
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "token replaced by a newer pairing")
             self.handle = handle  # from here on close_out() cleans up, even if the rest fails
-            held = [HeldRecipient(h.message_id, h.recipient_index, h.attempt) for h in hello.held]
-            await trio.to_thread.run_sync(
-                lambda: self.ctx.messages.open_session(identity.owner_id, identity.device_id, session_id, held, now)
-            )
-            pacing = await trio.to_thread.run_sync(self.ctx.messages.pacing_of, identity.device_id)
+            self.queue = opened.queue
+            if self.queue is None:
+                handle.wake()  # nothing loaded (the device went away): the first round loads
             old = self.ctx.registry.register(handle)
         if old is not None:
             old.replace()
         if handle.revoked:  # deleted while this session was being opened
             raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
         self.slots = tuple(sim.slot for sim in sims) or (1,)
+        assert opened.pacing is not None
         self.proto.send_welcome(
             identity.device_id,
             ping_interval=int(self.ctx.settings.ping_interval),
             server_time=now,
             credentials=credentials,
-            settings=_settings(pacing, self.slots),
+            settings=_settings(opened.pacing, self.slots),
         )
-        await self.drop_if_final([*hello.held_message_ids, *{h.message_id for h in hello.held}])
+        # Messages the phone holds that ended meanwhile, and what expired before this open.
+        self.send_drops(opened.drops)
         await self.flush()
         self.ctx.bus.notify_events()
         self.log.info("= session open for device %s (window %d)", identity.device_id, self.proto.window)
@@ -394,7 +408,9 @@ class _Session:
         assert self.handle is not None
         handle, ctx = self.handle, self.ctx
         wake_at: datetime | None = None
-        queue: DeviceQueue | None = None
+        # The first round plans on the queue the open loaded (unless a wake-up since asks
+        # for a reload: SessionHandle.loading).
+        queue, self.queue = self.queue, None
         while True:
             deadline = math.inf
             if wake_at is not None:
@@ -452,9 +468,11 @@ class _Session:
 
         def clean_up() -> set[str]:
             # One worker call: it always runs to the end, even when the caller stops waiting.
-            ctx.messages.close_session(handle.device_id, handle.session_id, now)
-            offline = ctx.devices.set_offline(handle.device_id, handle.session_id, now)
-            rerouted = ctx.messages.reroute_from(handle.owner_id, handle.device_id) if last and offline else set()
+            # One write job: requeue, presence, reroute (gateway.devices.session_jobs).
+            rerouted = close_device_session(
+                ctx.devices, ctx.messages, owner_id=handle.owner_id, device_id=handle.device_id,
+                session_id=handle.session_id, last=last, now=now,
+            )
             ctx.bus.notify_events()
             ctx.bus.notify_work(rerouted if last else {handle.device_id, *rerouted})
             return rerouted
