@@ -14,9 +14,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import bindparam, select
+from sqlmodel import Session
 from ulid import ULID
 
+from gateway.messages.rows import Writes
 from gateway.storage.engine import AFTER_COMMIT
 from gateway.storage.models import WebhookDeliveryRow, WebhookRow
 from gateway.webhooks.records import WebhookEvent, WebhookState
@@ -45,18 +47,25 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _subscribers(s: Session, owner_id: str) -> list[WebhookRow]:
-    cache: dict[str, list[WebhookRow]] = s.info.setdefault(_CACHE_KEY, {})
+_W = WebhookRow.__table__.c  # type: ignore[attr-defined]
+# FOR KEY SHARE (PostgreSQL): a DeleteWebhook committing meanwhile in another process waits
+# for this transaction, instead of failing its delivery's foreign key and with it the change
+# that caused the event. SQLite serialises writers anyway. Built once (a hot-path statement:
+# every transaction with a SENT/DELIVERED/FAILED change runs it once per owner).
+_SUBSCRIBERS = (
+    select(_W.id, _W.events, _W.device_id)
+    .where(_W.owner_id == bindparam("owner_id"), _W.state != int(WebhookState.DISABLED))
+    .with_for_update(key_share=True)
+)
+
+
+def _subscribers(s: Session | Writes, owner_id: str) -> list[Any]:
+    """The owner's enabled webhooks (id, events, device_id), read once per transaction."""
+    cache: dict[str, list[Any]] = s.info.setdefault(_CACHE_KEY, {})
     if owner_id not in cache:
-        # FOR KEY SHARE (PostgreSQL): a DeleteWebhook committing meanwhile in another process
-        # waits for this transaction, instead of failing its delivery's foreign key and with it
-        # the change that caused the event. SQLite serialises writers anyway.
-        q = (
-            select(WebhookRow)
-            .where(WebhookRow.owner_id == owner_id, col(WebhookRow.state) != int(WebhookState.DISABLED))
-            .with_for_update(key_share=True)
-        )
-        cache[owner_id] = list(s.exec(q))
+        params = {"owner_id": owner_id}
+        rows = s.execute(_SUBSCRIBERS, params) if isinstance(s, Writes) else s.connection().execute(_SUBSCRIBERS, params)
+        cache[owner_id] = list(rows)
     return cache[owner_id]
 
 
