@@ -388,6 +388,48 @@ class MessageRepository:
 
     # ---- bridge side -------------------------------------------------------------
 
+    # The session open's and close's statements, built once (a statement built per call costs
+    # more to construct than SQLite takes to run it; gateway.messages.rows).
+    # What older sessions of the device dispatched.
+    _STALE = (
+        select(_R.message_id, _R.idx)
+        .join(MessageRow.__table__, _M.id == _R.message_id)  # type: ignore[arg-type]
+        .where(
+            _M.device_id == bindparam("device_id"),
+            _R.state == int(State.DISPATCHED),
+            _R.session_id != bindparam("session_id"),
+        )
+    )
+    # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
+    # never-dispatched ones routed to a device of the owner that is offline now.
+    _ADOPT = (
+        update(MessageRow.__table__)  # type: ignore[arg-type]
+        .where(_M.owner_id == bindparam("k_owner_id"), _M.state == int(State.PENDING))
+        .where(_M.pinned == False, _M.ever_dispatched == False)  # noqa: E712
+        .where(
+            _M.device_id.is_(None)
+            | _M.device_id.in_(
+                select(_D.id).where(
+                    _D.owner_id == bindparam("k_owner_id"), _D.session_id == "", _D.id != bindparam("k_device_id")
+                )
+            )
+        )
+        .values(device_id=bindparam("k_device_id"))
+    )
+    # What a session dispatched and the phone did not accept.
+    _UNACCEPTED_ON = select(_R.message_id, _R.idx).where(
+        _R.session_id == bindparam("session_id"), _R.state == int(State.DISPATCHED)
+    )
+    # Never dispatched, unpinned PENDING messages of a device (rerouted when it goes offline).
+    _MOVABLE = (
+        _M.device_id == bindparam("k_device_id"),
+        _M.state == int(State.PENDING),
+        _M.pinned == False,  # noqa: E712
+        _M.ever_dispatched == False,  # noqa: E712
+    )
+    _ANY_MOVABLE = select(_M.id).where(*_MOVABLE).limit(1)
+    _MOVE = update(MessageRow.__table__).where(*_MOVABLE).values(device_id=bindparam("target"))  # type: ignore[arg-type]
+
     def open_session(
         self, owner_id: str, device_id: str, session_id: str, held: Iterable[HeldRecipient], now: datetime
     ) -> None:
@@ -409,22 +451,9 @@ class MessageRepository:
             rs = recipients[row.id]
             only = [r for r in rs if held_keys.get((row.id, r.idx)) == r.attempt]
             self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
-        stale = (
-            select(_R.message_id, _R.idx)
-            .join(MessageRow.__table__, _M.id == _R.message_id)  # type: ignore[arg-type]
-            .where(_M.device_id == device_id, _R.state == int(State.DISPATCHED), _R.session_id != session_id)
-        )
-        self._move_recipients(s, s.execute(stale), State.PENDING, "session_lost", now)
-        # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
-        # never-dispatched ones routed to a device that is offline now.
-        offline = select(_D.id).where(_D.owner_id == owner_id, _D.session_id == "", _D.id != device_id)
-        s.execute(
-            update(MessageRow.__table__)  # type: ignore[arg-type]
-            .where(_M.owner_id == owner_id, _M.state == int(State.PENDING))
-            .where(_M.pinned == False, _M.ever_dispatched == False)  # noqa: E712
-            .where(_M.device_id.is_(None) | _M.device_id.in_(offline))
-            .values(device_id=device_id)
-        )
+        stale = s.execute(self._STALE, {"device_id": device_id, "session_id": session_id})
+        self._move_recipients(s, stale, State.PENDING, "session_lost", now)
+        s.execute(self._ADOPT, {"k_owner_id": owner_id, "k_device_id": device_id})
 
     def load_session_in(
         self, s: Writes, device_id: str, held_ids: Collection[str], now: datetime
@@ -738,8 +767,8 @@ class MessageRepository:
 
     def close_session_in(self, s: Writes, session_id: str, now: datetime) -> None:
         """`close_session` in the caller's transaction (`now` in UTC)."""
-        q = select(_R.message_id, _R.idx).where(_R.session_id == session_id, _R.state == int(State.DISPATCHED))
-        self._move_recipients(s, s.execute(q), State.PENDING, "session_lost", now)
+        unaccepted = s.execute(self._UNACCEPTED_ON, {"session_id": session_id})
+        self._move_recipients(s, unaccepted, State.PENDING, "session_lost", now)
 
     def reroute_from(self, owner_id: str, device_id: str) -> set[str]:
         """Move the never-dispatched, unpinned PENDING messages of an offline device to the
@@ -750,20 +779,14 @@ class MessageRepository:
 
     def reroute_from_in(self, s: Writes, owner_id: str, device_id: str) -> set[str]:
         """`reroute_from` in the caller's transaction."""
-        movable = (
-            _M.device_id == device_id,
-            _M.state == int(State.PENDING),
-            _M.pinned == False,  # noqa: E712
-            _M.ever_dispatched == False,  # noqa: E712
-        )
         # Most phones go offline with nothing to move: then no routing (which reads every
         # device of the owner) at all.
-        if s.execute(select(_M.id).where(*movable).limit(1)).first() is None:
+        if s.execute(self._ANY_MOVABLE, {"k_device_id": device_id}).first() is None:
             return set()
         target, _ = self._route(s, owner_id, "", exclude=device_id, online_only=True)  # type: ignore[arg-type]
         if target is None:
             return set()
-        result = s.execute(update(MessageRow.__table__).where(*movable).values(device_id=target))  # type: ignore[arg-type]
+        result = s.execute(self._MOVE, {"k_device_id": device_id, "target": target})
         return {target} if result.rowcount else set()
 
     def final_states(self, device_id: str, message_ids: Iterable[str]) -> dict[str, State]:
