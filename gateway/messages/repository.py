@@ -298,7 +298,9 @@ class MessageRepository:
 
     def cancel(self, owner_id: str, message_id: str, now: datetime) -> tuple[MessageRecord, str | None]:
         """Cancel a message while no recipient is held by a phone. Returns it and the device
-        to wake (it Drops the message if in flight); None when no phone ever got it."""
+        it is routed to (None: unrouted), whose session must hear of it: it Drops the message
+        if in flight, and takes it out of its queue in memory (a cancelled message left there
+        would hold back the ones behind it on its SIM while pacing holds it)."""
         now = to_utc(now)
 
         def tx(s: Writes) -> tuple[MessageRecord, str | None]:
@@ -314,7 +316,7 @@ class MessageRepository:
                         f"{State(held[0].state).name}"
                     )
                 self._transition(s, row, recipients, State.CANCELLED, "cancelled by client", now)
-            return _record(row, recipients), row.device_id if row.ever_dispatched else None
+            return _record(row, recipients), row.device_id
 
         return self.db.group(in_writes(tx))
 

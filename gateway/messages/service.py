@@ -125,7 +125,7 @@ class MessageService:
         record, device = self.repo.cancel(owner_id, message_id, utcnow())
         self.bus.notify_events()
         if device:
-            self.bus.notify_queued({device: [message_id]})  # its session Drops the message
+            self.bus.notify_queued({device: [message_id]})  # its session drops it from its queue, and Drops it if in flight
         return record
 
     async def reschedule(self, owner_id: str, message_id: str, schedule_at: datetime | None) -> MessageRecord:

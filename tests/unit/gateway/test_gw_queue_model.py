@@ -55,13 +55,9 @@ Allowed differences (memory behind storage in ways the code expects):
     only PENDING recipients);
 (c) messages past valid_until are left out on both sides (expire_due does not tell the
     bridge of a never-dispatched one; `plan` skips them and the round expires and reloads);
-(d) a cancel of a message never dispatched is not relayed (`cancel` returns no device):
-    memory keeps it queued. Then the plans may differ; the round must not claim it (the
-    `_write_plan` re-read), must mark the queue for a reload and ask to run again at once.
-    This one is tolerated, not right: while pacing holds the cancelled message back it
-    closes its SIM to the messages behind it, which a fresh round would send at once
-    (test_bug_untold_cancel_holds_back_the_next_message, xfail until the cancel is relayed;
-    then set UNTOLD_CANCELS_TOLERATED = False and the machine checks it too);
+(d) (no longer allowed) a cancel that does not reach the session: `cancel` names the message's
+    device, and the session reads it again (test_a_cancel_reaches_the_session_and_frees_the_
+    message_behind); UNTOLD_CANCELS_TOLERATED = True would tolerate it again, for a hunt;
 (e) a replaced session's late round (it was running when the newer session opened) claims
     on the old session, unknown to the new session's memory (recipients DISPATCHED in
     storage, PENDING in memory, sends missing from its pacing history) until the old
@@ -121,7 +117,7 @@ MAX_MESSAGES = 14
 # Allowed difference (d). The harm it can do is test_bug_untold_cancel_holds_back_the_next_message;
 # once a cancel reaches the session whatever the message's history, set this False (or drop it):
 # then the machine fails on any cancel memory is not told of.
-UNTOLD_CANCELS_TOLERATED = True
+UNTOLD_CANCELS_TOLERATED = False
 
 
 @dataclass
@@ -717,14 +713,10 @@ TestQueueModel.settings = settings(
 # ---- a divergence found by the machine's comparison ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 15): cancelling a message never dispatched is not relayed to its session "
-    "(MessageRepository.cancel returns no device, MessageService._cancel sends no notify_queued), so "
-    "the session's in-memory queue keeps it, and while pacing holds it back it closes its SIM: "
-    "the message behind it waits for the cancelled one's pacing gate though a fresh round sends it now",
-)
-def test_bug_untold_cancel_holds_back_the_next_message(tmp_path: Path) -> None:
+def test_a_cancel_reaches_the_session_and_frees_the_message_behind(tmp_path: Path) -> None:
+    """Found by the machine: a cancel of a message never dispatched used to name no device,
+    so the session's queue kept it, and while pacing held it back it closed its SIM: the
+    message behind it waited for the cancelled one's gate though a fresh round sent it now."""
     world = World(tmp_path, 1, scheduler=SchedulerSettings(sim_parts_per_minute=3, sim_min_interval=0, phone_parts_per_minute=0))
     try:
         repo, owner, dev = world.repo, world.owner, world.device_ids[0]
@@ -741,14 +733,14 @@ def test_bug_untold_cancel_holds_back_the_next_message(tmp_path: Path) -> None:
         queue, batch = repo.dispatch_round(queue, dev, "s1", 4, t1, {x.id}, {m.id, n.id})
         assert queue is not None and batch.units == []
         queue.busy = False
-        # The client cancels M: stored, but the bridge is not told (no device to notify).
+        # The client cancels M: the bridge is told of it (its device is named).
         t2 = T0 + timedelta(seconds=2)
         _, told = repo.cancel(owner, m.id, t2)
-        assert told is None
+        assert told == dev
         # A fresh round would send N now; the round on the session's queue still sees M in front of it.
         fresh = load(repo, dev, t2)
         assert fresh is not None and claims(plan_of(fresh, 4, t2, {x.id})) == [(n.id, 1, 1, (0,))]
-        queue, batch = repo.dispatch_round(queue, dev, "s1", 4, t2, {x.id}, set())
+        queue, batch = repo.dispatch_round(queue, dev, "s1", 4, t2, {x.id}, {m.id})
         assert units(batch) == [(n.id, 1, 1, (0,))], f"N held back until {batch.wake_at} by the cancelled M"
     finally:
         world.db.close()

@@ -486,11 +486,12 @@ class RepositoryMachine(RuleBasedStateMachine):
             record, device = self.repo.cancel(self.owner, mid, now)
             assert record.state == C
             assert all(r.state == C for r in record.recipients)
-            # The device is named whenever a phone may hold the message (it gets a Drop).
-            assert device == (before.device_id if before.ever_dispatched else None)
+            # The device it is routed to is named: its session drops it from its queue, and
+            # a phone that may hold it gets a Drop.
+            assert device == before.device_id
         elif before.state == C:
             record, device = self.repo.cancel(self.owner, mid, now)
-            assert (record.state, device) == (C, before.device_id if before.ever_dispatched else None)
+            assert (record.state, device) == (C, before.device_id)
         else:
             with pytest.raises(FailedPrecondition):
                 self.repo.cancel(self.owner, mid, now)
@@ -955,8 +956,8 @@ def test_cancel_pending_dispatched_and_after_accepted(world: World) -> None:
     dev = world.device_ids[0]
     pending, _ = repo.create(owner, new_message(2, device_id=dev), T0)
     record, device = repo.cancel(owner, pending.id, T0)
-    assert record.state == C and device is None
-    assert repo.cancel(owner, pending.id, T0)[1] is None  # cancelling twice is fine
+    assert record.state == C and device == dev  # its session takes it out of its queue
+    assert repo.cancel(owner, pending.id, T0)[1] == dev  # cancelling twice is fine
 
     dispatched, _ = repo.create(owner, new_message(device_id=dev), T0)
     accepted, _ = repo.create(owner, new_message(2, device_id=dev), T0)
