@@ -336,7 +336,7 @@ class _Session:
         self, receipts: Sequence[Receipt]
     ) -> tuple[int, dict[str, State], dict[int, ReceiptRefusal]]:
         """Store the receipts; returns how many changed a state, which of the messages the
-        phone ACCEPTED ended CANCELLED or EXPIRED meanwhile (see drop_if_final), read in the
+        phone ACCEPTED ended CANCELLED or EXPIRED meanwhile (the phone must drop them), read in the
         same worker call, and the receipts storage refused (by position)."""
         assert self.handle is not None
         updates = [
@@ -373,18 +373,6 @@ class _Session:
         self.ctx.metrics.inbound.labels("stored").inc(len(stored))
         self.ctx.metrics.inbound.labels("repeated").inc(len(items) - len(stored))
         return len(stored)
-
-    async def drop_if_final(self, message_ids: Sequence[str]) -> None:
-        """Drop messages the phone says it holds that were cancelled or expired meanwhile.
-
-        A phone can hold a message the server still counts as unaccepted (its ACCEPTED
-        receipt was lost with the session, or crossed a cancel); without this Drop it
-        would send an SMS the client saw CANCELLED.
-        """
-        if not message_ids:
-            return
-        assert self.handle is not None
-        self.send_drops(await trio.to_thread.run_sync(self.ctx.messages.final_states, self.handle.device_id, message_ids))
 
     def send_drops(self, finals: dict[str, State]) -> None:
         """Queue a Drop for each message that ended (unless the session ended meanwhile)."""
