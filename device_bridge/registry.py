@@ -21,6 +21,7 @@ class SessionHandle:
     owner_id: str
     session_id: str
     _woken: bool = True  # dispatch once right after the handshake
+    _round: bool = True  # the next wake-up runs a round (not only handed-over Delivers)
     _reload: bool = True  # the next round reloads the whole queue (the first one loads it, unless `loading`)
     _fresh: set[str] = field(default_factory=set)  # messages the next round reads again
     _event: trio.Event = field(default_factory=trio.Event)
@@ -42,8 +43,18 @@ class SessionHandle:
 
     def poke(self) -> None:
         """There may be room now (a receipt freed the window): run a round on what is known."""
+        self._round = True
+        self.signal()
+
+    def signal(self) -> None:
+        """Wake the session without asking for a round (Delivers claimed at create wait)."""
         self._woken = True
         self._event.set()
+
+    def take_round(self) -> bool:
+        """Whether something asked for a round since the last one."""
+        wanted, self._round = self._round, False
+        return wanted
 
     def loading(self) -> None:
         """The session's open is about to load the queue, in a transaction that starts after

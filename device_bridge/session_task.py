@@ -51,6 +51,7 @@ from gateway.devices.session_jobs import close_device_session, open_device_sessi
 from gateway.inbound.records import NewInbound
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
+from gateway.messages.claims import ClaimTarget, ClaimTargets
 from gateway.messages.queue import DeviceQueue
 from gateway.messages.records import DispatchBatch, DispatchUnit, HeldRecipient, ReceiptRefusal, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
@@ -89,6 +90,9 @@ class BridgeContext:
     registry: SessionRegistry
     # Private mode: registering with a pairing code also needs this token ("" = public mode).
     private_token: str = ""
+    # The connected phones the core may claim new messages for at create (None: it never does;
+    # the same object the gateway's MessageRepository holds).
+    claims: ClaimTargets | None = None
     # The wall clock the scheduler's times come from (called on the trio thread only); tests
     # drive it from trio's virtual clock.
     clock: Callable[[], datetime] = utcnow
@@ -169,6 +173,7 @@ class _Session:
         self.partly_sent: set[str] = set()
         # The phone's queue as the open loaded it, for the first dispatch round (see open).
         self.queue: DeviceQueue | None = None
+        self.target: ClaimTarget | None = None  # published for claims at create (dispatch)
         self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
 
     async def flush(self) -> None:
@@ -298,6 +303,8 @@ class _Session:
             acked = [r.event_id for i, r in enumerate(receipts) if i not in refused]
             self.proto.send_ack(acked + [i.event_id for i in inbound])
             self.refuse(invalid, {receipts[i].event_id: why for i, why in refused.items()})
+            if self.target is not None:
+                self.target.sent(0, self.proto.window_available)  # the room the receipts freed
             self.send_drops(finals)
             await self.flush()
             if changed or stored:
@@ -399,13 +406,60 @@ class _Session:
         # The first round plans on the queue the open loaded (unless a wake-up since asks
         # for a reload: SessionHandle.loading).
         queue, self.queue = self.queue, None
+        target = self.claim_target()
+        try:
+            await self._dispatch(queue, target)
+        finally:
+            if target is not None and ctx.claims is not None:
+                ctx.claims.unregister(target)  # before close_out requeues: nothing is claimed on it after
+
+    def claim_target(self) -> ClaimTarget | None:
+        """Publish this session for claims at create (gateway.messages.claims), if the core
+        makes them: the writer hands Delivers over through it and wakes this session."""
+        assert self.handle is not None
+        claims = self.ctx.claims
+        if claims is None:
+            return None
+        handle, token = self.handle, trio.lowlevel.current_trio_token()
+
+        def wake() -> None:  # from the writer thread
+            try:
+                token.run_sync_soon(handle.signal)
+            except trio.RunFinishedError:
+                pass
+
+        target = self.target = ClaimTarget(handle.device_id, handle.session_id, wake)
+        target.sent(0, self.proto.window_available)
+        claims.register(target)
+        return target
+
+    def send_handed(self, target: ClaimTarget | None) -> int:
+        """Queue the Delivers claimed at create since the last look; returns how many."""
+        if target is None:
+            return 0
+        units = target.take_handed()
+        for unit in units:
+            self.proto.send_deliver(_delivery(unit))
+        target.sent(len(units), self.proto.window_available)
+        self.ctx.metrics.delivers.inc(len(units))
+        return len(units)
+
+    async def _dispatch(self, queue: DeviceQueue | None, target: ClaimTarget | None) -> None:
+        handle, ctx = self.handle, self.ctx
+        assert handle is not None
+        wake_at: datetime | None = None
         while True:
             deadline = math.inf
             if wake_at is not None:
                 deadline = trio.current_time() + max(0.0, (wake_at - ctx.clock()).total_seconds())
             await handle.wait_woken(deadline)
+            if self.send_handed(target):
+                await self.flush()
             reload, fresh = handle.take_work()
-            if handle.take_settings_changed():
+            settings_changed = handle.take_settings_changed()
+            if not (handle.take_round() or reload or fresh or settings_changed or trio.current_time() >= deadline):
+                continue  # only Delivers claimed at create were handed over
+            if settings_changed:
                 pacing = await trio.to_thread.run_sync(ctx.messages.pacing_of, handle.device_id)
                 if not self.open_now():
                     return
@@ -421,13 +475,15 @@ class _Session:
                 """One worker call: what in flight ended meanwhile, then the round itself."""
                 finals = ctx.messages.final_states(handle.device_id, ending) if ending else {}
                 kept, batch = ctx.messages.dispatch_round(
-                    current, handle.device_id, handle.session_id, room, now, in_flight, fresh
+                    current, handle.device_id, handle.session_id, room, now, in_flight, fresh, target
                 )
                 return finals, kept, batch
 
             finals, queue, batch = await trio.to_thread.run_sync(round_)
             if queue is not None:
                 queue.busy = False  # the round committed (see DeviceQueue)
+            if target is not None:
+                target.keep(queue)
             if not self.open_now():
                 return  # claimed rows stay DISPATCHED on this session; close_out requeues them
             self.send_drops({**finals, **batch.drops})
@@ -435,9 +491,13 @@ class _Session:
                 self.proto.send_deliver(_delivery(unit))
                 if len(unit.recipient_indices) < len(unit.message.recipients):
                     self.partly_sent.add(unit.message.id)
+            self.send_handed(target)
             # All the room was used: more may wait behind it. (Not "the window is full now":
             # receipts that freed slots during the round were already stored, and must not
             # be the ones that find no reason to wake the next round.)
+            if target is not None:
+                target.sent(len(batch.units), self.proto.window_available)
+                room = target.round_room
             self.room_ran_out = len(batch.units) >= room
             ctx.metrics.delivers.inc(len(batch.units))
             wake_at = batch.wake_at

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.registry import SessionRegistry
+from gateway.messages.claims import ClaimTargets
 from device_bridge.server import BridgeServer
 from device_bridge.server import serve as serve_bridge
 from device_bridge.session_task import BridgeContext
@@ -112,8 +113,10 @@ class _GatewayThread:
         codec: TokenCodec,
         *,
         event_ring_capacity: int = RING_CAPACITY,
+        claims: ClaimTargets | None = None,
     ) -> None:
         self.settings = settings
+        self.claims = claims
         self.event_ring_capacity = event_ring_capacity
         self.codec = codec
         self.db = db
@@ -139,7 +142,8 @@ class _GatewayThread:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        message_repo, auth_repo = MessageRepository(self.db, self.settings.scheduler), AuthRepository(self.db)
+        message_repo = MessageRepository(self.db, self.settings.scheduler, claims=self.claims)
+        auth_repo = AuthRepository(self.db)
         messages = MessageService(message_repo, self.bus, self.metrics, daily_segments=self.settings.limits.daily_segments)
         # The watch streams read the ring; the bus wakes the ring, whose refill wakes them.
         self.feed = feed = EventFeed()
@@ -249,7 +253,8 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
 
     registry = CollectorRegistry()
     bus = LocalBus()
-    gateway = _GatewayThread(settings, db, bus, registry, codec)
+    claims = ClaimTargets()  # the bridge's sessions publish here; the gateway's creates claim on them
+    gateway = _GatewayThread(settings, db, bus, registry, codec, claims=claims)
     grpc_port = await trio.to_thread.run_sync(gateway.start)
     metrics_host, metrics_port = split_hostport(settings.metrics.listen)
     metrics_server, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
@@ -261,6 +266,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
         settings=settings.bridge,
         metrics=BridgeMetrics(registry),
         registry=SessionRegistry(),
+        claims=claims,
         private_token=settings.gateway.private_token if settings.gateway.mode == "private" else "",
     )
     grpc_host, _ = split_hostport(settings.grpc.listen)

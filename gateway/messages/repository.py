@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, update
+from sqlalchemy import bindparam, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from ulid import ULID
@@ -43,10 +44,14 @@ from gateway.messages.records import (
     RecipientRecord,
     SendOutcome,
 )
-from gateway.storage.engine import Database
+from gateway.storage.engine import AFTER_COMMIT, ON_ROLLBACK, Database
 from gateway.messages.retry import RETRYABLE, backoff
+from gateway.messages.claims import ClaimTarget, ClaimTargets
 from gateway.messages.queue import DeviceQueue, Plan
-from gateway.messages.rows import Msg, Rcp, Writes, in_writes, load_messages, load_recipients, messages_by_id
+from gateway.messages.rows import (
+    Msg, Rcp, Writes, fetch_on, in_writes, load_messages, load_recipients, messages_by_id, messages_sql, select_messages,
+)
+from gateway.storage.raw import Sql, fetch, insert_into, run, run_many
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
 from gateway.webhooks.outbox import enqueue
 from gateway.webhooks.payloads import MESSAGE_EVENTS, message_body
@@ -59,45 +64,77 @@ __all__ = ["MessageRepository", "to_utc", "pacing_defaults"]
 _M = MessageRow.__table__.c  # type: ignore[attr-defined]
 _R = RecipientRow.__table__.c  # type: ignore[attr-defined]
 _D = Device.__table__.c  # type: ignore[attr-defined]
-# Statements of the hot paths, built once (see gateway.messages.rows).
-_FINAL_STATES = (
-    select(_R.message_id, _R.state)
-    .join(MessageRow.__table__, _M.id == _R.message_id)  # type: ignore[arg-type]
-    .where(
-        _R.message_id.in_(bindparam("ids", expanding=True)),
-        _M.device_id == bindparam("device_id"),
-        _R.state.in_([int(State.CANCELLED), int(State.EXPIRED)]),
-    )
+# Statements of the hot paths, written once and run on the DB-API cursor of the transaction
+# (gateway.storage.raw, gateway.messages.rows): Core's per-statement set-up cost more than
+# SQLite takes to run them. Booleans are compared with bound values (`:no`, `:yes`), which
+# the Boolean type renders 0/1 on SQLite and false/true on PostgreSQL, as Core does.
+_BOOL = _M.pinned.type
+_AT = _M.updated_at.type  # UTCDateTime
+_PENDING, _DISPATCHED = int(State.PENDING), int(State.DISPATCHED)
+_FINAL_STATES = Sql(
+    "SELECT recipient.message_id, recipient.state FROM recipient JOIN message ON message.id = recipient.message_id"
+    " WHERE recipient.message_id IN (:ids) AND message.device_id = :device_id"
+    f" AND recipient.state IN ({int(State.CANCELLED)}, {int(State.EXPIRED)})",
+    expand=["ids"],
 )
-_USABLE_DEVICES = select(_D.id).where(
-    _D.id.in_(bindparam("ids", expanding=True)), _D.owner_id == bindparam("owner_id"), _D.revoked == False  # noqa: E712
+_USABLE_DEVICES = Sql(
+    "SELECT id FROM device WHERE id IN (:ids) AND owner_id = :owner_id AND revoked = :no",
+    expand=["ids"],
+    binds={"no": _BOOL},
 )
-_OWNED_DEVICES = select(_D.id, _D.session_id, _D.connected_with_token_at).where(
-    _D.owner_id == bindparam("owner_id"), _D.revoked == False  # noqa: E712
+_OWNED_DEVICES = Sql(
+    "SELECT id, session_id, connected_with_token_at FROM device WHERE owner_id = :owner_id AND revoked = :no",
+    binds={"no": _BOOL},
+    results=[None, None, _D.connected_with_token_at.type],
 )
-_LOADS = (
-    select(_M.device_id, func.count())
-    .where(_M.device_id.in_(bindparam("ids", expanding=True)), _M.state.in_([int(s) for s in UNACCEPTED_STATES]))
-    .group_by(_M.device_id)
+_LOADS = Sql(
+    "SELECT device_id, count(*) FROM message WHERE device_id IN (:ids)"
+    f" AND state IN ({', '.join(str(int(s)) for s in sorted(UNACCEPTED_STATES))}) GROUP BY device_id",
+    expand=["ids"],
 )
-_U = DailyUsageRow.__table__.c  # type: ignore[attr-defined]
-_USAGE = select(_U.segments).where(_U.owner_id == bindparam("owner_id"), _U.day == bindparam("day"))
-_ADD_USAGE = (
-    update(DailyUsageRow.__table__)  # type: ignore[arg-type]
-    .where(_U.owner_id == bindparam("k_owner_id"), _U.day == bindparam("k_day"))
-    .values(segments=_U.segments + bindparam("n"))
-)
+_USAGE = Sql("SELECT segments FROM daily_usage WHERE owner_id = :owner_id AND day = :day")
+_ADD_USAGE = Sql("UPDATE daily_usage SET segments = segments + :n WHERE owner_id = :k_owner_id AND day = :k_day")
+_INSERT_USAGE = insert_into(DailyUsageRow.__table__)  # type: ignore[attr-defined]
+_INSERT_MESSAGE = insert_into(MessageRow.__table__)  # type: ignore[attr-defined]
+_INSERT_RECIPIENT = insert_into(RecipientRow.__table__)  # type: ignore[attr-defined]
+_INSERT_EVENT = insert_into(EventRow.__table__)  # type: ignore[attr-defined]
 # A pacing stamp (display only) on a recipient still waiting: never overwrites a newer state.
-_STAMP_PACED = (
-    update(RecipientRow.__table__)  # type: ignore[arg-type]
-    .where(_R.message_id == bindparam("k_message_id"), _R.idx == bindparam("k_idx"), _R.state == int(State.PENDING))
-    .values(paced_until=bindparam("paced_until"))
+_STAMP_PACED = Sql(
+    "UPDATE recipient SET paced_until = :paced_until"
+    f" WHERE message_id = :k_message_id AND idx = :k_idx AND state = {_PENDING}",
+    binds={"paced_until": _R.paced_until.type},
 )
+# A phone's dispatch state (`_load_queue`): its settings, its waiting messages, its history.
+_DEVICE_PACING = Sql("SELECT settings_json, sims_json FROM device WHERE id = :device_id")
+_PENDING_ON = messages_sql(f"WHERE device_id = :device_id AND state = {_PENDING}")
+_SENT_SINCE = Sql(
+    "SELECT dispatch_log.at, dispatch_log.sim, dispatch_log.parts FROM dispatch_log"
+    " WHERE dispatch_log.device_id = :device_id AND dispatch_log.at >= :since",
+    binds={"since": _AT},
+    results=[_AT, None, None],
+)
+_NUMBERS_SINCE = Sql(
+    "SELECT DISTINCT dispatch_log.sim, recipient.phone_number FROM dispatch_log JOIN recipient"
+    " ON recipient.message_id = dispatch_log.message_id AND recipient.idx = dispatch_log.recipient_index"
+    " WHERE dispatch_log.device_id = :device_id AND dispatch_log.at >= :since",
+    binds={"since": _AT},
+)
+# Drops (`_take_drops`) and expiry (`_expire_rows`).
+_FLAGGED = Sql("SELECT id FROM message WHERE drop_pending = :yes AND device_id = :device_id", binds={"yes": _BOOL})
+_UNFLAG = Sql("UPDATE message SET drop_pending = :no WHERE id IN (:ids)", expand=["ids"], binds={"no": _BOOL})
+_EXPIRED_WHERE = f"WHERE state IN ({', '.join(str(int(s)) for s in sorted(UNSENT_STATES))}) AND valid_until <= :now"
+_EXPIRED = {  # (on one device, at most `limit`) -> statement
+    (on_device, limited): messages_sql(
+        _EXPIRED_WHERE + (" AND device_id = :device_id" if on_device else "") + (" LIMIT :limit" if limited else ""),
+        binds={"now": _AT},
+    )
+    for on_device in (False, True)
+    for limited in (False, True)
+}
 
 log = logging.getLogger(__name__)
 
 _UNACCEPTED = [int(s) for s in UNACCEPTED_STATES]
-_UNSENT = [int(s) for s in UNSENT_STATES]
 _EXPIRED_REASON = "valid_until passed before it was sent"
 _EXPIRE_BATCH = 500  # messages one dispatch round expires at most
 
@@ -123,11 +160,20 @@ def to_utc(t: datetime) -> datetime:
 
 
 class MessageRepository:
-    def __init__(self, db: Database, scheduler: SchedulerSettings | None = None, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        scheduler: SchedulerSettings | None = None,
+        *,
+        rng: random.Random | None = None,
+        claims: ClaimTargets | None = None,
+    ) -> None:
         self.db = db
         self.scheduler = scheduler if scheduler is not None else SchedulerSettings()
         self.base_pacing = pacing_defaults(self.scheduler)
         self._rng = rng if rng is not None else random.Random()
+        # The connected phones a new message may be claimed for at create (None: never).
+        self.claims = claims
 
     # ---- client side -------------------------------------------------------------
 
@@ -141,24 +187,70 @@ class MessageRepository:
         when the message would take the owner past `daily_segments` today (0 = no cap);
         a replay of a stored message is answered even then.
         """
+        record, created, _ = self.create_claimed(owner_id, new, now, daily_segments=daily_segments)
+        return record, created
+
+    def create_claimed(
+        self, owner_id: str, new: NewMessage, now: datetime, *, daily_segments: int = 0
+    ) -> tuple[MessageRecord, bool, bool]:
+        """`create`, and whether the message was also claimed for its connected phone in the
+        same transaction (claim at create, `_claim_at_create`): then its Delivers are handed
+        to the session after the commit, and nobody needs to tell the session of it.
+
+        The record returned is the message as `create` stores it (PENDING); when claimed, its
+        recipients are DISPATCHED by the same commit (the event log shows both steps)."""
         now = to_utc(now)
         # Insert first: a new key is the common case; the unique key catches a replay.
         try:
 
-            def tx(s: Session) -> MessageRecord:  # shares its commit with concurrent writers
+            def tx(s: Session) -> tuple[MessageRecord, bool]:  # shares its commit with concurrent writers
                 adder = _Adder(s, owner_id, daily_segments, now)
                 added = adder.add(new)
                 adder.write()
-                return added
+                return added, self._claim_at_create(s, adder, added, now)
 
-            record = self.db.group(tx)
+            record, claimed = self.db.group(tx)
         except (IntegrityError, ResourceExhausted):
             # The key exists (a retry, or a concurrent send that won the insert).
             existing = self._existing(owner_id, new)
             if existing is None:
                 raise
-            return existing, False
-        return record, True
+            return existing, False, False
+        return record, True, claimed
+
+    def _claim_at_create(self, s: Session, adder: _Adder, record: MessageRecord, now: datetime) -> bool:
+        """Store the message just added as DISPATCHED to its phone, in this transaction, when
+        the phone is connected with room and nothing waits in its queue (then this is exactly
+        what the phone's next round would claim, without that round: one write job and no
+        hop between the loops before the Deliver). Anything else (a queue with messages in
+        it, pacing or the SIM holding it back, a round under way) leaves it PENDING for the
+        session, as before."""
+        target = self.claims.get(record.device_id) if self.claims is not None and record.device_id else None
+        if target is None:
+            return False
+        with target.lock:
+            queue = target.queue
+            if target.closed or target.free <= 0 or queue is None or queue.busy or queue.needs_reload or len(queue):
+                return False
+            msg, rcps = adder.rows_of_last()
+            queue.put(msg, rcps)
+            plan = queue.plan(target.free, now, ())
+            whole = (
+                len(plan.claims) == 1 and not plan.missing_sim and len(plan.claims[0].indices) == len(rcps)
+            )
+            if not whole:
+                queue.remove(msg.id)
+                if plan.claims:
+                    queue.needs_reload = True  # the history counted a claim not made
+                return False
+            w = Writes(s)
+            units = self._write_plan(w, queue, plan, target.session_id, now, {msg.id})
+            w.flush()
+            target.free -= len(units)
+            target.pending += len(units)
+        s.info.setdefault(AFTER_COMMIT, []).append(partial(target.hand, units))
+        s.info.setdefault(ON_ROLLBACK, []).append(partial(target.unclaimed, len(units)))
+        return True
 
     def create_many(
         self, owner_id: str, items: Sequence[NewMessage], now: datetime, *, daily_segments: int = 0
@@ -469,7 +561,7 @@ class MessageRepository:
         drops = self._take_drops(s, device_id)
         if held_ids:  # its own final state, rather than the flag's EXPIRED
             ids = sorted(set(held_ids))
-            drops.update((m, State(st)) for m, st in s.execute(_FINAL_STATES, {"ids": ids, "device_id": device_id}))
+            drops.update((m, State(st)) for m, st in s.fetch(_FINAL_STATES, {"ids": ids, "device_id": device_id}))
         return self._load_queue(s, device_id, now), drops
 
     def dispatch(
@@ -496,9 +588,14 @@ class MessageRepository:
         now: datetime,
         in_flight: Collection[str],
         fresh: Collection[str] = (),
+        target: ClaimTarget | None = None,
     ) -> tuple[DeviceQueue | None, DispatchBatch]:
         """One round on the session's queue kept in memory, in one write job: reload the
         messages named in `fresh` (new, or changed by a receipt), plan, write the claims.
+
+        With a `target` (the session's, shared with claims at create), the room is what the
+        target has free when the job runs, and the claims are taken from it there, so rounds
+        and creates together never claim more than the window; `room` is then ignored.
 
         With no queue (the first round), or one whose last round did not finish (`busy`) or
         found memory behind storage (`needs_reload`), the queue is loaded whole, and the
@@ -507,7 +604,18 @@ class MessageRepository:
         caller clears `queue.busy` once this returned (the transaction committed).
         """
         now = to_utc(now)
-        return self.db.group(in_writes(lambda s: self._round(s, queue, device_id, session_id, room, now, in_flight, fresh)))
+
+        def tx(s: Writes) -> tuple[DeviceQueue | None, DispatchBatch]:
+            if target is None:
+                return self._round(s, queue, device_id, session_id, room, now, in_flight, fresh)
+            target.round_room = taken = target.take_room()
+            kept, batch = self._round(s, queue, device_id, session_id, taken, now, in_flight, fresh)
+            if batch.units:
+                target.claimed(len(batch.units))
+                s.info.setdefault(ON_ROLLBACK, []).append(partial(target.unclaimed, len(batch.units)))
+            return kept, batch
+
+        return self.db.group(in_writes(tx))
 
     def _round(
         self,
@@ -553,13 +661,14 @@ class MessageRepository:
     def _load_queue(self, s: Writes, device_id: str, now: datetime) -> DeviceQueue | None:
         """A phone's dispatch state from storage: its settings, its PENDING messages (one
         query, and one for their recipients) and its recent dispatches (pacing history)."""
-        device = s.execute(select(_D.settings_json, _D.sims_json).where(_D.id == device_id)).first()
-        if device is None:
+        device = s.fetch(_DEVICE_PACING, {"device_id": device_id})
+        if not device:
             return None
-        pacing = DevicePacing.from_json(device.settings_json, self.base_pacing)
-        slots = tuple(sorted(x.slot for x in sims_from_json(device.sims_json))) or (1,)
+        settings_json, sims_json = device[0]
+        pacing = DevicePacing.from_json(settings_json, self.base_pacing)
+        slots = tuple(sorted(x.slot for x in sims_from_json(sims_json))) or (1,)
         history = None if pacing.unpaced else self._history(s, device_id, pacing, now)
-        rows = load_messages(s, _M.device_id == device_id, _M.state == int(State.PENDING))
+        rows = select_messages(s, _PENDING_ON, {"device_id": device_id})
         recipients = load_recipients(s, [m.id for m in rows])
         return DeviceQueue(device_id, pacing, slots, history, ((m, recipients[m.id]) for m in rows), now=now)
 
@@ -584,7 +693,7 @@ class MessageRepository:
         whose recipients changed meanwhile (a cancel, a reschedule) is not made, and the
         queue is marked to reload (its history counted the claim)."""
         if plan.paced:
-            s.execute(
+            s.run_many(
                 _STAMP_PACED,
                 [{"k_message_id": r.message_id, "k_idx": r.idx, "paced_until": r.paced_until} for r in plan.paced],
             )
@@ -630,26 +739,12 @@ class MessageRepository:
     def _history(s: Writes, device_id: str, pacing: DevicePacing, now: datetime) -> PacingHistory:
         since = now - history_span(pacing)
         sent = [
-            Sent(to_utc(at), sim, parts)
-            for at, sim, parts in s.execute(
-                select(DispatchLogRow.at, DispatchLogRow.sim, DispatchLogRow.parts).where(
-                    DispatchLogRow.device_id == device_id, DispatchLogRow.at >= since  # closed windows
-                )
-            )
+            Sent(to_utc(at), sim, parts)  # closed windows
+            for at, sim, parts in s.fetch(_SENT_SINCE, {"device_id": device_id, "since": since})
         ]
         month: dict[int, set[str]] = {}
         if any(x.recipients_per_month for x in (pacing.default, *pacing.sims.values())):
-            q = (
-                select(DispatchLogRow.sim, RecipientRow.phone_number)
-                .join(
-                    RecipientRow,
-                    (RecipientRow.message_id == DispatchLogRow.message_id)
-                    & (RecipientRow.idx == DispatchLogRow.recipient_index),
-                )
-                .where(DispatchLogRow.device_id == device_id, DispatchLogRow.at >= month_start(now))
-                .distinct()
-            )
-            for sim, number in s.execute(q):
+            for sim, number in s.fetch(_NUMBERS_SINCE, {"device_id": device_id, "since": month_start(now)}):
                 month.setdefault(sim, set()).add(number)
         return PacingHistory(sent, month)
 
@@ -797,7 +892,7 @@ class MessageRepository:
         if not ids:
             return {}
         with self.db.read() as s:
-            return {mid: State(st) for mid, st in s.connection().execute(_FINAL_STATES, {"ids": ids, "device_id": device_id})}
+            return {mid: State(st) for mid, st in fetch(s.connection(), _FINAL_STATES, {"ids": ids, "device_id": device_id})}
 
     def expire_due(self, now: datetime, *, batch: int = 500) -> set[str]:
         """Expire unsent recipients past valid_until; returns the devices to wake (Drop)."""
@@ -814,10 +909,9 @@ class MessageRepository:
     def _take_drops(s: Writes, device_id: str) -> dict[str, State]:
         """The device's messages flagged for a Drop, unflagged: the phone is told once per
         session; a phone that missed it lists the message in its next Hello and is told then."""
-        flagged = (_M.drop_pending == True, _M.device_id == device_id)  # noqa: E712
-        ids = [i for (i,) in s.execute(select(_M.id).where(*flagged))]
+        ids = [i for (i,) in s.fetch(_FLAGGED, {"yes": True, "device_id": device_id})]
         if ids:
-            s.execute(update(MessageRow.__table__).where(_M.id.in_(ids)).values(drop_pending=False))
+            s.run(_UNFLAG, {"ids": ids, "no": False})
         return {i: State.EXPIRED for i in ids}
 
     def _expire_rows(
@@ -825,10 +919,9 @@ class MessageRepository:
     ) -> tuple[set[str], list[Msg]]:
         """Expire the unsent recipients of messages past valid_until. Returns the messages a
         phone may hold (ever dispatched: the phone gets a Drop) and the rows looked at."""
-        where = [_M.state.in_(_UNSENT), _M.valid_until <= now]
-        if device_id is not None:
-            where.append(_M.device_id == device_id)
-        rows = self._move_all(s, load_messages(s, *where, limit=batch), State.EXPIRED, _EXPIRED_REASON, now)
+        params: dict[str, Any] = {"now": now, "device_id": device_id, "limit": batch}
+        due = select_messages(s, _EXPIRED[device_id is not None, batch is not None], params)
+        rows = self._move_all(s, due, State.EXPIRED, _EXPIRED_REASON, now)
         for row in rows:
             if row.ever_dispatched:
                 row.drop_pending = True
@@ -892,7 +985,7 @@ class MessageRepository:
             chosen.setdefault(message_id, set()).add(idx)
         if not chosen:
             return 0
-        rows = load_messages(s, _M.id.in_(list(chosen)))
+        rows = messages_by_id(s, chosen)
         recipients = self._recipients_rows_many(s, list(chosen))
         moved = 0
         for row in rows:
@@ -1025,23 +1118,37 @@ class _Adder:
             day, stored = self._usage
             key = {"owner_id": self._owner_id, "day": day}
             if stored is None:
-                self._s.connection().execute(insert(DailyUsageRow.__table__), [{**key, "segments": self._segments}])  # type: ignore[arg-type]
+                run(self._s.connection(), _INSERT_USAGE, {**key, "segments": self._segments})
             else:
-                self._s.connection().execute(_ADD_USAGE, {"k_owner_id": self._owner_id, "k_day": day, "n": self._segments})
-        for table, values in (
-            (MessageRow.__table__, self._messages),
-            (RecipientRow.__table__, self._recipients),
-            (EventRow.__table__, self._events),
+                run(self._s.connection(), _ADD_USAGE, {"k_owner_id": self._owner_id, "k_day": day, "n": self._segments})
+        for statement, values in (
+            (_INSERT_MESSAGE, self._messages),
+            (_INSERT_RECIPIENT, self._recipients),
+            (_INSERT_EVENT, self._events),
         ):
-            if values:
-                self._s.connection().execute(insert(table), values)  # type: ignore[arg-type]
+            run_many(self._s.connection(), statement, values)  # raw: gateway.storage.raw
+
+    def rows_of_last(self) -> tuple[Msg, list[Rcp]]:
+        """The rows of the message added last, as plain rows (for a claim at create)."""
+        values = self._messages[-1]
+        rcps = [
+            Rcp(
+                message_id=r["message_id"], idx=r["idx"], phone_number=r["phone_number"], state=r["state"], error="",
+                updated_at=r["updated_at"], attempt=1, session_id="", sim=0, not_before=r["not_before"],
+                paced_until=None, parts_sent=0, parts_delivered=0, last_error="",
+            )
+            for r in self._recipients
+            if r["message_id"] == values["id"]
+        ]
+        return Msg(**values), rcps
 
     def _count(self, segments: int) -> None:
         """Add to the owner's segments of the UTC day (written by `write`, in this transaction)."""
         now, owner_id = self._now, self._owner_id
         if self._usage is None:  # read once per transaction (Core: an ORM get costs ~10x)
             day = now.date().isoformat()
-            self._usage = (day, self._s.connection().execute(_USAGE, {"owner_id": owner_id, "day": day}).scalar())
+            found = fetch_on(self._s, _USAGE, {"owner_id": owner_id, "day": day})
+            self._usage = (day, found[0][0] if found else None)
         used = (self._usage[1] or 0) + self._segments
         if self._cap and used + segments > self._cap:
             midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
@@ -1162,9 +1269,9 @@ class _Router:
         if self._all_known:
             usable: set[str] = set()
         else:
-            usable = set(
-                _core(self._s).execute(_USABLE_DEVICES, {"ids": sorted(unknown), "owner_id": self._owner_id}).scalars()
-            )
+            usable = {
+                d for (d,) in fetch_on(self._s, _USABLE_DEVICES, {"ids": sorted(unknown), "owner_id": self._owner_id, "no": False})
+            }
         for d in unknown:
             self._pinned[d] = d in usable
 
@@ -1193,7 +1300,7 @@ class _Router:
         if self._loads is None:
             s = self._s
             # Ids and sessions only: ORM rows for every device would cost ~50 µs each.
-            owned = list(_core(s).execute(_OWNED_DEVICES, {"owner_id": self._owner_id}))
+            owned = fetch_on(s, _OWNED_DEVICES, {"owner_id": self._owner_id, "no": False})
             for device_id, _, _ in owned:  # the owner's usable devices: any other is not
                 self._pinned[device_id] = True
             self._all_known = True
@@ -1204,15 +1311,9 @@ class _Router:
             pool = online or ([] if self._online_only else [d for d, _, proven in devices if proven is not None])
             counts: dict[str, int] = {}
             if pool:
-                counts = dict(_core(s).execute(_LOADS, {"ids": pool}).all())
+                counts = dict(fetch_on(s, _LOADS, {"ids": pool}))
             self._loads = {d: counts.get(d, 0) for d in pool}
         return self._loads
-
-
-def _core(s: Session | Writes) -> Any:
-    """Where a Core statement runs: the Writes (which writes what it queued first), or the
-    session's connection (Session.execute's ORM handling costs more than these statements)."""
-    return s if isinstance(s, Writes) else s.connection()
 
 
 def _conflict(message_id: str) -> AlreadyExists:

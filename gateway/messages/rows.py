@@ -2,14 +2,18 @@
 
 SQLAlchemy's ORM costs ~0.3 ms to build a row object and more to track and flush it; on the
 message path (dispatch, receipts, session open and close) that was 70-80 % of the server's CPU.
-Here rows are read with Core into slotted dataclasses that carry the same attribute names as
+Here rows are read into slotted dataclasses that carry the same attribute names as
 `MessageRow` / `RecipientRow` (so the state logic works on either), and `Writes` collects
-what changed and writes it at the end as ONE executemany per statement kind, each statement
-compiled once (SQLAlchemy caches the compiled form of these module-level statements).
+what changed and writes it at the end as ONE executemany per statement kind. The hot
+statements are written once as SQL and run on the DB-API cursor of the transaction
+(gateway.storage.raw: Core's per-statement set-up cost more than SQLite takes to run
+them); their values go through the same SQLAlchemy type processors as Core's, so the ORM
+and Core read back what they write. Cold paths still pass Core expressions (`load_messages`,
+`Writes.execute`).
 
 `Writes` stands in for the ORM `Session` in the repository's transactions: `add` of a plain
 row marks it changed, `event` / `dispatch_log` queue inserts, and any query (`exec`,
-`execute`, `get`) first writes what is queued, as the ORM's autoflush would, so a query
+`execute`, `fetch`, `run`, `get`) first writes what is queued, as the ORM's autoflush would, so a query
 never misses a change made earlier in the same transaction. ORM rows still go to the
 session (cold paths keep using them); the webhook outbox reads `info` and `exec` through it.
 """
@@ -21,12 +25,17 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from gateway.storage.models import DispatchLogRow, EventRow, MessageRow, RecipientRow
+from gateway.storage.raw import Sql, fetch, insert_into, run, run_many, types_of
 
-__all__ = ["Msg", "Rcp", "Writes", "load_messages", "messages_by_id", "load_recipients", "in_writes"]
+__all__ = [
+    "Msg", "Rcp", "Writes", "load_messages", "messages_by_id", "load_recipients", "in_writes",
+    "messages_sql", "select_messages", "fetch_on",
+]
 
 T = TypeVar("T")
 
@@ -82,8 +91,10 @@ class Rcp:
     last_error: str
 
 
-_MSG_COLUMNS = [_M[f.name] for f in fields(Msg)]
-_RCP_COLUMNS = [_R[f.name] for f in fields(Rcp)]
+_MSG_NAMES = tuple(f.name for f in fields(Msg))
+_RCP_NAMES = tuple(f.name for f in fields(Rcp))
+_MSG_COLUMNS = [_M[name] for name in _MSG_NAMES]
+_RCP_COLUMNS = [_R[name] for name in _RCP_NAMES]
 
 # What the state logic may change on a row: written back whole, one statement per table.
 _MSG_MUTABLE = ("device_id", "ever_dispatched", "drop_pending", "state", "updated_at")
@@ -91,29 +102,48 @@ _RCP_MUTABLE = (
     "state", "error", "updated_at", "attempt", "session_id", "sim", "not_before", "paced_until",
     "parts_sent", "parts_delivered", "last_error",
 )
-_UPDATE_MSG = (
-    update(MessageRow.__table__)  # type: ignore[arg-type]
-    .where(_M.id == bindparam("k_id"))
-    .values({name: bindparam(name) for name in _MSG_MUTABLE})
+
+# The hot paths' statements run on the DB-API cursor (gateway.storage.raw): Core's
+# execution context cost more than SQLite takes to run them. Values go through the
+# columns' SQLAlchemy type processors both ways, so rows read back as Core reads them.
+_MESSAGE, _RECIPIENT = MessageRow.__table__, RecipientRow.__table__  # type: ignore[attr-defined]
+SELECT_MESSAGES = f"SELECT {', '.join(_MSG_NAMES)} FROM message"
+MESSAGE_TYPES = tuple(_M[name].type for name in _MSG_NAMES)
+_UPDATE_MSG = Sql(
+    f"UPDATE message SET {', '.join(f'{n} = :{n}' for n in _MSG_MUTABLE)} WHERE id = :k_id",
+    binds=types_of(_MESSAGE, _MSG_MUTABLE),
 )
-_UPDATE_RCP = (
-    update(RecipientRow.__table__)  # type: ignore[arg-type]
-    .where(_R.message_id == bindparam("k_message_id"), _R.idx == bindparam("k_idx"))
-    .values({name: bindparam(name) for name in _RCP_MUTABLE})
+_UPDATE_RCP = Sql(
+    f"UPDATE recipient SET {', '.join(f'{n} = :{n}' for n in _RCP_MUTABLE)} WHERE message_id = :k_message_id AND idx = :k_idx",
+    binds=types_of(_RECIPIENT, _RCP_MUTABLE),
 )
-# Built once: a statement built per call costs more in SQLAlchemy (construction, cache key)
-# than SQLite takes to run it; these compile once and run with the ids expanded.
-_MSGS_BY_ID = select(*_MSG_COLUMNS).where(_M.id.in_(bindparam("ids", expanding=True)))
-_MSGS_BY_ID_ON = _MSGS_BY_ID.where(_M.device_id == bindparam("device_id"))
-_RCPS_BY_MESSAGE = (
-    select(*_RCP_COLUMNS).where(_R.message_id.in_(bindparam("ids", expanding=True))).order_by(_R.message_id, _R.idx)
+_MSGS_BY_ID = Sql(f"{SELECT_MESSAGES} WHERE id IN (:ids)", expand=["ids"], results=MESSAGE_TYPES)
+_MSGS_BY_ID_ON = Sql(
+    f"{SELECT_MESSAGES} WHERE id IN (:ids) AND device_id = :device_id", expand=["ids"], results=MESSAGE_TYPES
 )
-_INSERT_EVENT = insert(EventRow.__table__)  # type: ignore[arg-type]
-_INSERT_LOG = insert(DispatchLogRow.__table__)  # type: ignore[arg-type]
+_RCPS_BY_MESSAGE = Sql(
+    f"SELECT {', '.join(_RCP_NAMES)} FROM recipient WHERE message_id IN (:ids) ORDER BY message_id, idx",
+    expand=["ids"],
+    results=[_R[name].type for name in _RCP_NAMES],
+)
+_INSERT_EVENT = insert_into(EventRow.__table__)  # type: ignore[attr-defined]
+_INSERT_LOG = insert_into(DispatchLogRow.__table__)  # type: ignore[attr-defined]
+
+
+def messages_sql(where: str, **kwargs: Any) -> Sql:
+    """A `message` read for `select_messages`: `where` is what follows `FROM message` (with
+    its `:name` parameters; `binds` / `expand` as for `Sql`)."""
+    return Sql(f"{SELECT_MESSAGES} {where}", results=MESSAGE_TYPES, **kwargs)
+
+
+def select_messages(s: Session | Writes, sql: Sql, params: dict[str, Any]) -> list[Msg]:
+    """`message` rows read with a statement of `messages_sql`."""
+    return [Msg(*row) for row in fetch_on(s, sql, params)]
 
 
 def load_messages(s: Session | Writes, *where: Any, order_by: Sequence[Any] = (), limit: int | None = None) -> list[Msg]:
-    """`message` rows matching `where` (Core expressions on MessageRow columns)."""
+    """`message` rows matching `where` (Core expressions on MessageRow columns; the cold
+    paths: the hot ones use `select_messages`)."""
     q = select(*_MSG_COLUMNS).where(*where)
     if order_by:
         q = q.order_by(*order_by)
@@ -128,7 +158,7 @@ def messages_by_id(s: Session | Writes, message_ids: Iterable[str], device_id: s
     if not ids:
         return []
     q, params = (_MSGS_BY_ID, {"ids": ids}) if device_id is None else (_MSGS_BY_ID_ON, {"ids": ids, "device_id": device_id})
-    return [Msg(*row) for row in _run(s, q, params)]
+    return [Msg(*row) for row in fetch_on(s, q, params)]
 
 
 def load_recipients(s: Session | Writes, message_ids: Iterable[str]) -> dict[str, list[Rcp]]:
@@ -136,13 +166,14 @@ def load_recipients(s: Session | Writes, message_ids: Iterable[str]) -> dict[str
     ids = list(message_ids)
     out: dict[str, list[Rcp]] = {i: [] for i in ids}
     if ids:
-        for row in _run(s, _RCPS_BY_MESSAGE, {"ids": ids}):
+        for row in fetch_on(s, _RCPS_BY_MESSAGE, {"ids": ids}):
             out[row[0]].append(Rcp(*row))
     return out
 
 
-def _run(s: Session | Writes, q: Any, params: dict[str, Any]) -> Any:
-    return s.execute(q, params) if isinstance(s, Writes) else s.connection().execute(q, params)
+def fetch_on(s: Session | Writes, sql: Sql, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """The rows of a raw SELECT in the transaction of `s` (a Writes writes what it queued first)."""
+    return s.fetch(sql, params) if isinstance(s, Writes) else fetch(s.connection(), sql, params)
 
 
 class Writes:
@@ -187,11 +218,28 @@ class Writes:
         """A Core statement on the transaction's connection (the ORM's Session.execute costs
         more than the statement on these paths), after writing what is queued and whatever
         ORM changes are pending (autoflush)."""
+        connection = self._connection()
+        return connection.execute(q, params) if params is not None else connection.execute(q)
+
+    def fetch(self, sql: Sql, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """A raw SELECT (gateway.storage.raw), after the autoflush `execute` does."""
+        return fetch(self._connection(), sql, params)
+
+    def run(self, sql: Sql, params: dict[str, Any] | None = None) -> int:
+        """A raw INSERT / UPDATE / DELETE after the autoflush; returns its rowcount."""
+        return run(self._connection(), sql, params)
+
+    def run_many(self, sql: Sql, rows: Sequence[dict[str, Any]]) -> None:
+        """A raw statement as one executemany, after the autoflush."""
+        run_many(self._connection(), sql, rows)
+
+    def _connection(self) -> Connection:
+        """The transaction's connection, once what is queued and whatever ORM changes are
+        pending are written (autoflush)."""
         self.flush()
         if not self.s._is_clean():
             self.s.flush()
-        connection = self.s.connection()
-        return connection.execute(q, params) if params is not None else connection.execute(q)
+        return self.s.connection()
 
     def get(self, model: Any, key: Any) -> Any:
         self.flush()
@@ -203,12 +251,15 @@ class Writes:
             return
         connection = self.s.connection()
         if self._msgs:
-            connection.execute(
-                _UPDATE_MSG, [{"k_id": m.id, **{n: getattr(m, n) for n in _MSG_MUTABLE}} for m in self._msgs.values()]
+            run_many(
+                connection,
+                _UPDATE_MSG,
+                [{"k_id": m.id, **{n: getattr(m, n) for n in _MSG_MUTABLE}} for m in self._msgs.values()],
             )
             self._msgs.clear()
         if self._rcps:
-            connection.execute(
+            run_many(
+                connection,
                 _UPDATE_RCP,
                 [
                     {"k_message_id": r.message_id, "k_idx": r.idx, **{n: getattr(r, n) for n in _RCP_MUTABLE}}
@@ -217,10 +268,10 @@ class Writes:
             )
             self._rcps.clear()
         if self._events:
-            connection.execute(_INSERT_EVENT, self._events)
+            run_many(connection, _INSERT_EVENT, self._events)
             self._events = []
         if self._logs:
-            connection.execute(_INSERT_LOG, self._logs)
+            run_many(connection, _INSERT_LOG, self._logs)
             self._logs = []
 
 

@@ -71,14 +71,14 @@ class MessageService:
         """Commit, then signal, in the same worker thread: if the RPC is cancelled while the
         thread runs, the commit still happens and so must the wake-up. A replay (same key)
         wakes the device too, in case the first attempt's signal was lost."""
-        record, created = self.repo.create(owner_id, new, utcnow(), daily_segments=self.daily_segments)
+        record, created, claimed = self.repo.create_claimed(owner_id, new, utcnow(), daily_segments=self.daily_segments)
         if created:
             self.metrics.messages_accepted.inc()
             self.metrics.recipients_accepted.inc(len(record.recipients))
             self.bus.notify_events()
         else:
             self.metrics.idempotent_replays.inc()
-        if record.device_id:
+        if record.device_id and not claimed:  # a claimed one was handed to its session already
             self.bus.notify_queued({record.device_id: [record.id]})
         return record, created
 

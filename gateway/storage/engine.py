@@ -25,10 +25,13 @@ from sqlmodel import Session, SQLModel, create_engine
 from gateway.private_files import create_private_file, ensure_private_dir
 from gateway.storage import models  # noqa: F401  (registers the tables)
 
-__all__ = ["Database", "AFTER_COMMIT", "sqlite_file"]
+__all__ = ["Database", "AFTER_COMMIT", "ON_ROLLBACK", "sqlite_file"]
 
 # session.info key: callables a writer registers to run once its transaction is durable.
 AFTER_COMMIT = "smsgw.after_commit"
+# session.info key: callables that undo in memory what a writer did, should its transaction
+# roll back (a group commit rolls back every job of the group, then runs each again alone).
+ON_ROLLBACK = "smsgw.on_rollback"
 
 T = TypeVar("T")
 
@@ -83,6 +86,8 @@ class Database:
                 session.commit()
             except BaseException:
                 session.rollback()
+                for undo in session.info.pop(ON_ROLLBACK, ()):
+                    undo()
                 raise
             for callback in session.info.pop(AFTER_COMMIT, ()):
                 callback()
