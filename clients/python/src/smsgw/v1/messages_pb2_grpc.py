@@ -82,6 +82,10 @@ class MessageServiceServicer:
     def SendMessage(self, request, context):
         """Stores a message and routes it to a phone. Returns once stored durably.
         Same idempotency key + same content returns the existing message.
+        The answer shows the message as stored, PENDING. When its phone is connected with
+        room in its window and nothing waits before it, the same commit already dispatches
+        it (WatchMessages shows PENDING, then DISPATCHED), and the phone may have the
+        Deliver before this call returns.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
