@@ -482,8 +482,6 @@ class _Session:
             finals, queue, batch = await trio.to_thread.run_sync(round_)
             if queue is not None:
                 queue.busy = False  # the round committed (see DeviceQueue)
-            if target is not None:
-                target.keep(queue)
             if not self.open_now():
                 return  # claimed rows stay DISPATCHED on this session; close_out requeues them
             self.send_drops({**finals, **batch.drops})

@@ -14,11 +14,13 @@ at a time); the session's thread only publishes room and takes handed-off Delive
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.messages.queue import DeviceQueue
 from gateway.messages.records import DispatchUnit
+from gateway.storage.engine import ON_ROLLBACK
 
 __all__ = ["ClaimTarget", "ClaimTargets"]
 
@@ -36,9 +38,47 @@ class ClaimTarget:
     free: int = 0  # window slots neither held by the phone nor claimed and not yet sent
     pending: int = 0  # slots claimed (by a round or a create) whose Deliver is not sent yet
     closed: bool = False
+    # Messages stored PENDING for this phone that no round has read into the queue yet, and
+    # whether something else changed its messages behind the queue (a batch, a reroute, new
+    # settings): while either holds, the queue is not the whole story and a create must not
+    # claim (it could overtake a waiting message, or pace on stale history). Cleared by the
+    # round that reads them (a full reload clears both).
+    unread: set[str] = field(default_factory=set)
+    behind: bool = False
     round_room: int = 0  # the room the last round had (all used: more may wait behind it)
     handed: list[DispatchUnit] = field(default_factory=list)  # claimed at create, to send
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note_unread(self, info: dict[Any, Any], message_ids: Iterable[str]) -> None:
+        """See `ClaimTargets.note_unread`."""
+        ids = set(message_ids)
+        with self.lock:
+            self.unread |= ids
+
+        def forget() -> None:
+            with self.lock:
+                self.unread -= ids
+
+        info.setdefault(ON_ROLLBACK, []).append(forget)
+
+    def may_claim_at_create(self) -> bool:
+        """Whether the queue is the whole story and empty, with room (call under `lock`)."""
+        queue = self.queue
+        return not (
+            self.closed or self.free <= 0 or self.unread or self.behind or queue is None
+            or queue.busy or queue.needs_reload or len(queue)
+        )
+
+    def caught_up(self, queue: DeviceQueue | None, read: set[str] | None) -> None:
+        """A round committed its claims on `queue` (writer thread): it is the queue to plan on
+        now, and the messages it read (None: all, a full reload) are no longer unread."""
+        with self.lock:
+            self.queue = queue
+            if read is None:
+                self.unread.clear()
+                self.behind = False
+            else:
+                self.unread -= read
 
     def take_room(self) -> int:
         """The room a round may claim now (writer thread)."""
@@ -80,7 +120,7 @@ class ClaimTarget:
             self.free = max(0, window_available - self.pending)
 
     def keep(self, queue: DeviceQueue | None) -> None:
-        """The queue the session's last round left (session thread)."""
+        """Set the queue creates plan on (a round does it in its job: `caught_up`)."""
         with self.lock:
             self.queue = queue
 
@@ -111,3 +151,18 @@ class ClaimTargets:
     def get(self, device_id: str) -> ClaimTarget | None:
         with self._lock:
             return self._by_device.get(device_id)
+
+    def note_unread(self, info: dict[Any, Any], device_id: str | None, message_ids: Iterable[str]) -> None:
+        """These messages are being stored PENDING for `device_id` without passing its queue
+        (call in the storing transaction; `info` is its session's info: a rollback forgets them)."""
+        target = self.get(device_id) if device_id else None
+        if target is not None:
+            target.note_unread(info, message_ids)
+
+    def note_behind(self, device_ids: Iterable[str | None]) -> None:
+        """These devices' messages or settings changed behind their queues (in the transaction)."""
+        for device_id in device_ids:
+            target = self.get(device_id) if device_id else None
+            if target is not None:
+                with target.lock:
+                    target.behind = True

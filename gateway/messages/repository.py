@@ -228,26 +228,26 @@ class MessageRepository:
         target = self.claims.get(record.device_id) if self.claims is not None and record.device_id else None
         if target is None:
             return False
-        with target.lock:
+        units: list[DispatchUnit] = []
+        with target.lock:  # one region: the session's thread only adds room meanwhile
             queue = target.queue
-            if target.closed or target.free <= 0 or queue is None or queue.busy or queue.needs_reload or len(queue):
-                return False
-            msg, rcps = adder.rows_of_last()
-            queue.put(msg, rcps)
-            plan = queue.plan(target.free, now, ())
-            whole = (
-                len(plan.claims) == 1 and not plan.missing_sim and len(plan.claims[0].indices) == len(rcps)
-            )
-            if not whole:
-                queue.remove(msg.id)
-                if plan.claims:
-                    queue.needs_reload = True  # the history counted a claim not made
-                return False
-            w = Writes(s)
-            units = self._write_plan(w, queue, plan, target.session_id, now, {msg.id})
-            w.flush()
-            target.free -= len(units)
-            target.pending += len(units)
+            if queue is not None and target.may_claim_at_create():
+                msg, rcps = adder.rows_of_last()
+                queue.put(msg, rcps)
+                plan = queue.plan(target.free, now, ())
+                if len(plan.claims) == 1 and not plan.missing_sim and len(plan.claims[0].indices) == len(rcps):
+                    w = Writes(s)
+                    units = self._write_plan(w, queue, plan, target.session_id, now, {msg.id})
+                    w.flush()
+                    target.free -= len(units)
+                    target.pending += len(units)
+                else:
+                    queue.remove(msg.id)
+                    if plan.claims:
+                        queue.needs_reload = True  # the history counted a claim not made
+        if not units:
+            target.note_unread(s.info, (record.id,))  # its session reads it in its next round
+            return False
         s.info.setdefault(AFTER_COMMIT, []).append(partial(target.hand, units))
         s.info.setdefault(ON_ROLLBACK, []).append(partial(target.unclaimed, len(units)))
         return True
@@ -310,6 +310,8 @@ class MessageRepository:
                 continue
             known[new.idempotency_key] = (new.content_hash, record)
             outcomes.append(SendOutcome(record, True))
+            if self.claims is not None:
+                self.claims.note_unread(s.info, record.device_id, (record.id,))  # no claim at create overtakes it
         adder.write()
         return outcomes
 
@@ -352,6 +354,8 @@ class MessageRepository:
                 # the phones (adopted when unrouted, rerouted from an offline target).
                 row.device_id, row.ever_dispatched = target, False
                 s.add(row)
+            if moving and self.claims is not None:
+                self.claims.note_behind((target,))
             return len(moving), len(pinned), {device_id, *([target] if target else [])}
 
         with self.db.write() as session:
@@ -548,6 +552,8 @@ class MessageRepository:
         stale = s.execute(self._STALE, {"device_id": device_id, "session_id": session_id})
         self._move_recipients(s, stale, State.PENDING, "session_lost", now)
         s.execute(self._ADOPT, {"k_owner_id": owner_id, "k_device_id": device_id})
+        if self.claims is not None:
+            self.claims.note_behind((device_id,))  # a session of it still open has not seen them
 
     def load_session_in(
         self, s: Writes, device_id: str, held_ids: Collection[str], now: datetime
@@ -610,6 +616,9 @@ class MessageRepository:
                 return self._round(s, queue, device_id, session_id, room, now, in_flight, fresh)
             target.round_room = taken = target.take_room()
             kept, batch = self._round(s, queue, device_id, session_id, taken, now, in_flight, fresh)
+            # Creates plan on the queue this round leaves from now on (not on the one a reload
+            # replaced), and know which messages it read.
+            target.caught_up(kept, set(fresh) if kept is queue and kept is not None else None)
             if batch.units:
                 target.claimed(len(batch.units))
                 s.info.setdefault(ON_ROLLBACK, []).append(partial(target.unclaimed, len(batch.units)))
@@ -884,6 +893,8 @@ class MessageRepository:
         if target is None:
             return set()
         result = s.execute(self._MOVE, {"k_device_id": device_id, "target": target})
+        if result.rowcount and self.claims is not None:
+            self.claims.note_behind((target,))  # its queue has not seen them: no claim at create before they are
         return {target} if result.rowcount else set()
 
     def final_states(self, device_id: str, message_ids: Iterable[str]) -> dict[str, State]:
@@ -944,6 +955,8 @@ class MessageRepository:
             device = self._owned_device(s, owner_id, device_id)
             device.settings_json = "{}" if pacing is None else pacing.to_json()
             s.add(device)
+            if self.claims is not None:
+                self.claims.note_behind((device_id,))  # no claim at create on the old pacing
             # Pacing stamps were computed under the old settings.
             s.exec(
                 update(RecipientRow)

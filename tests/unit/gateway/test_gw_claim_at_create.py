@@ -663,12 +663,6 @@ def test_rounds_and_creates_together_never_exceed_the_window(tmp_path: Path) -> 
 # ---- memory behind storage ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a claim at create trusts the in-memory queue's emptiness, but a message stored PENDING "
-    "for the phone and not yet read into memory (not claimed because a round was under way: queue.busy) "
-    "is overtaken by a later send: FIFO broken (docs/design.md 'Claim at create only onto an empty queue')",
-)
 def test_a_send_after_one_stored_during_a_round_does_not_overtake_it(tmp_path: Path) -> None:
     world = make_world(tmp_path, UNPACED)  # unpaced: only the order decides
     try:
@@ -724,13 +718,6 @@ def _overtaken(world: World) -> None:
     assert order == ["A", "B"], f"sent {order}: B (claimed at create: {b_claimed}) overtook A"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: during a reload round (the handle asked for one: current=None) the target still holds "
-    "the session's old queue, not busy and not marked for reload; a create between the round's commit "
-    "and target.keep(new queue) plans on the old queue's pacing history, which lacks the round's send: "
-    "the phone's SIM gets two sends closer than sim_min_interval",
-)
 def test_a_create_during_a_reload_round_respects_pacing(world: World) -> None:
     bridge = ready_bridge(world)
     # A message reaches the phone's storage without passing through its memory (a reroute or an
