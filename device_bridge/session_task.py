@@ -73,8 +73,8 @@ _REFUSALS = {
 }
 # Cleanup must finish even during shutdown, but never hang it.
 _CLEANUP_TIMEOUT = 10.0
-# Parsed frames waiting for storage before the reader stops reading (backpressure).
-_READ_AHEAD = 64
+# Parsed events waiting for storage before the reader stops reading (backpressure).
+_READ_AHEAD = 256
 
 
 @dataclass
@@ -174,6 +174,10 @@ class _Session:
         # The phone's queue as the open loaded it, for the first dispatch round (see open).
         self.queue: DeviceQueue | None = None
         self.target: ClaimTarget | None = None  # published for claims at create (dispatch)
+        # Events the reader parsed, for the worker to store (see read).
+        self.inbox: list[Event] = []
+        self.inbox_taken = trio.Event()
+        self.working = True
         self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
 
     async def flush(self) -> None:
@@ -267,37 +271,38 @@ class _Session:
         return handle
 
     async def read(self) -> None:
-        """Receipts and inbound SMS -> storage -> Ack -> bus; ends when the phone closes.
+        """Parse the phone's frames as they come; ends when the phone closes.
 
-        Frames are parsed as they come and stored by `store`: what arrives while one batch
-        is being stored goes into the next, as one storage call (coalesced receipts). The
+        Receipts and inbound SMS go to `inbox`, and the session's one worker task (`_work`)
+        stores what gathered there as one storage call (coalesced receipts), then Acks. The
         Ack goes out only after the commit, so a phone whose session dies first re-sends
-        what it has not seen acknowledged; storage keeps one copy of each.
+        what it has not seen acknowledged; storage keeps one copy of each. (Two tasks per
+        session, this reader and that worker: issue 15.)
         """
-        send, receive = trio.open_memory_channel[list[Event]](_READ_AHEAD)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.store, receive)
-            async with send:
-                async for data in self.ws:
-                    self.proto.receive_frame(data)
-                    events = self.proto.events_received()
-                    if events:
-                        await send.send(events)  # blocks when storage is READ_AHEAD batches behind
-            nursery.cancel_scope.cancel()  # the phone closed: what it was not Acked it sends again
-
-    async def store(self, receive: trio.MemoryReceiveChannel[list[Event]]) -> None:
         assert self.handle is not None
-        async for events in receive:
-            while True:
-                try:
-                    events = events + receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-            receipts = [e.receipt for e in events if isinstance(e, ReceiptReceived)]
-            inbound = [e.inbound for e in events if isinstance(e, InboundReceived)]
-            invalid = [e for e in events if isinstance(e, InvalidEventReceived)]
-            if not receipts and not inbound and not invalid:
-                continue
+        handle = self.handle
+        async for data in self.ws:
+            self.proto.receive_frame(data)
+            events = self.proto.events_received()
+            if events:
+                self.inbox.extend(events)
+                handle.signal()
+                while len(self.inbox) >= _READ_AHEAD and self.working:  # storage is behind: stop reading
+                    self.inbox_taken = trio.Event()
+                    await self.inbox_taken.wait()
+
+    def take_inbox(self) -> list[Event]:
+        events, self.inbox = self.inbox, []
+        self.inbox_taken.set()
+        return events
+
+    async def store(self, events: list[Event]) -> None:
+        """Store a batch of receipts and inbound SMS, then Ack, Reject and Drop as they need."""
+        assert self.handle is not None
+        receipts = [e.receipt for e in events if isinstance(e, ReceiptReceived)]
+        inbound = [e.inbound for e in events if isinstance(e, InboundReceived)]
+        invalid = [e for e in events if isinstance(e, InvalidEventReceived)]
+        if receipts or inbound or invalid:
             changed, finals, refused = await self.apply_receipts(receipts) if receipts else (0, {}, {})
             stored = await self.store_inbound(inbound) if inbound else 0
             acked = [r.event_id for i, r in enumerate(receipts) if i not in refused]
@@ -408,8 +413,10 @@ class _Session:
         queue, self.queue = self.queue, None
         target = self.claim_target()
         try:
-            await self._dispatch(queue, target)
+            await self._work(queue, target)
         finally:
+            self.working = False
+            self.inbox_taken.set()  # a reader waiting for room reads on (the session is ending)
             if target is not None and ctx.claims is not None:
                 ctx.claims.unregister(target)  # before close_out requeues: nothing is claimed on it after
 
@@ -444,7 +451,9 @@ class _Session:
         self.ctx.metrics.delivers.inc(len(units))
         return len(units)
 
-    async def _dispatch(self, queue: DeviceQueue | None, target: ClaimTarget | None) -> None:
+    async def _work(self, queue: DeviceQueue | None, target: ClaimTarget | None) -> None:
+        """The session's worker: on each wake-up, store what the reader gathered, send what
+        was claimed at create, and run a dispatch round when something asked for one."""
         handle, ctx = self.handle, self.ctx
         assert handle is not None
         wake_at: datetime | None = None
@@ -453,6 +462,8 @@ class _Session:
             if wake_at is not None:
                 deadline = trio.current_time() + max(0.0, (wake_at - ctx.clock()).total_seconds())
             await handle.wait_woken(deadline)
+            if self.inbox:
+                await self.store(self.take_inbox())
             if self.send_handed(target):
                 await self.flush()
             reload, fresh = handle.take_work()
