@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from ulid import ULID
@@ -486,47 +486,28 @@ class MessageRepository:
 
     # ---- bridge side -------------------------------------------------------------
 
-    # The session open's and close's statements, built once (a statement built per call costs
-    # more to construct than SQLite takes to run it; gateway.messages.rows).
+    # The session open's and close's statements, written once and run raw (gateway.storage.raw).
     # What older sessions of the device dispatched.
-    _STALE = (
-        select(_R.message_id, _R.idx)
-        .join(MessageRow.__table__, _M.id == _R.message_id)  # type: ignore[arg-type]
-        .where(
-            _M.device_id == bindparam("device_id"),
-            _R.state == int(State.DISPATCHED),
-            _R.session_id != bindparam("session_id"),
-        )
+    _STALE = Sql(
+        "SELECT recipient.message_id, recipient.idx FROM recipient JOIN message ON message.id = recipient.message_id"
+        f" WHERE message.device_id = :device_id AND recipient.state = {_DISPATCHED}"
+        " AND recipient.session_id != :session_id"
     )
     # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
     # never-dispatched ones routed to a device of the owner that is offline now.
-    _ADOPT = (
-        update(MessageRow.__table__)  # type: ignore[arg-type]
-        .where(_M.owner_id == bindparam("k_owner_id"), _M.state == int(State.PENDING))
-        .where(_M.pinned == False, _M.ever_dispatched == False)  # noqa: E712
-        .where(
-            _M.device_id.is_(None)
-            | _M.device_id.in_(
-                select(_D.id).where(
-                    _D.owner_id == bindparam("k_owner_id"), _D.session_id == "", _D.id != bindparam("k_device_id")
-                )
-            )
-        )
-        .values(device_id=bindparam("k_device_id"))
+    _ADOPT = Sql(
+        "UPDATE message SET device_id = :k_device_id"
+        f" WHERE owner_id = :k_owner_id AND state = {_PENDING} AND pinned = :no AND ever_dispatched = :no"
+        " AND (device_id IS NULL OR device_id IN (SELECT device.id FROM device"
+        " WHERE device.owner_id = :k_owner_id AND device.session_id = '' AND device.id != :k_device_id))",
+        binds={"no": _BOOL},
     )
     # What a session dispatched and the phone did not accept.
-    _UNACCEPTED_ON = select(_R.message_id, _R.idx).where(
-        _R.session_id == bindparam("session_id"), _R.state == int(State.DISPATCHED)
-    )
+    _UNACCEPTED_ON = Sql(f"SELECT message_id, idx FROM recipient WHERE session_id = :session_id AND state = {_DISPATCHED}")
     # Never dispatched, unpinned PENDING messages of a device (rerouted when it goes offline).
-    _MOVABLE = (
-        _M.device_id == bindparam("k_device_id"),
-        _M.state == int(State.PENDING),
-        _M.pinned == False,  # noqa: E712
-        _M.ever_dispatched == False,  # noqa: E712
-    )
-    _ANY_MOVABLE = select(_M.id).where(*_MOVABLE).limit(1)
-    _MOVE = update(MessageRow.__table__).where(*_MOVABLE).values(device_id=bindparam("target"))  # type: ignore[arg-type]
+    _MOVABLE = f"device_id = :k_device_id AND state = {_PENDING} AND pinned = :no AND ever_dispatched = :no"
+    _ANY_MOVABLE = Sql(f"SELECT id FROM message WHERE {_MOVABLE} LIMIT 1", binds={"no": _BOOL})
+    _MOVE = Sql(f"UPDATE message SET device_id = :target WHERE {_MOVABLE}", binds={"no": _BOOL})
 
     def open_session(
         self, owner_id: str, device_id: str, session_id: str, held: Iterable[HeldRecipient], now: datetime
@@ -549,9 +530,9 @@ class MessageRepository:
             rs = recipients[row.id]
             only = [r for r in rs if held_keys.get((row.id, r.idx)) == r.attempt]
             self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
-        stale = s.execute(self._STALE, {"device_id": device_id, "session_id": session_id})
+        stale = s.fetch(self._STALE, {"device_id": device_id, "session_id": session_id})
         self._move_recipients(s, stale, State.PENDING, "session_lost", now)
-        s.execute(self._ADOPT, {"k_owner_id": owner_id, "k_device_id": device_id})
+        s.run(self._ADOPT, {"k_owner_id": owner_id, "k_device_id": device_id, "no": False})
         if self.claims is not None:
             self.claims.note_behind((device_id,))  # a session of it still open has not seen them
 
@@ -873,7 +854,7 @@ class MessageRepository:
 
     def close_session_in(self, s: Writes, session_id: str, now: datetime) -> None:
         """`close_session` in the caller's transaction (`now` in UTC)."""
-        unaccepted = s.execute(self._UNACCEPTED_ON, {"session_id": session_id})
+        unaccepted = s.fetch(self._UNACCEPTED_ON, {"session_id": session_id})
         self._move_recipients(s, unaccepted, State.PENDING, "session_lost", now)
 
     def reroute_from(self, owner_id: str, device_id: str) -> set[str]:
@@ -887,15 +868,15 @@ class MessageRepository:
         """`reroute_from` in the caller's transaction."""
         # Most phones go offline with nothing to move: then no routing (which reads every
         # device of the owner) at all.
-        if s.execute(self._ANY_MOVABLE, {"k_device_id": device_id}).first() is None:
+        if not s.fetch(self._ANY_MOVABLE, {"k_device_id": device_id, "no": False}):
             return set()
         target, _ = self._route(s, owner_id, "", exclude=device_id, online_only=True)  # type: ignore[arg-type]
         if target is None:
             return set()
-        result = s.execute(self._MOVE, {"k_device_id": device_id, "target": target})
-        if result.rowcount and self.claims is not None:
+        moved = s.run(self._MOVE, {"k_device_id": device_id, "target": target, "no": False})
+        if moved and self.claims is not None:
             self.claims.note_behind((target,))  # its queue has not seen them: no claim at create before they are
-        return {target} if result.rowcount else set()
+        return {target} if moved else set()
 
     def final_states(self, device_id: str, message_ids: Iterable[str]) -> dict[str, State]:
         """Which of these messages of the device ended CANCELLED or EXPIRED (the phone must drop them)."""
