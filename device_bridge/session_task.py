@@ -1,5 +1,7 @@
-"""One phone session: handshake, then a reader (receipts and inbound SMS -> storage -> Ack)
-and a dispatcher (bus wake-up -> claim PENDING within the window -> Deliver), in one nursery.
+"""One phone session: handshake, then two tasks: a reader (frames -> parsed events in an
+inbox) and a worker (the inbox -> storage -> Ack; Delivers claimed at create; wake-ups ->
+dispatch rounds on the phone's queue in memory -> Deliver). Keepalive pings come from the
+bridge's one shared timer (device_bridge.keepalive).
 
 Storage calls run in worker threads. Cleanup after the session (requeue what the phone did
 not accept, presence, rerouting) is shielded so it runs even when the bridge shuts down.
