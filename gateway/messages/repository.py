@@ -756,9 +756,19 @@ class MessageRepository:
         """`apply_receipts`, also returning the receipts it can never apply, by position: one
         naming a message not routed to this device, or a recipient index the message lacks.
         Those change nothing; the bridge refuses them (Reject) so the phone stops re-sending."""
-        now = to_utc(now)
+        changed, refused, _ = self.apply_receipt_batch(device_id, receipts, now)
+        return changed, refused
 
-        def tx(s: Writes) -> tuple[int, dict[int, ReceiptRefusal]]:
+    def apply_receipt_batch(
+        self, device_id: str, receipts: Sequence[ReceiptUpdate], now: datetime
+    ) -> tuple[int, dict[int, ReceiptRefusal], dict[str, State]]:
+        """`apply_receipts_checked`, also returning which of the messages the phone ACCEPTED
+        ended CANCELLED or EXPIRED (it must drop them: what `final_states` answers), from the
+        rows the same transaction read: one write job for a session's batch, no other read."""
+        now = to_utc(now)
+        accepted = {r.message_id for r in receipts if r.state == State.ACCEPTED}
+
+        def tx(s: Writes) -> tuple[int, dict[int, ReceiptRefusal], dict[str, State]]:
             changed, refused = 0, dict[int, ReceiptRefusal]()
             ids = list({r.message_id for r in receipts})
             rows = {r.id: r for r in messages_by_id(s, ids, device_id)}
@@ -773,7 +783,13 @@ class MessageRepository:
                     refused[i] = ReceiptRefusal.UNKNOWN_RECIPIENT
                     continue
                 changed += self._apply_receipt(s, row, recipients[row.id], receipt, now)
-            return changed, refused
+            ended = (int(State.CANCELLED), int(State.EXPIRED))
+            finals = {
+                message_id: State(r.state)
+                for message_id in accepted if message_id in rows
+                for r in recipients[message_id] if r.state in ended
+            }
+            return changed, refused, finals
 
         return self.db.group(in_writes(tx))
 
@@ -1108,19 +1124,20 @@ class _Adder:
 
     def write(self) -> None:
         """Insert everything queued (messages first: the others refer to them) and the usage."""
+        connection = self._s.connection()  # once: Session.connection() costs ~25 µs a call
         if self._usage is not None and self._segments:
             day, stored = self._usage
             key = {"owner_id": self._owner_id, "day": day}
             if stored is None:
-                run(self._s.connection(), _INSERT_USAGE, {**key, "segments": self._segments})
+                run(connection, _INSERT_USAGE, {**key, "segments": self._segments})
             else:
-                run(self._s.connection(), _ADD_USAGE, {"k_owner_id": self._owner_id, "k_day": day, "n": self._segments})
+                run(connection, _ADD_USAGE, {"k_owner_id": self._owner_id, "k_day": day, "n": self._segments})
         for statement, values in (
             (_INSERT_MESSAGE, self._messages),
             (_INSERT_RECIPIENT, self._recipients),
             (_INSERT_EVENT, self._events),
         ):
-            run_many(self._s.connection(), statement, values)  # raw: gateway.storage.raw
+            run_many(connection, statement, values)  # raw: gateway.storage.raw
 
     def rows_of_last(self) -> tuple[Msg, list[Rcp]]:
         """The rows of the message added last, as plain rows (for a claim at create)."""
