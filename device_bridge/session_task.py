@@ -369,11 +369,10 @@ class _Session:
         for r in receipts:
             self.ctx.metrics.receipts.labels(r.state.name).inc()
         device_id, now, messages = self.handle.device_id, self.ctx.clock(), self.ctx.messages
-        accepted = [r.message_id for r in receipts if r.state == ReceiptState.ACCEPTED]
 
         def store() -> tuple[int, dict[str, State], dict[int, ReceiptRefusal]]:
-            changed, refused = messages.apply_receipts_checked(device_id, updates, now)
-            return changed, messages.final_states(device_id, accepted) if accepted else {}, refused
+            changed, refused, finals = messages.apply_receipt_batch(device_id, updates, now)
+            return changed, finals, refused
 
         return await trio.to_thread.run_sync(store)
 
