@@ -7,6 +7,8 @@ thread.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func
 from sqlmodel import col, select
 
@@ -19,6 +21,9 @@ from gateway.storage.models import EventRow, InboundRow, RecipientRow
 from gateway.types import EventKind, State
 
 __all__ = ["read_tail"]
+
+_E = EventRow.__table__.c  # type: ignore[attr-defined]
+_RC = RecipientRow.__table__.c  # type: ignore[attr-defined]
 
 
 def read_tail(db: Database, after: int, limit: int) -> Tail:
@@ -34,14 +39,14 @@ def read_tail(db: Database, after: int, limit: int) -> Tail:
         if upto <= after:
             return Tail(after, after, [])
         in_range = (col(EventRow.id) > after) & (col(EventRow.id) <= upto)
-        messages = s.exec(
-            select(EventRow, RecipientRow.phone_number)
-            .join(
-                RecipientRow,
-                (RecipientRow.message_id == EventRow.message_id) & (RecipientRow.idx == EventRow.recipient_index),
-            )
-            .where(EventRow.kind == EventKind.MESSAGE.value, in_range)
-            .order_by(col(EventRow.id).desc())
+        # Columns, not ORM rows, on the connection: this read runs after every commit that
+        # logged events, and an EventRow object per event cost more than the query.
+        messages = s.connection().execute(
+            select(_E.id, _E.owner_id, _E.message_id, _E.recipient_index, _E.state, _E.message_state, _E.error,
+                   _E.created_at, _RC.phone_number)
+            .join(RecipientRow.__table__, (_RC.message_id == _E.message_id) & (_RC.idx == _E.recipient_index))
+            .where(_E.kind == EventKind.MESSAGE.value, _E.id > after, _E.id <= upto)
+            .order_by(_E.id.desc())
             .limit(limit)
         ).all()
         inbound = s.exec(
@@ -54,10 +59,10 @@ def read_tail(db: Database, after: int, limit: int) -> Tail:
     # A kind whose read was cut at `limit` is complete only above its oldest id read.
     start = after
     if len(messages) == limit:
-        start = max(start, (messages[-1][0].id or 0) - 1)
+        start = max(start, messages[-1][0] - 1)
     if len(inbound) == limit:
         start = max(start, (inbound[-1][0] or 0) - 1)
-    events = [_message_event(e, phone) for e, phone in messages]
+    events = [_message_event(*row) for row in messages]
     events += [_inbound_event(event_id or 0, owner_id, row) for event_id, owner_id, row in inbound]
     events = sorted((e for e in events if e.id > start), key=lambda e: e.id)
     if len(events) > limit:
@@ -66,18 +71,21 @@ def read_tail(db: Database, after: int, limit: int) -> Tail:
     return Tail(start, upto, events)
 
 
-def _message_event(e: EventRow, phone_number: str) -> RingEvent:
+def _message_event(
+    event_id: int, owner_id: str, message_id: str, index: int, state: int, message_state: int, error: str,
+    created_at: datetime, phone_number: str,
+) -> RingEvent:
     record = EventRecord(
-        id=e.id or 0,
-        message_id=e.message_id,
-        recipient_index=e.recipient_index,
+        id=event_id,
+        message_id=message_id,
+        recipient_index=index,
         phone_number=phone_number,
-        state=State(e.state),
-        message_state=State(e.message_state),
-        error=e.error,
-        created_at=e.created_at,
+        state=State(state),
+        message_state=State(message_state),
+        error=error,
+        created_at=created_at,
     )
-    return RingEvent(record.id, e.owner_id, EventKind.MESSAGE, record)
+    return RingEvent(event_id, owner_id, EventKind.MESSAGE, record)
 
 
 def _inbound_event(event_id: int, owner_id: str, row: InboundRow) -> RingEvent:
