@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from concurrent.futures import Future
 from functools import partial
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
@@ -199,24 +200,37 @@ class MessageRepository:
 
         The record returned is the message as `create` stores it (PENDING); when claimed, its
         recipients are DISPATCHED by the same commit (the event log shows both steps)."""
-        now = to_utc(now)
         # Insert first: a new key is the common case; the unique key catches a replay.
         try:
-
-            def tx(s: Session) -> tuple[MessageRecord, bool]:  # shares its commit with concurrent writers
-                adder = _Adder(s, owner_id, daily_segments, now)
-                added = adder.add(new)
-                adder.write()
-                return added, self._claim_at_create(s, adder, added, now)
-
-            record, claimed = self.db.group(tx)
-        except (IntegrityError, ResourceExhausted):
-            # The key exists (a retry, or a concurrent send that won the insert).
-            existing = self._existing(owner_id, new)
-            if existing is None:
-                raise
-            return existing, False, False
+            record, claimed = self.create_future(owner_id, new, now, daily_segments=daily_segments).result()
+        except (IntegrityError, ResourceExhausted) as exc:
+            return self.replay_of(owner_id, new, exc), False, False
         return record, True, claimed
+
+    def create_future(
+        self, owner_id: str, new: NewMessage, now: datetime, *, daily_segments: int = 0
+    ) -> Future[tuple[MessageRecord, bool]]:
+        """The write job of `create_claimed`, submitted to the group commit: its future gives
+        (message, claimed at create), or raises IntegrityError / ResourceExhausted for a key
+        already stored (then `replay_of`) and the errors `create` raises."""
+        now = to_utc(now)
+
+        def tx(s: Session) -> tuple[MessageRecord, bool]:  # shares its commit with concurrent writers
+            adder = _Adder(s, owner_id, daily_segments, now)
+            added = adder.add(new)
+            adder.write()
+            return added, self._claim_at_create(s, adder, added, now)
+
+        return self.db.group_future(tx)
+
+    def replay_of(self, owner_id: str, new: NewMessage, error: Exception) -> MessageRecord:
+        """The message stored under `new`'s key (a retry, or a concurrent send that won the
+        insert), after its create failed with `error`; AlreadyExists for other content, and
+        `error` again when no message has the key (the daily cap refused a new one)."""
+        existing = self._existing(owner_id, new)
+        if existing is None:
+            raise error
+        return existing
 
     def _claim_at_create(self, s: Session, adder: _Adder, record: MessageRecord, now: datetime) -> bool:
         """Store the message just added as DISPATCHED to its phone, in this transaction, when

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import Future
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
+
 from gateway.bus import Bus
+from gateway.errors import ResourceExhausted
 from gateway.events.ring import EventRing
 from gateway.messages.records import EventRecord, MessageFilter, MessageRecord, NewMessage, SendOutcome
 from gateway.messages.repository import MessageRepository
@@ -65,22 +69,35 @@ class MessageService:
         self.daily_segments = daily_segments
 
     async def send(self, owner_id: str, new: NewMessage) -> tuple[MessageRecord, bool]:
-        return await asyncio.to_thread(self._send, owner_id, new)
+        """Store (the write job goes straight to the group commit; this loop waits on its
+        future: one hand-off there and one back), then signal. The signals are sent by the
+        job's done-callback in the writer thread: if the RPC is cancelled while the job
+        runs, the commit still happens and so must the wake-up. A replay (same key) wakes
+        the device too, in case the first attempt's signal was lost."""
+        future = self.repo.create_future(owner_id, new, utcnow(), daily_segments=self.daily_segments)
+        future.add_done_callback(self._created)
+        try:
+            record, _ = await asyncio.wrap_future(future)
+        except (IntegrityError, ResourceExhausted) as exc:
+            return await asyncio.to_thread(self._replay, owner_id, new, exc), False
+        return record, True
 
-    def _send(self, owner_id: str, new: NewMessage) -> tuple[MessageRecord, bool]:
-        """Commit, then signal, in the same worker thread: if the RPC is cancelled while the
-        thread runs, the commit still happens and so must the wake-up. A replay (same key)
-        wakes the device too, in case the first attempt's signal was lost."""
-        record, created, claimed = self.repo.create_claimed(owner_id, new, utcnow(), daily_segments=self.daily_segments)
-        if created:
-            self.metrics.messages_accepted.inc()
-            self.metrics.recipients_accepted.inc(len(record.recipients))
-            self.bus.notify_events()
-        else:
-            self.metrics.idempotent_replays.inc()
+    def _created(self, future: Future[tuple[MessageRecord, bool]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        record, claimed = future.result()
+        self.metrics.messages_accepted.inc()
+        self.metrics.recipients_accepted.inc(len(record.recipients))
+        self.bus.notify_events()
         if record.device_id and not claimed:  # a claimed one was handed to its session already
             self.bus.notify_queued({record.device_id: [record.id]})
-        return record, created
+
+    def _replay(self, owner_id: str, new: NewMessage, error: Exception) -> MessageRecord:
+        record = self.repo.replay_of(owner_id, new, error)
+        self.metrics.idempotent_replays.inc()
+        if record.device_id:
+            self.bus.notify_queued({record.device_id: [record.id]})
+        return record
 
     async def send_many(self, owner_id: str, items: Sequence[NewMessage]) -> list[SendOutcome]:
         """Store a batch (SendMessages): one outcome per item, in order."""

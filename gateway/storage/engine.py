@@ -103,6 +103,13 @@ class Database:
         runs again on its own, so the others are unaffected; `fn` must therefore only
         change the database (and what it returns), never state outside it.
         """
+        return self._committer.submit(fn).result()
+
+    def group_future(self, fn: Callable[[Session], T]) -> Future[T]:
+        """`group` without waiting: the job's future, for a caller that waits on its own
+        loop (asyncio.wrap_future) instead of in a worker thread, so a call costs one hand-off
+        to the writer and one back. Cancelling the future before the writer takes the job
+        skips it (nothing stored); once taken, it runs and commits regardless."""
         return self._committer.submit(fn)
 
     def close(self) -> None:
@@ -133,7 +140,7 @@ class _GroupCommitter:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def submit(self, fn: Callable[[Session], T]) -> T:
+    def submit(self, fn: Callable[[Session], T]) -> Future[T]:
         future: Future[T] = Future()
         with self._ready:
             if self._closed:
@@ -143,7 +150,7 @@ class _GroupCommitter:
                 self._thread = threading.Thread(target=self._run, name="smsgw-group-commit", daemon=True)
                 self._thread.start()
             self._ready.notify()
-        return future.result()
+        return future
 
     def close(self) -> None:
         with self._ready:
@@ -160,7 +167,10 @@ class _GroupCommitter:
                 if not self._jobs:
                     return  # closed and drained
                 group = [self._jobs.popleft() for _ in range(min(len(self._jobs), self._MAX_GROUP))]
-            self._commit(group)
+            # A job whose caller cancelled it before now is skipped; the others can no longer be.
+            group = [(fn, future) for fn, future in group if future.set_running_or_notify_cancel()]
+            if group:
+                self._commit(group)
 
     def _commit(self, group: list[_Job]) -> None:
         if len(group) > 1:
