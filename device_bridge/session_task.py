@@ -371,7 +371,7 @@ class _Session:
         device_id, now, messages = self.handle.device_id, self.ctx.clock(), self.ctx.messages
 
         def store() -> tuple[int, dict[str, State], dict[int, ReceiptRefusal]]:
-            changed, refused, finals = messages.apply_receipt_batch(device_id, updates, now)
+            changed, refused, finals = messages.apply_receipt_batch_future(device_id, updates, now).result()
             return changed, finals, refused
 
         return await trio.to_thread.run_sync(store)
@@ -484,12 +484,10 @@ class _Session:
             current = None if reload else queue
 
             def round_() -> tuple[dict[str, State], DeviceQueue | None, DispatchBatch]:
-                """One worker call: what in flight ended meanwhile, then the round itself."""
-                finals = ctx.messages.final_states(handle.device_id, ending) if ending else {}
-                kept, batch = ctx.messages.dispatch_round(
-                    current, handle.device_id, handle.session_id, room, now, in_flight, fresh, target
-                )
-                return finals, kept, batch
+                """One write job: what in flight ended meanwhile, then the round itself."""
+                return ctx.messages.dispatch_round_future(
+                    current, handle.device_id, handle.session_id, room, now, in_flight, fresh, target, ending
+                ).result()
 
             finals, queue, batch = await trio.to_thread.run_sync(round_)
             if queue is not None:

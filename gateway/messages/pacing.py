@@ -14,7 +14,7 @@ asks `ready_at` for each candidate and records what it dispatched (`record`).
 from __future__ import annotations
 
 import json
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -119,7 +119,13 @@ class PacingHistory:
         self._month = month_numbers if month_numbers is not None else {}
 
     def record(self, sent: Sent) -> None:
-        self._sent.append(sent)  # dispatch times only grow within one round
+        """Add a dispatch, in time order: a claim at create and a round may commit their
+        claims in the other order than their clocks read (each reads `now` before its job
+        runs), and the windows and the minimum interval need the latest send last."""
+        if self._sent and sent.at < self._sent[-1].at:
+            insort(self._sent, sent, key=lambda s: s.at)
+        else:
+            self._sent.append(sent)
         if sent.number:
             self._month.setdefault(sent.sim, set()).add(sent.number)
 

@@ -604,22 +604,57 @@ class MessageRepository:
         Returns the queue to keep (None: the device is gone) and the round's outcome. The
         caller clears `queue.busy` once this returned (the transaction committed).
         """
+        _, kept, batch = self.dispatch_round_future(queue, device_id, session_id, room, now, in_flight, fresh, target).result()
+        return kept, batch
+
+    def dispatch_round_future(
+        self,
+        queue: DeviceQueue | None,
+        device_id: str,
+        session_id: str,
+        room: int,
+        now: datetime,
+        in_flight: Collection[str],
+        fresh: Collection[str] = (),
+        target: ClaimTarget | None = None,
+        ending: Collection[str] = (),
+    ) -> Future[tuple[dict[str, State], DeviceQueue | None, DispatchBatch]]:
+        """`dispatch_round` as a group-commit job whose future the session's loop waits on
+        (one hand-off each way), also reading, in the same transaction, which of the messages
+        in `ending` (in flight on the phone) ended CANCELLED or EXPIRED: (those, queue, outcome)."""
         now = to_utc(now)
 
-        def tx(s: Writes) -> tuple[DeviceQueue | None, DispatchBatch]:
-            if target is None:
-                return self._round(s, queue, device_id, session_id, room, now, in_flight, fresh)
-            target.round_room = taken = target.take_room()
-            kept, batch = self._round(s, queue, device_id, session_id, taken, now, in_flight, fresh)
-            # Creates plan on the queue this round leaves from now on (not on the one a reload
-            # replaced), and know which messages it read.
-            target.caught_up(kept, set(fresh) if kept is queue and kept is not None else None)
-            if batch.units:
-                target.claimed(len(batch.units))
-                s.info.setdefault(ON_ROLLBACK, []).append(partial(target.unclaimed, len(batch.units)))
-            return kept, batch
+        def tx(s: Writes) -> tuple[dict[str, State], DeviceQueue | None, DispatchBatch]:
+            finals = _final_states_in(s, device_id, ending) if ending else {}
+            kept, batch = self._round_for(s, queue, device_id, session_id, room, now, in_flight, fresh, target)
+            return finals, kept, batch
 
-        return self.db.group(in_writes(tx))
+        return self.db.group_future(in_writes(tx))
+
+    def _round_for(
+        self,
+        s: Writes,
+        queue: DeviceQueue | None,
+        device_id: str,
+        session_id: str,
+        room: int,
+        now: datetime,
+        in_flight: Collection[str],
+        fresh: Collection[str],
+        target: ClaimTarget | None,
+    ) -> tuple[DeviceQueue | None, DispatchBatch]:
+        """A round, with the room taken from the session's target when it has one."""
+        if target is None:
+            return self._round(s, queue, device_id, session_id, room, now, in_flight, fresh)
+        target.round_room = taken = target.take_room()
+        kept, batch = self._round(s, queue, device_id, session_id, taken, now, in_flight, fresh)
+        # Creates plan on the queue this round leaves from now on (not on the one a reload
+        # replaced), and know which messages it read.
+        target.caught_up(kept, set(fresh) if kept is queue and kept is not None else None)
+        if batch.units:
+            target.claimed(len(batch.units))
+            s.info.setdefault(ON_ROLLBACK, []).append(partial(target.unclaimed, len(batch.units)))
+        return kept, batch
 
     def _round(
         self,
@@ -770,15 +805,16 @@ class MessageRepository:
         """`apply_receipts`, also returning the receipts it can never apply, by position: one
         naming a message not routed to this device, or a recipient index the message lacks.
         Those change nothing; the bridge refuses them (Reject) so the phone stops re-sending."""
-        changed, refused, _ = self.apply_receipt_batch(device_id, receipts, now)
+        changed, refused, _ = self.apply_receipt_batch_future(device_id, receipts, now).result()
         return changed, refused
 
-    def apply_receipt_batch(
+    def apply_receipt_batch_future(
         self, device_id: str, receipts: Sequence[ReceiptUpdate], now: datetime
-    ) -> tuple[int, dict[int, ReceiptRefusal], dict[str, State]]:
-        """`apply_receipts_checked`, also returning which of the messages the phone ACCEPTED
-        ended CANCELLED or EXPIRED (it must drop them: what `final_states` answers), from the
-        rows the same transaction read: one write job for a session's batch, no other read."""
+    ) -> Future[tuple[int, dict[int, ReceiptRefusal], dict[str, State]]]:
+        """`apply_receipts_checked` as a group-commit job whose future the session's loop
+        waits on, also giving which of the messages the phone ACCEPTED ended CANCELLED or
+        EXPIRED (it must drop them: what `final_states` answers), from the rows the same
+        transaction read: one write job for a session's batch, no other read."""
         now = to_utc(now)
         accepted = {r.message_id for r in receipts if r.state == State.ACCEPTED}
 
@@ -805,7 +841,7 @@ class MessageRepository:
             }
             return changed, refused, finals
 
-        return self.db.group(in_writes(tx))
+        return self.db.group_future(in_writes(tx))
 
     def _apply_receipt(self, s: Writes, row: Msg, rs: list[Rcp], receipt: ReceiptUpdate, now: datetime) -> int:
         # A late report of an old attempt is stale. Attempt 0 ("the current one", from a phone
@@ -1339,6 +1375,11 @@ class _Router:
                 counts = dict(fetch_on(s, _LOADS, {"ids": pool}))
             self._loads = {d: counts.get(d, 0) for d in pool}
         return self._loads
+
+
+def _final_states_in(s: Writes, device_id: str, message_ids: Collection[str]) -> dict[str, State]:
+    """`final_states` inside a write transaction."""
+    return {mid: State(st) for mid, st in s.fetch(_FINAL_STATES, {"ids": list(message_ids), "device_id": device_id})}
 
 
 def _conflict(message_id: str) -> AlreadyExists:

@@ -170,7 +170,7 @@ def test_cancelled_with_the_deliver_in_flight_then_sent(stage: Stage) -> None:
     record, wake = stage.repo.cancel(stage.owner, m.id, T0 + SEC)
     assert record.state == C and wake == stage.dev
     # The bridge's batch call answers, from the same transaction, that the phone must drop it.
-    changed, refused, finals = stage.repo.apply_receipt_batch(stage.dev, [ReceiptUpdate(m.id, A, 0)], T0 + 10 * SEC)
+    changed, refused, finals = stage.repo.apply_receipt_batch_future(stage.dev, [ReceiptUpdate(m.id, A, 0)], T0 + 10 * SEC).result()
     assert (changed, refused, finals) == (0, {}, {m.id: C})
     assert stage.states(m.id) == (C, [C])
     assert stage.repo.final_states(stage.dev, [m.id]) == {m.id: C}  # the bridge answers with a Drop
