@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
 from device_bridge.keepalive import Keepalive, KeepaliveEntry
+from device_bridge.jobs import wait_job
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.protocol import (
     CloseCode,
@@ -370,11 +371,8 @@ class _Session:
             self.ctx.metrics.receipts.labels(r.state.name).inc()
         device_id, now, messages = self.handle.device_id, self.ctx.clock(), self.ctx.messages
 
-        def store() -> tuple[int, dict[str, State], dict[int, ReceiptRefusal]]:
-            changed, refused, finals = messages.apply_receipt_batch_future(device_id, updates, now).result()
-            return changed, finals, refused
-
-        return await trio.to_thread.run_sync(store)
+        changed, refused, finals = await wait_job(messages.apply_receipt_batch_future(device_id, updates, now))
+        return changed, finals, refused
 
     async def store_inbound(self, inbound: Sequence[InboundSms]) -> int:
         """Store the SMS not stored before (a re-send after a lost Ack is not); returns how many were new."""
@@ -483,13 +481,12 @@ class _Session:
             ending = list(in_flight) if reload else [m for m in in_flight if m in fresh]
             current = None if reload else queue
 
-            def round_() -> tuple[dict[str, State], DeviceQueue | None, DispatchBatch]:
-                """One write job: what in flight ended meanwhile, then the round itself."""
-                return ctx.messages.dispatch_round_future(
+            # One write job: what in flight ended meanwhile, then the round itself.
+            finals, queue, batch = await wait_job(
+                ctx.messages.dispatch_round_future(
                     current, handle.device_id, handle.session_id, room, now, in_flight, fresh, target, ending
-                ).result()
-
-            finals, queue, batch = await trio.to_thread.run_sync(round_)
+                )
+            )
             if queue is not None:
                 queue.busy = False  # the round committed (see DeviceQueue)
             if not self.open_now():
