@@ -56,7 +56,7 @@ from gateway.inbound.repository import InboundRepository
 from gateway.messages.pacing import DevicePacing
 from gateway.messages.claims import ClaimTarget, ClaimTargets
 from gateway.messages.queue import DeviceQueue
-from gateway.messages.records import DispatchBatch, DispatchUnit, HeldRecipient, ReceiptRefusal, ReceiptUpdate
+from gateway.messages.records import DispatchUnit, HeldRecipient, ReceiptRefusal, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.types import State, utcnow
 
@@ -444,6 +444,8 @@ class _Session:
         if target is None:
             return 0
         units = target.take_handed()
+        if not units:
+            return 0  # most wake-ups: the room was published where it changed
         for unit in units:
             self.proto.send_deliver(_delivery(unit))
         target.sent(len(units), self.proto.window_available)

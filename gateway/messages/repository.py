@@ -24,7 +24,6 @@ from gateway.config import SchedulerSettings
 from gateway.devices.records import sims_from_json
 from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from gateway.messages.pacing import (
-    BYPASS_PRIORITY,
     DevicePacing,
     PacingHistory,
     Sent,
