@@ -320,8 +320,15 @@ async def quiet(server: ServerRun, timeout: float = 120.0) -> float:
 
 async def idle(server: ServerRun, fleet: FleetProc, count: int, window: float) -> dict[str, Any]:
     """A fresh server's RSS with no phones, then with `count` connected and idle, and its CPU
-    over `window` seconds of keepalives."""
+    over `window` seconds of keepalives.
+
+    CPU per session open: the server's and the fleet's from asking the phones online until
+    the server is quiet again, over the sessions opened (phones with no message waiting:
+    the upgrade, the credentials, Hello, the open's write job, Welcome; the 503s and retries
+    past `bridge.max_opening`; and the last second of keepalives `quiet` waits out)."""
     baseline = server.rss_kib()
+    before = (await fleet.call("status"))["connected"]
+    opening = Cpu(server, fleet)
     await fleet.call("online", count=count)
     t0 = time.monotonic()
     try:
@@ -331,6 +338,7 @@ async def idle(server: ServerRun, fleet: FleetProc, count: int, window: float) -
     settled = await quiet(server)  # the last handshakes' storage calls
     with_phones = server.rss_kib()
     status = await fleet.call("status")
+    opens = opening.per(status["connected"] - before, "open")
     cpu0, t1 = server.cpu_seconds(), time.monotonic()
     await asyncio.sleep(window)
     cpu = (server.cpu_seconds() - cpu0) / (time.monotonic() - t1)
@@ -346,6 +354,8 @@ async def idle(server: ServerRun, fleet: FleetProc, count: int, window: float) -
         "window_s": window,
         "settle_s": settled,
         "still_connected": (await fleet.call("status"))["connected"],
+        "opened": status["connected"] - before,
+        **opens,
     }
 
 
