@@ -13,7 +13,7 @@ import threading
 import logging
 import ssl
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 
@@ -162,7 +162,12 @@ async def serve(
             )
         )
         bound = server.listeners[0].socket.getsockname()[1]
-        ctx.bus.attach_bridge(ctx.registry.wake, ctx.registry.revoke, ctx.registry.settings_changed, ctx.registry.queued)
+        def revoked(device_ids: Iterable[str]) -> None:
+            device_ids = list(device_ids)
+            ctx.tokens.forget(device_ids)  # refused with 401 from now on
+            ctx.registry.revoke(device_ids)
+
+        ctx.bus.attach_bridge(ctx.registry.wake, revoked, ctx.registry.settings_changed, ctx.registry.queued)
         task_status.started(BridgeServer(server, bound, ctx))
 
 
@@ -179,8 +184,14 @@ async def _admit(ctx: BridgeContext, headers: Headers, source: str) -> Admission
     if not credential:
         return None
     if scheme == "Bearer":
-        identity = await trio.to_thread.run_sync(ctx.devices.authenticate, credential)
-        return Admission(identity, None, source, token_hash=hash_secret(credential)) if identity else None
+        token_hash = hash_secret(credential)
+        identity = ctx.tokens.get(token_hash)
+        if identity is None:  # not seen since the bridge started (or forgotten): read it
+            generation = ctx.tokens.generation
+            identity = await trio.to_thread.run_sync(ctx.devices.authenticate, credential)
+            if identity is not None:
+                ctx.tokens.put(token_hash, identity, generation)
+        return Admission(identity, None, source, token_hash=token_hash) if identity else None
     if scheme == "Pairing":
         # Private mode (DESIGN "Pairing"): the code alone does not register a phone.
         offered = headers.get(PRIVATE_TOKEN_HEADER, "")

@@ -13,6 +13,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
+from device_bridge.credentials import TokenCache
 from device_bridge.keepalive import Keepalive, KeepaliveEntry
 from device_bridge.jobs import wait_job
 from device_bridge.metrics import BridgeMetrics
@@ -99,6 +101,8 @@ class BridgeContext:
     # The wall clock the scheduler's times come from (called on the trio thread only); tests
     # drive it from trio's virtual clock.
     clock: Callable[[], datetime] = utcnow
+    # Device tokens checked since the bridge started (device_bridge.credentials).
+    tokens: TokenCache = field(default_factory=TokenCache)
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ class _Session:
             if redeemed is None:
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code spent or expired meanwhile")
             identity, token = redeemed
+            self.ctx.tokens.forget([identity.device_id])  # a re-issue replaced its earlier token
             credentials = Credentials(identity.device_id, token)
             self.log.info("= paired device %s", identity.device_id)
         return identity, hello, credentials
@@ -232,8 +237,8 @@ class _Session:
             # From here a wake-up for the device reaches the handle; the job's transaction
             # starts later and sees everything committed before.
             handle.loading()
-            opened = await trio.to_thread.run_sync(
-                lambda: open_device_session(
+            opened = await wait_job(
+                open_device_session(
                     self.ctx.devices, self.ctx.messages, owner_id=identity.owner_id, device_id=identity.device_id,
                     session_id=session_id, token_hash=token_hash, app_version=hello.app_version, sims=sims,
                     held=held, held_ids=held_ids, now=now, with_token=credentials is None,
@@ -521,20 +526,20 @@ class _Session:
         last = ctx.registry.unregister(handle)
         now = ctx.clock()  # read here: a test's virtual clock is only readable on the trio thread
 
-        def clean_up() -> set[str]:
-            # One worker call: it always runs to the end, even when the caller stops waiting.
-            # One write job: requeue, presence, reroute (gateway.devices.session_jobs).
-            rerouted = close_device_session(
-                ctx.devices, ctx.messages, owner_id=handle.owner_id, device_id=handle.device_id,
-                session_id=handle.session_id, last=last, now=now,
-            )
-            ctx.bus.notify_events()
-            ctx.bus.notify_work(rerouted if last else {handle.device_id, *rerouted})
-            return rerouted
+        def tell_bus(job: Future[set[str]]) -> None:  # in the writer thread, after the commit
+            if not job.cancelled() and job.exception() is None:
+                ctx.bus.notify_events()
+                ctx.bus.notify_work(job.result() if last else {handle.device_id, *job.result()})
 
-        # abandon_on_cancel: a stuck database may delay shutdown by _CLEANUP_TIMEOUT at most;
-        # the thread still finishes every step of clean_up on its own.
-        await trio.to_thread.run_sync(clean_up, abandon_on_cancel=True)
+        # One write job: requeue, presence, reroute (gateway.devices.session_jobs). Once
+        # submitted it runs to the end and tells the bus even if this wait is abandoned: a
+        # stuck database delays shutdown by _CLEANUP_TIMEOUT at most.
+        job = close_device_session(
+            ctx.devices, ctx.messages, owner_id=handle.owner_id, device_id=handle.device_id,
+            session_id=handle.session_id, last=last, now=now,
+        )
+        job.add_done_callback(tell_bus)
+        await wait_job(job, abandon_on_cancel=True)
 
 
 async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admission, keepalive: Keepalive) -> None:

@@ -17,12 +17,15 @@ loaded the queue again in a fourth; closing cost three write jobs. Here each is 
   session of the device, now offline) its never-dispatched messages rerouted.
 
 The jobs only change the database and return what they read (a failed group re-runs each
-job alone); the caller tells the bus and the registry afterwards.
+job alone); the caller tells the bus and the registry afterwards. Each function returns the
+job's future: the bridge waits on it from its trio loop (device_bridge.jobs.wait_job), with
+no worker thread between the two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,7 +65,7 @@ def open_device_session(
     held_ids: Collection[str],
     now: datetime,
     with_token: bool = True,
-) -> OpenedSession:
+) -> Future[OpenedSession]:
     """Open a phone's session in one write job (see the module docstring). `held`: the
     recipients the phone says it holds; `held_ids`: every message it says it holds.
     InvalidArgument on `device_id` for an unknown device."""
@@ -81,7 +84,7 @@ def open_device_session(
         pacing = queue.pacing if queue is not None else messages.base_pacing
         return OpenedSession(online, pacing, queue, drops)
 
-    return messages.db.group(in_writes(tx))
+    return messages.db.group_future(in_writes(tx))
 
 
 def close_device_session(
@@ -93,10 +96,10 @@ def close_device_session(
     session_id: str,
     last: bool,
     now: datetime,
-) -> set[str]:
+) -> Future[set[str]]:
     """Close a phone's session in one write job (see the module docstring). `last`: the
-    registry held no newer session of the device. Returns the devices its messages were
-    rerouted to."""
+    registry held no newer session of the device. The job returns the devices its messages
+    were rerouted to."""
     assert devices.db is messages.db, "one database, one transaction"
     now = to_utc(now)
 
@@ -107,4 +110,4 @@ def close_device_session(
         messages.close_session_in(s, session_id, now)
         return messages.reroute_from_in(s, owner_id, device_id) if last and offline else set()
 
-    return messages.db.group(in_writes(tx))
+    return messages.db.group_future(in_writes(tx))

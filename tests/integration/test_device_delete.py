@@ -234,3 +234,20 @@ def test_messages_moved_to_an_offline_phone_follow_the_next_online_one(server: S
         _wait(client, mid, common_pb2.ACCEPTED)
         assert client.get_message(mid).device_id == c_creds.device_id
     c.ws.close()
+
+
+def test_token_the_bridge_has_seen_is_refused_once_deleted(server: ServerProcess) -> None:
+    """The bridge keeps device tokens it has checked in memory (device_bridge.credentials): a
+    delete must still turn the next upgrade with that token into a 401, not a session."""
+    owner, token = _account(server)
+    phone, creds = pair_raw(server.grpc_target, token, server.device_url)
+    phone.ws.close()
+    for _ in range(2):  # the first Bearer upgrade reads the token, the second finds it kept
+        again = RawPhone(open_raw(server.device_url, f"Bearer {creds.token}"), Encoding.PROTO, 4)
+        assert isinstance(again.welcome, WelcomeReceived) and again.welcome.device_id == creds.device_id
+        again.ws.close()
+    with Client(server.grpc_target, token) as client:
+        client.delete_device(creds.device_id)
+    with pytest.raises(InvalidStatus) as caught:
+        open_raw(server.device_url, f"Bearer {creds.token}")
+    assert caught.value.response.status_code == 401

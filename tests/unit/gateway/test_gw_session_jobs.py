@@ -35,13 +35,18 @@ def world(tmp_path: Path) -> Iterator[World]:
 def jobs(world: World, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every write job submitted from here on."""
     submitted: list[Any] = []
-    group = world.db.group
+    group, group_future = world.db.group, world.db.group_future
 
     def counting(fn: Any) -> Any:
         submitted.append(fn)
         return group(fn)
 
+    def counting_future(fn: Any) -> Any:
+        submitted.append(fn)
+        return group_future(fn)
+
     monkeypatch.setattr(world.db, "group", counting)
+    monkeypatch.setattr(world.db, "group_future", counting_future)
     return submitted
 
 
@@ -50,13 +55,13 @@ def _open(world: World, device: str, session: str, held: list[str] = (), **kw: A
         world.devices, world.repo, owner_id=world.owner, device_id=device, session_id=session,
         token_hash=kw.pop("token_hash", None), app_version="t", sims=(), held=world.held(held), held_ids=set(held),
         now=kw.pop("now", T0), **kw,
-    )
+    ).result()
 
 
 def _close(world: World, device: str, session: str, *, last: bool = True) -> set[str]:
     return close_device_session(
         world.devices, world.repo, owner_id=world.owner, device_id=device, session_id=session, last=last, now=T0
-    )
+    ).result()
 
 
 def _device(world: World, device: str) -> Device:
@@ -198,5 +203,5 @@ def test_the_held_list_may_name_recipients_of_another_attempt(world: World) -> N
     open_device_session(
         world.devices, repo, owner_id=owner, device_id=dev, session_id="s2", token_hash=None, app_version="t",
         sims=(), held=held, held_ids={m.id}, now=T0,
-    )
+    ).result()
     assert [r.state for r in repo.get(owner, m.id).recipients] == [A, P]
