@@ -1,7 +1,10 @@
 """Device tokens the bridge has checked, kept in memory (issue 15 item 7: credentials from a
 cache), so a reconnecting phone's upgrade reads no database and takes no worker thread.
 
-Only good tokens are kept, by their hash. A device deleted on this bridge's bus is forgotten
+Only good tokens are kept, by their hash: at start the bridge loads those of every device
+(`load`, one query), so a reconnect storm after a restart reads none either; a token seen
+later (a device paired since, or past the limit) is kept once a read found it good. A
+device deleted on this bridge's bus is forgotten
 at once (`forget`), so its phone is refused with 401 as before; a token a pairing retry
 replaced is forgotten when the retry redeems the code. Whatever the cache says, the session
 open re-checks the device's token and revocation in its own transaction
@@ -46,6 +49,11 @@ class TokenCache:
             self._by_device.pop(self._by_hash.pop(oldest).device_id, None)
         self._by_hash[token_hash] = identity
         self._by_device[identity.device_id] = token_hash
+
+    def load(self, entries: Iterable[tuple[str, DeviceIdentity]], generation: int) -> None:
+        """Keep these (token hash, device) pairs, read by one query that started at `generation`."""
+        for token_hash, identity in entries:
+            self.put(token_hash, identity, generation)
 
     def forget(self, device_ids: Iterable[str]) -> None:
         """These devices were deleted or their tokens replaced."""

@@ -168,7 +168,17 @@ async def serve(
             ctx.registry.revoke(device_ids)
 
         ctx.bus.attach_bridge(ctx.registry.wake, revoked, ctx.registry.settings_changed, ctx.registry.queued)
+        nursery.start_soon(_load_tokens, ctx)  # after attach: a delete from here on is heard
         task_status.started(BridgeServer(server, bound, ctx))
+
+
+async def _load_tokens(ctx: BridgeContext) -> None:
+    """Every device's token into the cache, so phones reconnecting after a restart read none
+    (until it is loaded they are checked one by one, as a token not in it is)."""
+    generation = ctx.tokens.generation
+    entries = await trio.to_thread.run_sync(ctx.devices.token_identities, ctx.tokens.limit)
+    ctx.tokens.load(entries, generation)
+    log.info("%d device tokens loaded", len(ctx.tokens))
 
 
 def _peer_host(ws: ServerConnection) -> str:

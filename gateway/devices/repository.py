@@ -110,6 +110,19 @@ class DeviceRepository:
                 return None
             return DeviceIdentity(row.id, row.owner_id)
 
+    def token_identities(self, limit: int) -> list[tuple[str, DeviceIdentity]]:
+        """(token hash, device) of the `limit` newest devices not deleted, for the bridge's
+        token cache (device_bridge.credentials), oldest first."""
+        query = (
+            core_select(_D.token_hash, _D.id, _D.owner_id)
+            .where(_D.revoked == False)  # noqa: E712
+            .order_by(_D.created_at.desc())
+            .limit(limit)
+        )
+        with self.db.read() as s:
+            rows = s.execute(query).all()
+        return [(h, DeviceIdentity(i, o)) for h, i, o in reversed(rows)]
+
     def set_online(
         self,
         device_id: str,

@@ -270,3 +270,22 @@ def test_an_orphan_gets_no_unpinned_message_while_every_phone_is_offline(db: Dat
         assert routed.device_id == phone[0].device_id
     pinned, _ = messages.create(owner, new_message(device_id=orphan[0].device_id), T0)
     assert pinned.device_id == orphan[0].device_id
+
+
+def test_token_identities_are_the_current_tokens_of_devices_not_deleted(db: Database) -> None:
+    """What the bridge's token cache loads at start (device_bridge.credentials)."""
+    devices, messages = DeviceRepository(db), MessageRepository(db)
+    owner = _owner(db)
+    kept, deleted = [], []
+    for target in (kept, kept, deleted):
+        code, _ = devices.create_pairing_code(owner, "phone", TTL, T0)
+        redeemed = devices.redeem_pairing_code(code, T0)
+        assert redeemed is not None
+        if target is kept and not kept:  # re-issued: only the later token counts
+            redeemed = devices.redeem_pairing_code(code, T0)
+            assert redeemed is not None
+        target.append(redeemed)
+    messages.delete_device(owner, deleted[0][0].device_id, T0)
+    loaded = {h: i for h, i in devices.token_identities(100_000) if i.owner_id == owner}
+    assert loaded == {hash_secret(token): identity for identity, token in kept}
+    assert len(devices.token_identities(1)) == 1
