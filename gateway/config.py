@@ -64,7 +64,7 @@ class BridgeSettings(_Section):
     max_size: int = 256 * 1024
     max_window: int = 1000
     # Sessions being opened at once; past it a phone gets 503 + Retry-After (a reconnect storm).
-    max_opening: int = Field(default=64, gt=0)
+    max_opening: int = Field(default=256, gt=0)
     shutdown_grace: float = 5.0
     # The URL phones reach the bridge at, when it is not the listen address (a TLS proxy, a
     # wildcard listen): what `smsgw devices pair` prints and QR-encodes. "" = the bound address.
