@@ -107,6 +107,7 @@ class WsEcho(TypedDict):
 class WsIdle(TypedDict):
     connections: int
     rss_kib_per_connection: float
+    server_cpu_ms_per_open: float
     cpu_percent_idle: float
     other_cpu_percent: float
 
@@ -183,9 +184,10 @@ def ws_idle(
         with _Child("ws-idle-client", *client_args, max_seconds=lifetime) as clients:
             clients.expect(f"warm {warm}", _START_TIMEOUT)
             time.sleep(0.2)  # the server is done with the warm handshakes' last bytes
-            before = _rss_kib(server.pid)
+            before, cpu_before = _rss_kib(server.pid), _cpu_seconds(server.pid)
             clients.send_line("go")
             clients.expect(f"open {connections}", open_timeout)
+            opening_cpu = _cpu_seconds(server.pid) - cpu_before
             time.sleep(settle)
             after = _rss_kib(server.pid)
             meter = _Window(server.pid, (clients.pid,))
@@ -195,6 +197,8 @@ def ws_idle(
     return {
         "connections": connections,
         "rss_kib_per_connection": round((after - before) / (connections - warm), 2),
+        # The floor of the bridge's CPU per session open: TCP accept and the upgrade, no frame.
+        "server_cpu_ms_per_open": round(1000 * opening_cpu / (connections - warm), 3),
         "cpu_percent_idle": cpu,
         "other_cpu_percent": other_cpu,
     }

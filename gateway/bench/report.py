@@ -108,7 +108,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
                            _get(raw, "ws_idle", "rss_kib_per_connection"), "<= 40", _at_most(per, 40)))
             out.append(Row(f"{tag}idle sessions: CPU for keepalives ({n} phones)", cpu, "% of a core",
                            _get(raw, "ws_idle", "cpu_percent_idle"), "<= 25", _at_most(cpu, 25)))
-            out += _cpu_rows(tag, f"{idle.get('opened', 0)} idle phones connecting", idle, "open", None)
+            out += _cpu_rows(tag, f"{idle.get('opened', 0)} idle phones connecting", idle, "open",
+                             _get(raw, "ws_idle", "server_cpu_ms_per_open"))
         storm = r.get("storm")
         if isinstance(storm, dict) and "error" not in storm:
             drained = _get(storm, "drained_s")
