@@ -6,7 +6,7 @@ Only good tokens are kept, by their hash: at start the bridge loads those of eve
 later (a device paired since, or past the limit) is kept once a read found it good. A
 device deleted on this bridge's bus is forgotten
 at once (`forget`), so its phone is refused with 401 as before; a token a pairing retry
-replaced is forgotten when the retry redeems the code. Whatever the cache says, the session
+replaced is replaced by the new one when the retry redeems the code. Whatever the cache says, the session
 open re-checks the device's token and revocation in its own transaction
 (`gateway.devices.repository.take_online`): a stale entry can only turn a 401 into a close
 4004 after Hello, which a phone handles the same way (docs/protocol.md, close codes).
@@ -38,12 +38,13 @@ class TokenCache:
         return self._by_hash.get(token_hash)
 
     def put(self, token_hash: str, identity: DeviceIdentity, generation: int) -> None:
-        """Keep a token found good by a read that started at `generation`."""
-        if generation != self.generation:
-            return  # a device was forgotten meanwhile, maybe this one
+        """Keep a token found good by a read (or a re-issue) that started at `generation`.
+        The device's earlier token goes in any case: a device has one token at a time."""
         old = self._by_device.pop(identity.device_id, None)
         if old is not None:
             self._by_hash.pop(old, None)
+        if generation != self.generation:
+            return  # a device was forgotten meanwhile, maybe this one
         while len(self._by_hash) >= self.limit:
             oldest = next(iter(self._by_hash))
             self._by_device.pop(self._by_hash.pop(oldest).device_id, None)

@@ -203,13 +203,15 @@ class _Session:
         identity, credentials = admission.identity, None
         if identity is None:
             assert admission.pairing_code is not None
+            generation = self.ctx.tokens.generation
             redeemed = await trio.to_thread.run_sync(
                 self.ctx.devices.redeem_pairing_code, admission.pairing_code, self.ctx.clock(), admission.source
             )
             if redeemed is None:
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "pairing code spent or expired meanwhile")
             identity, token = redeemed
-            self.ctx.tokens.forget([identity.device_id])  # a re-issue replaced its earlier token
+            # Kept for the phone's next upgrade; a re-issue's earlier token goes.
+            self.ctx.tokens.put(hash_secret(token), identity, generation)
             credentials = Credentials(identity.device_id, token)
             self.log.info("= paired device %s", identity.device_id)
         return identity, hello, credentials

@@ -35,6 +35,16 @@ def test_a_new_token_of_a_device_replaces_its_old_one() -> None:
     assert cache.get("old") is None and cache.get("new") == A and len(cache) == 1
 
 
+def test_a_stale_put_still_drops_the_devices_earlier_token() -> None:
+    """A re-issue that raced a delete elsewhere: the new token is not kept, the old one goes."""
+    cache = TokenCache()
+    cache.put("old", A, cache.generation)
+    started = cache.generation
+    cache.forget(["dev-b"])
+    cache.put("new", A, started)
+    assert cache.get("old") is None and cache.get("new") is None
+
+
 def test_bounded_oldest_first() -> None:
     cache = TokenCache(limit=2)
     for h, identity in (("h-a", A), ("h-b", B), ("h-c", C)):
