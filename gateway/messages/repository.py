@@ -49,7 +49,7 @@ from gateway.messages.retry import RETRYABLE, backoff
 from gateway.messages.claims import ClaimTarget, ClaimTargets
 from gateway.messages.queue import DeviceQueue, Plan
 from gateway.messages.rows import (
-    Msg, Rcp, Writes, fetch_on, in_writes, load_messages, load_recipients, messages_by_id, messages_sql, select_messages,
+    MSG_NAMES, RCP_NAMES, Msg, Rcp, Writes, fetch_on, in_writes, load_messages, load_recipients, messages_by_id, messages_sql, select_messages,
 )
 from gateway.storage.raw import Sql, fetch, insert_into, run, run_many
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
@@ -217,8 +217,11 @@ class MessageRepository:
         def tx(s: Session) -> tuple[MessageRecord, bool]:  # shares its commit with concurrent writers
             adder = _Adder(s, owner_id, daily_segments, now)
             added = adder.add(new)
+            claim = self._claim_at_create(s, adder, added, now)  # before the insert: see there
             adder.write()
-            return added, self._claim_at_create(s, adder, added, now)
+            if claim is not None:
+                claim.flush()  # the claim's events and dispatch-log rows, after the rows they name
+            return added, claim is not None
 
         return self.db.group_future(tx)
 
@@ -231,16 +234,22 @@ class MessageRepository:
             raise error
         return existing
 
-    def _claim_at_create(self, s: Session, adder: _Adder, record: MessageRecord, now: datetime) -> bool:
+    def _claim_at_create(self, s: Session, adder: _Adder, record: MessageRecord, now: datetime) -> Writes | None:
         """Store the message just added as DISPATCHED to its phone, in this transaction, when
         the phone is connected with room and nothing waits in its queue (then this is exactly
         what the phone's next round would claim, without that round: one write job and no
         hop between the loops before the Deliver). Anything else (a queue with messages in
         it, pacing or the SIM holding it back, a round under way) leaves it PENDING for the
-        session, as before."""
+        session, as before.
+
+        Runs before `adder` inserts the message: a claim changes the rows it will insert
+        (DISPATCHED, with its session and SIM) instead of updating them after the insert.
+        Returns the claim's events and dispatch-log rows to write after that insert (None:
+        no claim). An insert that fails then (a replayed key) rolls the transaction back, and
+        ON_ROLLBACK undoes the claim in memory as for any rolled-back group."""
         target = self.claims.get(record.device_id) if self.claims is not None and record.device_id else None
         if target is None:
-            return False
+            return None
         units: list[DispatchUnit] = []
         with target.lock:  # one region: the session's thread only adds room meanwhile
             queue = target.queue
@@ -251,7 +260,7 @@ class MessageRepository:
                 if len(plan.claims) == 1 and not plan.missing_sim and len(plan.claims[0].indices) == len(rcps):
                     w = Writes(s)
                     units = self._write_plan(w, queue, plan, target.session_id, now, {msg.id})
-                    w.flush()
+                    adder.replace_last(*w.take_rows())
                     target.free -= len(units)
                     target.pending += len(units)
                 else:
@@ -260,10 +269,10 @@ class MessageRepository:
                         queue.needs_reload = True  # the history counted a claim not made
         if not units:
             target.note_unread(s.info, (record.id,))  # its session reads it in its next round
-            return False
+            return None
         s.info.setdefault(AFTER_COMMIT, []).append(partial(target.hand, units))
         s.info.setdefault(ON_ROLLBACK, []).append(partial(target.unclaimed, len(units)))
-        return True
+        return w
 
     def create_many(
         self, owner_id: str, items: Sequence[NewMessage], now: datetime, *, daily_segments: int = 0
@@ -1187,6 +1196,21 @@ class _Adder:
             (_INSERT_EVENT, self._events),
         ):
             run_many(connection, statement, values)  # raw: gateway.storage.raw
+
+    def replace_last(self, msgs: Sequence[Msg], rcps: Sequence[Rcp]) -> None:
+        """Insert these rows of the message added last instead of the ones queued (a claim
+        at create changed them before the insert: `MessageRepository._claim_at_create`)."""
+        last = self._messages[-1]
+        for msg in msgs:
+            assert msg.id == last["id"], "only the message added last"
+            self._messages[-1] = {name: getattr(msg, name) for name in MSG_NAMES}
+        changed = {r.idx: r for r in rcps if r.message_id == last["id"]}
+        assert len(changed) == len(rcps), "only the recipients of the message added last"
+        self._recipients = [
+            {name: getattr(changed[r["idx"]], name) for name in RCP_NAMES}
+            if r["message_id"] == last["id"] and r["idx"] in changed else r
+            for r in self._recipients
+        ]
 
     def rows_of_last(self) -> tuple[Msg, list[Rcp]]:
         """The rows of the message added last, as plain rows (for a claim at create)."""

@@ -33,7 +33,7 @@ from gateway.storage.models import DispatchLogRow, EventRow, MessageRow, Recipie
 from gateway.storage.raw import Sql, fetch, insert_into, run, run_many, types_of
 
 __all__ = [
-    "Msg", "Rcp", "Writes", "load_messages", "messages_by_id", "load_recipients", "in_writes",
+    "MSG_NAMES", "RCP_NAMES", "Msg", "Rcp", "Writes", "load_messages", "messages_by_id", "load_recipients", "in_writes",
     "messages_sql", "select_messages", "fetch_on",
 ]
 
@@ -91,10 +91,10 @@ class Rcp:
     last_error: str
 
 
-_MSG_NAMES = tuple(f.name for f in fields(Msg))
-_RCP_NAMES = tuple(f.name for f in fields(Rcp))
-_MSG_COLUMNS = [_M[name] for name in _MSG_NAMES]
-_RCP_COLUMNS = [_R[name] for name in _RCP_NAMES]
+MSG_NAMES = tuple(f.name for f in fields(Msg))  # the columns, as attribute names
+RCP_NAMES = tuple(f.name for f in fields(Rcp))
+_MSG_COLUMNS = [_M[name] for name in MSG_NAMES]
+_RCP_COLUMNS = [_R[name] for name in RCP_NAMES]
 
 # What the state logic may change on a row: written back whole, one statement per table.
 _MSG_MUTABLE = ("device_id", "ever_dispatched", "drop_pending", "state", "updated_at")
@@ -107,8 +107,8 @@ _RCP_MUTABLE = (
 # execution context cost more than SQLite takes to run them. Values go through the
 # columns' SQLAlchemy type processors both ways, so rows read back as Core reads them.
 _MESSAGE, _RECIPIENT = MessageRow.__table__, RecipientRow.__table__  # type: ignore[attr-defined]
-SELECT_MESSAGES = f"SELECT {', '.join(_MSG_NAMES)} FROM message"
-MESSAGE_TYPES = tuple(_M[name].type for name in _MSG_NAMES)
+SELECT_MESSAGES = f"SELECT {', '.join(MSG_NAMES)} FROM message"
+MESSAGE_TYPES = tuple(_M[name].type for name in MSG_NAMES)
 _UPDATE_MSG = Sql(
     f"UPDATE message SET {', '.join(f'{n} = :{n}' for n in _MSG_MUTABLE)} WHERE id = :k_id",
     binds=types_of(_MESSAGE, _MSG_MUTABLE),
@@ -122,9 +122,9 @@ _MSGS_BY_ID_ON = Sql(
     f"{SELECT_MESSAGES} WHERE id IN (:ids) AND device_id = :device_id", expand=["ids"], results=MESSAGE_TYPES
 )
 _RCPS_BY_MESSAGE = Sql(
-    f"SELECT {', '.join(_RCP_NAMES)} FROM recipient WHERE message_id IN (:ids) ORDER BY message_id, idx",
+    f"SELECT {', '.join(RCP_NAMES)} FROM recipient WHERE message_id IN (:ids) ORDER BY message_id, idx",
     expand=["ids"],
-    results=[_R[name].type for name in _RCP_NAMES],
+    results=[_R[name].type for name in RCP_NAMES],
 )
 _INSERT_EVENT = insert_into(EventRow.__table__)  # type: ignore[attr-defined]
 _INSERT_LOG = insert_into(DispatchLogRow.__table__)  # type: ignore[attr-defined]
@@ -202,6 +202,14 @@ class Writes:
             self._msgs[id(obj)] = obj
         else:
             self.s.add(obj)
+
+    def take_rows(self) -> tuple[list[Msg], list[Rcp]]:
+        """The changed plain rows, taken out unwritten: rows not stored yet, which their
+        caller inserts as they are now (a claim at create: `_Adder.replace_last`)."""
+        msgs, rcps = list(self._msgs.values()), list(self._rcps.values())
+        self._msgs.clear()
+        self._rcps.clear()
+        return msgs, rcps
 
     def event(self, values: dict[str, Any]) -> None:
         """Queue one event-log row (the `event` table's columns, without id)."""

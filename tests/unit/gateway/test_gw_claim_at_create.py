@@ -205,6 +205,27 @@ def test_create_to_an_idle_phone_is_stored_dispatched_and_handed_after_the_commi
     assert (target.free, target.pending) == (2, 0)
 
 
+def test_a_replayed_key_to_an_idle_phone_claims_nothing_twice(world: World) -> None:
+    """The claim is made before the insert; a send whose key is stored already fails that
+    insert: the claim is undone with the transaction and the answer is the stored message."""
+    bridge = ready_bridge(world)
+    target = bridge.target
+    new = new_message(device_id=bridge.dev)
+    first, created, claimed = world.repo.create_claimed(world.owner, new, T0)
+    assert created and claimed
+    [unit] = bridge.send_handed()
+    assert (target.free, target.pending) == (2, 0)
+    later = T0 + 3 * SEC  # past the SIM's interval: the phone may send again
+    again, created, claimed = world.repo.create_claimed(world.owner, new, later)
+    assert again.id == first.id and not created and not claimed
+    assert (target.free, target.pending) == (2, 0) and target.take_handed() == []
+    assert dispatch_log(world) == [(bridge.dev, first.id, 0, 1)]
+    assert events_of(world, first.id) == [(0, P), (0, D)]
+    assert target.queue is not None and target.queue.needs_reload  # its history counts the undone claim
+    assert bridge.round(later) == [] and bridge.sent_ids == [first.id]  # the round reloads it
+    assert_matches_storage(world, bridge, later)
+
+
 def test_the_deliver_is_handed_only_after_the_commit(world: World) -> None:
     """Inside the transaction (a later job of the same group) nothing is handed yet."""
     bridge = ready_bridge(world)
@@ -441,8 +462,10 @@ def test_a_claim_whose_transaction_rolls_back_gives_the_room_back(world: World) 
         with world.db.write() as s:
             adder = _Adder(s, world.owner, 0, T0)
             added = adder.add(new)
+            claim = repo._claim_at_create(s, adder, added, T0)  # as create does: before the insert
+            assert claim is not None
             adder.write()
-            assert repo._claim_at_create(s, adder, added, T0)
+            claim.flush()
             assert (target.free, target.pending) == (2, 1)
             raise Boom
     assert (target.free, target.pending) == (3, 0)
