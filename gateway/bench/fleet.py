@@ -46,6 +46,7 @@ from device_bridge.protocol import (
     SimInfo,
     WelcomeReceived,
 )
+from smsgw_agent.agent import retry_after_seconds
 
 __all__ = ["main", "raise_open_files_limit"]
 
@@ -110,7 +111,8 @@ class Fleet:
         return sum(p.connected for p in self.phones)
 
     async def run_phone(self, phone: _Phone) -> None:
-        """Connect while wanted; after any end, reconnect after a short random wait (1012)."""
+        """Connect while wanted; after any end, reconnect after a short random wait (1012), or
+        after the Retry-After of a 503."""
         delay = 0.05
         while True:
             while not phone.want_online:
@@ -118,6 +120,7 @@ class Fleet:
                 # 180,000 wake-ups a second, charged to the fleet's CPU per message.
                 phone.wanted = trio.Event()
                 await phone.wanted.wait()
+            pause: float | None = None  # the bridge's Retry-After, when it refused with one
             with trio.CancelScope() as scope:
                 phone.cancel = scope
                 await self.connect_slots.acquire()  # bounded handshakes, not sessions
@@ -139,6 +142,10 @@ class Fleet:
                         await self.converse(phone, ws)
                 except InvalidStatus as exc:
                     self.errors[f"http_{exc.response.status_code}"] += 1
+                    # As the reference phone does (smsgw_agent): no sooner than Retry-After.
+                    retry_after = retry_after_seconds(exc.response.headers.get("Retry-After"))
+                    if retry_after is not None:
+                        pause = retry_after
                 except ConnectionClosed as exc:
                     code = exc.rcvd.code if exc.rcvd else 1006
                     self.errors[f"close_{code}"] += 1
@@ -149,7 +156,7 @@ class Fleet:
                         self.connect_slots.release()
                     phone.connected = False
                     phone.cancel = None
-            await trio.sleep(random.uniform(0.0, delay))
+            await trio.sleep(pause if pause is not None else random.uniform(0.0, delay))
             delay = min(delay * 2, _RECONNECT_MAX)
 
     async def converse(self, phone: _Phone, ws: ClientConnection) -> None:
