@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func
 from sqlmodel import col, select
 
 from gateway.events.ring import RingEvent, Tail
@@ -17,13 +16,31 @@ from gateway.inbound.records import InboundEventRecord
 from gateway.inbound.repository import _record as inbound_record  # the same record WatchInbound's storage path makes
 from gateway.messages.records import EventRecord
 from gateway.storage.engine import Database
-from gateway.storage.models import EventRow, InboundRow, RecipientRow
+from gateway.storage.models import EventRow, InboundRow
+from gateway.storage.raw import Sql, fetch
 from gateway.types import EventKind, State
 
 __all__ = ["read_tail"]
 
 _E = EventRow.__table__.c  # type: ignore[attr-defined]
-_RC = RecipientRow.__table__.c  # type: ignore[attr-defined]
+
+
+_MAX_ID = Sql("SELECT MAX(id) FROM event")
+# Columns, not ORM rows, on the DB-API (gateway.storage.raw): this read runs after every
+# commit that logged events, and the ORM's statement and row objects cost more than the query.
+_MESSAGE_TAIL = Sql(
+    "SELECT event.id, event.owner_id, event.message_id, event.recipient_index, event.state,"
+    " event.message_state, event.error, event.created_at, recipient.phone_number"
+    " FROM event JOIN recipient"
+    " ON recipient.message_id = event.message_id AND recipient.idx = event.recipient_index"
+    f" WHERE event.kind = '{EventKind.MESSAGE.value}' AND event.id > :after AND event.id <= :upto"
+    " ORDER BY event.id DESC LIMIT :limit",
+    results=[None, None, None, None, None, None, None, _E.created_at.type, None],
+)
+_INBOUND_TAIL = Sql(
+    "SELECT id, owner_id, inbound_id FROM event"
+    f" WHERE kind = '{EventKind.INBOUND.value}' AND id > :after AND id <= :upto ORDER BY id DESC LIMIT :limit"
+)
 
 
 def read_tail(db: Database, after: int, limit: int) -> Tail:
@@ -35,35 +52,25 @@ def read_tail(db: Database, after: int, limit: int) -> Tail:
     SQLite and `smsgw serve` have it; several PostgreSQL writers need a commit-ordered cursor,
     docs/design.md "Event log")."""
     with db.read() as s:
-        upto = int(s.exec(select(func.max(EventRow.id))).one() or 0)
+        connection = s.connection()
+        upto = int(fetch(connection, _MAX_ID)[0][0] or 0)
         if upto <= after:
             return Tail(after, after, [])
-        in_range = (col(EventRow.id) > after) & (col(EventRow.id) <= upto)
-        # Columns, not ORM rows, on the connection: this read runs after every commit that
-        # logged events, and an EventRow object per event cost more than the query.
-        messages = s.connection().execute(
-            select(_E.id, _E.owner_id, _E.message_id, _E.recipient_index, _E.state, _E.message_state, _E.error,
-                   _E.created_at, _RC.phone_number)
-            .join(RecipientRow.__table__, (_RC.message_id == _E.message_id) & (_RC.idx == _E.recipient_index))
-            .where(_E.kind == EventKind.MESSAGE.value, _E.id > after, _E.id <= upto)
-            .order_by(_E.id.desc())
-            .limit(limit)
-        ).all()
-        inbound = s.exec(
-            select(EventRow.id, EventRow.owner_id, InboundRow)
-            .join(InboundRow, col(InboundRow.id) == col(EventRow.inbound_id))
-            .where(EventRow.kind == EventKind.INBOUND.value, in_range)
-            .order_by(col(EventRow.id).desc())
-            .limit(limit)
-        ).all()
+        bounds = {"after": after, "upto": upto, "limit": limit}
+        messages = fetch(connection, _MESSAGE_TAIL, bounds)
+        inbound_ids = fetch(connection, _INBOUND_TAIL, bounds)
+        inbound: list[tuple[int, str, InboundRow]] = []
+        if inbound_ids:  # rare next to message events: the ORM rows the storage path makes
+            rows = {r.id: r for r in s.exec(select(InboundRow).where(col(InboundRow.id).in_([i for _, _, i in inbound_ids])))}
+            inbound = [(event_id, owner_id, rows[i]) for event_id, owner_id, i in inbound_ids if i in rows]
     # A kind whose read was cut at `limit` is complete only above its oldest id read.
     start = after
     if len(messages) == limit:
         start = max(start, messages[-1][0] - 1)
-    if len(inbound) == limit:
-        start = max(start, (inbound[-1][0] or 0) - 1)
+    if len(inbound_ids) == limit:
+        start = max(start, inbound_ids[-1][0] - 1)
     events = [_message_event(*row) for row in messages]
-    events += [_inbound_event(event_id or 0, owner_id, row) for event_id, owner_id, row in inbound]
+    events += [_inbound_event(event_id, owner_id, row) for event_id, owner_id, row in inbound]
     events = sorted((e for e in events if e.id > start), key=lambda e: e.id)
     if len(events) > limit:
         events = events[-limit:]

@@ -25,6 +25,7 @@ from gateway.messages.records import EventRecord
 from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed
 from gateway.types import EventKind, State
+from tests.helpers.postgres import throwaway_database
 from tests.unit.gateway.test_gw_inbound import Store, sms
 from tests.unit.gateway.test_gw_repository import new_message
 
@@ -374,13 +375,22 @@ def test_a_stream_left_behind_by_eviction_falls_back_to_storage_and_skips_nothin
 # ---- the tail read against real storage ---------------------------------------------------
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    st = Store(f"sqlite:///{tmp_path / 'smsgw.db'}")
-    try:
-        yield st
-    finally:
-        st.db.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The tail read's raw statements on both databases (a fresh PostgreSQL one each)."""
+    if request.param == "sqlite":
+        st = Store(f"sqlite:///{tmp_path / 'smsgw.db'}")
+        try:
+            yield st
+        finally:
+            st.db.close()
+        return
+    with throwaway_database() as url:
+        st = Store(url)
+        try:
+            yield st
+        finally:
+            st.db.close()
 
 
 def test_the_tail_read_gives_what_the_per_owner_reads_give(store: Store) -> None:
