@@ -63,6 +63,11 @@ class SessionHandle:
         hands this handle the device's wake-ups (`SessionRegistry.opening`)."""
         self._reload = False
 
+    def quiet_since_loading(self) -> bool:
+        """No wake-up since `loading`: what the open loaded is all there is (its first round
+        would only plan on it again)."""
+        return not (self._reload or self._fresh or self._settings_changed)
+
     def take_work(self) -> tuple[bool, set[str]]:
         """(reload the whole queue?, messages to read again) for the round about to run."""
         reload, fresh = self._reload, self._fresh

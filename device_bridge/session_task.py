@@ -465,6 +465,12 @@ class _Session:
         handle, ctx = self.handle, self.ctx
         assert handle is not None
         wake_at: datetime | None = None
+        if queue is not None and not len(queue) and handle.quiet_since_loading():
+            # Nothing waits for the phone and nothing changed since the open loaded that:
+            # no first round (a write job that would claim nothing); creates claim on it.
+            handle.take_round()
+            if target is not None:
+                target.caught_up(queue, set())
         while True:
             deadline = math.inf
             if wake_at is not None:

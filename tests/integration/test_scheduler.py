@@ -235,3 +235,39 @@ def test_scheduled_rescheduled_and_expiring_messages_follow_the_clock(tmp_path: 
     assert all(sent_at[m.id] <= 60 for m in sent)
     assert not any(m.id in sent_at for m in expired)
     assert all(r.error == "valid_until passed before it was sent" for m in expired for r in m.recipients)
+
+
+def test_an_idle_phone_opens_without_a_dispatch_round_and_a_later_send_goes_out(tmp_path: Path) -> None:
+    """The open loads the phone's queue; when it is empty and nothing changed meanwhile, the
+    session runs no first round (a write job that would claim nothing). A send after that
+    still reaches the phone (its wake-up asks for a round)."""
+    world = World(tmp_path, sims=1)
+    rounds: list[int] = []
+    round_future = world.messages.dispatch_round_future
+
+    def counted(*args: object, **kwargs: object) -> object:
+        rounds.append(len(rounds))
+        return round_future(*args, **kwargs)  # type: ignore[arg-type]
+
+    world.messages.dispatch_round_future = counted  # type: ignore[method-assign]
+    report: dict[str, object] = {}
+
+    async def main(vt: VirtualTime) -> None:
+        agent = world.phone()
+        async with connected(world, agent):
+            with trio.fail_after(60):
+                while not world.registry._by_device:
+                    await trio.sleep(0.1)
+            await vt.settle()
+            report["rounds_before"] = len(rounds)
+            mid = world.send(["+15550300001"], "hello")
+            report["done_at"] = await _until_settled(world, [mid], 600)
+            report["mid"] = mid
+
+    try:
+        run_virtual(main, real_limit=60.0)
+        assert world.messages.get(world.owner_id, str(report["mid"])).state == State.DELIVERED
+    finally:
+        world.close()
+    assert report["rounds_before"] == 0
+    assert len(rounds) >= 1
