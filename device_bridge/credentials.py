@@ -3,13 +3,13 @@ cache), so a reconnecting phone's upgrade reads no database and takes no worker 
 
 Only good tokens are kept, by their hash: at start the bridge loads those of every device
 (`load`, one query), so a reconnect storm after a restart reads none either; a token seen
-later (a device paired since, or past the limit) is kept once a read found it good. A
-device deleted on this bridge's bus is forgotten
-at once (`forget`), so its phone is refused with 401 as before; a token a pairing retry
-replaced is replaced by the new one when the retry redeems the code. Whatever the cache says, the session
-open re-checks the device's token and revocation in its own transaction
-(`gateway.devices.repository.take_online`): a stale entry can only turn a 401 into a close
-4004 after Hello, which a phone handles the same way (docs/protocol.md, close codes).
+later (a device paired since, or past the limit) is kept once a read found it good. A device
+deleted on this bridge's bus is forgotten at once (`forget`), so its phone is refused with 401
+as before; a token a pairing retry replaced gives way to the new one when the retry redeems
+the code. Whatever the cache says, the session open re-checks the device's token and
+revocation in its own transaction (`gateway.devices.repository.take_online`): a stale entry
+can only turn a 401 into a close 4004 after Hello, which a phone handles the same way
+(docs/protocol.md, close codes).
 
 Used on the bridge's trio thread only.
 """

@@ -21,7 +21,8 @@ async def wait_job(future: Future[T], *, abandon_on_cancel: bool = False) -> T:
     Not cancellable, like `trio.to_thread.run_sync`: a job the writer took runs and commits
     anyway, and the caller must see what it stored (claims to send or requeue, receipts to
     Ack). `abandon_on_cancel`: the caller may stop waiting (the job still runs; what must
-    follow it is the job's own done-callback), as a session's cleanup does at shutdown. Under a virtual clock (trio.testing.MockClock, the scheduler's tests) it waits in a
+    follow it is the job's own done-callback), as a session's cleanup does at shutdown.
+    Under a virtual clock (trio.testing.MockClock, the scheduler's tests) it waits in a
     worker thread instead: trio then counts the run as busy, where a wait on the job's own
     callback would look idle and let the clock jump past a job still being written.
     """

@@ -162,6 +162,7 @@ async def serve(
             )
         )
         bound = server.listeners[0].socket.getsockname()[1]
+
         def revoked(device_ids: Iterable[str]) -> None:
             device_ids = list(device_ids)
             ctx.tokens.forget(device_ids)  # refused with 401 from now on
@@ -176,7 +177,11 @@ async def _load_tokens(ctx: BridgeContext) -> None:
     """Every device's token into the cache, so phones reconnecting after a restart read none
     (until it is loaded they are checked one by one, as a token not in it is)."""
     generation = ctx.tokens.generation
-    entries = await trio.to_thread.run_sync(ctx.devices.token_identities, ctx.tokens.limit)
+    try:
+        entries = await trio.to_thread.run_sync(ctx.devices.token_identities, ctx.tokens.limit)
+    except Exception as exc:  # the bridge serves on; each token is then read when it comes
+        log.warning("device tokens not loaded (%s); checking them one by one", type(exc).__name__)
+        return
     ctx.tokens.load(entries, generation)
     log.info("%d device tokens loaded", len(ctx.tokens))
 

@@ -49,7 +49,8 @@ from gateway.messages.retry import RETRYABLE, backoff
 from gateway.messages.claims import ClaimTarget, ClaimTargets
 from gateway.messages.queue import DeviceQueue, Plan
 from gateway.messages.rows import (
-    MSG_NAMES, RCP_NAMES, Msg, Rcp, Writes, fetch_on, in_writes, load_messages, load_recipients, messages_by_id, messages_sql, select_messages,
+    MSG_NAMES, RCP_NAMES, Msg, Rcp, Writes, fetch_on, in_writes, load_messages, load_recipients, messages_by_id,
+    messages_sql, select_messages,
 )
 from gateway.storage.raw import Sql, fetch, insert_into, run, run_many
 from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
@@ -251,6 +252,7 @@ class MessageRepository:
         if target is None:
             return None
         units: list[DispatchUnit] = []
+        w: Writes | None = None
         with target.lock:  # one region: the session's thread only adds room meanwhile
             queue = target.queue
             if queue is not None and target.may_claim_at_create():
@@ -267,7 +269,7 @@ class MessageRepository:
                     queue.remove(msg.id)
                     if plan.claims:
                         queue.needs_reload = True  # the history counted a claim not made
-        if not units:
+        if not units or w is None:
             target.note_unread(s.info, (record.id,))  # its session reads it in its next round
             return None
         s.info.setdefault(AFTER_COMMIT, []).append(partial(target.hand, units))

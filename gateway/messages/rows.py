@@ -33,8 +33,8 @@ from gateway.storage.models import DispatchLogRow, EventRow, MessageRow, Recipie
 from gateway.storage.raw import Sql, fetch, insert_into, run, run_many, types_of
 
 __all__ = [
-    "MSG_NAMES", "RCP_NAMES", "Msg", "Rcp", "Writes", "load_messages", "messages_by_id", "load_recipients", "in_writes",
-    "messages_sql", "select_messages", "fetch_on",
+    "MSG_NAMES", "RCP_NAMES", "Msg", "Rcp", "Writes", "load_messages", "messages_by_id", "load_recipients",
+    "in_writes", "messages_sql", "select_messages", "fetch_on",
 ]
 
 T = TypeVar("T")
