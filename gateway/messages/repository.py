@@ -53,7 +53,7 @@ from gateway.messages.rows import (
     messages_sql, select_messages,
 )
 from gateway.storage.raw import Sql, fetch, insert_into, run, run_many
-from gateway.storage.models import DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
+from gateway.storage.models import ADOPTABLE, DailyUsageRow, Device, DispatchLogRow, EventRow, MessageRow, RecipientRow
 from gateway.webhooks.outbox import enqueue
 from gateway.webhooks.payloads import MESSAGE_EVENTS, message_body
 from gateway.types import (
@@ -519,12 +519,12 @@ class MessageRepository:
     )
     # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
     # never-dispatched ones routed to a device of the owner that is offline now.
+    # Written with ADOPTABLE as it stands, so the partial index ix_message_adoptable serves it:
+    # a session open then reads the owner's adoptable messages, not every pending one.
     _ADOPT = Sql(
-        "UPDATE message SET device_id = :k_device_id"
-        f" WHERE owner_id = :k_owner_id AND state = {_PENDING} AND pinned = :no AND ever_dispatched = :no"
+        f"UPDATE message SET device_id = :k_device_id WHERE owner_id = :k_owner_id AND {ADOPTABLE}"
         " AND (device_id IS NULL OR device_id IN (SELECT device.id FROM device"
         " WHERE device.owner_id = :k_owner_id AND device.session_id = '' AND device.id != :k_device_id))",
-        binds={"no": _BOOL},
     )
     # What a session dispatched and the phone did not accept.
     _UNACCEPTED_ON = Sql(f"SELECT message_id, idx FROM recipient WHERE session_id = :session_id AND state = {_DISPATCHED}")
@@ -556,7 +556,7 @@ class MessageRepository:
             self._transition(s, row, rs, State.ACCEPTED, "", now, only=only)
         stale = s.fetch(self._STALE, {"device_id": device_id, "session_id": session_id})
         self._move_recipients(s, stale, State.PENDING, "session_lost", now)
-        s.run(self._ADOPT, {"k_owner_id": owner_id, "k_device_id": device_id, "no": False})
+        s.run(self._ADOPT, {"k_owner_id": owner_id, "k_device_id": device_id})
         if self.claims is not None:
             self.claims.note_behind((device_id,))  # a session of it still open has not seen them
 

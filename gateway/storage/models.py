@@ -134,6 +134,10 @@ class PairingCode(SQLModel, table=True):
     device_id: str | None = None
 
 
+# The messages a phone coming online may take over (state 1 = PENDING): see ix_message_adoptable.
+ADOPTABLE = "state = 1 AND pinned = false AND ever_dispatched = false"
+
+
 class MessageRow(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (
@@ -145,6 +149,11 @@ class MessageRow(SQLModel, table=True):
         Index("ix_message_owner_id", "owner_id", "id"),
         # Messages whose phone must be told to drop them (expired while it held them).
         Index("ix_message_drop", "drop_pending", "device_id"),
+        # What a phone coming online may adopt (MessageRepository._ADOPT): only the owner's
+        # unpinned, never-dispatched PENDING messages, so a session open does not scan every
+        # pending message (a partial index; its WHERE is the statement's, word for word).
+        Index("ix_message_adoptable", "owner_id", "device_id",
+              sqlite_where=text(ADOPTABLE), postgresql_where=text(ADOPTABLE)),
     )
     id: str = Field(primary_key=True)  # ULID: sortable by creation
     owner_id: str = Field(foreign_key="owner.id")

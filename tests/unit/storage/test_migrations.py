@@ -52,3 +52,19 @@ def test_postgresql_migrations_match_models(pg_database: str) -> None:
     db.migrate()
     assert _diff(db) == []
     db.close()
+
+
+def test_the_adoption_at_session_open_reads_the_partial_index(tmp_path: Path) -> None:
+    """A session open adopts the owner's unrouted messages; its statement must match the
+    partial index's WHERE word for word, or SQLite scans every pending message instead."""
+    from sqlalchemy import text
+
+    from gateway.messages.repository import MessageRepository
+
+    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db.migrate()
+    statement = MessageRepository._ADOPT.text.replace(":k_device_id", "'d'").replace(":k_owner_id", "'o'")
+    with db.engine.connect() as connection:
+        plan = [row[3] for row in connection.execute(text("EXPLAIN QUERY PLAN " + statement))]
+    db.close()
+    assert any("USING INDEX ix_message_adoptable" in step for step in plan), plan
