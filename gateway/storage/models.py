@@ -151,7 +151,7 @@ class MessageRow(SQLModel, table=True):
         Index("ix_message_drop", "drop_pending", "device_id"),
         # What a phone coming online may adopt (MessageRepository._ADOPT): only the owner's
         # unpinned, never-dispatched PENDING messages, so a session open does not scan every
-        # pending message (a partial index; its WHERE is the statement's, word for word).
+        # pending message (a partial index: the statement repeats its WHERE).
         Index("ix_message_adoptable", "owner_id", "device_id",
               sqlite_where=text(ADOPTABLE), postgresql_where=text(ADOPTABLE)),
     )

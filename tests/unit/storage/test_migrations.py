@@ -55,8 +55,8 @@ def test_postgresql_migrations_match_models(pg_database: str) -> None:
 
 
 def test_the_adoption_at_session_open_reads_the_partial_index(tmp_path: Path) -> None:
-    """A session open adopts the owner's unrouted messages; its statement must match the
-    partial index's WHERE word for word, or SQLite scans every pending message instead."""
+    """A session open adopts the owner's unrouted messages; its statement must imply the
+    partial index's WHERE, or SQLite scans every pending message of every owner instead."""
     from sqlalchemy import text
 
     from gateway.messages.repository import MessageRepository
