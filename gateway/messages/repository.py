@@ -511,11 +511,13 @@ class MessageRepository:
     # ---- bridge side -------------------------------------------------------------
 
     # The session open's and close's statements, written once and run raw (gateway.storage.raw).
-    # What older sessions of the device dispatched.
+    # What older sessions of the device dispatched. A message with a DISPATCHED recipient is
+    # PENDING or DISPATCHED itself (derive_message_state: the least advanced state moving), and
+    # saying so lets ix_message_dispatch skip the device's history instead of reading it all.
     _STALE = Sql(
         "SELECT recipient.message_id, recipient.idx FROM recipient JOIN message ON message.id = recipient.message_id"
-        f" WHERE message.device_id = :device_id AND recipient.state = {_DISPATCHED}"
-        " AND recipient.session_id != :session_id"
+        f" WHERE message.device_id = :device_id AND message.state IN ({_PENDING}, {_DISPATCHED})"
+        f" AND recipient.state = {_DISPATCHED} AND recipient.session_id != :session_id"
     )
     # Adopt what waits for no phone in particular: unrouted messages, and unpinned,
     # never-dispatched ones routed to a device of the owner that is offline now.
