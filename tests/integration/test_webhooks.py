@@ -288,10 +288,13 @@ def _settled(client: Client, webhook_id: str, attempts: int = 0) -> webhooks_pb2
     """The webhook once the server recorded the answers the receiver already gave: the
     receiver sees a request before the server records its answer, and a delivery whose last
     attempt is in flight no longer counts as pending, so wait until no delivery is pending
-    and at least `attempts` attempts are recorded (bounded wait)."""
+    and at least `attempts` attempts are recorded (bounded wait). The attempts are read before
+    the webhook: an attempt and the webhook state it causes commit together, so the webhook
+    read after them shows that state (read the other way round, the webhook could be from
+    before the last attempt's commit and its attempts from after)."""
     for _ in range(200):
-        [webhook] = [w for w in client.webhooks.list().webhooks if w.id == webhook_id]
         recorded = sum(len(d.attempt_log) for d in client.webhooks.deliveries(webhook_id).deliveries) if attempts else 0
+        [webhook] = [w for w in client.webhooks.list().webhooks if w.id == webhook_id]
         if webhook.pending_deliveries == 0 and recorded >= attempts:
             break
         time.sleep(0.05)
