@@ -452,6 +452,44 @@ class Boom(Exception):
     pass
 
 
+def in_a_failing_group(world: World, job: Callable[[], Any]) -> Any:
+    """Run `job` (which submits one write job) so that its write job shares a group with a
+    job that raises: a held job keeps the writer busy until both are queued. Returns what
+    `job` returned; the failing job must have failed alone (Boom)."""
+    db = world.db
+    gate, started = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def hold(_s: Any) -> None:
+        started.set()
+        assert gate.wait(_WAIT)
+
+    def fail(_s: Any) -> None:
+        raise Boom
+
+    def failing() -> None:
+        try:
+            db.group(fail)
+        except Boom as exc:
+            results["fail"] = exc
+
+    blocker = threading.Thread(target=db.group, args=(hold,))
+    blocker.start()
+    assert started.wait(_WAIT)
+    worker = threading.Thread(target=lambda: results.update(out=job()))
+    worker.start()
+    wait_jobs(world, 1)
+    breaker = threading.Thread(target=failing)
+    breaker.start()
+    wait_jobs(world, 2)
+    gate.set()
+    for t in (blocker, worker, breaker):
+        t.join(_WAIT)
+        assert not t.is_alive()
+    assert isinstance(results.get("fail"), Boom)
+    return results["out"]
+
+
 def test_a_claim_whose_transaction_rolls_back_gives_the_room_back(world: World) -> None:
     """`Database.write` with a body that claims, then raises."""
     bridge = ready_bridge(world)
@@ -484,40 +522,10 @@ def test_a_group_that_fails_after_a_claim_is_rerun_without_it(world: World) -> N
     room comes back, the queue is marked for reload), then each job runs alone: the create is
     stored PENDING, not claimed, nothing is handed; the failing job alone fails."""
     bridge = ready_bridge(world)
-    db, target = world.db, bridge.target
-    gate, started = threading.Event(), threading.Event()
-    results: dict[str, Any] = {}
-
-    def hold(_s: Any) -> None:
-        started.set()
-        assert gate.wait(_WAIT)
-
-    def fail(_s: Any) -> None:
-        raise Boom
-
-    def failing() -> None:
-        try:
-            db.group(fail)
-        except Boom as exc:
-            results["fail"] = exc
-
-    blocker = threading.Thread(target=db.group, args=(hold,))
-    blocker.start()
-    assert started.wait(_WAIT)
-    creator = threading.Thread(
-        target=lambda: results.update(out=world.repo.create_claimed(world.owner, new_message(device_id=bridge.dev), T0))
+    target = bridge.target
+    record, created, claimed = in_a_failing_group(
+        world, lambda: world.repo.create_claimed(world.owner, new_message(device_id=bridge.dev), T0)
     )
-    creator.start()
-    wait_jobs(world, 1)
-    breaker = threading.Thread(target=failing)
-    breaker.start()
-    wait_jobs(world, 2)
-    gate.set()
-    for t in (blocker, creator, breaker):
-        t.join(_WAIT)
-        assert not t.is_alive()
-    assert isinstance(results.get("fail"), Boom)
-    record, created, claimed = results["out"]
     assert created and not claimed
     assert (target.free, target.pending) == (3, 0)
     assert target.queue is not None and target.queue.needs_reload
@@ -544,42 +552,13 @@ def test_a_round_in_a_group_that_fails_counts_its_claims_once(tmp_path: Path) ->
 
 def _round_rolled_back(world: World) -> None:
     bridge = ready_bridge(world)
-    db, target = world.db, bridge.target
+    target = bridge.target
     target.sent(0, 0)
     waiting = [bridge.send(new_message(device_id=bridge.dev), T0)[0] for _ in range(2)]
     target.sent(0, bridge.available)
-    gate, started = threading.Event(), threading.Event()
-    results: dict[str, Any] = {}
-
-    def hold(_s: Any) -> None:
-        started.set()
-        assert gate.wait(_WAIT)
-
-    def fail(_s: Any) -> None:
-        raise Boom
-
-    def failing() -> None:
-        try:
-            db.group(fail)
-        except Boom as exc:
-            results["fail"] = exc
-
-    blocker = threading.Thread(target=db.group, args=(hold,))
-    blocker.start()
-    assert started.wait(_WAIT)
-    rounder = threading.Thread(target=lambda: results.update(units=bridge.repo.dispatch_round(
-        bridge.queue, bridge.dev, "s1", 3, T0, set(), set(waiting), target
-    )))
-    rounder.start()
-    wait_jobs(world, 1)
-    breaker = threading.Thread(target=failing)
-    breaker.start()
-    wait_jobs(world, 2)
-    gate.set()
-    for t in (blocker, rounder, breaker):
-        t.join(_WAIT)
-        assert not t.is_alive()
-    kept, batch = results["units"]
+    kept, batch = in_a_failing_group(
+        world, lambda: bridge.repo.dispatch_round(bridge.queue, bridge.dev, "s1", 3, T0, set(), set(waiting), target)
+    )
     assert sorted(u.message.id for u in batch.units) == sorted(waiting)
     assert (target.free, target.pending) == (1, 2), "claims of the rolled-back attempt counted again"
     assert all(snapshot(world.db)[m].states == (D,) for m in waiting)
