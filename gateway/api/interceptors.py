@@ -133,16 +133,26 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, auth: AuthService, metrics: GatewayMetrics) -> None:
         self._auth = auth
         self._metrics = metrics
+        # method -> its wrapped handler: a method's handler never changes once the server
+        # started, so each is looked up and wrapped once, not per call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
         method: str = details.method  # type: ignore[attr-defined]
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(await continuation(details), method)
+            if wrapped is not None:  # an unknown method stays unknown (UNIMPLEMENTED), uncached
+                self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
+        if handler is None:
+            return None
         # Every method's request parses through this: bytes that do not parse reach the
         # handler as an Undecodable (answered below), not grpc's UNKNOWN and traceback.
         decode = safe_deserializer(handler.request_deserializer)

@@ -47,6 +47,10 @@ _INLINE_RECIPIENTS = 16
 E.164 check costs ~22 µs: at most ~0.4 ms); bigger ones in a worker thread, whose hop (36–76
 µs) is then the smaller cost, so a 1.4 MB SendMessages never stalls the RPCs sharing the loop."""
 
+_NEVER_STOPPED = threading.Event()
+"""The `stop` of a call run inline: it ends before anything could set it (saves an Event,
+and its Condition and lock, per SendMessage)."""
+
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
@@ -55,9 +59,9 @@ async def _off_loop(recipients: int, fn: Callable[[threading.Event], T]) -> T:
     """`fn(stop)` inline for a small call, else in the worker thread (see _INLINE_RECIPIENTS).
     When the call is cancelled (the client gave up, its deadline passed) `stop` is set, so a
     long `fn` that checks it stops instead of holding the worker for seconds."""
-    stop = threading.Event()
     if recipients <= _INLINE_RECIPIENTS:
-        return fn(stop)
+        return fn(_NEVER_STOPPED)
+    stop = threading.Event()
     try:
         return await run_big(fn, stop)
     except asyncio.CancelledError:

@@ -130,3 +130,13 @@ def test_issue_token_refuses_unknown_scopes(server: ServerProcess) -> None:
         client.issue_token("admin", server.admin_password, scopes=["messages:send", "root:everything"])
     assert [f for f, _ in caught.value.field_violations] == ["scopes"]
 
+
+
+def test_an_unknown_method_is_unimplemented_every_time(channel: grpc.Channel) -> None:
+    """The interceptor wraps each known method's handler once and keeps it; a method the
+    server does not have is not kept, and stays UNIMPLEMENTED (not a cached wrapper of None)."""
+    for name in ("/smsgw.v1.MessageService/NoSuchMethod", "/smsgw.v1.NoSuchService/Send", "/smsgw.v1.MessageService/NoSuchMethod"):
+        call = channel.unary_unary(name, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"", timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
