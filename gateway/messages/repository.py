@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from functools import partial
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
@@ -96,6 +96,15 @@ _LOADS = Sql(
 _USAGE = Sql("SELECT segments FROM daily_usage WHERE owner_id = :owner_id AND day = :day")
 _ADD_USAGE = Sql("UPDATE daily_usage SET segments = segments + :n WHERE owner_id = :k_owner_id AND day = :k_day")
 _INSERT_USAGE = insert_into(DailyUsageRow.__table__)  # type: ignore[attr-defined]
+_COUNT_USAGE = Sql(
+    "INSERT INTO daily_usage (owner_id, day, segments) VALUES (:owner_id, :day, :n)"
+    " ON CONFLICT (owner_id, day) DO UPDATE SET segments = daily_usage.segments + excluded.segments"
+    " WHERE daily_usage.segments + excluded.segments <= :cap RETURNING segments"
+)
+"""One message's segments added to the day's usage unless they would pass the cap: no row
+back = refused. One statement instead of a read and a write (`_Adder`, `one=True`); on
+PostgreSQL the row's lock orders concurrent gateways."""
+_NO_CAP = 2**62  # `:cap` when the owner has none
 _INSERT_MESSAGE = insert_into(MessageRow.__table__)  # type: ignore[attr-defined]
 _INSERT_RECIPIENT = insert_into(RecipientRow.__table__)  # type: ignore[attr-defined]
 _INSERT_EVENT = insert_into(EventRow.__table__)  # type: ignore[attr-defined]
@@ -216,7 +225,7 @@ class MessageRepository:
         now = to_utc(now)
 
         def tx(s: Session) -> tuple[MessageRecord, bool]:  # shares its commit with concurrent writers
-            adder = _Adder(s, owner_id, daily_segments, now)
+            adder = _Adder(s, owner_id, daily_segments, now, one=True)
             added = adder.add(new)
             claim = self._claim_at_create(s, adder, added, now)  # before the insert: see there
             adder.write()
@@ -1163,8 +1172,10 @@ class _Adder:
     returns (PENDING, attempt 1, nothing sent).
     """
 
-    def __init__(self, s: Session, owner_id: str, daily_segments: int, now: datetime) -> None:
-        self._s, self._owner_id, self._cap, self._now = s, owner_id, daily_segments, now
+    def __init__(self, s: Session, owner_id: str, daily_segments: int, now: datetime, *, one: bool = False) -> None:
+        """`one`: a single `add` follows (`create`): the cap is then checked by the usage
+        write itself (`_COUNT_USAGE`), with no read before it."""
+        self._s, self._owner_id, self._cap, self._now, self._one = s, owner_id, daily_segments, now, one
         self._router = _Router(s, owner_id)
         self._usage: tuple[str, int | None] | None = None  # (day, segments stored; None = no row yet)
         self._segments = 0  # added to the usage row by `write`
@@ -1232,20 +1243,35 @@ class _Adder:
 
     def _count(self, segments: int) -> None:
         """Add to the owner's segments of the UTC day (written by `write`, in this transaction)."""
-        now, owner_id = self._now, self._owner_id
+        if self._one:  # counted and checked by one statement, before the message is planned
+            day = self._now.date().isoformat()
+            cap = self._cap or _NO_CAP
+            params = {"owner_id": self._owner_id, "day": day, "n": segments, "cap": cap}
+            # A day's first message inserts the row unchecked: one that can never fit is refused first.
+            if segments > cap or not fetch_on(self._s, _COUNT_USAGE, params):
+                self._refuse(self._used(day), segments)
+            return
         if self._usage is None:  # read once per transaction (Core: an ORM get costs ~10x)
-            day = now.date().isoformat()
-            found = fetch_on(self._s, _USAGE, {"owner_id": owner_id, "day": day})
+            day = self._now.date().isoformat()
+            found = fetch_on(self._s, _USAGE, {"owner_id": self._owner_id, "day": day})
             self._usage = (day, found[0][0] if found else None)
         used = (self._usage[1] or 0) + self._segments
         if self._cap and used + segments > self._cap:
-            midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
-            raise ResourceExhausted(
-                f"daily cap of {self._cap} SMS segments reached ({used} sent today, this message needs {segments})",
-                (midnight - now).total_seconds(),
-                subject=f"owner:{owner_id}",
-            )
+            self._refuse(used, segments)
         self._segments += segments
+
+    def _used(self, day: str) -> int:
+        found = fetch_on(self._s, _USAGE, {"owner_id": self._owner_id, "day": day})
+        return int(found[0][0]) if found else 0
+
+    def _refuse(self, used: int, segments: int) -> NoReturn:
+        now = self._now
+        midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
+        raise ResourceExhausted(
+            f"daily cap of {self._cap} SMS segments reached ({used} sent today, this message needs {segments})",
+            (midnight - now).total_seconds(),
+            subject=f"owner:{self._owner_id}",
+        )
 
     def _queue(self, new: NewMessage, device_id: str | None, pinned: bool) -> MessageRecord:
         owner_id, now = self._owner_id, self._now

@@ -327,3 +327,44 @@ def test_mixed_batch_reads_devices_once_and_routes_as_before(world: World) -> No
             assert isinstance(o.error, InvalidArgument) and o.error.violations[0][0] == "device_id"
     routed = [o.message.device_id if o.message else None for o in outcomes]
     assert routed == [mine[1], mine[0], None, mine[2], None, mine[0], None, mine[3], mine[0]]  # unpinned: the online one
+
+
+def _cap_one_by_one(url: str) -> None:
+    """`create` counts a message against the daily cap with one conditional upsert: the day's
+    first message inserts the usage row, later ones add to it up to the cap exactly, a message
+    past it is refused (stores nothing, the refusal says what was used), and a message bigger
+    than the whole cap is refused on a day with no row yet too."""
+    store = Store(url)
+    repo, owner, day = store.repo, store.owner, T0.date().isoformat()
+
+    def used() -> int | None:
+        with store.db.read() as s:
+            row = s.get(DailyUsageRow, (owner, day))
+            return None if row is None else row.segments
+
+    try:
+        with pytest.raises(ResourceExhausted, match=r"\(0 sent today, this message needs 6\)"):
+            repo.create(owner, new_message(3, key="too-big", parts=2), T0, daily_segments=5)
+        assert used() is None and count(store.db, MessageRow) == 0
+        repo.create(owner, new_message(2, key="a"), T0, daily_segments=5)
+        assert used() == 2
+        repo.create(owner, new_message(3, key="b"), T0, daily_segments=5)
+        assert used() == 5  # exactly the cap
+        with pytest.raises(ResourceExhausted, match=r"\(5 sent today, this message needs 1\)"):
+            repo.create(owner, new_message(1, key="c"), T0, daily_segments=5)
+        assert used() == 5 and count(store.db, MessageRow) == 2
+        repo.create(owner, new_message(1, key="c"), T0, daily_segments=0)  # 0: no cap
+        assert used() == 6
+        _, created = repo.create(owner, new_message(2, key="a"), T0, daily_segments=5)
+        assert not created and used() == 6  # a replay counts nothing, even at the cap
+    finally:
+        store.db.close()
+
+
+def test_daily_cap_of_single_creates_sqlite(tmp_path: Path) -> None:
+    _cap_one_by_one(f"sqlite:///{tmp_path / 'smsgw.db'}")
+
+
+def test_daily_cap_of_single_creates_postgresql() -> None:
+    with throwaway_database() as url:
+        _cap_one_by_one(url)
