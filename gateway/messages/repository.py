@@ -93,6 +93,18 @@ _LOADS = Sql(
     f" AND state IN ({', '.join(str(int(s)) for s in sorted(UNACCEPTED_STATES))}) GROUP BY device_id",
     expand=["ids"],
 )
+_LEAST_LOADED = Sql(
+    "SELECT d.id FROM device d WHERE d.owner_id = :owner_id AND d.revoked = :no"
+    " AND (d.session_id != '' OR d.connected_with_token_at IS NOT NULL)"
+    " ORDER BY CASE WHEN d.session_id != '' THEN 0 ELSE 1 END,"
+    " (SELECT count(*) FROM message m WHERE m.device_id = d.id"
+    f" AND m.state IN ({', '.join(str(int(s)) for s in sorted(UNACCEPTED_STATES))})), d.id LIMIT 1",
+    binds={"no": _BOOL},
+)
+"""`_Router.route` of one unpinned message in one statement: the least-loaded online device,
+else the least-loaded one that ever connected with its token; the same choice `_pool` makes,
+without reading every device and load into Python (3.9 ms of CPU per create at 1,000 phones
+instead of 0.4 pinned)."""
 _USAGE = Sql("SELECT segments FROM daily_usage WHERE owner_id = :owner_id AND day = :day")
 _ADD_USAGE = Sql("UPDATE daily_usage SET segments = segments + :n WHERE owner_id = :k_owner_id AND day = :k_day")
 _INSERT_USAGE = insert_into(DailyUsageRow.__table__)  # type: ignore[attr-defined]
@@ -1176,7 +1188,7 @@ class _Adder:
         """`one`: a single `add` follows (`create`): the cap is then checked by the usage
         write itself (`_COUNT_USAGE`), with no read before it."""
         self._s, self._owner_id, self._cap, self._now, self._one = s, owner_id, daily_segments, now, one
-        self._router = _Router(s, owner_id)
+        self._router = _Router(s, owner_id, one=one)
         self._usage: tuple[str, int | None] | None = None  # (day, segments stored; None = no row yet)
         self._segments = 0  # added to the usage row by `write`
         self._messages: list[dict[str, Any]] = []
@@ -1363,8 +1375,13 @@ class _Router:
     not one per phone (a 1,000-item SendMessages pinned round-robin spent ~0.2 s reading
     them one by one, issue 15)."""
 
-    def __init__(self, s: Session, owner_id: str, *, exclude: str = "", online_only: bool = False) -> None:
+    def __init__(
+        self, s: Session, owner_id: str, *, exclude: str = "", online_only: bool = False, one: bool = False
+    ) -> None:
+        """`one`: a single message is routed (`create`): unpinned, it is routed by one
+        statement (`_LEAST_LOADED`), with no pool read into Python for the next choices."""
         self._s, self._owner_id, self._exclude, self._online_only = s, owner_id, exclude, online_only
+        self._one = one
         self._loads: dict[str, int] | None = None  # the pool's devices -> their PENDING + DISPATCHED messages
         self._added: dict[str, int] = {}  # device -> messages routed here, not yet in the database
         self._pinned: dict[str, bool] = {}  # device -> whether a message may be pinned to it
@@ -1400,6 +1417,9 @@ class _Router:
             if not self._pinned[device_id]:
                 raise InvalidArgument("device_id", "unknown device")
             return device_id, True
+        if self._one and self._loads is None:
+            found = fetch_on(self._s, _LEAST_LOADED, {"owner_id": self._owner_id, "no": False})
+            return (found[0][0] if found else None), False
         loads, added = self._pool(), self._added
         if not loads:
             return None, False
