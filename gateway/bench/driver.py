@@ -79,6 +79,8 @@ def _raw_limits(o: Options, say: Callable[[str], None]) -> dict[str, Any]:
     return {
         "grpc_unary": raw.grpc_unary_echo(o.raw_duration, 64),
         "grpc_stream": raw.grpc_stream_echo(o.raw_duration, 100),
+        # One stream, each write awaited before the next: as the bench's one WatchMessages.
+        "grpc_stream_one": raw.grpc_stream_echo(o.raw_duration, 1),
         "ws_echo": raw.ws_echo(o.raw_duration, 100),
         "ws_idle": raw.ws_idle(o.idle_phones, idle_window=o.idle_window),
     }

@@ -37,9 +37,34 @@ def _at_least(value: float | None, limit: float | None) -> bool | None:
 
 
 def _bare_cpu_ms_per_call(raw: dict[str, Any]) -> float | None:
-    """The bare grpc.aio echo server's CPU per unary call, in ms (its CPU share over its rate)."""
-    rate, cpu = _get(raw, "grpc_unary", "calls_per_s"), _get(raw, "grpc_unary", "server_cpu_percent")
+    """The bare grpc.aio echo server's CPU per unary call, in ms."""
+    return _bare_cpu_ms(raw, "grpc_unary", "calls_per_s")
+
+
+def _bare_cpu_ms(raw: dict[str, Any], name: str, rate_key: str) -> float | None:
+    """A bare server's CPU per operation, in ms (its CPU share over its rate)."""
+    rate, cpu = _get(raw, name, rate_key), _get(raw, name, "server_cpu_percent")
     return None if not rate or cpu is None else 10 * cpu / rate
+
+
+# What one message costs at least in the bare libraries: its SendMessage, the five events
+# (PENDING, DISPATCHED, ACCEPTED, SENT, DELIVERED) one watcher is sent on its one stream, and
+# two WebSocket round trips (the Deliver, three receipts and their Acks are five frames or more).
+_FLOOR_EVENTS = 5
+_FLOOR_ROUND_TRIPS = 2
+
+
+def _floor_ms_per_message(raw: dict[str, Any]) -> float | None:
+    parts = (
+        _bare_cpu_ms_per_call(raw),
+        _bare_cpu_ms(raw, "grpc_stream_one", "messages_per_s"),
+        _bare_cpu_ms(raw, "ws_echo", "messages_per_s"),
+    )
+    if any(p is None for p in parts):
+        return None
+    unary, event, round_trip = parts
+    assert unary is not None and event is not None and round_trip is not None
+    return unary + _FLOOR_EVENTS * event + _FLOOR_ROUND_TRIPS * round_trip
 
 
 def _cpu_rows(tag: str, what: str, r: dict[str, Any], unit: str, bare: float | None) -> list[Row]:
@@ -128,10 +153,19 @@ def rows(results: dict[str, Any]) -> list[Row]:
     if bare_cpu is not None:
         out.append(Row("bare grpc.aio unary echo: server CPU per call", bare_cpu, "ms"))
     for name, key, unit in (("bare grpc.aio server-streaming (100 streams)", ("grpc_stream", "messages_per_s"), "msg/s"),
+                            ("bare grpc.aio server-streaming (1 stream)", ("grpc_stream_one", "messages_per_s"), "msg/s"),
                             ("bare websockets.trio echo (100 connections)", ("ws_echo", "messages_per_s"), "msg/s")):
         value = _get(raw, *key)
         if value is not None:
             out.append(Row(name, value, unit))
+    for name, value in (
+        ("bare grpc.aio server-streaming (1 stream): server CPU per message", _bare_cpu_ms(raw, "grpc_stream_one", "messages_per_s")),
+        ("bare websockets.trio echo: server CPU per round trip", _bare_cpu_ms(raw, "ws_echo", "messages_per_s")),
+        (f"floor per message: 1 unary call + {_FLOOR_EVENTS} events on 1 stream + {_FLOOR_ROUND_TRIPS} ws round trips",
+         _floor_ms_per_message(raw)),
+    ):
+        if value is not None:
+            out.append(Row(name, value, "ms"))
     return out
 
 

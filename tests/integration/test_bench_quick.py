@@ -28,6 +28,7 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
         "reconnect storm", "bare grpc.aio unary echo", "bare websockets.trio echo",
         "server CPU per message", "fleet CPU per message", "server CPU per recipient", "server CPU per reconnect",
         "fleet CPU per reconnect", "bare grpc.aio unary echo: server CPU per call",
+        "bare grpc.aio server-streaming (1 stream): server CPU per message", "floor per message: 1 unary call",
     ):
         assert measure in table, f"{measure!r} missing from the table:\n{table}"
     assert "[postgres] SendMessage -> ACCEPTED" in table
@@ -43,7 +44,7 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
     for scenario, unit in (("latency", "message"), ("throughput", "message"), ("storm", "reconnect")):
         assert {f"server_cpu_ms_per_{unit}", f"fleet_cpu_ms_per_{unit}"} <= set(sqlite[scenario]), scenario
     assert "server_cpu_us_per_recipient" in sqlite["bulk"]
-    assert set(results["raw"]) == {"grpc_unary", "grpc_stream", "ws_echo", "ws_idle"}
+    assert set(results["raw"]) == {"grpc_unary", "grpc_stream", "grpc_stream_one", "ws_echo", "ws_idle"}
 
 
 def test_bench_refuses_bad_counts(tmp_path: Path) -> None:
