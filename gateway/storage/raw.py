@@ -23,9 +23,10 @@ lost connection invalidated as Core would.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import DateTime
 from sqlalchemy.engine import Connection
 
 __all__ = ["Sql", "fetch", "run", "run_many", "insert_into", "types_of"]
@@ -81,7 +82,7 @@ class _Form:
     """A statement for one dialect: its SQL (per length of its list parameters), the
     parameters in placeholder order with their bind processors, the result processors."""
 
-    __slots__ = ("_literals", "_slots", "_mark", "_texts", "_expanding", "_results")
+    __slots__ = ("_literals", "_slots", "_memo", "_mark", "_texts", "_expanding", "_results")
 
     def __init__(self, sql: Sql, dialect: Any) -> None:
         if dialect.paramstyle == "qmark":
@@ -98,6 +99,10 @@ class _Form:
             for name in sql._parts[1::2]
         )
         self._expanding = any(many for _, _, many, _ in self._slots)
+        # Per slot: whether `args_many` converts its values once per distinct value. A
+        # batch's rows share their timestamps (created, updated, scheduled), and SQLite's
+        # DATETIME bind processor formats a string each call (~2 µs).
+        self._memo = tuple(_is_datetime(sql._binds.get(name)) for name in sql._parts[1::2])
         self._results = tuple(
             (i, proc) for i, proc in ((i, _result_processor(t, dialect)) for i, t in enumerate(sql._results)) if proc
         )
@@ -136,6 +141,19 @@ class _Form:
                 out.append(value if proc is None else proc(value))
         return out
 
+    def args_many(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """`args` of each parameter set, built a column at a time (executemany)."""
+        columns = []
+        for (name, proc, _, default), memo in zip(self._slots, self._memo, strict=True):
+            if default is _REQUIRED:
+                column = [row[name] for row in rows]
+            else:
+                column = [row.get(name, default) for row in rows]
+            if proc is not None:
+                column = _converted(proc, column) if memo else list(map(proc, column))
+            columns.append(column)
+        return list(zip(*columns, strict=True))
+
     def rows(self, raw: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
         if not self._results:
             return [tuple(r) for r in raw]
@@ -173,6 +191,22 @@ def insert_into(table: Any, names: Sequence[str] | None = None) -> Sql:
         binds={c.name: c.type for c in columns},
         defaults=defaults,
     )
+
+
+def _is_datetime(type_: Any) -> bool:
+    return isinstance(type_, DateTime) or isinstance(getattr(type_, "impl", None), DateTime)
+
+
+def _converted(proc: Callable[[Any], Any], column: list[Any]) -> list[Any]:
+    """`proc` of each value, called once per distinct value (datetimes and None: hashable)."""
+    seen: dict[Any, Any] = {}
+    out = []
+    for value in column:
+        try:
+            out.append(seen[value])
+        except KeyError:
+            out.append(seen.setdefault(value, proc(value)))
+    return out
 
 
 def _bind_processor(type_: Any, dialect: Any) -> Any:
@@ -214,7 +248,7 @@ def run_many(connection: Connection, sql: Sql, rows: Sequence[Mapping[str, Any]]
 
 def _execute(connection: Connection, form: _Form, params: Any, *, many: bool | None) -> Any:
     if many:
-        statement, args = form._texts[()], [form.args(p) for p in params]
+        statement, args = form._texts[()], form.args_many(params)
     else:
         statement, args = form.text(params), form.args(params)
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]

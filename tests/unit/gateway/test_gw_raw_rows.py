@@ -278,3 +278,27 @@ def test_the_repository_round_trip_on_the_raw_path(store: Store) -> None:
             (r.idx, r.phone_number, State(r.state), r.error)
             for r in s.scalars(select(RecipientRow).where(RecipientRow.message_id == rec.id).order_by(RecipientRow.idx))
         ]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_executemany_args_equal_one_by_one_args(dialect: str) -> None:
+    """`args_many` (a column at a time, a datetime converted once per distinct value) gives
+    each row exactly what `args` gives it alone: shared and distinct datetimes, None, naive
+    and offset values, a column left to its default."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    d = sqlite.pysqlite.dialect() if dialect == "sqlite" else postgresql.psycopg.dialect()
+    form = _INSERT_MESSAGE.form(d)
+    base = {c.name: None for c in MessageRow.__table__.c}  # type: ignore[attr-defined]
+    shared = datetime(2026, 12, 6, 10, 0, 0, 123456, tzinfo=UTC)
+    rows = []
+    for i in range(6):
+        row = {**base, "id": f"m{i}", "owner_id": "o", "idempotency_key": f"k{i}", "created_at": shared,
+               "updated_at": shared + timedelta(microseconds=i % 2), "schedule_at": None if i % 3 else shared.astimezone(_PLUS2),
+               "valid_until": shared + timedelta(days=i), "pinned": bool(i % 2)}
+        if i == 4:
+            del row["valid_until"]  # nullable: its default, None
+        if i == 5:
+            row["created_at"] = shared.astimezone(_PLUS2)  # the same instant, equal to `shared`
+        rows.append(row)
+    assert form.args_many(rows) == [tuple(form.args(r)) for r in rows]
