@@ -7,9 +7,20 @@ in `gateway.messages` / `gateway.devices`.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
+
+# A row id of an append-only table (events, dispatch history, audit, webhook attempts):
+# 64-bit on PostgreSQL (a 32-bit serial runs out in days at thousands of rows a second; issue
+# 16), INTEGER on SQLite, where only that exact type is the 64-bit rowid.
+LOG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _log_id() -> Any:
+    return Field(default=None, sa_column=Column(LOG_ID, primary_key=True, autoincrement=True))
+
 
 __all__ = [
     "Owner",
@@ -84,7 +95,7 @@ class AuditRow(SQLModel, table=True):
 
     __tablename__ = "audit"
     __table_args__ = (Index("ix_audit_owner", "owner_id", "id"),)
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = _log_id()
     owner_id: str | None = None  # None: the caller was not identified (unknown user, bad token)
     time: datetime
     action: str
@@ -210,7 +221,7 @@ class EventRow(SQLModel, table=True):
         Index("ix_event_message", "message_id", "id"),
         Index("ix_event_owner_kind", "owner_id", "kind", "id"),
     )
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = _log_id()
     owner_id: str
     kind: str = "message"  # gateway.types.EventKind
     message_id: str = ""
@@ -230,7 +241,7 @@ class DispatchLogRow(SQLModel, table=True):
 
     __tablename__ = "dispatch_log"
     __table_args__ = (Index("ix_dispatch_log_device", "device_id", "at"),)
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = _log_id()
     device_id: str
     sim: int
     at: datetime
@@ -313,7 +324,7 @@ class WebhookAttemptRow(SQLModel, table=True):
 
     __tablename__ = "webhook_attempt"
     __table_args__ = (Index("ix_webhook_attempt_delivery", "delivery_id", "id"),)
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = _log_id()
     delivery_id: str = Field(foreign_key="webhook_delivery.id")
     webhook_id: str
     attempt: int

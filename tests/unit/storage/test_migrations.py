@@ -68,3 +68,38 @@ def test_the_adoption_at_session_open_reads_the_partial_index(tmp_path: Path) ->
         plan = [row[3] for row in connection.execute(text("EXPLAIN QUERY PLAN " + statement))]
     db.close()
     assert any("USING INDEX ix_message_adoptable" in step for step in plan), plan
+
+
+def test_postgresql_log_ids_are_64_bit_on_uncached_sequences(pg_database: str) -> None:
+    """Migration 0008: the append-only tables' ids and their sequences are bigint. The
+    sequences keep CACHE 1 (the default): ids are handed out in the order they are asked for,
+    which the event log's commit order relies on (docs/scale-out-plan.md)."""
+    from sqlalchemy import text
+
+    db = Database(pg_database)
+    db.migrate()
+    with db.engine.connect() as c:
+        for table in ("event", "dispatch_log", "audit", "webhook_attempt"):
+            column = c.execute(
+                text("SELECT data_type FROM information_schema.columns WHERE table_name = :t AND column_name = 'id'"), {"t": table}
+            ).scalar_one()
+            sequence = c.execute(
+                text("SELECT data_type, cache_size FROM pg_sequences WHERE sequencename = :s"), {"s": f"{table}_id_seq"}
+            ).one()
+            assert (column, sequence.data_type, sequence.cache_size) == ("bigint", "bigint", 1), table
+        c.execute(text("SELECT setval('event_id_seq', 3000000000)"))  # past 2^31
+    from datetime import UTC, datetime
+
+    from tests.helpers.accounts import create_owner
+
+    owner = create_owner(db, "owner", datetime.now(UTC))
+    with db.engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO event (owner_id, kind, message_id, recipient_index, state, message_state, error, inbound_id,"
+                " created_at) VALUES (:o, 'message', 'm', 0, 1, 1, '', '', now())"
+            ),
+            {"o": owner},
+        )
+        assert c.execute(text("SELECT max(id) FROM event")).scalar_one() == 3000000001
+    db.close()
