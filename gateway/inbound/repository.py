@@ -19,6 +19,7 @@ from gateway.api.convert import inbound_to_pb
 from gateway.inbound.records import InboundEventRecord, InboundRecord, NewInbound
 from gateway.messages.repository import to_utc
 from gateway.storage.engine import Database
+from gateway.storage.event_log import log_events
 from gateway.storage.models import EventRow, InboundRow
 from gateway.types import EventKind
 from gateway.webhooks.outbox import enqueue
@@ -87,7 +88,7 @@ class InboundRepository:
                 created_at=now,
             )
             s.add(row)
-            s.add(EventRow(owner_id=owner_id, kind=EventKind.INBOUND.value, inbound_id=row.id, created_at=now))
+            log_events(s, [_inbound_event(owner_id, row.id, now)])
             record = _record(row)
             event = WebhookEvent.SMS_RECEIVED if record.text is not None else WebhookEvent.SMS_DATA_RECEIVED
             enqueue(s, owner_id, event, device_id, lambda r=record: {"inbound": proto_json(inbound_to_pb(r))}, now)
@@ -162,3 +163,8 @@ def _record(row: InboundRow) -> InboundRecord:
         created_at=to_utc(row.created_at),
         truncated=row.truncated,
     )
+
+
+def _inbound_event(owner_id: str, inbound_id: str, now: datetime) -> dict[str, object]:
+    """The event-log row of a stored inbound SMS (what WatchInbound streams)."""
+    return {"owner_id": owner_id, "kind": EventKind.INBOUND.value, "inbound_id": inbound_id, "created_at": now}

@@ -45,6 +45,7 @@ from gateway.messages.records import (
     SendOutcome,
 )
 from gateway.storage.engine import AFTER_COMMIT, ON_ROLLBACK, Database
+from gateway.storage.event_log import log_events
 from gateway.messages.retry import RETRYABLE, backoff
 from gateway.messages.claims import ClaimTarget, ClaimTargets
 from gateway.messages.queue import DeviceQueue, Plan
@@ -119,7 +120,6 @@ PostgreSQL the row's lock orders concurrent gateways."""
 _NO_CAP = 2**62  # `:cap` when the owner has none
 _INSERT_MESSAGE = insert_into(MessageRow.__table__)  # type: ignore[attr-defined]
 _INSERT_RECIPIENT = insert_into(RecipientRow.__table__)  # type: ignore[attr-defined]
-_INSERT_EVENT = insert_into(EventRow.__table__)  # type: ignore[attr-defined]
 # A pacing stamp (display only) on a recipient still waiting: never overwrites a newer state.
 _STAMP_PACED = Sql(
     "UPDATE recipient SET paced_until = :paced_until"
@@ -1217,12 +1217,9 @@ class _Adder:
                 run(connection, _INSERT_USAGE, {**key, "segments": self._segments})
             else:
                 run(connection, _ADD_USAGE, {"k_owner_id": self._owner_id, "k_day": day, "n": self._segments})
-        for statement, values in (
-            (_INSERT_MESSAGE, self._messages),
-            (_INSERT_RECIPIENT, self._recipients),
-            (_INSERT_EVENT, self._events),
-        ):
+        for statement, values in ((_INSERT_MESSAGE, self._messages), (_INSERT_RECIPIENT, self._recipients)):
             run_many(connection, statement, values)  # raw: gateway.storage.raw
+        log_events(self._s, self._events)  # inserted last, at commit (gateway.storage.event_log)
 
     def replace_last(self, msgs: Sequence[Msg], rcps: Sequence[Rcp]) -> None:
         """Insert these rows of the message added last instead of the ones queued (a claim

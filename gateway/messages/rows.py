@@ -29,7 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from gateway.storage.models import DispatchLogRow, EventRow, MessageRow, RecipientRow
+from gateway.storage.event_log import log_events
+from gateway.storage.models import DispatchLogRow, MessageRow, RecipientRow
 from gateway.storage.raw import Sql, fetch, insert_into, run, run_many, types_of
 
 __all__ = [
@@ -126,7 +127,6 @@ _RCPS_BY_MESSAGE = Sql(
     expand=["ids"],
     results=[_R[name].type for name in RCP_NAMES],
 )
-_INSERT_EVENT = insert_into(EventRow.__table__)  # type: ignore[attr-defined]
 _INSERT_LOG = insert_into(DispatchLogRow.__table__)  # type: ignore[attr-defined]
 
 
@@ -283,7 +283,7 @@ class Writes:
             )
             self._rcps.clear()
         if self._events:
-            run_many(connection, _INSERT_EVENT, self._events)
+            log_events(self.s, self._events)  # inserted last, at commit (gateway.storage.event_log)
             self._events = []
         if self._logs:
             run_many(connection, _INSERT_LOG, self._logs)

@@ -24,6 +24,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from gateway.private_files import create_private_file, ensure_private_dir
 from gateway.storage import models  # noqa: F401  (registers the tables)
+from gateway.storage.event_log import write_events
 
 __all__ = ["Database", "AFTER_COMMIT", "ON_ROLLBACK", "sqlite_file"]
 
@@ -83,6 +84,8 @@ class Database:
         with self._write_lock, Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session
+                session.flush()  # everything else first: see gateway.storage.event_log
+                write_events(session)
                 session.commit()
             except BaseException:
                 session.rollback()
