@@ -1,0 +1,313 @@
+"""The bus across processes on one PostgreSQL (issue 16): LocalBus for the callers in this
+process, and LISTEN/NOTIFY for the others.
+
+Every signal is delivered here at once by the LocalBus this class is, and published on the
+channel `smsgw_bus` for the other processes (gateways, bridges, workers on the same
+database). Signals carry ids only (device and message ids), never bodies, as JSON payloads
+under PostgreSQL's 8,000-byte limit: a big signal is split into several. Each payload names
+the process that sent it, so a process never hears its own signals twice.
+
+Two connections per process, each in its own daemon thread, both autocommit:
+- the sender coalesces like LocalBus (a burst of signals is one flush) and sends each flush
+  as one transaction of `pg_notify` calls (NOTIFY takes a cluster-wide lock at commit: once
+  per flush, not per signal);
+- the listener LISTENs and hands what arrives to the LocalBus delivery (thread-safe, never
+  blocking: a listener that stops reading fills the server's notification queue, and then
+  every NOTIFY fails).
+
+A signal is a wake-up, not the data: a process that missed some (its listener's connection
+dropped; a sender killed between a commit and its NOTIFY) catches up from storage. After the
+listener reconnects (backoff 0.1 s doubling to 5 s, with jitter) it LISTENs again, then calls
+the `on_gap` callbacks: a gateway refills its event ring from the log (done here: every
+attached gateway gets `events`), a bridge reloads its sessions' queues (its callback). A sender
+that cannot reach the database keeps what it has not sent (signals are idempotent) and tries
+again after the same backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from gateway.bus.local import LocalBus
+
+__all__ = ["PostgresBus", "CHANNEL", "MAX_PAYLOAD", "libpq_url", "payloads"]
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "smsgw_bus"
+MAX_PAYLOAD = 7_900  # bytes of JSON per NOTIFY (PostgreSQL refuses 8,000 and more)
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+_POLL = 0.5  # seconds the listener waits for notifications before checking whether to stop
+# Payload keys: o = origin process, then one signal kind: w work, r revoked, s settings (device
+# id lists), q queued ({device: [message ids]}), e events (no body).
+_KINDS = {"w": LocalBus.notify_work, "r": LocalBus.notify_revoked, "s": LocalBus.notify_settings}
+
+
+def libpq_url(url: str) -> str:
+    """A libpq URL for psycopg from a SQLAlchemy one (drops the `+psycopg` driver name)."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("postgresql"):
+        raise ValueError(f"the PostgreSQL bus needs a postgresql:// database URL, not {parsed.drivername}")
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def payloads(origin: str, kind: str, body: Any = None) -> Iterator[str]:
+    """The JSON payloads of one signal, each at most MAX_PAYLOAD bytes: a list of device ids,
+    or a mapping of device -> message ids, split where it must be."""
+    head = {"o": origin}
+    if kind == "e":
+        yield json.dumps({**head, "e": 1})
+        return
+    base = len(json.dumps({**head, kind: [] if kind != "q" else {}}, separators=(",", ":")))
+    if kind == "q":
+        chunk: dict[str, list[str]] = {}
+        size = base
+        for device_id, ids in body.items():
+            for message_id in ids:
+                cost = len(message_id) + 3 + (0 if device_id in chunk else len(device_id) + 6)
+                if chunk and size + cost > MAX_PAYLOAD:
+                    yield json.dumps({**head, "q": chunk}, separators=(",", ":"))
+                    chunk, size = {}, base
+                    cost = len(message_id) + 3 + len(device_id) + 6
+                chunk.setdefault(device_id, []).append(message_id)
+                size += cost
+        if chunk:
+            yield json.dumps({**head, "q": chunk}, separators=(",", ":"))
+        return
+    ids: list[str] = []
+    size = base
+    for device_id in body:
+        cost = len(device_id) + 3
+        if ids and size + cost > MAX_PAYLOAD:
+            yield json.dumps({**head, kind: ids}, separators=(",", ":"))
+            ids, size = [], base
+        ids.append(device_id)
+        size += cost
+    if ids:
+        yield json.dumps({**head, kind: ids}, separators=(",", ":"))
+
+
+class _Backoff:
+    def __init__(self) -> None:
+        self._next = _BACKOFF_FIRST
+
+    def reset(self) -> None:
+        self._next = _BACKOFF_FIRST
+
+    def wait(self, stop: threading.Event) -> None:
+        delay = self._next * random.uniform(0.8, 1.2)
+        self._next = min(self._next * 2, _BACKOFF_MAX)
+        stop.wait(delay)
+
+
+class PostgresBus(LocalBus):
+    """LocalBus plus NOTIFY to the other processes on the database at `url` (the project's
+    SQLAlchemy URL, `postgresql+psycopg://...`, or a plain libpq URL)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.origin = uuid.uuid4().hex[:12]
+        self._conninfo = libpq_url(url)
+        self._stop = threading.Event()
+        self._out_lock = threading.Condition()
+        self._out: dict[str, set[str]] = {"w": set(), "r": set(), "s": set()}
+        self._out_queued: dict[str, set[str]] = {}
+        self._out_events = False
+        self._gap_callbacks: list[Callable[[], None]] = []
+        self.listening = threading.Event()  # set while the listener is LISTENing (tests, health)
+        self.reconnects = 0  # listener reconnections since start
+        self._listener_pid: int | None = None
+        self._threads = [
+            threading.Thread(target=self._listen_forever, name="smsgw-bus-listen", daemon=True),
+            threading.Thread(target=self._send_forever, name="smsgw-bus-send", daemon=True),
+        ]
+
+    # ---- life -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start both threads; returns once the listener LISTENs (OSError past `timeout`)."""
+        for thread in self._threads:
+            thread.start()
+        if not self.listening.wait(timeout):
+            raise OSError(f"the bus could not LISTEN on the database within {timeout:.0f} s")
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._out_lock:
+            self._out_lock.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=_POLL + 5)
+
+    def on_gap(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the listener's thread) after each reconnection of the listener:
+        signals sent meanwhile were lost, catch up from storage."""
+        self._gap_callbacks.append(callback)
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The server process id of the listener's connection (tests terminate it)."""
+        return self._listener_pid
+
+    # ---- signals: here at once, and to the others -------------------------------------
+
+    def notify_work(self, device_ids: Iterable[str]) -> None:
+        ids = set(device_ids)
+        super().notify_work(ids)
+        self._publish("w", ids)
+
+    def notify_revoked(self, device_ids: Iterable[str]) -> None:
+        ids = set(device_ids)
+        super().notify_revoked(ids)
+        self._publish("r", ids)
+
+    def notify_settings(self, device_ids: Iterable[str]) -> None:
+        ids = set(device_ids)
+        super().notify_settings(ids)
+        self._publish("s", ids)
+
+    def notify_queued(self, queued: Mapping[str, Iterable[str]]) -> None:
+        sets = {device_id: set(ids) for device_id, ids in queued.items()}
+        super().notify_queued(sets)
+        if not sets:
+            return
+        with self._out_lock:
+            for device_id, ids in sets.items():
+                self._out_queued.setdefault(device_id, set()).update(ids)
+            self._out_lock.notify()
+
+    def notify_events(self) -> None:
+        super().notify_events()
+        with self._out_lock:
+            self._out_events = True
+            self._out_lock.notify()
+
+    def _publish(self, kind: str, ids: set[str]) -> None:
+        if not ids:
+            return
+        with self._out_lock:
+            self._out[kind] |= ids
+            self._out_lock.notify()
+
+    # ---- the sender -------------------------------------------------------------------
+
+    def _take(self) -> list[str] | None:
+        """Wait for something to send; its payloads (None: stopping)."""
+        with self._out_lock:
+            while not (self._stop.is_set() or self._out_events or self._out_queued or any(self._out.values())):
+                self._out_lock.wait()
+            if self._stop.is_set():
+                return None
+            out, self._out = self._out, {"w": set(), "r": set(), "s": set()}
+            queued, self._out_queued = self._out_queued, {}
+            events, self._out_events = self._out_events, False
+        sent: list[str] = []
+        for kind in ("r", "s", "w"):  # the order LocalBus delivers them in
+            if out[kind]:
+                sent += payloads(self.origin, kind, sorted(out[kind]))
+        if queued:
+            sent += payloads(self.origin, "q", {d: sorted(ids) for d, ids in queued.items()})
+        if events:
+            sent += payloads(self.origin, "e")
+        return sent
+
+    def _put_back(self, sent: list[str]) -> None:
+        """A flush that failed: its signals go out with the next one."""
+        with self._out_lock:
+            for text in sent:
+                self._merge(json.loads(text))
+
+    def _merge(self, payload: dict[str, Any]) -> None:
+        for kind in ("w", "r", "s"):
+            self._out[kind].update(payload.get(kind, ()))
+        for device_id, ids in payload.get("q", {}).items():
+            self._out_queued.setdefault(device_id, set()).update(ids)
+        self._out_events = self._out_events or "e" in payload
+
+    def _send_forever(self) -> None:
+        backoff = _Backoff()
+        connection: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            sent = self._take()
+            if sent is None:
+                break
+            try:
+                if connection is None or connection.closed:
+                    connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+                with connection.transaction():
+                    for text in sent:
+                        connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, text))
+                backoff.reset()
+            except psycopg.Error as exc:
+                log.warning("bus: could not send %d signals (%s); retrying", len(sent), type(exc).__name__)
+                self._put_back(sent)
+                if connection is not None:
+                    connection.close()
+                connection = None
+                backoff.wait(self._stop)
+        if connection is not None:
+            connection.close()
+
+    # ---- the listener -----------------------------------------------------------------
+
+    def _listen_forever(self) -> None:
+        backoff = _Backoff()
+        first = True
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    self._listener_pid = connection.info.backend_pid
+                    self.listening.set()
+                    if not first:
+                        self.reconnects += 1
+                        self._caught_up()
+                    first = False
+                    backoff.reset()
+                    while not self._stop.is_set():
+                        for notification in connection.notifies(timeout=_POLL):
+                            self._received(notification.payload)
+            except psycopg.Error as exc:
+                self.listening.clear()
+                if self._stop.is_set():
+                    break
+                log.warning("bus: listener connection lost (%s); reconnecting", type(exc).__name__)
+                backoff.wait(self._stop)
+        self.listening.clear()
+
+    def _caught_up(self) -> None:
+        """After a reconnection: every attached gateway refills from the log, then the
+        registered callbacks catch up the rest."""
+        LocalBus.notify_events(self)
+        for callback in list(self._gap_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("bus: a catch-up callback failed")
+
+    def _received(self, text: str) -> None:
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            log.warning("bus: a payload that is not JSON on %s (ignored)", CHANNEL)
+            return
+        if not isinstance(payload, dict) or payload.get("o") == self.origin:
+            return
+        for kind, deliver in _KINDS.items():
+            ids = payload.get(kind)
+            if isinstance(ids, list) and ids:
+                deliver(self, {str(i) for i in ids})
+        queued = payload.get("q")
+        if isinstance(queued, dict) and queued:
+            LocalBus.notify_queued(self, {str(d): {str(i) for i in ids} for d, ids in queued.items() if isinstance(ids, list)})
+        if "e" in payload:
+            LocalBus.notify_events(self)
