@@ -147,7 +147,8 @@ _UNFLAG = Sql("UPDATE message SET drop_pending = :no WHERE id IN (:ids)", expand
 _EXPIRED_WHERE = f"WHERE state IN ({', '.join(str(int(s)) for s in sorted(UNSENT_STATES))}) AND valid_until <= :now"
 _EXPIRED = {  # (on one device, at most `limit`) -> statement
     (on_device, limited): messages_sql(
-        _EXPIRED_WHERE + (" AND device_id = :device_id" if on_device else "") + (" LIMIT :limit" if limited else ""),
+        _EXPIRED_WHERE + (" AND device_id = :device_id" if on_device else ""),
+        limit="LIMIT :limit" if limited else "",
         binds={"now": _AT},
     )
     for on_device in (False, True)

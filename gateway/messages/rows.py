@@ -16,6 +16,15 @@ row marks it changed, `event` / `dispatch_log` queue inserts, and any query (`ex
 `execute`, `fetch`, `run`, `get`) first writes what is queued, as the ORM's autoflush would, so a query
 never misses a change made earlier in the same transaction. ORM rows still go to the
 session (cold paths keep using them); the webhook outbox reads `info` and `exec` through it.
+
+Row locks (issue 16): several processes may change the same messages on PostgreSQL (an API's
+cancel, a bridge's round or receipts, a worker's expiry sweep). Every read of `message` rows
+made to change them (`messages_by_id`, `select_messages`, `load_messages` and `get` through
+`Writes`) locks them (`FOR UPDATE`, in id order) until the commit, so a second transaction
+waits and then reads what the first stored: no change is lost and no state moves back.
+Recipients are changed only under their message's lock. SQLite has one writer per database
+file and takes no row locks; a deadlock between two processes' groups is retried
+(`gateway.storage.engine`).
 """
 
 from __future__ import annotations
@@ -118,9 +127,12 @@ _UPDATE_RCP = Sql(
     f"UPDATE recipient SET {', '.join(f'{n} = :{n}' for n in _RCP_MUTABLE)} WHERE message_id = :k_message_id AND idx = :k_idx",
     binds=types_of(_RECIPIENT, _RCP_MUTABLE),
 )
-_MSGS_BY_ID = Sql(f"{SELECT_MESSAGES} WHERE id IN (:ids)", expand=["ids"], results=MESSAGE_TYPES)
+_MSGS_BY_ID = Sql(
+    f"{SELECT_MESSAGES} WHERE id IN (:ids) ORDER BY id", expand=["ids"], results=MESSAGE_TYPES, for_update=True
+)
 _MSGS_BY_ID_ON = Sql(
-    f"{SELECT_MESSAGES} WHERE id IN (:ids) AND device_id = :device_id", expand=["ids"], results=MESSAGE_TYPES
+    f"{SELECT_MESSAGES} WHERE id IN (:ids) AND device_id = :device_id ORDER BY id",
+    expand=["ids"], results=MESSAGE_TYPES, for_update=True,
 )
 _RCPS_BY_MESSAGE = Sql(
     f"SELECT {', '.join(RCP_NAMES)} FROM recipient WHERE message_id IN (:ids) ORDER BY message_id, idx",
@@ -130,10 +142,11 @@ _RCPS_BY_MESSAGE = Sql(
 _INSERT_LOG = insert_into(DispatchLogRow.__table__)  # type: ignore[attr-defined]
 
 
-def messages_sql(where: str, **kwargs: Any) -> Sql:
-    """A `message` read for `select_messages`: `where` is what follows `FROM message` (with
-    its `:name` parameters; `binds` / `expand` as for `Sql`)."""
-    return Sql(f"{SELECT_MESSAGES} {where}", results=MESSAGE_TYPES, **kwargs)
+def messages_sql(where: str, *, limit: str = "", **kwargs: Any) -> Sql:
+    """A `message` read for `select_messages`, in id order, its rows locked (see "Row locks"
+    in the module docstring): `where` is what follows `FROM message` (with its `:name`
+    parameters; `binds` / `expand` as for `Sql`), `limit` e.g. "LIMIT :limit"."""
+    return Sql(f"{SELECT_MESSAGES} {where} ORDER BY id {limit}", results=MESSAGE_TYPES, for_update=True, **kwargs)
 
 
 def select_messages(s: Session | Writes, sql: Sql, params: dict[str, Any]) -> list[Msg]:
@@ -145,6 +158,8 @@ def load_messages(s: Session | Writes, *where: Any, order_by: Sequence[Any] = ()
     """`message` rows matching `where` (Core expressions on MessageRow columns; the cold
     paths: the hot ones use `select_messages`)."""
     q = select(*_MSG_COLUMNS).where(*where)
+    if isinstance(s, Writes):
+        q = q.with_for_update()  # "Row locks" (nothing on SQLite)
     if order_by:
         q = q.order_by(*order_by)
     if limit is not None:
@@ -257,8 +272,9 @@ class Writes:
         return connection
 
     def get(self, model: Any, key: Any) -> Any:
+        """The row, locked for this transaction ("Row locks"; read again if the session had it)."""
         self.flush()
-        return self.s.get(model, key)
+        return self.s.get(model, key, with_for_update=True)
 
     def flush(self) -> None:
         """Write what is queued: updates first (inserts may refer to the rows), one statement each."""

@@ -7,7 +7,9 @@ never answers "database is locked" to its own threads.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
@@ -187,13 +190,28 @@ class _GroupCommitter:
                     future.set_result(result)
                 return
         for fn, future in group:
-            try:
-                with self._db.write() as session:
-                    result = fn(session)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            for attempt in range(_RETRIES + 1):
+                try:
+                    with self._db.write() as session:
+                        result = fn(session)
+                except BaseException as exc:
+                    if attempt < _RETRIES and _retryable(exc):
+                        time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # let the other side finish
+                        continue
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                break
+
+
+# A job that lost a deadlock or a serialization conflict to another process (PostgreSQL
+# 40P01 / 40001: the row locks of gateway.messages.rows) changed nothing: it runs again, alone.
+_RETRIES = 3
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
 
 
 def _alembic_config(connection: Any) -> Config:

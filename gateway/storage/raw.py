@@ -41,9 +41,11 @@ class Sql:
     SQLAlchemy type (or None) per result column, whose result processor converts what the
     driver returns. `expand`: list parameters, rendered as one placeholder per element
     (`id IN (:ids)`), as Core's expanding bind parameters are. `defaults`: values of
-    parameters a parameter set may leave out (an INSERT's column defaults)."""
+    parameters a parameter set may leave out (an INSERT's column defaults). `for_update`: a
+    SELECT that locks the rows it reads until the transaction ends, on PostgreSQL (`FOR
+    UPDATE` appended; SQLite has one writer and no such clause)."""
 
-    __slots__ = ("text", "_parts", "_binds", "_results", "_expand", "_defaults", "_forms")
+    __slots__ = ("text", "_parts", "_binds", "_results", "_expand", "_defaults", "_for_update", "_forms")
 
     def __init__(
         self,
@@ -53,8 +55,10 @@ class Sql:
         results: Sequence[Any] = (),
         expand: Collection[str] = (),
         defaults: Mapping[str, Any] | None = None,
+        for_update: bool = False,
     ) -> None:
         self.text = " ".join(text.split())
+        self._for_update = for_update
         parts = _PARAM.split(self.text)  # literal, name, literal, name, ..., literal
         self._parts = parts
         self._binds = dict(binds or {})
@@ -91,7 +95,9 @@ class _Form:
             mark, escape = "%s", True  # psycopg: positional %s; a literal % is %%
         else:  # pragma: no cover - the project runs sqlite3 and psycopg
             raise NotImplementedError(f"paramstyle {dialect.paramstyle}")
-        literals = sql._parts[0::2]
+        literals = list(sql._parts[0::2])
+        if sql._for_update and dialect.name == "postgresql":
+            literals[-1] += " FOR UPDATE"
         self._literals = [p.replace("%", "%%") for p in literals] if escape else literals
         self._mark = mark
         self._slots = tuple(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -87,3 +88,30 @@ def test_closed_database_refuses_new_jobs(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="closed"):
         db.group(lambda s: None)
+
+
+def test_a_job_that_lost_a_deadlock_runs_again_alone(tmp_path: Path) -> None:
+    """PostgreSQL aborts one side of a deadlock between two processes' transactions (40P01);
+    the job changed nothing, so the group commit runs it again (a few times at most)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    db = Database(f"sqlite:///{tmp_path / 'd.db'}", sqlite_synchronous="NORMAL")
+    db.create_all()
+    calls: list[int] = []
+
+    def deadlocked(_: Any) -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("UPDATE ...", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+        return "stored"
+
+    def always(_: Any) -> str:
+        raise OperationalError("UPDATE ...", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+
+    try:
+        assert db.group(deadlocked) == "stored" and len(calls) == 3
+        with pytest.raises(OperationalError):
+            db.group(always)  # given up after the retries
+    finally:
+        db.close()
