@@ -176,6 +176,10 @@ class SessionRegistry:
             return () if current is None else (current,)
         return (pending,) if current is None else (current, pending)
 
+    def device_ids(self) -> set[str]:
+        """Every device with a session here, registered or being opened."""
+        return set(self._by_device) | set(self._pending)
+
     def revoke(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
             self._revoked.add(device_id)

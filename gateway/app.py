@@ -40,6 +40,7 @@ from gateway.auth.scopes import ALL_SCOPES
 from gateway.auth.service import AuthService
 from gateway.auth.tokens import JwtKeys, TokenCodec
 from gateway.bus import LocalBus
+from gateway.bus.postgres import PostgresBus
 from gateway.config import Settings
 from gateway.devices.repository import DeviceRepository
 from gateway.devices.service import DeviceService
@@ -101,8 +102,25 @@ def ensure_admin_account(auth: AuthRepository, data_dir: Path) -> tuple[Path, bo
     return path, True
 
 
+class _WakeOverBus(WebhookWorker):
+    """The webhook worker of a gateway that delivers nothing itself (`smsgw gateway`, issue
+    16): what would wake its loop (a webhook enabled, a delivery replayed) wakes the worker
+    processes instead, through the bus's events signal they follow. Test pings are still sent
+    from here (the caller waits for the answer)."""
+
+    def __init__(self, bus: LocalBus, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bus = bus
+
+    def wake(self) -> None:
+        self._bus.notify_events()
+
+
 class _GatewayThread:
-    """Runs the asyncio loop (grpc.aio server, expiry job) in its own thread."""
+    """Runs the asyncio loop in its own thread: the gRPC API (with its event ring) when `api`,
+    the webhook deliveries and the sweeps (expiry, purges) when `jobs`; `smsgw serve` runs
+    both, `smsgw gateway` the API alone, `smsgw worker` the jobs alone (gateway/roles.py).
+    The token deny lists are re-read in every shape (revocations made elsewhere)."""
 
     def __init__(
         self,
@@ -114,7 +132,10 @@ class _GatewayThread:
         *,
         event_ring_capacity: int = RING_CAPACITY,
         claims: ClaimTargets | None = None,
+        api: bool = True,
+        jobs: bool = True,
     ) -> None:
+        self.api, self.jobs = api, jobs
         self.settings = settings
         self.claims = claims
         self.event_ring_capacity = event_ring_capacity
@@ -145,33 +166,39 @@ class _GatewayThread:
         message_repo = MessageRepository(self.db, self.settings.scheduler, claims=self.claims)
         auth_repo = AuthRepository(self.db)
         messages = MessageService(message_repo, self.bus, self.metrics, daily_segments=self.settings.limits.daily_segments)
-        # The watch streams read the ring; the bus wakes the ring, whose refill wakes them.
-        self.feed = feed = EventFeed()
-        ring = feed.ring = EventRing(
-            partial(read_tail, self.db), capacity=self.event_ring_capacity, on_published=feed.notify
-        )
-        ring.reset(await messages.last_event_id())
-        self.bus.attach_gateway(ring.wake)
-        devices = DeviceService(
-            DeviceRepository(self.db), message_repo, auth_repo, self.bus, self.settings.jobs.pairing_code_ttl
-        )
         auth = AuthService(auth_repo, self.codec, self.settings, metrics=self.metrics)
         await auth.refresh_revocations()
         webhooks, worker, sender = self._webhooks()
-        self.bus.attach_gateway(worker.wake_if_enqueued)
-        self.grpc = await start_grpc_server(
-            self.settings, messages, devices, feed, auth, self.metrics, webhooks, inbound=InboundService(InboundRepository(self.db)),
-            phone_url=self.phone_url,
-        )
+        tasks = [asyncio.create_task(self._jobs_forever(messages, auth, webhooks))]
+        if self.jobs:
+            # Another process's commit cannot set this process's ENQUEUED flag: with writers
+            # elsewhere (`smsgw worker`), every events signal is worth a delivery round.
+            remote = isinstance(self.bus, PostgresBus)
+            self.bus.attach_gateway(worker.wake if remote else worker.wake_if_enqueued)
+            tasks.append(asyncio.create_task(worker.run()))
+        if self.api:
+            # The watch streams read the ring; the bus wakes the ring, whose refill wakes them.
+            self.feed = feed = EventFeed()
+            ring = feed.ring = EventRing(
+                partial(read_tail, self.db), capacity=self.event_ring_capacity, on_published=feed.notify
+            )
+            ring.reset(await messages.last_event_id())
+            self.bus.attach_gateway(ring.wake)
+            devices = DeviceService(
+                DeviceRepository(self.db), message_repo, auth_repo, self.bus, self.settings.jobs.pairing_code_ttl
+            )
+            self.grpc = await start_grpc_server(
+                self.settings, messages, devices, feed, auth, self.metrics, webhooks,
+                inbound=InboundService(InboundRepository(self.db)), phone_url=self.phone_url,
+            )
+            tasks.append(asyncio.create_task(ring.run()))
         self.started.set()
-        jobs = asyncio.create_task(self._jobs_forever(messages, auth, webhooks))
-        delivering = asyncio.create_task(worker.run())
-        refilling = asyncio.create_task(ring.run())
         await self._stop.wait()
-        jobs.cancel()
-        refilling.cancel()
-        delivering.cancel()  # a claimed delivery in flight is sent again after restart (same webhook-id)
-        await self.grpc.stop(self.settings.grpc.shutdown_grace)
+        for task in tasks:
+            task.cancel()  # a claimed webhook delivery in flight is sent again after restart (same webhook-id)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.grpc is not None:
+            await self.grpc.stop(self.settings.grpc.shutdown_grace)
         await sender.aclose()
 
     def _webhooks(self) -> tuple[WebhookService, WebhookWorker, WebhookSender]:
@@ -179,7 +206,10 @@ class _GatewayThread:
         policy = Policy(allow_private=config.allow_private_targets, allow_http=config.allow_http)
         repo = WebhookRepository(self.db, config)
         sender = WebhookSender(policy, config.timeout, ca_file=config.ca_file, max_connections=config.concurrency * 4)
-        worker = WebhookWorker(repo, sender, config, self.metrics)
+        if self.jobs:
+            worker = WebhookWorker(repo, sender, config, self.metrics)
+        else:
+            worker = _WakeOverBus(self.bus, repo, sender, config, self.metrics)
         return WebhookService(repo, worker, policy), worker, sender
 
     async def _jobs_forever(self, messages: MessageService, auth: AuthService, webhooks: WebhookService) -> None:
@@ -191,8 +221,10 @@ class _GatewayThread:
         while True:
             await asyncio.sleep(self.settings.jobs.expiry_interval)
             try:
-                await messages.expire_due()
                 await auth.refresh_revocations()
+                if not self.jobs:
+                    continue
+                await messages.expire_due()
                 if loop.time() >= next_purge:
                     next_purge = loop.time() + _TOKEN_PURGE_INTERVAL
                     await auth.purge_expired()
@@ -202,11 +234,12 @@ class _GatewayThread:
                 log.exception("background job failed; will retry")
 
     def start(self) -> int:
+        """Start the thread; returns the gRPC port (0 without the API)."""
         self.thread.start()
         self.started.wait()
-        if self.error is not None or self.grpc is None:
+        if self.error is not None or (self.api and self.grpc is None):
             raise OSError(f"gRPC server failed to start: {self.error}") from self.error
-        return self.grpc.port
+        return self.grpc.port if self.grpc is not None else 0
 
     def begin_shutdown(self) -> None:
         """First step of a graceful stop (RELIABILITY 24): health NOT_SERVING for good, and

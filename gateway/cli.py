@@ -103,6 +103,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="mutual TLS: gRPC clients need a certificate from this CA")
     serve.add_argument("--insecure", action="store_true", default=None,
                        help="allow plaintext gRPC / ws:// on a non-loopback address (e.g. behind a TLS proxy)")
+    for role, text, listens in (
+        ("gateway", "run the gRPC API alone, on PostgreSQL (docs/deploy.md)", ("grpc", "metrics")),
+        ("bridge", "run the phones' WebSocket bridge alone, on PostgreSQL (docs/deploy.md)", ("device", "metrics")),
+        ("worker", "run webhook deliveries, expiry and purges alone, on PostgreSQL (docs/deploy.md)", ("metrics",)),
+    ):
+        r = sub.add_parser(role, help=text)
+        r.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        _server_args(r)
+        r.set_defaults(grpc_listen=None, device_listen=None, metrics_listen=None, tls_cert=None, tls_key=None, tls_client_ca=None)
+        for listen in listens:
+            r.add_argument(f"--{listen}-listen", help=f"HOST:PORT ({'phones' if listen == 'device' else listen}; port 0 = any)")
+        if role != "worker":
+            r.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate (chain)")
+            r.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+        if role == "gateway":
+            r.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="mutual TLS: gRPC clients need a certificate from this CA")
+        r.add_argument("--insecure", action="store_true", default=None,
+                       help="allow plaintext on a non-loopback address (e.g. behind a TLS proxy)")
+    db = sub.add_parser("db", help="the database schema (for the separate roles; serve migrates by itself)")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = dbsub.add_parser("upgrade", help="migrate to this version's schema; first time: the admin account and the JWT secret")
+    _server_args(upgrade)
 
     send = sub.add_parser("send", help="send an SMS and follow it to a final state")
     _client_args(send)
@@ -295,8 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "serve":
+    if args.command in ("serve", "gateway", "bridge", "worker"):
         return _serve(args)
+    if args.command == "db":
+        return _db(args)
     if args.command == "bench":
         return _bench(args)
     if args.command == "users":
@@ -320,11 +344,13 @@ def _drop_stdout() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """`smsgw serve`, or one role of it (`gateway`, `bridge`, `worker`: gateway/roles.py)."""
     import trio
 
     from gateway import app, tls
     from gateway.config import describe_error, load_settings
 
+    command = args.command
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = str(args.data_dir)
@@ -334,7 +360,7 @@ def _serve(args: argparse.Namespace) -> int:
             try:
                 app.split_hostport(value)
             except ValueError as exc:
-                print(f"smsgw serve: --{flag.replace('_', '-')}: {exc}", file=sys.stderr)
+                print(f"smsgw {command}: --{flag.replace('_', '-')}: {exc}", file=sys.stderr)
                 return EXIT_USAGE
             overrides[section] = {"listen": value}
     _tls_overrides(args, overrides)
@@ -342,18 +368,44 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, **overrides)
         tls.check_server_settings(settings)  # one line naming the setting, before anything listens
     except (OSError, ValueError) as exc:
-        print(f"smsgw serve: bad configuration: {describe_error(exc)}", file=sys.stderr)
+        print(f"smsgw {command}: bad configuration: {describe_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    if command == "serve":
+        run = app.serve
+    else:
+        from gateway import roles
+
+        run = {"gateway": roles.run_gateway, "bridge": roles.run_bridge, "worker": roles.run_worker}[command]
     try:
-        trio.run(lambda: app.serve(settings, announce=lambda line: print(line, flush=True)))
+        trio.run(lambda: run(settings, announce=lambda line: print(line, flush=True)))
     except* (OSError, ValueError) as group:
-        # A port in use, a data directory that cannot be written, a bad key: say so, no traceback.
+        # A port in use, a data directory that cannot be written, a bad key, SQLite or a
+        # schema behind for a role: say so, no traceback.
         for exc in _leaves(group):
-            print(f"smsgw serve: {exc}", file=sys.stderr)
+            print(f"smsgw {command}: {exc}", file=sys.stderr)
         failed = True
     else:
         failed = False
     return EXIT_USAGE if failed else EXIT_OK
+
+
+def _db(args: argparse.Namespace) -> int:
+    """`smsgw db upgrade`."""
+    from gateway import roles
+    from gateway.config import describe_error, load_settings
+
+    overrides: dict[str, object] = {} if args.data_dir is None else {"data_dir": str(args.data_dir)}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except (OSError, ValueError) as exc:
+        print(f"smsgw db upgrade: bad configuration: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        roles.upgrade_database(settings, announce=lambda line: print(line, flush=True))
+    except (OSError, ValueError) as exc:
+        print(f"smsgw db upgrade: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import Engine, make_url
@@ -38,6 +40,7 @@ AFTER_COMMIT = "smsgw.after_commit"
 ON_ROLLBACK = "smsgw.on_rollback"
 
 T = TypeVar("T")
+_MIGRATION_LOCK_KEY = 0x736D736777_02  # pg_advisory_xact_lock: "smsgw", then 2 for migrations
 
 
 class Database:
@@ -72,9 +75,20 @@ class Database:
         SQLModel.metadata.create_all(self.engine)
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (what `smsgw serve` runs at start)."""
+        """Bring the schema to the newest Alembic revision (what `smsgw serve` and `smsgw db
+        upgrade` run). On PostgreSQL one runner at a time: a second waits, then finds nothing
+        to do."""
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
             command.upgrade(_alembic_config(connection), "head")
+
+    def schema_revisions(self) -> tuple[str | None, str | None]:
+        """(the database's Alembic revision, None before the first migration; the newest this code has)."""
+        with self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
+        return current, head
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -55,15 +55,18 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
         listen: tuple[str, str, str] = ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"),
+        role: str = "serve",
     ) -> None:
-        """`listen`: the gRPC, phone and metrics listen addresses."""
+        """`listen`: the gRPC, phone and metrics listen addresses. `role`: `serve`, or one of
+        the separate processes (`gateway`, `bridge`, `worker`), given only its own listeners."""
+        self.role = role
         self.args = args
         self.data_dir = data_dir
         self.env = {**os.environ, **LENIENT_LIMITS, **(env or {})}
         self._token: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, str] = {}
-        self.log_path = data_dir.parent / "server.log"
+        self.log_path = data_dir.parent / ("server.log" if role == "serve" else f"{role}-{data_dir.name}.log")
         self._ports: tuple[str, str, str] = listen
 
     def __enter__(self) -> ServerProcess:
@@ -113,24 +116,27 @@ class ServerProcess:
                 self.endpoints["metrics"].removeprefix("http://").removesuffix("/metrics"),
             )
         grpc_listen, device_listen, metrics_listen = self._ports
+        listens = {"--grpc-listen": grpc_listen, "--device-listen": device_listen, "--metrics-listen": metrics_listen}
+        mine = {"serve": listens, "gateway": ("--grpc-listen", "--metrics-listen"),
+                "bridge": ("--device-listen", "--metrics-listen"), "worker": ("--metrics-listen",)}[self.role]
+        flags = [part for flag in mine for part in (flag, listens[flag])]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [SMSGW, *self.args, "serve", "--data-dir", str(self.data_dir), "--grpc-listen", grpc_listen,
-             "--device-listen", device_listen, "--metrics-listen", metrics_listen],
+            [SMSGW, *self.args, self.role, "--data-dir", str(self.data_dir), *flags],
             stdout=log, stderr=subprocess.STDOUT, env=self.env,
         )
         log.close()
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"smsgw serve exited with {self.proc.returncode}:\n{self.log_text()}")
+                raise RuntimeError(f"smsgw {self.role} exited with {self.proc.returncode}:\n{self.log_text()}")
             try:
                 self.endpoints = json.loads(endpoints_file.read_text())
                 return
             except (OSError, ValueError):
                 time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"smsgw serve did not start in {_START_TIMEOUT}s:\n{self.log_text()}")
+        raise RuntimeError(f"smsgw {self.role} did not start in {_START_TIMEOUT}s:\n{self.log_text()}")
 
     def log_text(self) -> str:
         try:

@@ -1,0 +1,242 @@
+"""The parts of `smsgw serve` as separate processes on one PostgreSQL (issue 16):
+`smsgw gateway` (the gRPC API), `smsgw bridge` (phone sessions and their dispatch), `smsgw
+worker` (webhook deliveries, expiry, purges), and `smsgw db upgrade` (the schema and the
+first account, before any of them starts).
+
+Each role reads the same settings tree as `serve`, talks to the others only through the
+database and the PostgreSQL bus (gateway/bus/postgres.py), and refuses SQLite (one process per
+SQLite file: that is `smsgw serve`) and a schema older than its code. What is and is not done
+yet for running several of each is in docs/deploy.md and docs/scale-out-plan.md.
+
+Like app.py, this module is a composition root: it may import the bridge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, start_http_server
+
+from device_bridge.metrics import BridgeMetrics
+from device_bridge.registry import SessionRegistry
+from device_bridge.server import BridgeServer
+from device_bridge.server import serve as serve_bridge
+from device_bridge.session_task import BridgeContext
+from gateway.app import _GatewayThread, _private_paths, _write_json, ensure_admin_account, join_hostport, split_hostport
+from gateway.auth.repository import AuthRepository
+from gateway.auth.tokens import JwtKeys, TokenCodec
+from gateway.bus.postgres import PostgresBus
+from gateway.config import Settings
+from gateway.devices.repository import DeviceRepository
+from gateway.inbound.repository import InboundRepository
+from gateway.messages.repository import MessageRepository
+from gateway.private_files import ensure_private_dir, tighten
+from gateway.storage.engine import Database
+from gateway.tls import bridge_ssl_context, check_plaintext_allowed
+
+__all__ = ["ROLES", "open_shared_database", "upgrade_database", "run_gateway", "run_bridge", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+ROLES = ("gateway", "bridge", "worker")
+_JWT_FILE = "jwt.secret"
+
+Announce = Callable[[str], None]
+
+
+def open_shared_database(settings: Settings, role: str) -> Database:
+    """The role's database: PostgreSQL, at the schema this code needs (ValueError otherwise,
+    saying what to do)."""
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        raise ValueError(
+            f"needs PostgreSQL (database.url, e.g. postgresql+psycopg://user@host/smsgw): "
+            "a SQLite file serves one process, run `smsgw serve` for that"
+        )
+    db = Database(url)
+    try:
+        current, head = db.schema_revisions()
+    except Exception:
+        db.close()
+        raise
+    if current != head:
+        db.close()
+        raise ValueError(
+            f"the database schema is at revision {current or 'none'} and this smsgw needs {head}: "
+            "run `smsgw db upgrade` (with the same database.url) first"
+        )
+    return db
+
+
+def upgrade_database(settings: Settings, announce: Announce = print) -> None:
+    """`smsgw db upgrade`: migrate to the newest schema (one runner at a time on PostgreSQL),
+    and on first use create the admin account and, unless JWT keys are configured, the
+    HS256 secret in the data directory, which every gateway must then share."""
+    _prepare_data_dir(settings)
+    db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
+    try:
+        before, head = db.schema_revisions()
+        db.migrate()
+        announce(f"schema at revision {head}" + ("" if before == head else f" (was {before or 'empty'})"))
+        password_path, created = ensure_admin_account(AuthRepository(db), settings.data_dir)
+        if created:
+            announce(f"created account admin; its password is in {password_path} (smsgw login)")
+        if settings.jwt.algorithm == "HS256" and not settings.jwt.secret:
+            path = settings.data_dir / _JWT_FILE
+            existed = path.exists()
+            JwtKeys.from_settings(settings.jwt, settings.data_dir)  # made once, 0600
+            if not existed:
+                announce(f"created the JWT secret {path}: every smsgw gateway needs it (or set jwt.secret)")
+    finally:
+        db.close()
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    ensure_private_dir(settings.data_dir)
+    tighten(_private_paths(settings), log)
+    os.umask(0o077)
+
+
+def _codec(settings: Settings) -> TokenCodec:
+    """The gateway's token keys, which must be the same on every gateway: configured (jwt.secret,
+    ES256 files) or the data directory's secret that `smsgw db upgrade` made. A gateway never
+    makes its own (a second gateway would reject the first one's tokens)."""
+    if settings.jwt.algorithm == "HS256" and not settings.jwt.secret and not (settings.data_dir / _JWT_FILE).exists():
+        raise ValueError(
+            f"no JWT key: set jwt.secret (SMSGW_JWT__SECRET) on every gateway, or copy the {_JWT_FILE} "
+            f"that `smsgw db upgrade` made into {settings.data_dir}"
+        )
+    keys = JwtKeys.from_settings(settings.jwt, settings.data_dir)
+    jwt = settings.jwt
+    return TokenCodec(keys, issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway)
+
+
+async def _until_stopped(announce: Announce, role: str) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            announce(f"smsgw {role}: {signal.Signals(signum).name}, shutting down")
+            return
+
+
+def _metrics(settings: Settings, registry: CollectorRegistry) -> tuple[Any, str]:
+    host, port = split_hostport(settings.metrics.listen)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server, f"http://{join_hostport(host, server.server_port)}/metrics"
+
+
+def _start_bus(settings: Settings) -> PostgresBus:
+    bus = PostgresBus(settings.database_url)
+    try:
+        bus.start()
+    except OSError:
+        bus.close()
+        raise
+    return bus
+
+
+async def run_gateway(settings: Settings, *, announce: Announce = print) -> None:
+    """`smsgw gateway`: the gRPC API. Messages are stored PENDING for their phone and the
+    bridge holding its session claims them (no claim at create across processes)."""
+    await _run_asyncio_role(settings, "gateway", announce, api=True)
+
+
+async def run_worker(settings: Settings, *, announce: Announce = print) -> None:
+    """`smsgw worker`: webhook deliveries (claimed with FOR UPDATE SKIP LOCKED: any number of
+    workers), the expiry sweep and the hourly purges."""
+    await _run_asyncio_role(settings, "worker", announce, api=False)
+
+
+async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *, api: bool) -> None:
+    check_plaintext_allowed(settings)
+    db = open_shared_database(settings, role)
+    _prepare_data_dir(settings)
+    # A worker signs and verifies no token (its AuthService only purges and re-reads the deny
+    # lists): a throwaway key, so it needs none of the gateways' keys.
+    jwt = settings.jwt
+    codec = _codec(settings) if api else TokenCodec(
+        JwtKeys.hs256(secrets.token_urlsafe(32), ()), issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway
+    )
+    bus = _start_bus(settings)
+    registry = CollectorRegistry()
+    thread = _GatewayThread(settings, db, bus, registry, codec, claims=None, api=api, jobs=not api)
+    endpoints_file = settings.data_dir / "endpoints.json"
+    metrics_server = None
+    try:
+        grpc_port = await trio.to_thread.run_sync(thread.start)
+        metrics_server, metrics_url = _metrics(settings, registry)
+        endpoints = {"metrics": metrics_url}
+        if api:
+            grpc_host, _ = split_hostport(settings.grpc.listen)
+            endpoints["grpc"] = join_hostport(grpc_host, grpc_port)
+        _write_json(endpoints_file, endpoints)
+        announce(f"smsgw {role} running  " + "  ".join(f"{k} {v}" for k, v in sorted(endpoints.items())))
+        await _until_stopped(announce, role)
+        if api:
+            await trio.to_thread.run_sync(thread.begin_shutdown)
+    finally:
+        endpoints_file.unlink(missing_ok=True)
+        await trio.to_thread.run_sync(thread.stop)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        bus.close()
+        db.close()
+
+
+async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
+    """`smsgw bridge`: phone sessions. It never marks other bridges' phones offline at start
+    (`serve` does: it owns every phone), and after its bus listener reconnects it reloads
+    every session's queue (wake-ups sent meanwhile were lost)."""
+    check_plaintext_allowed(settings)
+    bridge_ssl = bridge_ssl_context(settings.bridge)
+    db = open_shared_database(settings, "bridge")
+    _prepare_data_dir(settings)
+    bus = _start_bus(settings)
+    registry = CollectorRegistry()
+    ctx = BridgeContext(
+        messages=MessageRepository(db, settings.scheduler),
+        devices=DeviceRepository(db),
+        inbound=InboundRepository(db),
+        bus=bus,
+        settings=settings.bridge,
+        metrics=BridgeMetrics(registry),
+        registry=SessionRegistry(),
+        private_token=settings.gateway.private_token if settings.gateway.mode == "private" else "",
+    )
+    token = trio.lowlevel.current_trio_token()
+
+    def reload_all() -> None:  # on the trio thread
+        ctx.registry.wake(ctx.registry.device_ids())
+
+    bus.on_gap(lambda: token.run_sync_soon(reload_all))
+    endpoints_file = settings.data_dir / "endpoints.json"
+    metrics_server = None
+    host, port = split_hostport(settings.bridge.listen)
+    try:
+        metrics_server, metrics_url = _metrics(settings, registry)
+        async with trio.open_nursery() as nursery:
+            try:
+                bridge: BridgeServer = await nursery.start(partial(serve_bridge, ssl_context=bridge_ssl), ctx, host, port)
+            except* OSError as group:
+                first = group.exceptions[0]
+                raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {getattr(first, 'strerror', None) or first}") from None
+            device = f"{'ws' if bridge_ssl is None else 'wss'}://{join_hostport(host, bridge.port)}/device/v1"
+            _write_json(endpoints_file, {"device": device, "metrics": metrics_url})
+            announce(f"smsgw bridge running  phones {device}  metrics {metrics_url}")
+            await _until_stopped(announce, "bridge")
+            with trio.move_on_after(settings.bridge.shutdown_grace):
+                await bridge.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        endpoints_file.unlink(missing_ok=True)
+        bus.detach_bridge()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        bus.close()
+        db.close()

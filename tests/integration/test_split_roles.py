@@ -1,0 +1,111 @@
+"""`smsgw gateway`, `smsgw bridge` and `smsgw worker` as separate processes on one PostgreSQL
+(issue 16), started as a user starts them, after `smsgw db upgrade`.
+
+A message sent through the gateway reaches a reference phone connected to the bridge, its
+receipts come back through the bridge, a WatchMessages stream on the gateway sees it
+DELIVERED, and the worker delivers its webhooks to a receiver on 127.0.0.1. The roles refuse
+SQLite and a schema behind their code, with the command to run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from smsgw.v1 import common_pb2
+from smsgw_client import Client
+
+from tests.helpers.phones import start_phones
+from tests.helpers.postgres import throwaway_database
+from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env
+from tests.helpers.webhook_receiver import Receiver
+
+_TIMEOUT = 60.0
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SMSGW, *args], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with throwaway_database() as url:
+        yield url
+
+
+def test_the_roles_refuse_sqlite_and_a_schema_behind(tmp_path: Path, database: str) -> None:
+    for role in ("gateway", "bridge", "worker"):
+        run = _run([role, "--data-dir", str(tmp_path / role)], {}, tmp_path)
+        assert run.returncode == 2, run.stderr
+        assert f"smsgw {role}: needs PostgreSQL" in run.stderr and "smsgw serve" in run.stderr
+        assert not (tmp_path / role).exists()  # refused before anything was made
+    env = {"SMSGW_DATABASE__URL": database}
+    run = _run(["gateway", "--data-dir", str(tmp_path / "g")], env, tmp_path)
+    assert run.returncode == 2 and "run `smsgw db upgrade`" in run.stderr, run.stderr
+    upgrade = _run(["db", "upgrade", "--data-dir", str(tmp_path / "d")], env, tmp_path)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "created account admin" in upgrade.stdout and "created the JWT secret" in upgrade.stdout
+    again = _run(["db", "upgrade", "--data-dir", str(tmp_path / "d")], env, tmp_path)
+    assert again.returncode == 0 and "created" not in again.stdout, again.stdout
+    # A gateway without the JWT secret every gateway shares is refused, saying where it comes from.
+    run = _run(["gateway", "--data-dir", str(tmp_path / "g")], env, tmp_path)
+    assert run.returncode == 2 and "jwt.secret" in run.stderr, run.stderr
+
+
+def test_a_message_goes_through_gateway_bridge_and_worker(tmp_path: Path, database: str) -> None:
+    env = {**LENIENT_LIMITS, **private_webhook_env(), "SMSGW_DATABASE__URL": database}
+    setup = tmp_path / "setup"
+    upgrade = _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path)
+    assert upgrade.returncode == 0, upgrade.stderr
+    password = (setup / "admin.password").read_text().strip()
+    dirs = {role: tmp_path / role for role in ("gateway", "bridge", "worker")}
+    for d in dirs.values():
+        d.mkdir(mode=0o700)
+    shutil.copy(setup / "jwt.secret", dirs["gateway"] / "jwt.secret")
+    with (
+        Receiver(default=204) as receiver,
+        ServerProcess(dirs["worker"], env=env, role="worker") as worker,
+        ServerProcess(dirs["bridge"], env=env, role="bridge") as bridge,
+        ServerProcess(dirs["gateway"], env=env, role="gateway") as gateway,
+    ):
+        with Client(gateway.grpc_target) as anonymous:
+            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        with Client(gateway.grpc_target, token) as client:
+            created = client.webhooks.create(receiver.url, ["sms:delivered"])
+            receiver.secret = created.secret
+        delivered: list[str] = []
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                [phone] = await start_phones(nursery, gateway.grpc_target, token, bridge.device_url, 1,
+                                             private_token=PRIVATE_TOKEN)
+
+                def send_and_watch() -> None:
+                    with Client(gateway.grpc_target, token) as client:
+                        stream = client.watch_messages(after_event_id=0, timeout=_TIMEOUT)
+                        sent = client.send_message(["+15550001234"], "through three processes", idempotency_key="split-1")
+                        for event in stream:
+                            if event.message_id == sent.id and event.state == common_pb2.DELIVERED:
+                                delivered.append(sent.id)
+                                return
+
+                with trio.fail_after(_TIMEOUT):
+                    await trio.to_thread.run_sync(send_and_watch)
+                    while not receiver.received:
+                        await trio.sleep(0.05)
+                assert phone.modem.sent  # the reference phone's modem sent it
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        assert len(delivered) == 1
+        [hook] = receiver.received
+        assert hook.verified and hook.event["event"] == "sms:delivered"
+        assert hook.event["message"]["id"] == delivered[0]
+    for role, proc in (("worker", worker), ("bridge", bridge), ("gateway", gateway)):
+        assert proc.proc is not None and proc.proc.returncode == 0, (role, proc.log_text())
+        assert "Traceback" not in proc.log_text() and " ERROR " not in proc.log_text(), (role, proc.log_text())
+        assert not (dirs[role] / "endpoints.json").exists()  # each stopped cleanly on SIGTERM
