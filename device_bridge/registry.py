@@ -176,6 +176,10 @@ class SessionRegistry:
             return () if current is None else (current,)
         return (pending,) if current is None else (current, pending)
 
+    def current(self, device_id: str) -> SessionHandle | None:
+        """The device's registered session here, if any."""
+        return self._by_device.get(device_id)
+
     def device_ids(self) -> set[str]:
         """Every device with a session here, registered or being opened."""
         return set(self._by_device) | set(self._pending)

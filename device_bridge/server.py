@@ -25,6 +25,7 @@ from websockets.trio.server import serve as ws_serve
 
 from device_bridge.keepalive import Keepalive
 from device_bridge.protocol import PRIVATE_TOKEN_HEADER, SUBPROTOCOLS
+from device_bridge.registry import SessionHandle
 from device_bridge.session_task import Admission, BridgeContext, run_session
 from gateway.devices.repository import hash_secret
 from gateway.types import utcnow
@@ -168,9 +169,30 @@ async def serve(
             ctx.tokens.forget(device_ids)  # refused with 401 from now on
             ctx.registry.revoke(device_ids)
 
-        ctx.bus.attach_bridge(ctx.registry.wake, revoked, ctx.registry.settings_changed, ctx.registry.queued)
+        def replaced(sessions: dict[str, str]) -> None:
+            """Another bridge opened a session of these devices: ours ends (4003) if storage
+            says the other one is the live one (a late signal must not end a newer session here)."""
+            for device_id, session_id in sessions.items():
+                handle = ctx.registry.current(device_id)
+                if handle is not None and handle.session_id != session_id:
+                    trio.lowlevel.spawn_system_task(_end_if_stale, ctx, handle)
+
+        ctx.bus.attach_bridge(
+            ctx.registry.wake, revoked, ctx.registry.settings_changed, ctx.registry.queued, on_replaced=replaced
+        )
         nursery.start_soon(_load_tokens, ctx)  # after attach: a delete from here on is heard
         task_status.started(BridgeServer(server, bound, ctx))
+
+
+async def _end_if_stale(ctx: BridgeContext, handle: SessionHandle) -> None:
+    try:
+        live = await trio.to_thread.run_sync(ctx.devices.session_of, handle.device_id)
+    except Exception:
+        log.exception("could not read which session of a device is live; keeping ours")
+        return
+    if live != handle.session_id and ctx.registry.current(handle.device_id) is handle:
+        log.info("= session of device %s replaced on another bridge", handle.device_id)
+        handle.replace()
 
 
 async def _load_tokens(ctx: BridgeContext) -> None:

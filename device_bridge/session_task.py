@@ -262,6 +262,9 @@ class _Session:
             old = self.ctx.registry.register(handle)
         if old is not None:
             old.replace()
+        # A session of this device on another bridge (issue 16) ends too; in one process the
+        # registry just did that, and the bus has nothing to send.
+        self.ctx.bus.notify_replaced({identity.device_id: session_id})
         if handle.revoked:  # deleted while this session was being opened
             raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "device deleted")
         self.slots = tuple(sim.slot for sim in sims) or (1,)

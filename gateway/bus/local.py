@@ -4,7 +4,8 @@ Five signals flow: "these messages were queued or changed on device D" (the sess
 reloads just them), "device D has work" (anything else changed: the session reloads its
 whole queue), "device D was deleted" and "device D's settings changed" (gateway ->
 bridge, also bridge -> itself), and "new events were logged" (anyone -> gateway
-watchers). Signals carry ids, never bodies. Hops are coalesced: while a hop
+watchers). A sixth, "device D's session S opened", only matters across processes
+(PostgresBus): another bridge ends its older session of D. Signals carry ids, never bodies. Hops are coalesced: while a hop
 is scheduled and not yet run, further signals only add to the pending set, so a burst
 of N sends costs one hop, not N (DESIGN.md "What things cost here").
 """
@@ -23,6 +24,7 @@ __all__ = ["Bus", "LocalBus"]
 
 _DeviceCallback = Callable[[set[str]], None]
 _QueuedCallback = Callable[[dict[str, set[str]]], None]
+_ReplacedCallback = Callable[[dict[str, str]], None]
 # The device signals, in the order the bridge gets them when several are pending.
 _REVOKED, _SETTINGS, _WORK = "revoked", "settings", "work"
 
@@ -54,6 +56,10 @@ class Bus(Protocol):
     def notify_events(self) -> None:
         """New rows were appended to the event log. Thread-safe, non-blocking."""
 
+    def notify_replaced(self, sessions: Mapping[str, str]) -> None:
+        """These devices' sessions (device -> session id) just opened: any other session of
+        the same device, on another bridge, must end (close 4003). Thread-safe, non-blocking."""
+
 
 class LocalBus:
     def __init__(self) -> None:
@@ -62,6 +68,8 @@ class LocalBus:
         self._callbacks: dict[str, _DeviceCallback | None] = {}
         self._queued: dict[str, set[str]] = {}
         self._on_queued: _QueuedCallback | None = None
+        self._replaced: dict[str, str] = {}
+        self._on_replaced: _ReplacedCallback | None = None
         self._work_scheduled = False
         self._events_scheduled = False
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -73,14 +81,16 @@ class LocalBus:
         on_revoked: _DeviceCallback | None = None,
         on_settings: _DeviceCallback | None = None,
         on_queued: _QueuedCallback | None = None,
+        on_replaced: _ReplacedCallback | None = None,
     ) -> None:
         """Call from the bridge's trio thread; the callbacks then run there, never concurrently.
         Without `on_queued`, a queued signal reaches `on_work` (a whole reload does no harm)."""
         with self._lock:
             self._callbacks = {_REVOKED: on_revoked, _SETTINGS: on_settings, _WORK: on_work}
             self._on_queued = on_queued
+            self._on_replaced = on_replaced
             self._trio_token = trio.lowlevel.current_trio_token()
-            pending = (any(self._pending.values()) or bool(self._queued)) and not self._work_scheduled
+            pending = (any(self._pending.values()) or bool(self._queued) or bool(self._replaced)) and not self._work_scheduled
             self._work_scheduled = self._work_scheduled or pending
         if pending:
             self._schedule_work()
@@ -89,6 +99,7 @@ class LocalBus:
         with self._lock:
             self._callbacks = {}
             self._on_queued = None
+            self._on_replaced = None
             self._trio_token = None
             self._work_scheduled = False
 
@@ -115,6 +126,20 @@ class LocalBus:
             for device_id, ids in queued.items():
                 self._queued.setdefault(device_id, set()).update(ids)
             if not self._queued or self._work_scheduled or self._trio_token is None:
+                return
+            self._work_scheduled = True
+        self._schedule_work()
+
+    def notify_replaced(self, sessions: Mapping[str, str]) -> None:
+        """Nothing to do in one process: the registry ends a device's older session itself
+        when the newer one registers. (PostgresBus tells the other bridges.)"""
+
+    def replaced_elsewhere(self, sessions: Mapping[str, str]) -> None:
+        """Another process opened these sessions: hand them to the bridge's `on_replaced`
+        (PostgresBus's listener calls this). Thread-safe, non-blocking."""
+        with self._lock:
+            self._replaced.update(sessions)
+            if not self._replaced or self._work_scheduled or self._trio_token is None:
                 return
             self._work_scheduled = True
         self._schedule_work()
@@ -156,9 +181,13 @@ class LocalBus:
             taken = {kind: ids for kind, ids in self._pending.items() if ids}
             self._pending = {kind: set() for kind in self._pending}
             queued, self._queued = self._queued, {}
+            replaced, self._replaced = self._replaced, {}
             self._work_scheduled = False
             callbacks = dict(self._callbacks)
             on_queued = self._on_queued
+            on_replaced = self._on_replaced
+        if replaced and on_replaced is not None:
+            on_replaced(replaced)
         if queued and on_queued is None:
             taken[_WORK] = taken.get(_WORK, set()) | set(queued)
         for kind in (_REVOKED, _SETTINGS, _WORK):

@@ -48,7 +48,7 @@ MAX_PAYLOAD = 7_900  # bytes of JSON per NOTIFY (PostgreSQL refuses 8,000 and mo
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 _POLL = 0.5  # seconds the listener waits for notifications before checking whether to stop
 # Payload keys: o = origin process, then one signal kind: w work, r revoked, s settings (device
-# id lists), q queued ({device: [message ids]}), e events (no body).
+# id lists), q queued ({device: [message ids]}), x replaced ({device: session id}), e events.
 _KINDS = {"w": LocalBus.notify_work, "r": LocalBus.notify_revoked, "s": LocalBus.notify_settings}
 
 
@@ -67,7 +67,13 @@ def payloads(origin: str, kind: str, body: Any = None) -> Iterator[str]:
     if kind == "e":
         yield json.dumps({**head, "e": 1})
         return
-    base = len(json.dumps({**head, kind: [] if kind != "q" else {}}, separators=(",", ":")))
+    base = len(json.dumps({**head, kind: [] if kind not in ("q", "x") else {}}, separators=(",", ":")))
+    if kind == "x":  # device -> session id, a few entries at a time
+        pairs = list(body.items())
+        per = max(1, (MAX_PAYLOAD - base) // 80)  # an entry is ~65 bytes (two ids and the JSON)
+        for i in range(0, len(pairs), per):
+            yield json.dumps({**head, "x": dict(pairs[i : i + per])}, separators=(",", ":"))
+        return
     if kind == "q":
         chunk: dict[str, list[str]] = {}
         size = base
@@ -122,6 +128,7 @@ class PostgresBus(LocalBus):
         self._out: dict[str, set[str]] = {"w": set(), "r": set(), "s": set()}
         self._out_queued: dict[str, set[str]] = {}
         self._out_events = False
+        self._out_replaced: dict[str, str] = {}
         self._gap_callbacks: list[Callable[[], None]] = []
         self.listening = threading.Event()  # set while the listener is LISTENing (tests, health)
         self.reconnects = 0  # listener reconnections since start
@@ -185,6 +192,13 @@ class PostgresBus(LocalBus):
                 self._out_queued.setdefault(device_id, set()).update(ids)
             self._out_lock.notify()
 
+    def notify_replaced(self, sessions: Mapping[str, str]) -> None:
+        if not sessions:
+            return
+        with self._out_lock:
+            self._out_replaced.update(sessions)
+            self._out_lock.notify()
+
     def notify_events(self) -> None:
         super().notify_events()
         with self._out_lock:
@@ -203,14 +217,19 @@ class PostgresBus(LocalBus):
     def _take(self) -> list[str] | None:
         """Wait for something to send; its payloads (None: stopping)."""
         with self._out_lock:
-            while not (self._stop.is_set() or self._out_events or self._out_queued or any(self._out.values())):
+            while not (
+                self._stop.is_set() or self._out_events or self._out_queued or self._out_replaced or any(self._out.values())
+            ):
                 self._out_lock.wait()
             if self._stop.is_set():
                 return None
             out, self._out = self._out, {"w": set(), "r": set(), "s": set()}
             queued, self._out_queued = self._out_queued, {}
+            replaced, self._out_replaced = self._out_replaced, {}
             events, self._out_events = self._out_events, False
         sent: list[str] = []
+        if replaced:
+            sent += payloads(self.origin, "x", replaced)
         for kind in ("r", "s", "w"):  # the order LocalBus delivers them in
             if out[kind]:
                 sent += payloads(self.origin, kind, sorted(out[kind]))
@@ -231,6 +250,7 @@ class PostgresBus(LocalBus):
             self._out[kind].update(payload.get(kind, ()))
         for device_id, ids in payload.get("q", {}).items():
             self._out_queued.setdefault(device_id, set()).update(ids)
+        self._out_replaced.update(payload.get("x", {}))
         self._out_events = self._out_events or "e" in payload
 
     def _send_forever(self) -> None:
@@ -306,6 +326,9 @@ class PostgresBus(LocalBus):
             ids = payload.get(kind)
             if isinstance(ids, list) and ids:
                 deliver(self, {str(i) for i in ids})
+        replaced = payload.get("x")
+        if isinstance(replaced, dict) and replaced:
+            LocalBus.replaced_elsewhere(self, {str(d): str(session) for d, session in replaced.items()})
         queued = payload.get("q")
         if isinstance(queued, dict) and queued:
             LocalBus.notify_queued(self, {str(d): {str(i) for i in ids} for d, ids in queued.items() if isinstance(ids, list)})

@@ -149,6 +149,13 @@ class DeviceRepository:
         """Mark offline unless a newer session already took over (see `take_offline`)."""
         return self.db.group(in_writes(lambda s: take_offline(s, device_id, session_id, now)))
 
+    def session_of(self, device_id: str) -> str:
+        """The device's current session id ("" offline or unknown): which bridge's session is
+        the live one when two bridges claim the device (issue 16)."""
+        with self.db.read() as s:
+            row = s.get(Device, device_id)
+            return row.session_id if row is not None else ""
+
     def mark_all_offline(self) -> None:
         """At start-up no session of this (single) bridge survives a restart."""
         with self.db.write() as s:

@@ -46,6 +46,7 @@ class Side:
             self.bus.attach_bridge(
                 lambda ids: put(("work", set(ids))), lambda ids: put(("revoked", set(ids))),
                 lambda ids: put(("settings", set(ids))), lambda q: put(("queued", {d: set(i) for d, i in q.items()})),
+                on_replaced=lambda sessions: put(("replaced", dict(sessions))),
             )
             ready.wait(timeout=_WAIT)
             for _ in range(int(60 / 0.01)):  # bounded: a test never runs this long
@@ -142,6 +143,8 @@ def test_every_signal_reaches_the_other_process_and_this_one_once(two: tuple[Sid
         assert a.next(kind) == {"d2"}
     a.bus.notify_events()
     assert b.next("events") is None and a.next("events") is None
+    a.bus.notify_replaced({"d4": "session-4"})  # only for the others: here the registry did it
+    assert b.next("replaced") == {"d4": "session-4"}
     b.bus.notify_work({"d3"})  # and the other way
     assert a.next("work") == {"d3"}
     assert b.next("work") == {"d3"}

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from websockets.exceptions import ConnectionClosed
 from smsgw.v1 import common_pb2
 from smsgw_client import Client
 
+from device_bridge.protocol import CloseCode, Encoding
 from tests.helpers.phones import start_phones
+from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
 from tests.helpers.postgres import throwaway_database
 from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env
 from tests.helpers.webhook_receiver import Receiver
@@ -109,3 +112,32 @@ def test_a_message_goes_through_gateway_bridge_and_worker(tmp_path: Path, databa
         assert proc.proc is not None and proc.proc.returncode == 0, (role, proc.log_text())
         assert "Traceback" not in proc.log_text() and " ERROR " not in proc.log_text(), (role, proc.log_text())
         assert not (dirs[role] / "endpoints.json").exists()  # each stopped cleanly on SIGTERM
+
+
+def test_a_phone_moving_to_another_bridge_ends_its_session_on_the_first(tmp_path: Path, database: str) -> None:
+    """The phone's new session on bridge 2 is the live one (storage says so); bridge 1 hears
+    it on the bus and closes its older session with 4003 at once, as one bridge does."""
+    env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
+    setup = tmp_path / "setup"
+    assert _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path).returncode == 0
+    password = (setup / "admin.password").read_text().strip()
+    (tmp_path / "gateway").mkdir(mode=0o700)
+    shutil.copy(setup / "jwt.secret", tmp_path / "gateway" / "jwt.secret")
+    with (
+        ServerProcess(tmp_path / "bridge1", env=env, role="bridge") as first_bridge,
+        ServerProcess(tmp_path / "bridge2", env=env, role="bridge") as second_bridge,
+        ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
+    ):
+        with Client(gateway.grpc_target) as anonymous:
+            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        first, credentials = pair_raw(gateway.grpc_target, token, first_bridge.device_url)
+        second = RawPhone(open_raw(second_bridge.device_url, f"Bearer {credentials.token}"), Encoding.PROTO, 4)
+        with pytest.raises(ConnectionClosed) as caught:
+            for _ in range(10):  # bounded: pings keep it busy, the close comes within seconds
+                first.ws.recv(10)
+        assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.REPLACED, caught.value.rcvd
+        with Client(gateway.grpc_target, token) as client:
+            [device] = [d for d in client.list_devices().devices if d.id == credentials.device_id]
+            assert device.online  # the second session is untouched
+        second.ws.close()
+        assert "replaced on another bridge" in first_bridge.log_text()
