@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-__all__ = ["PG_ADMIN", "throwaway_database"]
+__all__ = ["PG_ADMIN", "BACKENDS", "backend_env", "throwaway_database"]
 
 PG_ADMIN = os.environ.get("SMSGW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -25,3 +25,18 @@ def throwaway_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=10) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The storage backends the end-to-end, scheduler, inbound and webhook suites run on (issue 16).
+BACKENDS = ("sqlite", "postgresql")
+
+
+@contextmanager
+def backend_env(backend: str) -> Iterator[dict[str, str]]:
+    """The environment that puts `smsgw serve` on `backend`: nothing for SQLite (the data
+    directory's file), a throwaway PostgreSQL database's URL otherwise."""
+    if backend == "sqlite":
+        yield {}
+        return
+    with throwaway_database() as url:
+        yield {"SMSGW_DATABASE__URL": url}

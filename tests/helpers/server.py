@@ -11,9 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ServerProcess", "SMSGW", "LENIENT_LIMITS", "PRIVATE_TOKEN", "private_webhook_env"]
+from tests.helpers.postgres import backend_env
+
+__all__ = ["ServerProcess", "SMSGW", "LENIENT_LIMITS", "PRIVATE_TOKEN", "private_webhook_env", "serve_on"]
 
 SMSGW = str(Path(sys.executable).parent / "smsgw")
 _START_TIMEOUT = 30.0
@@ -161,3 +165,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+@contextmanager
+def serve_on(backend: str, data_dir: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """`smsgw serve` on `backend` ("sqlite", or "postgresql": a throwaway database), for the
+    suites that run on both (tests.helpers.postgres.BACKENDS)."""
+    with backend_env(backend) as database, ServerProcess(data_dir, env={**database, **(env or {})}) as proc:
+        yield proc

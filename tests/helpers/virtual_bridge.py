@@ -50,14 +50,16 @@ def text_of_parts(parts: int, char: str = "a") -> str:
 
 @dataclass
 class World:
-    """SQLite storage with one owner and one paired phone; the bridge context around it."""
+    """Storage (SQLite, or the PostgreSQL database at `url`) with one owner and one paired
+    phone; the bridge context around it."""
 
     path: Path
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     sims: int = 2
+    url: str = ""  # a database URL (PostgreSQL); "" = a SQLite file under `path`
 
     def __post_init__(self) -> None:
-        self.db = Database(f"sqlite:///{self.path}/smsgw.db", sqlite_synchronous="NORMAL")
+        self.db = Database(self.url or f"sqlite:///{self.path}/smsgw.db", sqlite_synchronous="NORMAL")
         self.db.create_all()
         self.devices = DeviceRepository(self.db)
         self.messages = MessageRepository(self.db, self.scheduler)

@@ -5,13 +5,25 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import trio
 from smsgw.v1 import common_pb2
 from smsgw_client import Client
 
 from tests.helpers.phones import start_phones
-from tests.helpers.server import ServerProcess
+from tests.helpers.postgres import BACKENDS
+from tests.helpers.server import ServerProcess, serve_on
 from tests.helpers.watch import watch_until_final
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """This suite runs on SQLite and on PostgreSQL."""
+    with serve_on(request.param, tmp_path / "data") as proc:
+        yield proc
 
 def _assert_logs_clean(server: ServerProcess, secrets: list[str]) -> None:
     """No message body or full phone number in any server log line (RELIABILITY 31)."""

@@ -9,6 +9,7 @@ wait is bounded, and streams end on a marker SMS rather than on a quiet period.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 import json
 import re
 import secrets
@@ -28,12 +29,26 @@ from smsgw_agent import Backoff, PhoneAgent, SimulatedModem
 from tests.helpers.auth import sign_in, wait_until
 from tests.helpers.phones import UNPACED_MODEM, start_phones
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
-from tests.helpers.server import SMSGW, ServerProcess
+from tests.helpers.postgres import BACKENDS
+from tests.helpers.server import SMSGW, ServerProcess, serve_on
 
 SENDER = "+15550001111"
 TIMEOUT = 20.0
 _ids = itertools.count(1)
 
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """This suite runs on SQLite and on PostgreSQL."""
+    with serve_on(request.param, tmp_path / "data") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with serve_on(request.param, tmp_path_factory.mktemp("shared") / "data") as proc:
+        yield proc
 
 def _sms(text: str, *, event_id: int | None = None, phone_id: str | None = None, sender: str = SENDER) -> InboundSms:
     n = next(_ids)

@@ -1,5 +1,5 @@
 """The dispatch scheduler end to end on trio's virtual clock (tests/helpers/virtual_bridge.py):
-the real bridge and scheduler over SQLite, the reference phone with its simulated modem, which
+the real bridge and scheduler over SQLite and over PostgreSQL, the reference phone with its simulated modem, which
 enforces Android's 30-parts-per-60-s limit. Minutes of pacing pass in a fraction of a second and
 every time read here is exact; no assertion is made on wall-clock time."""
 
@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 import trio
 from sqlalchemy import text
 
@@ -19,9 +21,19 @@ from gateway.config import SchedulerSettings
 from gateway.types import FINAL_STATES, State
 from smsgw_agent import PhoneAgent
 from tests.helpers.memory_net import VirtualTime, run_virtual
+from tests.helpers.postgres import BACKENDS, backend_env
 from tests.helpers.virtual_bridge import T0, World, connected, text_of_parts
 
 DEFAULTS = SchedulerSettings()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """This suite runs on SQLite ("": a file under tmp_path) and on PostgreSQL."""
+    with backend_env(request.param) as env:
+        yield env.get("SMSGW_DATABASE__URL", "")
+
+
 POLL = 5.0  # virtual seconds between looks at the database
 
 
@@ -53,8 +65,8 @@ def _events(world: World) -> list[tuple[str, int, State, float]]:
     ]
 
 
-def test_burst_of_200_mixed_parts_two_sims_paced_never_trips_android_in_priority_fifo_order(tmp_path: Path) -> None:
-    world = World(tmp_path, sims=2)  # the default pacing: 24 parts/min/SIM, 2.5 s apart, 27/min/phone
+def test_burst_of_200_mixed_parts_two_sims_paced_never_trips_android_in_priority_fifo_order(tmp_path: Path, database_url: str) -> None:
+    world = World(tmp_path, sims=2, url=database_url)  # the default pacing: 24 parts/min/SIM, 2.5 s apart, 27/min/phone
     rng = random.Random(20261201)
     specs = [(rng.randint(1, 4), rng.choice([0, 0, 0, 5, 10])) for _ in range(200)]
     report: dict[str, object] = {}
@@ -117,8 +129,8 @@ def test_burst_of_200_mixed_parts_two_sims_paced_never_trips_android_in_priority
 
 
 
-def test_each_failure_class_takes_its_path(tmp_path: Path) -> None:
-    world = World(tmp_path, sims=1)
+def test_each_failure_class_takes_its_path(tmp_path: Path, database_url: str) -> None:
+    world = World(tmp_path, sims=1, url=database_url)
     numbers = {name: f"+155503{i:05d}" for i, name in enumerate(
         ["no_service", "radio_off", "limit_exceeded", "invalid_number", "blocked", "decrypt_failed",
          "generic_failure", "always_no_service", "after_a_part"]
@@ -184,8 +196,8 @@ def test_each_failure_class_takes_its_path(tmp_path: Path) -> None:
     assert agent.modem.dialogs == []
 
 
-def test_scheduled_rescheduled_and_expiring_messages_follow_the_clock(tmp_path: Path) -> None:
-    world = World(tmp_path, sims=1)
+def test_scheduled_rescheduled_and_expiring_messages_follow_the_clock(tmp_path: Path, database_url: str) -> None:
+    world = World(tmp_path, sims=1, url=database_url)
     report: dict[str, object] = {}
 
     async def main(vt: VirtualTime) -> None:
@@ -237,11 +249,11 @@ def test_scheduled_rescheduled_and_expiring_messages_follow_the_clock(tmp_path: 
     assert all(r.error == "valid_until passed before it was sent" for m in expired for r in m.recipients)
 
 
-def test_an_idle_phone_opens_without_a_dispatch_round_and_a_later_send_goes_out(tmp_path: Path) -> None:
+def test_an_idle_phone_opens_without_a_dispatch_round_and_a_later_send_goes_out(tmp_path: Path, database_url: str) -> None:
     """The open loads the phone's queue; when it is empty and nothing changed meanwhile, the
     session runs no first round (a write job that would claim nothing). A send after that
     still reaches the phone (its wake-up asks for a round)."""
-    world = World(tmp_path, sims=1)
+    world = World(tmp_path, sims=1, url=database_url)
     rounds: list[int] = []
     round_future = world.messages.dispatch_round_future
 

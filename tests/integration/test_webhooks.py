@@ -20,12 +20,14 @@ from smsgw_client import Client, InvalidArgument, NotFound
 
 from device_bridge.protocol import AckReceived, InboundSms, ReceiptState
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
-from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env
+from tests.helpers.postgres import BACKENDS
+from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env, serve_on
 from tests.helpers.webhook_receiver import Receiver
 
-@pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path / "data", env=private_webhook_env()) as proc:
+@pytest.fixture(params=BACKENDS)
+def private_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """This suite runs on SQLite and on PostgreSQL."""
+    with serve_on(request.param, tmp_path / "data", private_webhook_env()) as proc:
         yield proc
 
 
