@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+from collections.abc import Sequence
 
 import trio
 
@@ -27,10 +28,13 @@ def _reset_on_close(stream: trio.SocketStream) -> None:
 
 
 class CuttingProxy:
-    """Forward 127.0.0.1:`port` to 127.0.0.1:`upstream_port` until cancelled."""
+    """Forward 127.0.0.1:`port` to 127.0.0.1:`upstream_port` until cancelled; with several
+    upstream ports, each new connection goes to the next one that accepts (round robin), as an
+    ordinary load balancer in front of several bridges does (issue 16)."""
 
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
+    def __init__(self, upstream_port: int | Sequence[int]) -> None:
+        self.upstream_ports = [upstream_port] if isinstance(upstream_port, int) else list(upstream_port)
+        self._next = 0
         self.port = 0
         self.accepted = 0
         self.cut_count = 0
@@ -62,9 +66,8 @@ class CuttingProxy:
         upstream: trio.SocketStream | None = None
         scope = trio.CancelScope()
         try:
-            try:
-                upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
-            except OSError:  # the server is down (a kill -9 nemesis): the phone retries
+            upstream = await self._connect()
+            if upstream is None:  # every server is down (a kill -9 nemesis): the phone retries
                 _reset_on_close(downstream)
                 return
             self._open[scope] = None
@@ -82,6 +85,16 @@ class CuttingProxy:
             downstream.socket.close()
             if upstream is not None:
                 upstream.socket.close()
+
+    async def _connect(self) -> trio.SocketStream | None:
+        for _ in range(len(self.upstream_ports)):
+            port = self.upstream_ports[self._next % len(self.upstream_ports)]
+            self._next += 1
+            try:
+                return await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:  # that one is down: the next
+                continue
+        return None
 
     @staticmethod
     async def _pump(src: trio.SocketStream, dst: trio.SocketStream, both: trio.CancelScope) -> None:
