@@ -7,7 +7,7 @@ Every message must end DELIVERED exactly once in storage, reach DELIVERED exactl
 WatchMessages stream opened before the run, reach the webhook receiver under one webhook-id,
 and go out of the simulated modems once: nothing lost, nothing sent twice.
 
-The size here is CI's; `SMSGW_FAILOVER_PHONES` / `SMSGW_FAILOVER_MESSAGES` run the issue's
+The size here is CI's; `FAILOVER_PHONES` / `FAILOVER_MESSAGES` run the issue's
 200 phones and 5,000 messages."""
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from tests.helpers.postgres import throwaway_database
 from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env
 from tests.helpers.webhook_receiver import Receiver
 
-PHONES = int(os.environ.get("SMSGW_FAILOVER_PHONES", "40"))
-MESSAGES = int(os.environ.get("SMSGW_FAILOVER_MESSAGES", "800"))
+PHONES = int(os.environ.get("FAILOVER_PHONES", "40"))
+MESSAGES = int(os.environ.get("FAILOVER_MESSAGES", "800"))
 _CLIENTS = 4
 _DEADLINE = 300.0  # seconds for the whole run, sends and drain
 
