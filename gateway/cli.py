@@ -287,6 +287,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--idle-window", type=float, help="seconds the idle CPU is measured over (default 20: one keepalive)")
     bench.add_argument("--postgres", metavar="URL",
                        help="admin URL for a throwaway PostgreSQL database (default postgresql://postgres@127.0.0.1:5432/test; '' skips)")
+    bench.add_argument("--topology", choices=("serve", "split"),
+                       help="split: also run latency, throughput and bulk on smsgw gateway + bridge + worker on "
+                            "PostgreSQL, beside serve (docs/deploy.md)")
     bench.add_argument("--output", type=Path, default=Path("bench-results.json"), help="where the JSON goes")
     bench.add_argument("--work-dir", type=Path, help="keep the servers' data and logs here (default: a temporary directory)")
     bench.add_argument("--chaos", action="store_true",

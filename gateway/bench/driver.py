@@ -27,7 +27,7 @@ import grpc
 
 from gateway.bench import raw
 from gateway.bench.fleet import raise_open_files_limit
-from gateway.bench.processes import FleetProc, ServerRun
+from gateway.bench.processes import FleetProc, ServerRun, SplitRun
 from gateway.bench.report import render, rows
 from gateway.bench.scenarios import Api, bulk, idle, latency, pair_phones, quiet, storm, throughput
 from gateway.private_files import ensure_private_dir
@@ -50,6 +50,7 @@ class Options:
     output: Path = Path("bench-results.json")
     work_dir: Path | None = None  # default: a temporary directory, removed afterwards
     quick: bool = False
+    topology: str = "serve"  # "split": also the separate processes on PostgreSQL (issue 16)
 
     @classmethod
     def quick_run(cls, **overrides: Any) -> Options:
@@ -117,9 +118,10 @@ async def _step(say: Callable[[str], None], scenario: Awaitable[Any]) -> Any:
 
 
 async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Callable[[str], None],
-                out: dict[str, Any], save: Callable[[], None], *, everything: bool) -> None:
-    """Fill `out` scenario by scenario (calling `save` after each)."""
-    server = ServerRun(work, name, env)
+                out: dict[str, Any], save: Callable[[], None], *, everything: bool, split: bool = False) -> None:
+    """Fill `out` scenario by scenario (calling `save` after each). `split`: the separate
+    processes (gateway, bridge, worker) instead of `serve`: latency, throughput and bulk."""
+    server: Any = SplitRun(work, name, env) if split else ServerRun(work, name, env)
     server.start()
     fleet: FleetProc | None = None
     api: Api | None = None
@@ -132,7 +134,7 @@ async def _ours(o: Options, work: Path, name: str, env: dict[str, str], say: Cal
         devices = await pair_phones(api, fleet, total)
         await _settle_online(fleet, o.phones, total)
         busy = devices[: o.phones]
-        if everything:
+        if everything or split:
             say(f"[{name}] latency: {o.rate:.0f} msg/s for {o.duration:.0f} s over {o.phones} phones")
             out["latency"] = await _step(say, latency(api, fleet, busy, o.rate, o.duration, server))
             save()
@@ -211,6 +213,14 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                 env = {"SMSGW_DATABASE__URL": url}
                 results["postgres"] = {}
                 asyncio.run(_ours(o, work, "postgres", env, say, results["postgres"], save, everything=False))
+        if o.topology == "split":
+            with _postgres(o.postgres) if o.postgres else nullcontext() as url:
+                if url is None:
+                    results["split"] = "skipped: needs PostgreSQL (--postgres)"
+                else:
+                    results["split"] = {}
+                    asyncio.run(_ours(o, work, "split", {"SMSGW_DATABASE__URL": url}, say, results["split"], save,
+                                      everything=False, split=True))
     finally:
         if o.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -225,7 +235,7 @@ def unfinished(results: dict[str, Any]) -> list[str]:
     """The scenarios that did not finish within their bounds ("sqlite.idle", ...)."""
     return [
         f"{db}.{name}"
-        for db in ("sqlite", "postgres")
+        for db in ("sqlite", "postgres", "split")
         if isinstance(results.get(db), dict)
         for name, value in results[db].items()
         if isinstance(value, dict) and "error" in value

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerRun", "FleetProc", "BENCH_SETTINGS", "cpu_seconds"]
+__all__ = ["ServerRun", "SplitRun", "FleetProc", "BENCH_SETTINGS", "cpu_seconds"]
 
 _START_TIMEOUT = 60.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -73,10 +73,21 @@ def _end(proc: subprocess.Popen[bytes] | asyncio.subprocess.Process, timeout: fl
         pass
 
 
-class ServerRun:
-    """One `smsgw serve` in its own data directory; restartable on the same ports."""
+# The listen flags each command takes (serve: all three).
+_LISTENS = {
+    "serve": ("--grpc-listen", "--device-listen", "--metrics-listen"),
+    "gateway": ("--grpc-listen", "--metrics-listen"),
+    "bridge": ("--device-listen", "--metrics-listen"),
+    "worker": ("--metrics-listen",),
+}
 
-    def __init__(self, work: Path, name: str, env: dict[str, str]) -> None:
+
+class ServerRun:
+    """One `smsgw serve` (or one `role` of it: gateway, bridge, worker) in its own data
+    directory; restartable on the same ports."""
+
+    def __init__(self, work: Path, name: str, env: dict[str, str], role: str = "serve") -> None:
+        self.role = role
         self.data_dir = work / name
         self.log_path = work / f"{name}.log"
         self.env = {**os.environ, **BENCH_SETTINGS, **env}
@@ -98,29 +109,32 @@ class ServerRun:
     def start(self) -> float:
         """Start (on the previous ports after a stop) and wait until it listens; returns
         time.monotonic() at that moment."""
-        listen = ["127.0.0.1:0"] * 3
-        if self.endpoints:
-            metrics = str(self.endpoints["metrics"]).removeprefix("http://").removesuffix("/metrics")
-            listen = [self.grpc, self.device_url.removeprefix("ws://").removesuffix("/device/v1"), metrics]
+        listen = {flag: "127.0.0.1:0" for flag in _LISTENS[self.role]}
+        if self.endpoints:  # the same ports again
+            known = {
+                "--grpc-listen": self.endpoints.get("grpc"),
+                "--device-listen": str(self.endpoints.get("device", "")).removeprefix("ws://").removesuffix("/device/v1"),
+                "--metrics-listen": str(self.endpoints["metrics"]).removeprefix("http://").removesuffix("/metrics"),
+            }
+            listen = {flag: str(known[flag]) for flag in listen}
         endpoints_file = self.data_dir / "endpoints.json"
         endpoints_file.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*_smsgw(), "serve", "--data-dir", str(self.data_dir), "--grpc-listen", listen[0],
-                 "--device-listen", listen[1], "--metrics-listen", listen[2]],
+                [*_smsgw(), self.role, "--data-dir", str(self.data_dir), *(p for f in listen.items() for p in f)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"smsgw serve exited with {self.proc.returncode}; see {self.log_path}")
+                raise RuntimeError(f"smsgw {self.role} exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 self.endpoints = json.loads(endpoints_file.read_text())
                 return time.monotonic()
             except (OSError, ValueError):
                 time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"smsgw serve did not start in {_START_TIMEOUT:.0f} s; see {self.log_path}")
+        raise RuntimeError(f"smsgw {self.role} did not start in {_START_TIMEOUT:.0f} s; see {self.log_path}")
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is not None:
@@ -137,6 +151,49 @@ class ServerRun:
         """User + system CPU of the whole process (every thread) so far."""
         assert self.proc is not None
         return cpu_seconds(self.proc.pid)
+
+
+class SplitRun:
+    """`smsgw gateway`, `smsgw bridge` and `smsgw worker` (one each) on one PostgreSQL database,
+    after `smsgw db upgrade`: what the bench's load scenarios need of a ServerRun (the API's
+    and the phones' addresses, the admin password, the CPU of all three processes together)."""
+
+    def __init__(self, work: Path, name: str, env: dict[str, str]) -> None:
+        self.setup = work / f"{name}-setup"
+        self.env = {**os.environ, **BENCH_SETTINGS, **env}
+        self.parts = {role: ServerRun(work, f"{name}-{role}", env, role) for role in ("worker", "bridge", "gateway")}
+
+    @property
+    def grpc(self) -> str:
+        return self.parts["gateway"].grpc
+
+    @property
+    def device_url(self) -> str:
+        return self.parts["bridge"].device_url
+
+    @property
+    def admin_password(self) -> str:
+        return (self.setup / "admin.password").read_text().strip()
+
+    def start(self) -> float:
+        upgrade = subprocess.run([*_smsgw(), "db", "upgrade", "--data-dir", str(self.setup)], env=self.env,
+                                 capture_output=True, text=True, timeout=_START_TIMEOUT)
+        if upgrade.returncode != 0:
+            raise RuntimeError(f"smsgw db upgrade failed: {upgrade.stderr.strip()}")
+        gateway_dir = self.parts["gateway"].data_dir
+        gateway_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copy(self.setup / "jwt.secret", gateway_dir / "jwt.secret")
+        started = 0.0
+        for part in self.parts.values():
+            started = part.start()
+        return started
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for part in reversed(list(self.parts.values())):
+            part.stop(timeout)
+
+    def cpu_seconds(self) -> float:
+        return sum(part.cpu_seconds() for part in self.parts.values())
 
 
 class FleetProc:

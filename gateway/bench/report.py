@@ -86,7 +86,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     unary = _get(raw, "grpc_unary", "calls_per_s")
     bare_cpu = _bare_cpu_ms_per_call(raw)
     out: list[Row] = []
-    for db in ("sqlite", "postgres"):
+    for db in ("sqlite", "postgres", "split"):
         r = results.get(db)
         if not isinstance(r, dict):
             continue
@@ -148,6 +148,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
         ratio = postgres_cpu / sqlite_cpu
         out.append(Row("[postgres] server CPU per message / SQLite's (throughput runs)", ratio, "x", None, "<= 1.5",
                        _at_most(ratio, 1.5)))
+    split_cpu = _get(results, "split", "throughput", "server_cpu_ms_per_message")
+    if postgres_cpu and split_cpu is not None:
+        out.append(Row("[split] CPU per message of gateway + bridge + worker / serve on PostgreSQL's", split_cpu / postgres_cpu,
+                       "x"))
+        out.append(Row("[split] extra CPU per message over serve on PostgreSQL", split_cpu - postgres_cpu, "ms"))
     if unary is not None:
         out.append(Row("bare grpc.aio unary echo (64 in flight)", unary, "calls/s"))
     if bare_cpu is not None:

@@ -17,7 +17,7 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
     run = subprocess.run(
         # --quick with even smaller counts: the suite's time budget; the scenarios are the same.
         [SMSGW, "bench", "--quick", "--phones", "10", "--idle-phones", "40", "--bulk", "500",
-         "--output", str(output), "--work-dir", str(tmp_path / "work"), "--postgres", PG_ADMIN],
+         "--output", str(output), "--work-dir", str(tmp_path / "work"), "--postgres", PG_ADMIN, "--topology", "split"],
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -32,6 +32,10 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
     ):
         assert measure in table, f"{measure!r} missing from the table:\n{table}"
     assert "[postgres] SendMessage -> ACCEPTED" in table
+    # --topology split: gateway + bridge + worker on PostgreSQL, beside serve, and the cost of the split.
+    for measure in ("[split] SendMessage -> ACCEPTED", "[split] SendMessage return -> phone Deliver p50",
+                    "[split] extra CPU per message over serve on PostgreSQL"):
+        assert measure in table, f"{measure!r} missing from the table:\n{table}"
     results = json.loads(output.read_text())
     sqlite = results["sqlite"]
     assert sqlite["latency"]["all_delivered"] and sqlite["latency"]["send_errors"] == 0
@@ -40,6 +44,7 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
     assert sqlite["idle"]["still_connected"] == sqlite["idle"]["phones"]
     assert sqlite["storm"]["all_accepted"] and sqlite["storm"]["accepted"] == sqlite["storm"]["phones"]
     assert results["postgres"]["throughput"]["all_accepted"]
+    assert results["split"]["throughput"]["all_accepted"] and results["split"]["latency"]["all_delivered"]
     # CPU per operation, the server's and the fleet's apart (present; values are not checked).
     for scenario, unit in (("latency", "message"), ("throughput", "message"), ("storm", "reconnect")):
         assert {f"server_cpu_ms_per_{unit}", f"fleet_cpu_ms_per_{unit}"} <= set(sqlite[scenario]), scenario
