@@ -43,6 +43,12 @@ class Received:
         return result
 
 
+class _Server(ThreadingHTTPServer):
+    # The listen backlog: the default 5 resets the connections of a worker delivering many
+    # webhooks at once while this process is busy (the failover test's thousands).
+    request_queue_size = 256
+
+
 class Receiver:
     def __init__(self, *, default: Answer = 204, hang_for: float = 5.0) -> None:
         self.default = default
@@ -79,7 +85,7 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="webhook-receiver", daemon=True)
 

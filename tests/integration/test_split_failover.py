@@ -33,7 +33,7 @@ from tests.helpers.webhook_receiver import Receiver
 PHONES = int(os.environ.get("FAILOVER_PHONES", "40"))
 MESSAGES = int(os.environ.get("FAILOVER_MESSAGES", "800"))
 _CLIENTS = 4
-_DEADLINE = 300.0  # seconds for the whole run, sends and drain
+_DEADLINE = max(300.0, MESSAGES / 10)  # seconds for the sends and the drain (the full size takes longer)
 
 
 def _upgrade(setup: Path, env: dict[str, str]) -> str:
@@ -58,15 +58,18 @@ class Sender:
 
     def run(self, k: int) -> None:
         clients = [Client(g.grpc_target, self.token) for g in self.gateways]
+        down: set[int] = set()  # gateways this thread saw fail: tried again only if all have
         try:
             for n in range(k, MESSAGES, _CLIENTS):
                 key = f"failover-{n}"
                 for attempt in range(20):  # bounded: a dead gateway is skipped within a few tries
-                    client = clients[(n + attempt) % len(clients)]
+                    up = [i for i in range(len(clients)) if i not in down] or list(range(len(clients)))
+                    i = up[(n + attempt) % len(up)]
                     try:
-                        message = client.send_message([f"+1555{n:07d}"], f"failover {n}", idempotency_key=key, timeout=10)
+                        message = clients[i].send_message([f"+1555{n:07d}"], f"failover {n}", idempotency_key=key, timeout=10)
                         break
                     except (Unavailable, DeadlineExceeded):
+                        down.add(i)
                         with self._lock:
                             self.retried += 1
                         time.sleep(0.05)
@@ -120,7 +123,7 @@ def _run(procs: dict[str, ServerProcess], password: str, receiver: Receiver) -> 
 
     def watch() -> None:  # on the gateway that stays up, opened before the first send
         with Client(gateways[1].grpc_target, token) as client:
-            for event in client.watch_messages(after_event_id=0, timeout=_DEADLINE):
+            for event in client.watch_messages(after_event_id=0, timeout=_DEADLINE + 120):
                 if event.state == common_pb2.DELIVERED:
                     delivered_on_watch[event.message_id] += 1
                     if len(delivered_on_watch) >= MESSAGES:
