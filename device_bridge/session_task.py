@@ -509,6 +509,10 @@ class _Session:
                 queue.busy = False  # the round committed (see DeviceQueue)
             if not self.open_now():
                 return  # claimed rows stay DISPATCHED on this session; close_out requeues them
+            if batch.fenced:  # a newer session of the device opened on another bridge
+                self.log.info("= session of device %s replaced on another bridge (fence)", handle.device_id)
+                handle.replace()
+                return
             self.send_drops({**finals, **batch.drops})
             for unit in batch.units:
                 self.proto.send_deliver(_delivery(unit))

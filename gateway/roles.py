@@ -200,7 +200,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     bus = _start_bus(settings)
     registry = CollectorRegistry()
     ctx = BridgeContext(
-        messages=MessageRepository(db, settings.scheduler),
+        messages=MessageRepository(db, settings.scheduler, fence=True),
         devices=DeviceRepository(db),
         inbound=InboundRepository(db),
         bus=bus,

@@ -179,3 +179,6 @@ class DispatchBatch:
     units: list[DispatchUnit]
     drops: dict[str, State]  # messages the phone may hold that ended (CANCELLED / EXPIRED)
     wake_at: datetime | None  # when to try again though nothing woke the session (pacing, schedule, retry)
+    # Storage names another session as the device's live one (it opened on another bridge):
+    # nothing was claimed, and this session must end (4003). Only with `fence` (issue 16).
+    fenced: bool = False

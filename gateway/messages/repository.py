@@ -127,6 +127,9 @@ _STAMP_PACED = Sql(
     binds={"paced_until": _R.paced_until.type},
 )
 # A phone's dispatch state (`_load_queue`): its settings, its waiting messages, its history.
+# The fence (`fence`): the device row locked, so a newer session's open (which locks it to
+# take the device over) waits for this round's commit or is seen by it.
+_LIVE_SESSION = Sql("SELECT session_id FROM device WHERE id = :device_id", for_update=True)
 _DEVICE_PACING = Sql("SELECT settings_json, sims_json FROM device WHERE id = :device_id")
 _PENDING_ON = messages_sql(f"WHERE device_id = :device_id AND state = {_PENDING}")
 _SENT_SINCE = Sql(
@@ -190,8 +193,13 @@ class MessageRepository:
         *,
         rng: random.Random | None = None,
         claims: ClaimTargets | None = None,
+        fence: bool = False,
     ) -> None:
+        """`fence`: each dispatch round first checks, in its transaction, that its session is
+        still the device's live one (`smsgw bridge`, where a newer session may open on another
+        bridge; in one process the registry ends an older session itself)."""
         self.db = db
+        self.fence = fence
         self.scheduler = scheduler if scheduler is not None else SchedulerSettings()
         self.base_pacing = pacing_defaults(self.scheduler)
         self._rng = rng if rng is not None else random.Random()
@@ -659,6 +667,8 @@ class MessageRepository:
         now = to_utc(now)
 
         def tx(s: Writes) -> tuple[dict[str, State], DeviceQueue | None, DispatchBatch]:
+            if self.fence and [row[0] for row in s.fetch(_LIVE_SESSION, {"device_id": device_id})] != [session_id]:
+                return {}, queue, DispatchBatch([], {}, None, fenced=True)
             finals = _final_states_in(s, device_id, ending) if ending else {}
             kept, batch = self._round_for(s, queue, device_id, session_id, room, now, in_flight, fresh, target)
             return finals, kept, batch

@@ -14,13 +14,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
-from websockets.exceptions import ConnectionClosed
 from smsgw.v1 import common_pb2
 from smsgw_client import Client
+from websockets.exceptions import ConnectionClosed
 
-from device_bridge.protocol import CloseCode, Encoding
+from device_bridge.protocol import CloseCode, DeliverReceived, Encoding
+from gateway.bus.postgres import libpq_url
 from tests.helpers.phones import start_phones
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
 from tests.helpers.postgres import throwaway_database
@@ -141,3 +143,34 @@ def test_a_phone_moving_to_another_bridge_ends_its_session_on_the_first(tmp_path
             assert device.online  # the second session is untouched
         second.ws.close()
         assert "replaced on another bridge" in first_bridge.log_text()
+
+
+def test_a_bridge_that_missed_the_takeover_claims_nothing_and_ends_its_session(tmp_path: Path, database: str) -> None:
+    """The fence: storage names another session as the device's live one (a newer session on
+    another bridge whose signal this bridge missed). The next dispatch round of the stale
+    session checks that in its transaction, claims nothing, and the session closes with 4003;
+    the message stays PENDING for the live session."""
+    env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
+    setup = tmp_path / "setup"
+    assert _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path).returncode == 0
+    password = (setup / "admin.password").read_text().strip()
+    (tmp_path / "gateway").mkdir(mode=0o700)
+    shutil.copy(setup / "jwt.secret", tmp_path / "gateway" / "jwt.secret")
+    with (
+        ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
+        ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
+    ):
+        with Client(gateway.grpc_target) as anonymous:
+            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
+        with psycopg.connect(libpq_url(database), autocommit=True) as c:
+            c.execute("UPDATE device SET session_id = 'a-session-on-another-bridge' WHERE id = %s", (credentials.device_id,))
+        with Client(gateway.grpc_target, token) as client:
+            sent = client.send_message(["+15550001234"], "fenced", device_id=credentials.device_id, idempotency_key="fence-1")
+            with pytest.raises(ConnectionClosed) as caught:
+                for _ in range(10):  # bounded; nothing but the close may come (no Deliver)
+                    event = phone.next_event(10)
+                    assert not isinstance(event, DeliverReceived), "the stale session was handed the message"
+            assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.REPLACED, caught.value.rcvd
+            assert client.get_message(sent.id).state == common_pb2.PENDING
+        assert "replaced on another bridge (fence)" in bridge.log_text()
