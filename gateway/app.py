@@ -40,7 +40,6 @@ from gateway.auth.scopes import ALL_SCOPES
 from gateway.auth.service import AuthService
 from gateway.auth.tokens import JwtKeys, TokenCodec
 from gateway.bus import LocalBus
-from gateway.bus.postgres import PostgresBus
 from gateway.config import Settings
 from gateway.devices.repository import DeviceRepository
 from gateway.devices.service import DeviceService
@@ -59,6 +58,7 @@ from gateway.webhooks.repository import WebhookRepository
 from gateway.webhooks.sender import WebhookSender
 from gateway.webhooks.service import WebhookService
 from gateway.webhooks.ssrf import Policy
+from gateway.webhooks.outbox import ENQUEUED
 from gateway.webhooks.worker import WebhookWorker
 
 __all__ = ["serve", "ensure_admin_account", "split_hostport", "join_hostport"]
@@ -113,6 +113,7 @@ class _WakeOverBus(WebhookWorker):
         self._bus = bus
 
     def wake(self) -> None:
+        ENQUEUED.set()  # the bus hands it to the workers with the events signal
         self._bus.notify_events()
 
 
@@ -171,10 +172,9 @@ class _GatewayThread:
         webhooks, worker, sender = self._webhooks()
         tasks = [asyncio.create_task(self._jobs_forever(messages, auth, webhooks))]
         if self.jobs:
-            # Another process's commit cannot set this process's ENQUEUED flag: with writers
-            # elsewhere (`smsgw worker`), every events signal is worth a delivery round.
-            remote = isinstance(self.bus, PostgresBus)
-            self.bus.attach_gateway(worker.wake if remote else worker.wake_if_enqueued)
+            # The outbox's ENQUEUED flag: set by this process's commits, or, in `smsgw worker`,
+            # by the PostgreSQL bus when another process's commit stored deliveries.
+            self.bus.attach_gateway(worker.wake_if_enqueued)
             tasks.append(asyncio.create_task(worker.run()))
         if self.api:
             # The watch streams read the ring; the bus wakes the ring, whose refill wakes them.

@@ -131,8 +131,8 @@ def _metrics(settings: Settings, registry: CollectorRegistry) -> tuple[Any, str]
     return server, f"http://{join_hostport(host, server.server_port)}/metrics"
 
 
-def _start_bus(settings: Settings) -> PostgresBus:
-    bus = PostgresBus(settings.database_url)
+def _start_bus(settings: Settings, *, delivers_webhooks: bool = False) -> PostgresBus:
+    bus = PostgresBus(settings.database_url, delivers_webhooks=delivers_webhooks)
     try:
         bus.start()
     except OSError:
@@ -156,14 +156,18 @@ async def run_worker(settings: Settings, *, announce: Announce = print) -> None:
 async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *, api: bool) -> None:
     check_plaintext_allowed(settings)
     db = open_shared_database(settings, role)
-    _prepare_data_dir(settings)
-    # A worker signs and verifies no token (its AuthService only purges and re-reads the deny
-    # lists): a throwaway key, so it needs none of the gateways' keys.
-    jwt = settings.jwt
-    codec = _codec(settings) if api else TokenCodec(
-        JwtKeys.hs256(secrets.token_urlsafe(32), ()), issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway
-    )
-    bus = _start_bus(settings)
+    try:
+        _prepare_data_dir(settings)
+        # A worker signs and verifies no token (its AuthService only purges and re-reads the
+        # deny lists): a throwaway key, so it needs none of the gateways' keys.
+        jwt = settings.jwt
+        codec = _codec(settings) if api else TokenCodec(
+            JwtKeys.hs256(secrets.token_urlsafe(32), ()), issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway
+        )
+        bus = _start_bus(settings, delivers_webhooks=not api)
+    except BaseException:
+        db.close()
+        raise
     registry = CollectorRegistry()
     thread = _GatewayThread(settings, db, bus, registry, codec, claims=None, api=api, jobs=not api)
     endpoints_file = settings.data_dir / "endpoints.json"
@@ -196,8 +200,12 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     check_plaintext_allowed(settings)
     bridge_ssl = bridge_ssl_context(settings.bridge)
     db = open_shared_database(settings, "bridge")
-    _prepare_data_dir(settings)
-    bus = _start_bus(settings)
+    try:
+        _prepare_data_dir(settings)
+        bus = _start_bus(settings)
+    except BaseException:
+        db.close()
+        raise
     registry = CollectorRegistry()
     ctx = BridgeContext(
         messages=MessageRepository(db, settings.scheduler, fence=True),

@@ -38,6 +38,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from gateway.bus.local import LocalBus
+from gateway.webhooks.outbox import ENQUEUED
 
 __all__ = ["PostgresBus", "CHANNEL", "MAX_PAYLOAD", "libpq_url", "payloads"]
 
@@ -48,7 +49,8 @@ MAX_PAYLOAD = 7_900  # bytes of JSON per NOTIFY (PostgreSQL refuses 8,000 and mo
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 _POLL = 0.5  # seconds the listener waits for notifications before checking whether to stop
 # Payload keys: o = origin process, then one signal kind: w work, r revoked, s settings (device
-# id lists), q queued ({device: [message ids]}), x replaced ({device: session id}), e events.
+# id lists), q queued ({device: [message ids]}), x replaced ({device: session id}), e events
+# (with h: webhook deliveries were stored).
 _KINDS = {"w": LocalBus.notify_work, "r": LocalBus.notify_revoked, "s": LocalBus.notify_settings}
 
 
@@ -64,8 +66,8 @@ def payloads(origin: str, kind: str, body: Any = None) -> Iterator[str]:
     """The JSON payloads of one signal, each at most MAX_PAYLOAD bytes: a list of device ids,
     or a mapping of device -> message ids, split where it must be."""
     head = {"o": origin}
-    if kind == "e":
-        yield json.dumps({**head, "e": 1})
+    if kind in ("e", "h"):  # events; "h": and webhook deliveries were stored
+        yield json.dumps({**head, "e": 1, **({"h": 1} if kind == "h" else {})})
         return
     base = len(json.dumps({**head, kind: [] if kind not in ("q", "x") else {}}, separators=(",", ":")))
     if kind == "x":  # device -> session id, a few entries at a time
@@ -119,8 +121,13 @@ class PostgresBus(LocalBus):
     """LocalBus plus NOTIFY to the other processes on the database at `url` (the project's
     SQLAlchemy URL, `postgresql+psycopg://...`, or a plain libpq URL)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, delivers_webhooks: bool = False) -> None:
+        """`delivers_webhooks`: this process runs the webhook worker (`smsgw worker`). Any
+        other process hands the worker its "deliveries were stored" flag (the outbox's
+        ENQUEUED) with its events signal, so that workers claim only when there is something
+        to deliver, as in one process."""
         super().__init__()
+        self._delivers_webhooks = delivers_webhooks
         self.origin = uuid.uuid4().hex[:12]
         self._conninfo = libpq_url(url)
         self._stop = threading.Event()
@@ -129,6 +136,7 @@ class PostgresBus(LocalBus):
         self._out_queued: dict[str, set[str]] = {}
         self._out_events = False
         self._out_replaced: dict[str, str] = {}
+        self._out_hooks = False
         self._gap_callbacks: list[Callable[[], None]] = []
         self.listening = threading.Event()  # set while the listener is LISTENing (tests, health)
         self.reconnects = 0  # listener reconnections since start
@@ -201,8 +209,15 @@ class PostgresBus(LocalBus):
 
     def notify_events(self) -> None:
         super().notify_events()
+        # Set after a commit that stored deliveries, before its events signal. Cleared here
+        # and sent on: one set by a commit in between is covered too, as the worker the
+        # signal wakes claims everything committed before it claims.
+        hooks = not self._delivers_webhooks and ENQUEUED.is_set()
+        if hooks:
+            ENQUEUED.clear()
         with self._out_lock:
             self._out_events = True
+            self._out_hooks = self._out_hooks or hooks
             self._out_lock.notify()
 
     def _publish(self, kind: str, ids: set[str]) -> None:
@@ -227,6 +242,7 @@ class PostgresBus(LocalBus):
             queued, self._out_queued = self._out_queued, {}
             replaced, self._out_replaced = self._out_replaced, {}
             events, self._out_events = self._out_events, False
+            hooks, self._out_hooks = self._out_hooks, False
         sent: list[str] = []
         if replaced:
             sent += payloads(self.origin, "x", replaced)
@@ -236,7 +252,7 @@ class PostgresBus(LocalBus):
         if queued:
             sent += payloads(self.origin, "q", {d: sorted(ids) for d, ids in queued.items()})
         if events:
-            sent += payloads(self.origin, "e")
+            sent += payloads(self.origin, "h" if hooks else "e")
         return sent
 
     def _put_back(self, sent: list[str]) -> None:
@@ -251,7 +267,8 @@ class PostgresBus(LocalBus):
         for device_id, ids in payload.get("q", {}).items():
             self._out_queued.setdefault(device_id, set()).update(ids)
         self._out_replaced.update(payload.get("x", {}))
-        self._out_events = self._out_events or "e" in payload
+        self._out_events = self._out_events or "e" in payload or "h" in payload
+        self._out_hooks = self._out_hooks or "h" in payload
 
     def _send_forever(self) -> None:
         backoff = _Backoff()
@@ -307,6 +324,8 @@ class PostgresBus(LocalBus):
     def _caught_up(self) -> None:
         """After a reconnection: every attached gateway refills from the log, then the
         registered callbacks catch up the rest."""
+        if self._delivers_webhooks:
+            ENQUEUED.set()  # deliveries may have been stored meanwhile: claim once to see
         LocalBus.notify_events(self)
         for callback in list(self._gap_callbacks):
             try:
@@ -332,5 +351,7 @@ class PostgresBus(LocalBus):
         queued = payload.get("q")
         if isinstance(queued, dict) and queued:
             LocalBus.notify_queued(self, {str(d): {str(i) for i in ids} for d, ids in queued.items() if isinstance(ids, list)})
+        if "h" in payload and self._delivers_webhooks:
+            ENQUEUED.set()  # before the events wake-up: the worker's wake_if_enqueued reads it
         if "e" in payload:
             LocalBus.notify_events(self)

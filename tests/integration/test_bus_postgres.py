@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from gateway.bus.postgres import MAX_PAYLOAD, PostgresBus, libpq_url, payloads
+from gateway.webhooks.outbox import ENQUEUED
 from tests.helpers.postgres import throwaway_database
 
 _WAIT = 10.0  # seconds any one signal may take here (they take milliseconds)
@@ -190,3 +191,28 @@ def test_a_sender_that_lost_its_connection_sends_again(two: tuple[Side, Side, st
         )
     a.bus.notify_work({"d2"})
     assert b.next("work") == {"d2"}
+
+
+def test_stored_webhook_deliveries_wake_the_worker_process_only() -> None:
+    """A process that stores deliveries hands the outbox's flag to the worker processes with
+    its events signal: the worker claims when there is something to deliver, not on every
+    event. (Both buses are in this process here, so the one flag shows both ends.)"""
+    with throwaway_database() as url:
+        gateway, worker = PostgresBus(url), PostgresBus(url, delivers_webhooks=True)
+        gateway.start()
+        worker.start()
+        sides = Side(gateway), Side(worker)
+        try:
+            ENQUEUED.clear()
+            gateway.notify_events()  # nothing stored for a webhook
+            assert sides[1].next("events") is None
+            assert not ENQUEUED.is_set()
+            ENQUEUED.set()  # a commit stored deliveries (gateway.webhooks.outbox)
+            gateway.notify_events()
+            assert not ENQUEUED.is_set()  # taken by the storing process's bus, at once...
+            assert sides[1].next("events") is None
+            assert ENQUEUED.is_set()  # ...and set by the worker's, before its events wake-up
+        finally:
+            ENQUEUED.clear()
+            for side in sides:
+                side.close()
