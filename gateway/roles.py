@@ -24,6 +24,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
+from device_bridge.follower import follow_event_log
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.registry import SessionRegistry
 from device_bridge.server import BridgeServer
@@ -234,6 +235,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
             except* OSError as group:
                 first = group.exceptions[0]
                 raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {getattr(first, 'strerror', None) or first}") from None
+            nursery.start_soon(follow_event_log, ctx)  # wake-ups lost on the bus
             device = f"{'ws' if bridge_ssl is None else 'wss'}://{join_hostport(host, bridge.port)}/device/v1"
             _write_json(endpoints_file, {"device": device, "metrics": metrics_url})
             announce(f"smsgw bridge running  phones {device}  metrics {metrics_url}")

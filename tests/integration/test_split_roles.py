@@ -174,3 +174,42 @@ def test_a_bridge_that_missed_the_takeover_claims_nothing_and_ends_its_session(t
             assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.REPLACED, caught.value.rcvd
             assert client.get_message(sent.id).state == common_pb2.PENDING
         assert "replaced on another bridge (fence)" in bridge.log_text()
+
+
+def test_a_message_whose_wake_up_was_lost_still_reaches_its_phone(tmp_path: Path, database: str) -> None:
+    """A message stored with no wake-up on the bus (its gateway killed between the commit and
+    the NOTIFY; here stored straight into the database) reaches the phone anyway: the bridge
+    follows the event log (device_bridge/follower.py)."""
+    from datetime import UTC, datetime
+
+    from gateway.messages.repository import MessageRepository
+    from gateway.storage.engine import Database
+    from gateway.storage.models import Device
+    from tests.unit.gateway.test_gw_repository import new_message
+
+    env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
+    setup = tmp_path / "setup"
+    assert _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path).returncode == 0
+    password = (setup / "admin.password").read_text().strip()
+    (tmp_path / "gateway").mkdir(mode=0o700)
+    shutil.copy(setup / "jwt.secret", tmp_path / "gateway" / "jwt.secret")
+    with (
+        ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
+        ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
+    ):
+        with Client(gateway.grpc_target) as anonymous:
+            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
+        db = Database(database)
+        try:
+            with db.read() as s:
+                device = s.get(Device, credentials.device_id)
+                assert device is not None
+                owner_id = device.owner_id
+            stored, _ = MessageRepository(db).create(
+                owner_id, new_message(1, key="no-wake-up", device_id=credentials.device_id), datetime.now(UTC)
+            )
+        finally:
+            db.close()
+        deliver = phone.next_deliver(10)
+        assert deliver.delivery.message_id == stored.id
