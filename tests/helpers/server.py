@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from pathlib import Path
 
 from tests.helpers.postgres import backend_env
 
-__all__ = ["ServerProcess", "SMSGW", "LENIENT_LIMITS", "PRIVATE_TOKEN", "private_webhook_env", "serve_on"]
+__all__ = [
+    "ServerProcess", "SMSGW", "LENIENT_LIMITS", "PRIVATE_TOKEN", "private_webhook_env", "serve_on", "upgraded_database",
+    "admin_token",
+]
 
 SMSGW = str(Path(sys.executable).parent / "smsgw")
 _START_TIMEOUT = 30.0
@@ -173,3 +177,24 @@ def serve_on(backend: str, data_dir: Path, env: dict[str, str] | None = None) ->
     suites that run on both (tests.helpers.postgres.BACKENDS)."""
     with backend_env(backend) as database, ServerProcess(data_dir, env={**database, **(env or {})}) as proc:
         yield proc
+
+
+def upgraded_database(tmp_path: Path, env: dict[str, str], gateways: tuple[Path, ...] = ()) -> str:
+    """`smsgw db upgrade` on the database `env` names (SMSGW_DATABASE__URL), then each
+    gateway's data directory with the JWT secret it made; returns the admin password."""
+    setup = tmp_path / "setup"
+    upgrade = subprocess.run([SMSGW, "db", "upgrade", "--data-dir", str(setup)], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=120)
+    assert upgrade.returncode == 0, upgrade.stderr
+    for directory in gateways:
+        directory.mkdir(mode=0o700)
+        shutil.copy(setup / "jwt.secret", directory / "jwt.secret")
+    return (setup / "admin.password").read_text().strip()
+
+
+def admin_token(gateway: ServerProcess, password: str) -> str:
+    """An access token of the admin account, signed in through `gateway`."""
+    from smsgw_client import Client
+
+    with Client(gateway.grpc_target) as anonymous:
+        return str(anonymous.issue_token("admin", password, access_ttl=3600).access_token)

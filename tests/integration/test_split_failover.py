@@ -13,8 +13,6 @@ The size here is CI's; `FAILOVER_PHONES` / `FAILOVER_MESSAGES` run the issue's
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -27,20 +25,15 @@ from smsgw_client import Client, DeadlineExceeded, Unavailable
 from gateway.bench.chaos_proxy import CuttingProxy
 from tests.helpers.phones import start_phones
 from tests.helpers.postgres import throwaway_database
-from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env
+from tests.helpers.server import (
+    LENIENT_LIMITS, PRIVATE_TOKEN, ServerProcess, admin_token, private_webhook_env, upgraded_database,
+)
 from tests.helpers.webhook_receiver import Receiver
 
 PHONES = int(os.environ.get("FAILOVER_PHONES", "40"))
 MESSAGES = int(os.environ.get("FAILOVER_MESSAGES", "800"))
 _CLIENTS = 4
 _DEADLINE = max(300.0, MESSAGES / 10)  # seconds for the sends and the drain (the full size takes longer)
-
-
-def _upgrade(setup: Path, env: dict[str, str]) -> str:
-    run = subprocess.run([SMSGW, "db", "upgrade", "--data-dir", str(setup)], env={**os.environ, **env},
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return (setup / "admin.password").read_text().strip()
 
 
 class Sender:
@@ -92,11 +85,8 @@ def test_bridge_and_gateway_killed_mid_run_lose_nothing_and_send_nothing_twice(t
         # must not use up a delivery's attempts (the test is about what the processes lose).
         hooks = private_webhook_env(SMSGW_WEBHOOKS__TIMEOUT="15", SMSGW_WEBHOOKS__RETRY_DELAYS="0.5,1,2,4,8,16")
         env = {**LENIENT_LIMITS, **hooks, "SMSGW_DATABASE__URL": url}
-        password = _upgrade(tmp_path / "setup", env)
+        password = upgraded_database(tmp_path, env, (tmp_path / "gateway1", tmp_path / "gateway2"))
         procs: dict[str, ServerProcess] = {}
-        for name in ("gateway1", "gateway2"):
-            (tmp_path / name).mkdir(mode=0o700)
-            shutil.copy(tmp_path / "setup" / "jwt.secret", tmp_path / name / "jwt.secret")
         try:
             for name, role in (("worker", "worker"), ("bridge1", "bridge"), ("bridge2", "bridge"),
                                ("gateway1", "gateway"), ("gateway2", "gateway")):
@@ -114,8 +104,7 @@ def _bridge_port(proc: ServerProcess) -> int:
 
 def _run(procs: dict[str, ServerProcess], password: str, receiver: Receiver) -> None:
     gateways = [procs["gateway1"], procs["gateway2"]]
-    with Client(gateways[1].grpc_target) as anonymous:
-        token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+    token = admin_token(gateways[1], password)
     with Client(gateways[1].grpc_target, token) as client:
         receiver.secret = client.webhooks.create(receiver.url, ["sms:delivered"]).secret
     delivered_on_watch: Counter[str] = Counter()

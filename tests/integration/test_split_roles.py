@@ -26,7 +26,9 @@ from gateway.bus.postgres import libpq_url
 from tests.helpers.phones import start_phones
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
 from tests.helpers.postgres import throwaway_database
-from tests.helpers.server import LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, private_webhook_env
+from tests.helpers.server import (
+    LENIENT_LIMITS, PRIVATE_TOKEN, SMSGW, ServerProcess, admin_token, private_webhook_env, upgraded_database,
+)
 from tests.helpers.webhook_receiver import Receiver
 
 _TIMEOUT = 60.0
@@ -63,22 +65,17 @@ def test_the_roles_refuse_sqlite_and_a_schema_behind(tmp_path: Path, database: s
 
 def test_a_message_goes_through_gateway_bridge_and_worker(tmp_path: Path, database: str) -> None:
     env = {**LENIENT_LIMITS, **private_webhook_env(), "SMSGW_DATABASE__URL": database}
-    setup = tmp_path / "setup"
-    upgrade = _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path)
-    assert upgrade.returncode == 0, upgrade.stderr
-    password = (setup / "admin.password").read_text().strip()
     dirs = {role: tmp_path / role for role in ("gateway", "bridge", "worker")}
-    for d in dirs.values():
+    password = upgraded_database(tmp_path, env, (dirs["gateway"],))
+    for d in (dirs["bridge"], dirs["worker"]):
         d.mkdir(mode=0o700)
-    shutil.copy(setup / "jwt.secret", dirs["gateway"] / "jwt.secret")
     with (
         Receiver(default=204) as receiver,
         ServerProcess(dirs["worker"], env=env, role="worker") as worker,
         ServerProcess(dirs["bridge"], env=env, role="bridge") as bridge,
         ServerProcess(dirs["gateway"], env=env, role="gateway") as gateway,
     ):
-        with Client(gateway.grpc_target) as anonymous:
-            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        token = admin_token(gateway, password)
         with Client(gateway.grpc_target, token) as client:
             created = client.webhooks.create(receiver.url, ["sms:delivered"])
             receiver.secret = created.secret
@@ -120,18 +117,13 @@ def test_a_phone_moving_to_another_bridge_ends_its_session_on_the_first(tmp_path
     """The phone's new session on bridge 2 is the live one (storage says so); bridge 1 hears
     it on the bus and closes its older session with 4003 at once, as one bridge does."""
     env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
-    setup = tmp_path / "setup"
-    assert _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path).returncode == 0
-    password = (setup / "admin.password").read_text().strip()
-    (tmp_path / "gateway").mkdir(mode=0o700)
-    shutil.copy(setup / "jwt.secret", tmp_path / "gateway" / "jwt.secret")
+    password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
     with (
         ServerProcess(tmp_path / "bridge1", env=env, role="bridge") as first_bridge,
         ServerProcess(tmp_path / "bridge2", env=env, role="bridge") as second_bridge,
         ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
     ):
-        with Client(gateway.grpc_target) as anonymous:
-            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        token = admin_token(gateway, password)
         first, credentials = pair_raw(gateway.grpc_target, token, first_bridge.device_url)
         second = RawPhone(open_raw(second_bridge.device_url, f"Bearer {credentials.token}"), Encoding.PROTO, 4)
         with pytest.raises(ConnectionClosed) as caught:
@@ -151,17 +143,12 @@ def test_a_bridge_that_missed_the_takeover_claims_nothing_and_ends_its_session(t
     session checks that in its transaction, claims nothing, and the session closes with 4003;
     the message stays PENDING for the live session."""
     env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
-    setup = tmp_path / "setup"
-    assert _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path).returncode == 0
-    password = (setup / "admin.password").read_text().strip()
-    (tmp_path / "gateway").mkdir(mode=0o700)
-    shutil.copy(setup / "jwt.secret", tmp_path / "gateway" / "jwt.secret")
+    password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
     with (
         ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
         ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
     ):
-        with Client(gateway.grpc_target) as anonymous:
-            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        token = admin_token(gateway, password)
         phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
         with psycopg.connect(libpq_url(database), autocommit=True) as c:
             c.execute("UPDATE device SET session_id = 'a-session-on-another-bridge' WHERE id = %s", (credentials.device_id,))
@@ -188,17 +175,12 @@ def test_a_message_whose_wake_up_was_lost_still_reaches_its_phone(tmp_path: Path
     from tests.unit.gateway.test_gw_repository import new_message
 
     env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
-    setup = tmp_path / "setup"
-    assert _run(["db", "upgrade", "--data-dir", str(setup)], env, tmp_path).returncode == 0
-    password = (setup / "admin.password").read_text().strip()
-    (tmp_path / "gateway").mkdir(mode=0o700)
-    shutil.copy(setup / "jwt.secret", tmp_path / "gateway" / "jwt.secret")
+    password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
     with (
         ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
         ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
     ):
-        with Client(gateway.grpc_target) as anonymous:
-            token = anonymous.issue_token("admin", password, access_ttl=3600).access_token
+        token = admin_token(gateway, password)
         phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
         db = Database(database)
         try:
