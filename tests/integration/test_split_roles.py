@@ -9,7 +9,6 @@ SQLite and a schema behind their code, with the command to run."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from smsgw.v1 import common_pb2
 from smsgw_client import Client
 from websockets.exceptions import ConnectionClosed
 
-from device_bridge.protocol import CloseCode, DeliverReceived, Encoding
+from device_bridge.protocol import CloseCode, Credentials, DeliverReceived, Encoding
 from gateway.bus.postgres import libpq_url
 from tests.helpers.phones import start_phones
 from tests.helpers.raw_phone import RawPhone, open_raw, pair_raw
@@ -42,6 +41,24 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 def database() -> Iterator[str]:
     with throwaway_database() as url:
         yield url
+
+
+OnePhone = tuple[ServerProcess, ServerProcess, str, RawPhone, Credentials]
+
+
+@pytest.fixture
+def one_phone(tmp_path: Path, database: str) -> Iterator[OnePhone]:
+    """A bridge and a gateway on `database`, and a raw phone paired through them: (bridge,
+    gateway, admin token, phone, its credentials)."""
+    env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
+    password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
+    with (
+        ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
+        ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
+    ):
+        token = admin_token(gateway, password)
+        phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
+        yield bridge, gateway, token, phone, credentials
 
 
 def test_the_roles_refuse_sqlite_and_a_schema_behind(tmp_path: Path, database: str) -> None:
@@ -137,33 +154,26 @@ def test_a_phone_moving_to_another_bridge_ends_its_session_on_the_first(tmp_path
         assert "replaced on another bridge" in first_bridge.log_text()
 
 
-def test_a_bridge_that_missed_the_takeover_claims_nothing_and_ends_its_session(tmp_path: Path, database: str) -> None:
+def test_a_bridge_that_missed_the_takeover_claims_nothing_and_ends_its_session(one_phone: OnePhone, database: str) -> None:
     """The fence: storage names another session as the device's live one (a newer session on
     another bridge whose signal this bridge missed). The next dispatch round of the stale
     session checks that in its transaction, claims nothing, and the session closes with 4003;
     the message stays PENDING for the live session."""
-    env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
-    password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
-    with (
-        ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
-        ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
-    ):
-        token = admin_token(gateway, password)
-        phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
-        with psycopg.connect(libpq_url(database), autocommit=True) as c:
-            c.execute("UPDATE device SET session_id = 'a-session-on-another-bridge' WHERE id = %s", (credentials.device_id,))
-        with Client(gateway.grpc_target, token) as client:
-            sent = client.send_message(["+15550001234"], "fenced", device_id=credentials.device_id, idempotency_key="fence-1")
-            with pytest.raises(ConnectionClosed) as caught:
-                for _ in range(10):  # bounded; nothing but the close may come (no Deliver)
-                    event = phone.next_event(10)
-                    assert not isinstance(event, DeliverReceived), "the stale session was handed the message"
-            assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.REPLACED, caught.value.rcvd
-            assert client.get_message(sent.id).state == common_pb2.PENDING
-        assert "replaced on another bridge (fence)" in bridge.log_text()
+    bridge, gateway, token, phone, credentials = one_phone
+    with psycopg.connect(libpq_url(database), autocommit=True) as c:
+        c.execute("UPDATE device SET session_id = 'a-session-on-another-bridge' WHERE id = %s", (credentials.device_id,))
+    with Client(gateway.grpc_target, token) as client:
+        sent = client.send_message(["+15550001234"], "fenced", device_id=credentials.device_id, idempotency_key="fence-1")
+        with pytest.raises(ConnectionClosed) as caught:
+            for _ in range(10):  # bounded; nothing but the close may come (no Deliver)
+                event = phone.next_event(10)
+                assert not isinstance(event, DeliverReceived), "the stale session was handed the message"
+        assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.REPLACED, caught.value.rcvd
+        assert client.get_message(sent.id).state == common_pb2.PENDING
+    assert "replaced on another bridge (fence)" in bridge.log_text()
 
 
-def test_a_message_whose_wake_up_was_lost_still_reaches_its_phone(tmp_path: Path, database: str) -> None:
+def test_a_message_whose_wake_up_was_lost_still_reaches_its_phone(one_phone: OnePhone, database: str) -> None:
     """A message stored with no wake-up on the bus (its gateway killed between the commit and
     the NOTIFY; here stored straight into the database) reaches the phone anyway: the bridge
     follows the event log (device_bridge/follower.py)."""
@@ -174,24 +184,17 @@ def test_a_message_whose_wake_up_was_lost_still_reaches_its_phone(tmp_path: Path
     from gateway.storage.models import Device
     from tests.unit.gateway.test_gw_repository import new_message
 
-    env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database}
-    password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
-    with (
-        ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
-        ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
-    ):
-        token = admin_token(gateway, password)
-        phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
-        db = Database(database)
-        try:
-            with db.read() as s:
-                device = s.get(Device, credentials.device_id)
-                assert device is not None
-                owner_id = device.owner_id
-            stored, _ = MessageRepository(db).create(
-                owner_id, new_message(1, key="no-wake-up", device_id=credentials.device_id), datetime.now(UTC)
-            )
-        finally:
-            db.close()
-        deliver = phone.next_deliver(10)
-        assert deliver.delivery.message_id == stored.id
+    _, _, _, phone, credentials = one_phone
+    db = Database(database)
+    try:
+        with db.read() as s:
+            device = s.get(Device, credentials.device_id)
+            assert device is not None
+            owner_id = device.owner_id
+        stored, _ = MessageRepository(db).create(
+            owner_id, new_message(1, key="no-wake-up", device_id=credentials.device_id), datetime.now(UTC)
+        )
+    finally:
+        db.close()
+    deliver = phone.next_deliver(10)
+    assert deliver.delivery.message_id == stored.id
