@@ -58,7 +58,10 @@ def one_phone(tmp_path: Path, database: str) -> Iterator[OnePhone]:
     ):
         token = admin_token(gateway, password)
         phone, credentials = pair_raw(gateway.grpc_target, token, bridge.device_url)
-        yield bridge, gateway, token, phone, credentials
+        try:
+            yield bridge, gateway, token, phone, credentials
+        finally:
+            phone.ws.close()  # the bridge need not wait out its shutdown grace for it
 
 
 def test_the_roles_refuse_sqlite_and_a_schema_behind(tmp_path: Path, database: str) -> None:
