@@ -1,4 +1,5 @@
-"""A throwaway database on the machine's PostgreSQL (SMSGW_TEST_PG names the admin database)."""
+"""A throwaway database on the machine's PostgreSQL (TEST_PG_ADMIN names the admin database; not an
+SMSGW_ name: the servers the tests start would read it as a setting and refuse it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import psycopg
 
 __all__ = ["PG_ADMIN", "BACKENDS", "backend_env", "throwaway_database"]
 
-PG_ADMIN = os.environ.get("SMSGW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @contextmanager
