@@ -40,6 +40,7 @@ from gateway.auth.scopes import ALL_SCOPES
 from gateway.auth.service import AuthService
 from gateway.auth.tokens import JwtKeys, TokenCodec
 from gateway.bus import LocalBus
+from gateway.bus.postgres import PostgresBus
 from gateway.config import Settings
 from gateway.devices.repository import DeviceRepository
 from gateway.devices.service import DeviceService
@@ -169,6 +170,11 @@ class _GatewayThread:
         messages = MessageService(message_repo, self.bus, self.metrics, daily_segments=self.settings.limits.daily_segments)
         auth = AuthService(auth_repo, self.codec, self.settings, metrics=self.metrics)
         await auth.refresh_revocations()
+        self._reread = asyncio.Event()  # re-read the deny lists now (another gateway revoked tokens)
+        if self.api and isinstance(self.bus, PostgresBus):  # `smsgw gateway`: revocations cross gateways
+            loop = asyncio.get_running_loop()
+            auth.on_revoked = self.bus.notify_auth
+            self.bus.on_auth(lambda: loop.call_soon_threadsafe(self._reread.set))
         webhooks, worker, sender = self._webhooks()
         tasks = [asyncio.create_task(self._jobs_forever(messages, auth, webhooks))]
         if self.jobs:
@@ -213,13 +219,18 @@ class _GatewayThread:
         return WebhookService(repo, worker, policy), worker, sender
 
     async def _jobs_forever(self, messages: MessageService, auth: AuthService, webhooks: WebhookService) -> None:
-        """Expiry sweep, the token deny lists re-read (revocations from `smsgw users`), and
+        """Expiry sweep, the token deny lists re-read (revocations from `smsgw users`, and at
+        once when another gateway says it revoked tokens), and
         once an hour the expired token rows, the dispatch history past every pacing window
         and the finished webhook deliveries past their retention purged."""
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
         while True:
-            await asyncio.sleep(self.settings.jobs.expiry_interval)
+            try:
+                await asyncio.wait_for(self._reread.wait(), self.settings.jobs.expiry_interval)
+            except TimeoutError:
+                pass
+            self._reread.clear()
             try:
                 await auth.refresh_revocations()
                 if not self.jobs:

@@ -73,6 +73,9 @@ class AuthService:
         self.failures = FailureTracker(limits.auth_failures, limits.auth_failure_window, limits.auth_lockout, clock=clock)
         self._denied_families: dict[str, datetime] = {}
         self._denied_tokens: dict[str, datetime] = {}
+        # Called after this service revoked tokens, so other gateways re-read their deny
+        # lists at once (`smsgw gateway`: the PostgreSQL bus; one process: nothing to tell).
+        self.on_revoked: Callable[[], None] | None = None
         self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     def _now(self) -> datetime:
@@ -255,6 +258,7 @@ class AuthService:
         )
         await asyncio.to_thread(self.repo.revoke_family, claims.family_id, self._now(), "refresh token reuse", audit)
         self._denied_families[claims.family_id] = self._now() + timedelta(seconds=self.jwt.max_refresh_ttl)
+        self._tell_revoked()
         self.failures.fail(source)
         if self.metrics is not None:
             self.metrics.refresh_reuse.inc()
@@ -269,7 +273,12 @@ class AuthService:
             self._denied_families[family] = forget
         if access_jti is not None:
             self._denied_tokens[access_jti] = forget
+        self._tell_revoked()
         return count
+
+    def _tell_revoked(self) -> None:
+        if self.on_revoked is not None:
+            self.on_revoked()
 
     # ---- audit ---------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 _POLL = 0.5  # seconds the listener waits for notifications before checking whether to stop
 # Payload keys: o = origin process, then one signal kind: w work, r revoked, s settings (device
 # id lists), q queued ({device: [message ids]}), x replaced ({device: session id}), e events
-# (with h: webhook deliveries were stored).
+# (with h: webhook deliveries were stored), a tokens revoked (gateways re-read their deny lists).
 _KINDS = {"w": LocalBus.notify_work, "r": LocalBus.notify_revoked, "s": LocalBus.notify_settings}
 
 
@@ -137,6 +137,8 @@ class PostgresBus(LocalBus):
         self._out_events = False
         self._out_replaced: dict[str, str] = {}
         self._out_hooks = False
+        self._out_auth = False
+        self._auth_callbacks: list[Callable[[], None]] = []
         self._gap_callbacks: list[Callable[[], None]] = []
         self.listening = threading.Event()  # set while the listener is LISTENing (tests, health)
         self.reconnects = 0  # listener reconnections since start
@@ -207,6 +209,18 @@ class PostgresBus(LocalBus):
             self._out_replaced.update(sessions)
             self._out_lock.notify()
 
+    def notify_auth(self) -> None:
+        """Tokens were revoked here: the other gateways re-read their deny lists at once
+        (they would within `jobs.expiry_interval` anyway)."""
+        with self._out_lock:
+            self._out_auth = True
+            self._out_lock.notify()
+
+    def on_auth(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the listener's thread) when another process revoked tokens,
+        and after a reconnection (revocations may have been missed)."""
+        self._auth_callbacks.append(callback)
+
     def notify_events(self) -> None:
         super().notify_events()
         # Set after a commit that stored deliveries, before its events signal. Cleared here
@@ -233,7 +247,8 @@ class PostgresBus(LocalBus):
         """Wait for something to send; its payloads (None: stopping)."""
         with self._out_lock:
             while not (
-                self._stop.is_set() or self._out_events or self._out_queued or self._out_replaced or any(self._out.values())
+                self._stop.is_set() or self._out_events or self._out_queued or self._out_replaced or self._out_auth
+                or any(self._out.values())
             ):
                 self._out_lock.wait()
             if self._stop.is_set():
@@ -243,7 +258,10 @@ class PostgresBus(LocalBus):
             replaced, self._out_replaced = self._out_replaced, {}
             events, self._out_events = self._out_events, False
             hooks, self._out_hooks = self._out_hooks, False
+            auth, self._out_auth = self._out_auth, False
         sent: list[str] = []
+        if auth:
+            sent.append(json.dumps({"o": self.origin, "a": 1}))
         if replaced:
             sent += payloads(self.origin, "x", replaced)
         for kind in ("r", "s", "w"):  # the order LocalBus delivers them in
@@ -267,6 +285,7 @@ class PostgresBus(LocalBus):
         for device_id, ids in payload.get("q", {}).items():
             self._out_queued.setdefault(device_id, set()).update(ids)
         self._out_replaced.update(payload.get("x", {}))
+        self._out_auth = self._out_auth or "a" in payload
         self._out_events = self._out_events or "e" in payload or "h" in payload
         self._out_hooks = self._out_hooks or "h" in payload
 
@@ -327,11 +346,15 @@ class PostgresBus(LocalBus):
         if self._delivers_webhooks:
             ENQUEUED.set()  # deliveries may have been stored meanwhile: claim once to see
         LocalBus.notify_events(self)
-        for callback in list(self._gap_callbacks):
+        self._run_callbacks([*self._auth_callbacks, *self._gap_callbacks])
+
+    @staticmethod
+    def _run_callbacks(callbacks: list[Callable[[], None]]) -> None:
+        for callback in list(callbacks):
             try:
                 callback()
             except Exception:
-                log.exception("bus: a catch-up callback failed")
+                log.exception("bus: a callback failed")
 
     def _received(self, text: str) -> None:
         try:
@@ -345,6 +368,8 @@ class PostgresBus(LocalBus):
             ids = payload.get(kind)
             if isinstance(ids, list) and ids:
                 deliver(self, {str(i) for i in ids})
+        if "a" in payload:
+            self._run_callbacks(self._auth_callbacks)
         replaced = payload.get("x")
         if isinstance(replaced, dict) and replaced:
             LocalBus.replaced_elsewhere(self, {str(d): str(session) for d, session in replaced.items()})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 import trio
 from smsgw.v1 import common_pb2
-from smsgw_client import Client
+from smsgw_client import Client, Unauthenticated
 from websockets.exceptions import ConnectionClosed
 
 from device_bridge.protocol import CloseCode, Credentials, DeliverReceived, Encoding
@@ -201,3 +202,26 @@ def test_a_message_whose_wake_up_was_lost_still_reaches_its_phone(one_phone: One
         db.close()
     deliver = phone.next_deliver(10)
     assert deliver.delivery.message_id == stored.id
+
+
+def test_a_token_revoked_on_one_gateway_is_refused_by_the_other_at_once(tmp_path: Path, database: str) -> None:
+    """The gateways re-read their deny lists every `jobs.expiry_interval`; a revocation also
+    tells the others on the bus, so they refuse the token at once. (The interval is an hour
+    here: only the signal can explain the refusal.)"""
+    env = {**LENIENT_LIMITS, "SMSGW_DATABASE__URL": database, "SMSGW_JOBS__EXPIRY_INTERVAL": "3600"}
+    password = upgraded_database(tmp_path, env, (tmp_path / "a", tmp_path / "b"))
+    with (
+        ServerProcess(tmp_path / "a", env=env, role="gateway") as first,
+        ServerProcess(tmp_path / "b", env=env, role="gateway") as second,
+    ):
+        with Client(first.grpc_target) as anonymous:
+            pair = anonymous.issue_token("admin", password, access_ttl=3600)
+        with Client(second.grpc_target, pair.access_token) as other:
+            other.list_devices()  # accepted there
+            with Client(first.grpc_target, pair.access_token) as client:
+                assert client.revoke_token(pair.refresh_jti) >= 1  # the whole sign-in
+            deadline = time.monotonic() + 10
+            with pytest.raises(Unauthenticated):
+                while time.monotonic() < deadline:  # bounded; the signal takes milliseconds
+                    other.list_devices()
+                    time.sleep(0.05)
