@@ -230,33 +230,17 @@ def test_the_deliver_is_handed_only_after_the_commit(world: World) -> None:
     """Inside the transaction (a later job of the same group) nothing is handed yet."""
     bridge = ready_bridge(world)
     db, target = world.db, bridge.target
-    gate, started = threading.Event(), threading.Event()
     seen: list[Any] = []
-    results: dict[str, Any] = {}
-
-    def hold(_s: Any) -> None:
-        started.set()
-        assert gate.wait(_WAIT)
 
     def look(_s: Any) -> None:
         seen.append((list(target.handed), bridge.wakes, target.pending))
 
-    blocker = threading.Thread(target=db.group, args=(hold,))
-    blocker.start()
-    assert started.wait(_WAIT)
-    creator = threading.Thread(
-        target=lambda: results.update(out=world.repo.create_claimed(world.owner, new_message(device_id=bridge.dev), T0))
+    out, _ = in_one_group(
+        world,
+        lambda: world.repo.create_claimed(world.owner, new_message(device_id=bridge.dev), T0),
+        lambda: db.group(look),
     )
-    creator.start()
-    wait_jobs(world, 1)
-    looker = threading.Thread(target=db.group, args=(look,))
-    looker.start()
-    wait_jobs(world, 2)
-    gate.set()
-    for t in (blocker, creator, looker):
-        t.join(_WAIT)
-        assert not t.is_alive()
-    record, created, claimed = results["out"]
+    record, created, claimed = out
     assert created and claimed
     assert seen == [([], 0, 1)], "claimed in the transaction, handed only after its commit"
     assert [u.message.id for u in target.take_handed()] == [record.id] and bridge.wakes == 1
@@ -452,42 +436,51 @@ class Boom(Exception):
     pass
 
 
-def in_a_failing_group(world: World, job: Callable[[], Any]) -> Any:
-    """Run `job` (which submits one write job) so that its write job shares a group with a
-    job that raises: a held job keeps the writer busy until both are queued. Returns what
-    `job` returned; the failing job must have failed alone (Boom)."""
-    db = world.db
+def in_one_group(world: World, *jobs: Callable[[], Any]) -> list[Any]:
+    """Run `jobs` (each submits one write job and waits for it) so that their write jobs share
+    one group, in this order: a held job keeps the writer busy until all are queued. Returns
+    what each job returned, or the exception it raised."""
     gate, started = threading.Event(), threading.Event()
-    results: dict[str, Any] = {}
+    results: list[Any] = [None] * len(jobs)
 
     def hold(_s: Any) -> None:
         started.set()
         assert gate.wait(_WAIT)
 
+    def run(i: int, job: Callable[[], Any]) -> None:
+        try:
+            results[i] = job()
+        except Exception as exc:  # noqa: BLE001 — returned to the caller
+            results[i] = exc
+
+    blocker = threading.Thread(target=world.db.group, args=(hold,))
+    blocker.start()
+    assert started.wait(_WAIT)
+    threads = [blocker]
+    for i, job in enumerate(jobs):
+        thread = threading.Thread(target=run, args=(i, job))
+        thread.start()
+        threads.append(thread)
+        wait_jobs(world, i + 1)
+    gate.set()
+    for t in threads:
+        t.join(_WAIT)
+        assert not t.is_alive()
+    return results
+
+
+def in_a_failing_group(world: World, job: Callable[[], Any]) -> Any:
+    """Run `job` (which submits one write job) so that its write job shares a group with a
+    job that raises. Returns what `job` returned; the failing job must have failed alone (Boom)."""
+
     def fail(_s: Any) -> None:
         raise Boom
 
-    def failing() -> None:
-        try:
-            db.group(fail)
-        except Boom as exc:
-            results["fail"] = exc
-
-    blocker = threading.Thread(target=db.group, args=(hold,))
-    blocker.start()
-    assert started.wait(_WAIT)
-    worker = threading.Thread(target=lambda: results.update(out=job()))
-    worker.start()
-    wait_jobs(world, 1)
-    breaker = threading.Thread(target=failing)
-    breaker.start()
-    wait_jobs(world, 2)
-    gate.set()
-    for t in (blocker, worker, breaker):
-        t.join(_WAIT)
-        assert not t.is_alive()
-    assert isinstance(results.get("fail"), Boom)
-    return results["out"]
+    out, failed = in_one_group(world, job, lambda: world.db.group(fail))
+    assert isinstance(failed, Boom), failed
+    if isinstance(out, BaseException):
+        raise out
+    return out
 
 
 def test_a_claim_whose_transaction_rolls_back_gives_the_room_back(world: World) -> None:
@@ -675,37 +668,15 @@ def test_a_send_after_one_stored_during_a_round_does_not_overtake_it(tmp_path: P
 
 def _overtaken(world: World) -> None:
     bridge = ready_bridge(world)
-    db = world.db
-    gate, started = threading.Event(), threading.Event()
-    results: dict[str, Any] = {}
-
-    def hold(_s: Any) -> None:
-        started.set()
-        assert gate.wait(_WAIT)
-
     # The writer is busy; the session's round and then a SendMessage (A) queue for it, in one group:
     # the round marks the queue busy, so A is stored PENDING (not claimed) and named to the session.
-    blocker = threading.Thread(target=db.group, args=(hold,))
-    blocker.start()
-    assert started.wait(_WAIT)
-    rounder = threading.Thread(target=lambda: results.update(round=bridge.repo.dispatch_round(
-        bridge.queue, bridge.dev, "s1", 3, T0, set(), set(), bridge.target
-    )))
-    rounder.start()
-    wait_jobs(world, 1)
-    creator = threading.Thread(target=lambda: results.update(a=world.repo.create_claimed(
-        world.owner, new_message(device_id=bridge.dev), T0
-    )))
-    creator.start()
-    wait_jobs(world, 2)
-    gate.set()
-    for t in (blocker, rounder, creator):
-        t.join(_WAIT)
-        assert not t.is_alive()
-    a, _, a_claimed = results["a"]
+    (kept, batch), (a, _, a_claimed) = in_one_group(
+        world,
+        lambda: bridge.repo.dispatch_round(bridge.queue, bridge.dev, "s1", 3, T0, set(), set(), bridge.target),
+        lambda: world.repo.create_claimed(world.owner, new_message(device_id=bridge.dev), T0),
+    )
     assert not a_claimed
     bridge.fresh.add(a.id)  # notify_queued
-    kept, batch = results["round"]
     assert batch.units == []
     assert kept is not None
     kept.busy = False  # the session clears busy and keeps its queue; its next round has not run yet
