@@ -32,6 +32,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -66,6 +67,9 @@ def payloads(origin: str, kind: str, body: Any = None) -> Iterator[str]:
     """The JSON payloads of one signal, each at most MAX_PAYLOAD bytes: a list of device ids,
     or a mapping of device -> message ids, split where it must be."""
     head = {"o": origin}
+    if kind == "a":
+        yield json.dumps({**head, "a": 1})
+        return
     if kind in ("e", "h"):  # events; "h": and webhook deliveries were stored
         yield json.dumps({**head, "e": 1, **({"h": 1} if kind == "h" else {})})
         return
@@ -117,6 +121,46 @@ class _Backoff:
         stop.wait(delay)
 
 
+@dataclass
+class _Pending:
+    """Signals not sent yet, coalesced (a burst is one flush, as LocalBus's hops are)."""
+
+    devices: dict[str, set[str]] = field(default_factory=lambda: {"w": set(), "r": set(), "s": set()})
+    queued: dict[str, set[str]] = field(default_factory=dict)
+    replaced: dict[str, str] = field(default_factory=dict)
+    events: bool = False
+    hooks: bool = False  # with `events`: webhook deliveries were stored
+    auth: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.auth or self.queued or self.replaced or any(self.devices.values()))
+
+    def update(self, newer: _Pending) -> None:
+        """Add `newer`'s signals (a failed flush put back before what came since: a newer
+        session of a device wins)."""
+        for kind, ids in newer.devices.items():
+            self.devices[kind] |= ids
+        for device_id, ids in newer.queued.items():
+            self.queued.setdefault(device_id, set()).update(ids)
+        self.replaced.update(newer.replaced)
+        self.events, self.hooks, self.auth = self.events or newer.events, self.hooks or newer.hooks, self.auth or newer.auth
+
+    def payloads(self, origin: str) -> list[str]:
+        out: list[str] = []
+        if self.auth:
+            out += payloads(origin, "a")
+        if self.replaced:
+            out += payloads(origin, "x", self.replaced)
+        for kind in ("r", "s", "w"):  # the order LocalBus delivers them in
+            if self.devices[kind]:
+                out += payloads(origin, kind, sorted(self.devices[kind]))
+        if self.queued:
+            out += payloads(origin, "q", {d: sorted(ids) for d, ids in self.queued.items()})
+        if self.events:
+            out += payloads(origin, "h" if self.hooks else "e")
+        return out
+
+
 class PostgresBus(LocalBus):
     """LocalBus plus NOTIFY to the other processes on the database at `url` (the project's
     SQLAlchemy URL, `postgresql+psycopg://...`, or a plain libpq URL)."""
@@ -132,12 +176,7 @@ class PostgresBus(LocalBus):
         self._conninfo = libpq_url(url)
         self._stop = threading.Event()
         self._out_lock = threading.Condition()
-        self._out: dict[str, set[str]] = {"w": set(), "r": set(), "s": set()}
-        self._out_queued: dict[str, set[str]] = {}
-        self._out_events = False
-        self._out_replaced: dict[str, str] = {}
-        self._out_hooks = False
-        self._out_auth = False
+        self._out = _Pending()  # under _out_lock
         self._auth_callbacks: list[Callable[[], None]] = []
         self._gap_callbacks: list[Callable[[], None]] = []
         self.listening = threading.Event()  # set while the listener is LISTENing (tests, health)
@@ -199,21 +238,21 @@ class PostgresBus(LocalBus):
             return
         with self._out_lock:
             for device_id, ids in sets.items():
-                self._out_queued.setdefault(device_id, set()).update(ids)
+                self._out.queued.setdefault(device_id, set()).update(ids)
             self._out_lock.notify()
 
     def notify_replaced(self, sessions: Mapping[str, str]) -> None:
         if not sessions:
             return
         with self._out_lock:
-            self._out_replaced.update(sessions)
+            self._out.replaced.update(sessions)
             self._out_lock.notify()
 
     def notify_auth(self) -> None:
         """Tokens were revoked here: the other gateways re-read their deny lists at once
         (they would within `jobs.expiry_interval` anyway)."""
         with self._out_lock:
-            self._out_auth = True
+            self._out.auth = True
             self._out_lock.notify()
 
     def on_auth(self, callback: Callable[[], None]) -> None:
@@ -230,72 +269,43 @@ class PostgresBus(LocalBus):
         if hooks:
             ENQUEUED.clear()
         with self._out_lock:
-            self._out_events = True
-            self._out_hooks = self._out_hooks or hooks
+            self._out.events = True
+            self._out.hooks = self._out.hooks or hooks
             self._out_lock.notify()
 
     def _publish(self, kind: str, ids: set[str]) -> None:
         if not ids:
             return
         with self._out_lock:
-            self._out[kind] |= ids
+            self._out.devices[kind] |= ids
             self._out_lock.notify()
 
     # ---- the sender -------------------------------------------------------------------
 
-    def _take(self) -> list[str] | None:
-        """Wait for something to send; its payloads (None: stopping)."""
+    def _take(self) -> _Pending | None:
+        """Wait for something to send, and take it (None: stopping)."""
         with self._out_lock:
-            while not (
-                self._stop.is_set() or self._out_events or self._out_queued or self._out_replaced or self._out_auth
-                or any(self._out.values())
-            ):
+            while not (self._stop.is_set() or self._out):
                 self._out_lock.wait()
             if self._stop.is_set():
                 return None
-            out, self._out = self._out, {"w": set(), "r": set(), "s": set()}
-            queued, self._out_queued = self._out_queued, {}
-            replaced, self._out_replaced = self._out_replaced, {}
-            events, self._out_events = self._out_events, False
-            hooks, self._out_hooks = self._out_hooks, False
-            auth, self._out_auth = self._out_auth, False
-        sent: list[str] = []
-        if auth:
-            sent.append(json.dumps({"o": self.origin, "a": 1}))
-        if replaced:
-            sent += payloads(self.origin, "x", replaced)
-        for kind in ("r", "s", "w"):  # the order LocalBus delivers them in
-            if out[kind]:
-                sent += payloads(self.origin, kind, sorted(out[kind]))
-        if queued:
-            sent += payloads(self.origin, "q", {d: sorted(ids) for d, ids in queued.items()})
-        if events:
-            sent += payloads(self.origin, "h" if hooks else "e")
-        return sent
+            taken, self._out = self._out, _Pending()
+        return taken
 
-    def _put_back(self, sent: list[str]) -> None:
+    def _put_back(self, taken: _Pending) -> None:
         """A flush that failed: its signals go out with the next one."""
         with self._out_lock:
-            for text in sent:
-                self._merge(json.loads(text))
-
-    def _merge(self, payload: dict[str, Any]) -> None:
-        for kind in ("w", "r", "s"):
-            self._out[kind].update(payload.get(kind, ()))
-        for device_id, ids in payload.get("q", {}).items():
-            self._out_queued.setdefault(device_id, set()).update(ids)
-        self._out_replaced.update(payload.get("x", {}))
-        self._out_auth = self._out_auth or "a" in payload
-        self._out_events = self._out_events or "e" in payload or "h" in payload
-        self._out_hooks = self._out_hooks or "h" in payload
+            taken.update(self._out)
+            self._out = taken
 
     def _send_forever(self) -> None:
         backoff = _Backoff()
         connection: psycopg.Connection[Any] | None = None
         while not self._stop.is_set():
-            sent = self._take()
-            if sent is None:
+            taken = self._take()
+            if taken is None:
                 break
+            sent = taken.payloads(self.origin)
             try:
                 if connection is None or connection.closed:
                     connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
@@ -305,7 +315,7 @@ class PostgresBus(LocalBus):
                 backoff.reset()
             except psycopg.Error as exc:
                 log.warning("bus: could not send %d signals (%s); retrying", len(sent), type(exc).__name__)
-                self._put_back(sent)
+                self._put_back(taken)
                 if connection is not None:
                     connection.close()
                 connection = None

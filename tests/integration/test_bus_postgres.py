@@ -216,3 +216,19 @@ def test_stored_webhook_deliveries_wake_the_worker_process_only() -> None:
             ENQUEUED.clear()
             for side in sides:
                 side.close()
+
+
+def test_signals_put_back_after_a_failed_flush_keep_what_came_since() -> None:
+    """A flush that failed goes out with the next one; what was signalled meanwhile is kept,
+    and for a device's session the newer one wins."""
+    from gateway.bus.postgres import _Pending
+
+    failed = _Pending(queued={"d1": {"m1"}}, replaced={"d1": "old", "d2": "s2"}, events=True)
+    failed.devices["w"].add("d1")
+    since = _Pending(queued={"d1": {"m2"}}, replaced={"d1": "new"}, auth=True)
+    failed.update(since)
+    assert failed.queued == {"d1": {"m1", "m2"}} and failed.replaced == {"d1": "new", "d2": "s2"}
+    assert failed.devices["w"] == {"d1"} and failed.events and failed.auth and not failed.hooks
+    decoded = [json.loads(t) for t in failed.payloads("me")]
+    assert [next(k for k in p if k != "o") for p in decoded] == ["a", "x", "w", "q", "e"]
+    assert not _Pending() and bool(_Pending(auth=True))
