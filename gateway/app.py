@@ -62,7 +62,10 @@ from gateway.webhooks.ssrf import Policy
 from gateway.webhooks.outbox import ENQUEUED
 from gateway.webhooks.worker import WebhookWorker
 
-__all__ = ["serve", "ensure_admin_account", "split_hostport", "join_hostport"]
+__all__ = [
+    "serve", "ensure_admin_account", "split_hostport", "join_hostport", "prepare_data_dir", "token_codec",
+    "start_metrics", "listen_for_phones", "until_stopped",
+]
 
 log = logging.getLogger(__name__)
 
@@ -278,14 +281,55 @@ class Endpoints:
     grpc_tls: bool = False  # the gRPC entry has no scheme; clients read TLS from here
 
 
+def prepare_data_dir(settings: Settings) -> None:
+    """The data directory and its files owner-only (an older version's or a hand-made one
+    too), and anything else this process creates (a library's file)."""
+    ensure_private_dir(settings.data_dir)
+    tighten(_private_paths(settings), log)
+    os.umask(0o077)
+
+
+def token_codec(settings: Settings, keys: JwtKeys) -> TokenCodec:
+    jwt = settings.jwt
+    return TokenCodec(keys, issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway)
+
+
+def start_metrics(settings: Settings, registry: CollectorRegistry) -> tuple[Any, str]:
+    """Prometheus /metrics on `metrics.listen`: (the server, its URL)."""
+    host, port = split_hostport(settings.metrics.listen)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server, f"http://{join_hostport(host, server.server_port)}/metrics"
+
+
+async def listen_for_phones(
+    nursery: trio.Nursery, ctx: BridgeContext, settings: Settings, ssl_context: Any
+) -> tuple[BridgeServer, str]:
+    """Start the bridge on `bridge.listen`: (the server, the phones' URL). A port that cannot
+    be bound is one OSError naming the setting."""
+    host, port = split_hostport(settings.bridge.listen)
+    try:
+        bridge: BridgeServer = await nursery.start(partial(serve_bridge, ssl_context=ssl_context), ctx, host, port)
+    except* OSError as group:
+        first = group.exceptions[0]
+        reason = getattr(first, "strerror", None) or first
+        raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {reason}") from None
+    return bridge, f"{'ws' if ssl_context is None else 'wss'}://{join_hostport(host, bridge.port)}/device/v1"
+
+
+async def until_stopped(announce: Callable[[str], None], name: str) -> None:
+    """Until SIGINT or SIGTERM, which `name` ("smsgw", "smsgw bridge") announces."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            announce(f"{name}: {signal.Signals(signum).name}, shutting down")
+            return
+
+
 async def serve(settings: Settings, *, announce: Callable[[str], None] = print) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully (bridge first, then gRPC)."""
     check_plaintext_allowed(settings)  # RELIABILITY 25, before anything listens
     bridge_ssl = bridge_ssl_context(settings.bridge)  # gRPC's credentials: gateway.api.server
     data_dir = settings.data_dir
-    ensure_private_dir(data_dir)
-    tighten(_private_paths(settings), log)  # an older version's or a hand-made data directory
-    os.umask(0o077)  # anything else this process creates (a library's file) is owner-only too
+    prepare_data_dir(settings)
     lock = _lock_data_dir(data_dir)
     db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
     db.migrate()
@@ -293,15 +337,14 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     devices.mark_all_offline()
     password_path, created = ensure_admin_account(AuthRepository(db), data_dir)
     keys = JwtKeys.from_settings(settings.jwt, data_dir)
-    codec = TokenCodec(keys, issuer=settings.jwt.issuer, audience=settings.jwt.audience, leeway=settings.jwt.leeway)
+    codec = token_codec(settings, keys)
 
     registry = CollectorRegistry()
     bus = LocalBus()
     claims = ClaimTargets()  # the bridge's sessions publish here; the gateway's creates claim on them
     gateway = _GatewayThread(settings, db, bus, registry, codec, claims=claims)
     grpc_port = await trio.to_thread.run_sync(gateway.start)
-    metrics_host, metrics_port = split_hostport(settings.metrics.listen)
-    metrics_server, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
+    metrics_server, metrics_url = start_metrics(settings, registry)
     ctx = BridgeContext(
         messages=MessageRepository(db, settings.scheduler),
         devices=devices,
@@ -314,21 +357,13 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
         private_token=settings.gateway.private_token if settings.gateway.mode == "private" else "",
     )
     grpc_host, _ = split_hostport(settings.grpc.listen)
-    bridge_host, bridge_port = split_hostport(settings.bridge.listen)
     try:
         async with trio.open_nursery() as nursery:
-            try:
-                bridge: BridgeServer = await nursery.start(
-                    partial(serve_bridge, ssl_context=bridge_ssl), ctx, bridge_host, bridge_port
-                )
-            except* OSError as group:
-                first = group.exceptions[0]
-                reason = getattr(first, "strerror", None) or first
-                raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {reason}") from None
+            bridge, device_url = await listen_for_phones(nursery, ctx, settings, bridge_ssl)
             endpoints = Endpoints(
                 grpc=join_hostport(grpc_host, grpc_port),
-                device=f"{'ws' if bridge_ssl is None else 'wss'}://{join_hostport(bridge_host, bridge.port)}/device/v1",
-                metrics=f"http://{join_hostport(metrics_host, metrics_server.server_port)}/metrics",
+                device=device_url,
+                metrics=metrics_url,
                 grpc_tls=settings.grpc.tls_cert_file is not None,
             )
             gateway.phone_url.bound = endpoints.device
@@ -349,10 +384,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 announce(f"private mode: accounts from `smsgw users`, phones need the private token{guard}")
             if created:
                 announce(f"created account admin; its password is in {password_path} (smsgw login)")
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    announce(f"smsgw: {signal.Signals(signum).name}, shutting down")
-                    break
+            await until_stopped(announce, "smsgw")
             await trio.to_thread.run_sync(gateway.begin_shutdown)
             with trio.move_on_after(settings.bridge.shutdown_grace):
                 await bridge.aclose()

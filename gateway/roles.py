@@ -14,23 +14,20 @@ Like app.py, this module is a composition root: it may import the bridge.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import signal
 from collections.abc import Callable
-from functools import partial
-from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from device_bridge.follower import follow_event_log
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.registry import SessionRegistry
-from device_bridge.server import BridgeServer
-from device_bridge.server import serve as serve_bridge
 from device_bridge.session_task import BridgeContext
-from gateway.app import _GatewayThread, _private_paths, _write_json, ensure_admin_account, join_hostport, split_hostport
+from gateway.app import (
+    _GatewayThread, _write_json, ensure_admin_account, join_hostport, listen_for_phones, prepare_data_dir, split_hostport,
+    start_metrics, token_codec, until_stopped,
+)
 from gateway.auth.repository import AuthRepository
 from gateway.auth.tokens import JwtKeys, TokenCodec
 from gateway.bus.postgres import PostgresBus
@@ -38,7 +35,6 @@ from gateway.config import Settings
 from gateway.devices.repository import DeviceRepository
 from gateway.inbound.repository import InboundRepository
 from gateway.messages.repository import MessageRepository
-from gateway.private_files import ensure_private_dir, tighten
 from gateway.storage.engine import Database
 from gateway.tls import bridge_ssl_context, check_plaintext_allowed
 
@@ -80,7 +76,7 @@ def upgrade_database(settings: Settings, announce: Announce = print) -> None:
     """`smsgw db upgrade`: migrate to the newest schema (one runner at a time on PostgreSQL),
     and on first use create the admin account and, unless JWT keys are configured, the
     HS256 secret in the data directory, which every gateway must then share."""
-    _prepare_data_dir(settings)
+    prepare_data_dir(settings)
     db = Database(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
     try:
         before, head = db.schema_revisions()
@@ -99,12 +95,6 @@ def upgrade_database(settings: Settings, announce: Announce = print) -> None:
         db.close()
 
 
-def _prepare_data_dir(settings: Settings) -> None:
-    ensure_private_dir(settings.data_dir)
-    tighten(_private_paths(settings), log)
-    os.umask(0o077)
-
-
 def _codec(settings: Settings) -> TokenCodec:
     """The gateway's token keys, which must be the same on every gateway: configured (jwt.secret,
     ES256 files) or the data directory's secret that `smsgw db upgrade` made. A gateway never
@@ -114,22 +104,7 @@ def _codec(settings: Settings) -> TokenCodec:
             f"no JWT key: set jwt.secret (SMSGW_JWT__SECRET) on every gateway, or copy the {_JWT_FILE} "
             f"that `smsgw db upgrade` made into {settings.data_dir}"
         )
-    keys = JwtKeys.from_settings(settings.jwt, settings.data_dir)
-    jwt = settings.jwt
-    return TokenCodec(keys, issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway)
-
-
-async def _until_stopped(announce: Announce, role: str) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            announce(f"smsgw {role}: {signal.Signals(signum).name}, shutting down")
-            return
-
-
-def _metrics(settings: Settings, registry: CollectorRegistry) -> tuple[Any, str]:
-    host, port = split_hostport(settings.metrics.listen)
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    return server, f"http://{join_hostport(host, server.server_port)}/metrics"
+    return token_codec(settings, JwtKeys.from_settings(settings.jwt, settings.data_dir))
 
 
 def _start_bus(settings: Settings, *, delivers_webhooks: bool = False) -> PostgresBus:
@@ -158,13 +133,10 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
     check_plaintext_allowed(settings)
     db = open_shared_database(settings, role)
     try:
-        _prepare_data_dir(settings)
+        prepare_data_dir(settings)
         # A worker signs and verifies no token (its AuthService only purges and re-reads the
         # deny lists): a throwaway key, so it needs none of the gateways' keys.
-        jwt = settings.jwt
-        codec = _codec(settings) if api else TokenCodec(
-            JwtKeys.hs256(secrets.token_urlsafe(32), ()), issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway
-        )
+        codec = _codec(settings) if api else token_codec(settings, JwtKeys.hs256(secrets.token_urlsafe(32), ()))
         bus = _start_bus(settings, delivers_webhooks=not api)
     except BaseException:
         db.close()
@@ -175,14 +147,14 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
     metrics_server = None
     try:
         grpc_port = await trio.to_thread.run_sync(thread.start)
-        metrics_server, metrics_url = _metrics(settings, registry)
+        metrics_server, metrics_url = start_metrics(settings, registry)
         endpoints = {"metrics": metrics_url}
         if api:
             grpc_host, _ = split_hostport(settings.grpc.listen)
             endpoints["grpc"] = join_hostport(grpc_host, grpc_port)
         _write_json(endpoints_file, endpoints)
         announce(f"smsgw {role} running  " + "  ".join(f"{k} {v}" for k, v in sorted(endpoints.items())))
-        await _until_stopped(announce, role)
+        await until_stopped(announce, f"smsgw {role}")
         if api:
             await trio.to_thread.run_sync(thread.begin_shutdown)
     finally:
@@ -202,7 +174,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     bridge_ssl = bridge_ssl_context(settings.bridge)
     db = open_shared_database(settings, "bridge")
     try:
-        _prepare_data_dir(settings)
+        prepare_data_dir(settings)
         bus = _start_bus(settings)
     except BaseException:
         db.close()
@@ -226,20 +198,14 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     bus.on_gap(lambda: token.run_sync_soon(reload_all))
     endpoints_file = settings.data_dir / "endpoints.json"
     metrics_server = None
-    host, port = split_hostport(settings.bridge.listen)
     try:
-        metrics_server, metrics_url = _metrics(settings, registry)
+        metrics_server, metrics_url = start_metrics(settings, registry)
         async with trio.open_nursery() as nursery:
-            try:
-                bridge: BridgeServer = await nursery.start(partial(serve_bridge, ssl_context=bridge_ssl), ctx, host, port)
-            except* OSError as group:
-                first = group.exceptions[0]
-                raise OSError(f"cannot listen for phones on {settings.bridge.listen}: {getattr(first, 'strerror', None) or first}") from None
+            bridge, device = await listen_for_phones(nursery, ctx, settings, bridge_ssl)
             nursery.start_soon(follow_event_log, ctx)  # wake-ups lost on the bus
-            device = f"{'ws' if bridge_ssl is None else 'wss'}://{join_hostport(host, bridge.port)}/device/v1"
             _write_json(endpoints_file, {"device": device, "metrics": metrics_url})
             announce(f"smsgw bridge running  phones {device}  metrics {metrics_url}")
-            await _until_stopped(announce, "bridge")
+            await until_stopped(announce, "smsgw bridge")
             with trio.move_on_after(settings.bridge.shutdown_grace):
                 await bridge.aclose()
             nursery.cancel_scope.cancel()
