@@ -28,6 +28,7 @@ class SessionHandle:
     replaced: bool = False
     revoked: bool = False
     keepalive_lost: bool = False
+    lease_lost: bool = False
     _settings_changed: bool = False
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -99,6 +100,12 @@ class SessionHandle:
     def revoke(self) -> None:
         """The device was deleted: end this session at once (close 4004)."""
         self.revoked = True
+        self.cancel_scope.cancel()
+
+    def lose_lease(self) -> None:
+        """The worker took this bridge's phones offline (it looked dead): end this session at
+        once (close 1012); the phone reconnects and its open takes the device again."""
+        self.lease_lost = True
         self.cancel_scope.cancel()
 
     def lose_keepalive(self) -> None:
@@ -190,6 +197,11 @@ class SessionRegistry:
             handle = self._by_device.get(device_id)
             if handle is not None:
                 handle.revoke()
+
+    def lose_lease(self) -> None:
+        """End every session (see SessionHandle.lose_lease)."""
+        for handle in [*self._by_device.values(), *self._pending.values()]:
+            handle.lose_lease()
 
     def __len__(self) -> int:
         return len(self._by_device)

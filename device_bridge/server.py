@@ -26,7 +26,7 @@ from websockets.trio.server import serve as ws_serve
 from device_bridge.keepalive import Keepalive
 from device_bridge.protocol import PRIVATE_TOKEN_HEADER, SUBPROTOCOLS
 from device_bridge.registry import SessionHandle
-from device_bridge.session_task import Admission, BridgeContext, run_session
+from device_bridge.session_task import SERVICE_RESTART, Admission, BridgeContext, run_session
 from gateway.devices.repository import hash_secret
 from gateway.types import utcnow
 
@@ -35,8 +35,6 @@ __all__ = ["BridgeServer", "serve", "DEVICE_PATH", "PRIVATE_TOKEN_HEADER", "SERV
 log = logging.getLogger(__name__)
 
 DEVICE_PATH = "/device/v1"
-# RFC 6455 1012: the phone reconnects after a short random delay (not 1001, "going away").
-SERVICE_RESTART = 1012
 
 
 @dataclass

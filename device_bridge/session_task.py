@@ -66,6 +66,9 @@ __all__ = ["BridgeContext", "Admission", "run_session"]
 
 log = logging.getLogger(__name__)
 
+# RFC 6455 1012: the phone reconnects after a short random delay (not 1001, "going away").
+SERVICE_RESTART = 1012
+
 _RECEIPT_STATES = {
     ReceiptState.ACCEPTED: State.ACCEPTED,
     ReceiptState.SENT: State.SENT,
@@ -103,6 +106,8 @@ class BridgeContext:
     clock: Callable[[], datetime] = utcnow
     # Device tokens checked since the bridge started (device_bridge.credentials).
     tokens: TokenCache = field(default_factory=TokenCache)
+    # This `smsgw bridge` process's id in storage (device_bridge.lease); "" in `smsgw serve`.
+    bridge_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class _Session:
                     self.ctx.devices, self.ctx.messages, owner_id=identity.owner_id, device_id=identity.device_id,
                     session_id=session_id, token_hash=token_hash, app_version=hello.app_version, sims=sims,
                     held=held, held_ids=held_ids, now=now, with_token=credentials is None,
+                    bridge_id=self.ctx.bridge_id,
                 )
             )
             if opened.online is Online.DELETED:  # deleted between the upgrade and Hello
@@ -589,6 +595,8 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
                 close = (CloseCode.CREDENTIALS_REVOKED, "device deleted")
             elif handle.replaced:
                 close = (CloseCode.REPLACED, "a newer session of this device took over")
+            elif handle.lease_lost:
+                close = (SERVICE_RESTART, "bridge lease lost, reconnect")
             elif handle.keepalive_lost:
                 session.log.warning("! session ended: keepalive ping timeout")
                 close = (1011, "keepalive ping timeout")

@@ -42,6 +42,7 @@ from gateway.auth.tokens import JwtKeys, TokenCodec
 from gateway.bus import LocalBus
 from gateway.bus.postgres import PostgresBus
 from gateway.config import Settings
+from gateway.devices.reaper import reap_dead_bridges
 from gateway.devices.repository import DeviceRepository
 from gateway.devices.service import DeviceService
 from gateway.events.ring import RING_CAPACITY, EventRing
@@ -53,6 +54,7 @@ from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
 from gateway.private_files import create_private_file, ensure_private_dir, tighten, write_private_file
 from gateway.storage.engine import Database, sqlite_file
+from gateway.storage.held_locks import Leadership
 from gateway.tls import bridge_ssl_context, check_plaintext_allowed
 from gateway.types import utcnow
 from gateway.webhooks.repository import WebhookRepository
@@ -168,7 +170,7 @@ class _GatewayThread:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        message_repo = MessageRepository(self.db, self.settings.scheduler, claims=self.claims)
+        message_repo = self.message_repo = MessageRepository(self.db, self.settings.scheduler, claims=self.claims)
         auth_repo = AuthRepository(self.db)
         messages = MessageService(message_repo, self.bus, self.metrics, daily_segments=self.settings.limits.daily_segments)
         auth = AuthService(auth_repo, self.codec, self.settings, metrics=self.metrics)
@@ -179,7 +181,9 @@ class _GatewayThread:
             auth.on_revoked = self.bus.notify_auth
             self.bus.on_auth(lambda: loop.call_soon_threadsafe(self._reread.set))
         webhooks, worker, sender = self._webhooks()
-        tasks = [asyncio.create_task(self._jobs_forever(messages, auth, webhooks))]
+        # `smsgw worker`s share the webhook deliveries; one of them (the leader) runs the sweeps.
+        leader = Leadership(self.settings.database_url) if self.jobs and isinstance(self.bus, PostgresBus) else None
+        tasks = [asyncio.create_task(self._jobs_forever(messages, auth, webhooks, leader))]
         if self.jobs:
             # The outbox's ENQUEUED flag: set by this process's commits, or, in `smsgw worker`,
             # by the PostgreSQL bus when another process's commit stored deliveries.
@@ -209,6 +213,8 @@ class _GatewayThread:
         if self.grpc is not None:
             await self.grpc.stop(self.settings.grpc.shutdown_grace)
         await sender.aclose()
+        if leader is not None:
+            leader.close()
 
     def _webhooks(self) -> tuple[WebhookService, WebhookWorker, WebhookSender]:
         config = self.settings.webhooks
@@ -221,11 +227,14 @@ class _GatewayThread:
             worker = _WakeOverBus(self.bus, repo, sender, config, self.metrics)
         return WebhookService(repo, worker, policy), worker, sender
 
-    async def _jobs_forever(self, messages: MessageService, auth: AuthService, webhooks: WebhookService) -> None:
+    async def _jobs_forever(
+        self, messages: MessageService, auth: AuthService, webhooks: WebhookService, leader: Leadership | None
+    ) -> None:
         """Expiry sweep, the token deny lists re-read (revocations from `smsgw users`, and at
         once when another gateway says it revoked tokens), and
         once an hour the expired token rows, the dispatch history past every pacing window
-        and the finished webhook deliveries past their retention purged."""
+        and the finished webhook deliveries past their retention purged. With a `leader`
+        (`smsgw worker`), only the worker holding it sweeps, and also reaps dead bridges."""
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
         while True:
@@ -236,8 +245,10 @@ class _GatewayThread:
             self._reread.clear()
             try:
                 await auth.refresh_revocations()
-                if not self.jobs:
+                if not self.jobs or (leader is not None and not await asyncio.to_thread(leader.held)):
                     continue
+                if leader is not None:
+                    await self._reap_dead_bridges()
                 await messages.expire_due()
                 if loop.time() >= next_purge:
                     next_purge = loop.time() + _TOKEN_PURGE_INTERVAL
@@ -246,6 +257,18 @@ class _GatewayThread:
                     await webhooks.prune(self.settings.webhooks.retention)
             except Exception:
                 log.exception("background job failed; will retry")
+
+    async def _reap_dead_bridges(self) -> None:
+        """The phones of bridges that stopped beating, offline (gateway/devices/reaper.py)."""
+        reaped = await asyncio.to_thread(
+            reap_dead_bridges, DeviceRepository(self.db), self.message_repo,
+            grace=self.settings.bridge.lease_grace, now=utcnow(),
+        )
+        if reaped.bridges:
+            log.warning("reaped %d dead bridge(s): %d phone session(s) closed", len(reaped.bridges), reaped.devices)
+            self.metrics.reaped_sessions.inc(reaped.devices)
+            self.bus.notify_events()
+            self.bus.notify_work(reaped.rerouted_to)
 
     def start(self) -> int:
         """Start the thread; returns the gRPC port (0 without the API)."""

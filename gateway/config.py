@@ -66,6 +66,10 @@ class BridgeSettings(_Section):
     # Sessions being opened at once; past it a phone gets 503 + Retry-After (a reconnect storm).
     max_opening: int = Field(default=256, gt=0)
     shutdown_grace: float = 5.0
+    # `smsgw bridge` only (issue 16): its heartbeat, and how long after the last one the
+    # worker takes its phones offline when its lock is free too (device_bridge/lease.py).
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    lease_grace: float = Field(default=10.0, gt=0)
     # The URL phones reach the bridge at, when it is not the listen address (a TLS proxy, a
     # wildcard listen): what `smsgw devices pair` prints and QR-encodes. "" = the bound address.
     public_url: str = ""

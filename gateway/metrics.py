@@ -66,6 +66,11 @@ class GatewayMetrics:
         )
         for state in ("active", "failing", "disabled"):
             self.webhook_state_changes.labels(state)
+        self.reaped_sessions = Counter(
+            "smsgw_worker_reaped_sessions_total",
+            "Phone sessions of dead bridges (no heartbeat, lock free) the worker closed",
+            registry=registry,
+        )
         self.rpc_seconds = Histogram(
             "smsgw_gateway_rpc_seconds",
             "Unary RPC handling time",

@@ -21,6 +21,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from device_bridge.follower import follow_event_log
+from device_bridge.lease import BridgeLease
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.registry import SessionRegistry
 from device_bridge.session_task import BridgeContext
@@ -169,7 +170,8 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
 async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     """`smsgw bridge`: phone sessions. It never marks other bridges' phones offline at start
     (`serve` does: it owns every phone), and after its bus listener reconnects it reloads
-    every session's queue (wake-ups sent meanwhile were lost)."""
+    every session's queue (wake-ups sent meanwhile were lost). Its heartbeat (device_bridge/
+    lease.py) lets the worker take its phones offline if it dies without closing them."""
     check_plaintext_allowed(settings)
     bridge_ssl = bridge_ssl_context(settings.bridge)
     db = open_shared_database(settings, "bridge")
@@ -180,6 +182,12 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
         db.close()
         raise
     registry = CollectorRegistry()
+    token = trio.lowlevel.current_trio_token()
+    sessions = SessionRegistry()
+    lease = BridgeLease(
+        settings.database_url, interval=settings.bridge.heartbeat_interval,
+        on_lost=lambda: token.run_sync_soon(sessions.lose_lease),
+    )
     ctx = BridgeContext(
         messages=MessageRepository(db, settings.scheduler, fence=True),
         devices=DeviceRepository(db),
@@ -187,10 +195,10 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
         bus=bus,
         settings=settings.bridge,
         metrics=BridgeMetrics(registry),
-        registry=SessionRegistry(),
+        registry=sessions,
         private_token=settings.gateway.private_token if settings.gateway.mode == "private" else "",
+        bridge_id=lease.id,
     )
-    token = trio.lowlevel.current_trio_token()
 
     def reload_all() -> None:  # on the trio thread
         ctx.registry.wake(ctx.registry.device_ids())
@@ -199,6 +207,8 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     endpoints_file = settings.data_dir / "endpoints.json"
     metrics_server = None
     try:
+        # Alive in storage before the first phone: the worker reaps its phones if it dies.
+        await trio.to_thread.run_sync(lease.start)
         metrics_server, metrics_url = start_metrics(settings, registry)
         async with trio.open_nursery() as nursery:
             bridge, device = await listen_for_phones(nursery, ctx, settings, bridge_ssl)
@@ -212,6 +222,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     finally:
         endpoints_file.unlink(missing_ok=True)
         bus.detach_bridge()
+        await trio.to_thread.run_sync(lease.close)
         if metrics_server is not None:
             metrics_server.shutdown()
         bus.close()

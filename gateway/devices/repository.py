@@ -161,7 +161,7 @@ class DeviceRepository:
         with self.db.write() as s:
             for row in s.exec(select(Device).where(Device.session_id != "")):
                 _presence(s, row.owner_id, row.id, row.name, online=False, now=utcnow())
-                row.session_id = ""
+                row.session_id = row.bridge_id = ""
                 s.add(row)
 
     def list(self, owner_id: str) -> list[DeviceRecord]:
@@ -201,7 +201,7 @@ _ONLINE_WRITE = (
     update(Device.__table__)  # type: ignore[arg-type]
     .where(_D.id == bindparam("k_id"))
     .values(
-        session_id=bindparam("session_id"), app_version=bindparam("app_version"),
+        session_id=bindparam("session_id"), bridge_id=bindparam("bridge_id"), app_version=bindparam("app_version"),
         sims_json=bindparam("sims_json"), last_seen=bindparam("last_seen"),
         # The first session with the device's own token spends its pairing code (None: not such a session).
         connected_with_token_at=func.coalesce(
@@ -212,7 +212,7 @@ _ONLINE_WRITE = (
 _OFFLINE_WRITE = (
     update(Device.__table__)  # type: ignore[arg-type]
     .where(_D.id == bindparam("k_id"), _D.session_id == bindparam("k_session_id"))
-    .values(session_id="", last_seen=bindparam("last_seen"))
+    .values(session_id="", bridge_id="", last_seen=bindparam("last_seen"))
 )
 
 
@@ -226,6 +226,7 @@ def take_online(
     sims: tuple[SimRecord, ...],
     now: datetime,
     with_token: bool = True,
+    bridge_id: str = "",
 ) -> Online:
     """Mark the device online on `session_id` in the caller's transaction, unless it was
     deleted or its token replaced since the session's credentials were checked (then nothing
@@ -233,7 +234,8 @@ def take_online(
     out; re-checked here, in the transaction that takes the device, so a session whose token
     a re-pair killed neither takes the device nor spends the code (None: nothing to check,
     for tests that stage devices). `with_token`: the session was opened with the device token
-    (not a pairing code); the first such spends its pairing code.
+    (not a pairing code); the first such spends its pairing code. `bridge_id`: the `smsgw
+    bridge` holding the session ("" in `smsgw serve`), which its reaper goes by.
     InvalidArgument on `device_id` for an unknown device."""
     now = to_utc(now)
     # Locked (PostgreSQL): a re-issue on another bridge commits before or after, never across.
@@ -249,7 +251,7 @@ def take_online(
     s.execute(
         _ONLINE_WRITE,
         {
-            "k_id": device_id, "session_id": session_id, "app_version": app_version[:64],
+            "k_id": device_id, "session_id": session_id, "bridge_id": bridge_id, "app_version": app_version[:64],
             "sims_json": sims_to_json(sims), "last_seen": now, "proven_at": now if with_token else None,
         },
     )

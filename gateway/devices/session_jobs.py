@@ -65,9 +65,11 @@ def open_device_session(
     held_ids: Collection[str],
     now: datetime,
     with_token: bool = True,
+    bridge_id: str = "",
 ) -> Future[OpenedSession]:
     """Open a phone's session in one write job (see the module docstring). `held`: the
-    recipients the phone says it holds; `held_ids`: every message it says it holds.
+    recipients the phone says it holds; `held_ids`: every message it says it holds;
+    `bridge_id`: the bridge process holding the session (take_online).
     InvalidArgument on `device_id` for an unknown device."""
     assert devices.db is messages.db, "one database, one transaction"
     now, held = to_utc(now), list(held)
@@ -75,7 +77,7 @@ def open_device_session(
     def tx(s: Writes) -> OpenedSession:
         online = take_online(
             s, device_id, session_id, token_hash=token_hash, app_version=app_version, sims=sims, now=now,
-            with_token=with_token,
+            with_token=with_token, bridge_id=bridge_id,
         )
         if online is not Online.ONLINE:
             return OpenedSession(online)

@@ -123,6 +123,9 @@ class Device(SQLModel, table=True):
     last_seen: datetime | None = None
     # The bridge session currently holding this device ("" = offline).
     session_id: str = ""
+    # The `smsgw bridge` process holding that session ("" = offline, or `smsgw serve`): the
+    # worker takes its devices offline when that bridge dies (gateway/devices/reaper.py).
+    bridge_id: str = Field(default="", index=True)
     app_version: str = ""
     sims_json: str = "[]"
     revoked: bool = False
@@ -131,6 +134,17 @@ class Device(SQLModel, table=True):
     # The first session opened with its own token: the phone holds it, so its pairing code is
     # spent for good. Until then the code may re-issue the token (a lost Welcome).
     connected_with_token_at: datetime | None = None
+
+
+class BridgeInstance(SQLModel, table=True):
+    """A running `smsgw bridge` (issue 16): its heartbeat, which the worker reads to find
+    the bridges that died without closing their sessions."""
+
+    __tablename__ = "bridge_instance"
+    id: str = Field(primary_key=True)
+    host: str = ""  # hostname and pid, for operators
+    started_at: datetime
+    heartbeat_at: datetime  # the database's clock, not the bridge's
 
 
 class PairingCode(SQLModel, table=True):

@@ -18,11 +18,13 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import psycopg
 import trio
 from smsgw.v1 import common_pb2
 from smsgw_client import Client, DeadlineExceeded, Unavailable
 
 from gateway.bench.chaos_proxy import CuttingProxy
+from gateway.bus.postgres import libpq_url
 from tests.helpers.phones import start_phones
 from tests.helpers.postgres import throwaway_database
 from tests.helpers.server import (
@@ -84,7 +86,9 @@ def test_bridge_and_gateway_killed_mid_run_lose_nothing_and_send_nothing_twice(t
         # The receiver shares this busy process with the phones and the senders: a slow answer
         # must not use up a delivery's attempts (the test is about what the processes lose).
         hooks = private_webhook_env(SMSGW_WEBHOOKS__TIMEOUT="15", SMSGW_WEBHOOKS__RETRY_DELAYS="0.5,1,2,4,8,16")
-        env = {**LENIENT_LIMITS, **hooks, "SMSGW_DATABASE__URL": url}
+        # The killed bridge is taken for dead 3 s after its last heartbeat (the worker reaps it).
+        lease = {"SMSGW_BRIDGE__HEARTBEAT_INTERVAL": "0.5", "SMSGW_BRIDGE__LEASE_GRACE": "3"}
+        env = {**LENIENT_LIMITS, **hooks, **lease, "SMSGW_DATABASE__URL": url}
         password = upgraded_database(tmp_path, env, (tmp_path / "gateway1", tmp_path / "gateway2"))
         procs: dict[str, ServerProcess] = {}
         try:
@@ -92,17 +96,29 @@ def test_bridge_and_gateway_killed_mid_run_lose_nothing_and_send_nothing_twice(t
                                ("gateway1", "gateway"), ("gateway2", "gateway")):
                 procs[name] = ServerProcess(tmp_path / name, env=env, role=role)
                 procs[name].start()
-            _run(procs, password, receiver)
+            _run(procs, password, receiver, url)
         finally:
             for proc in procs.values():
                 proc.stop()
+
+
+def _reaped(url: str) -> None:
+    """The killed bridge's row is gone (the worker reaped it) and every phone is online on the
+    bridge left (each moved over by its own reconnect, or taken offline by the reaper)."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(libpq_url(url), autocommit=True) as c:
+        while len(bridges := c.execute("SELECT id FROM bridge_instance").fetchall()) != 1:
+            assert time.monotonic() < deadline, f"the killed bridge was not reaped: {bridges}"
+            time.sleep(0.2)
+        held = c.execute("SELECT bridge_id, count(*) FROM device WHERE session_id <> '' GROUP BY bridge_id").fetchall()
+    assert held == [(bridges[0][0], PHONES)], held
 
 
 def _bridge_port(proc: ServerProcess) -> int:
     return int(proc.device_url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-def _run(procs: dict[str, ServerProcess], password: str, receiver: Receiver) -> None:
+def _run(procs: dict[str, ServerProcess], password: str, receiver: Receiver, url: str) -> None:
     gateways = [procs["gateway1"], procs["gateway2"]]
     token = admin_token(gateways[1], password)
     with Client(gateways[1].grpc_target, token) as client:
@@ -149,6 +165,7 @@ def _run(procs: dict[str, ServerProcess], password: str, receiver: Receiver) -> 
                 while watcher.is_alive() or len({r.event["message"]["id"] for r in receiver.received}) < MESSAGES:
                     await trio.sleep(0.1)
             assert not timer.cancelled_caught, f"not done in {_DEADLINE} s: {progress()}"
+            await trio.to_thread.run_sync(_reaped, url)
             modem_sends = Counter(s for phone in phones for s in phone.modem.sent)
             nursery.cancel_scope.cancel()
         # Nothing sent twice by the modems, every message sent.
