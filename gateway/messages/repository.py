@@ -327,8 +327,7 @@ class MessageRepository:
         """
         now = to_utc(now)
         try:
-            with self.db.write() as s:
-                return self._add_batch(s, owner_id, items, daily_segments, now)
+            return self.db.transact(lambda s: self._add_batch(s, owner_id, items, daily_segments, now))
         except IntegrityError:
             log.info("a batch of %d messages raced another writer on a key; storing them one by one", len(items))
         return [self._create_one(owner_id, new, now, daily_segments) for new in items]
@@ -417,8 +416,7 @@ class MessageRepository:
                 self.claims.note_behind((target,))
             return len(moving), len(pinned), {device_id, *([target] if target else [])}
 
-        with self.db.write() as session:
-            return in_writes(tx)(session)
+        return self.db.transact(in_writes(tx))
 
     def get(self, owner_id: str, message_id: str) -> MessageRecord:
         with self.db.read() as s:
@@ -504,8 +502,7 @@ class MessageRepository:
                 s.add(r)
             return _record(row, recipients), row.device_id
 
-        with self.db.write() as session:
-            return in_writes(tx)(session)
+        return self.db.transact(in_writes(tx))
 
     def events_after(
         self, owner_id: str, after_id: int, *, limit: int, message_ids: Sequence[str] = (), upto: int | None = None
@@ -1019,9 +1016,8 @@ class MessageRepository:
         now = to_utc(now)
         devices: set[str] = set()
         while True:
-            with self.db.write() as session:
-                dropped, rows = in_writes(lambda s: self._expire_rows(s, now, batch=batch))(session)
-                devices.update(r.device_id for r in rows if r.id in dropped and r.device_id)
+            dropped, rows = self.db.transact(in_writes(lambda s: self._expire_rows(s, now, batch=batch)))
+            devices.update(r.device_id for r in rows if r.id in dropped and r.device_id)
             if len(rows) < batch:
                 return devices
 

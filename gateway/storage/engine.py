@@ -112,6 +112,21 @@ class Database:
             for callback in session.info.pop(AFTER_COMMIT, ()):
                 callback()
 
+    def transact(self, fn: Callable[[Session], T]) -> T:
+        """`with write() as s: return fn(s)`, run again (at most 3 times) when the transaction
+        lost a deadlock or a serialization conflict to another process on PostgreSQL (40P01,
+        40001): it changed nothing, and the other side has gone on. So `fn` must only change
+        the database (and what it returns), as for `group`."""
+        for attempt in range(_RETRIES + 1):
+            try:
+                with self.write() as session:
+                    return fn(session)
+            except DBAPIError as exc:
+                if attempt == _RETRIES or not _retryable(exc):
+                    raise
+            time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # let the other side finish
+        raise AssertionError("unreachable")
+
     def group(self, fn: Callable[[Session], T]) -> T:
         """Run `fn(session)` as a write transaction that shares its commit with the other
         callers waiting at that moment (group commit): one fsync for a whole burst of
@@ -204,22 +219,17 @@ class _GroupCommitter:
                     future.set_result(result)
                 return
         for fn, future in group:
-            for attempt in range(_RETRIES + 1):
-                try:
-                    with self._db.write() as session:
-                        result = fn(session)
-                except BaseException as exc:
-                    if attempt < _RETRIES and _retryable(exc):
-                        time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # let the other side finish
-                        continue
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-                break
+            try:
+                result = self._db.transact(fn)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
 
-# A job that lost a deadlock or a serialization conflict to another process (PostgreSQL
-# 40P01 / 40001: the row locks of gateway.messages.rows) changed nothing: it runs again, alone.
+# A transaction that lost a deadlock or a serialization conflict to another process
+# (PostgreSQL 40P01 / 40001: the row locks of gateway.messages.rows, unique keys two inserts
+# wait on) changed nothing: it runs again (Database.transact; a group's jobs each alone).
 _RETRIES = 3
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 

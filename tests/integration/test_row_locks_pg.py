@@ -11,11 +11,14 @@ event logged for it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from datetime import timedelta
 
+import psycopg
 from sqlalchemy import text
 
+from gateway.bus.postgres import libpq_url
 from gateway.errors import FailedPrecondition
 from gateway.messages.repository import MessageRepository
 from gateway.storage.engine import Database
@@ -91,3 +94,51 @@ def test_cancel_and_expiry_from_two_processes_lose_nothing() -> None:
     differ = {k: (State(stored[k]).name, State(last[k]).name) for k in stored if stored[k] != last[k]}
     assert not differ, f"{len(differ)} recipients' stored state is not their last event's, e.g. {list(differ.items())[:3]}"
     assert all(State(s) in (State.CANCELLED, State.EXPIRED) for s in stored.values())
+
+
+
+def test_an_expiry_sweep_that_loses_a_deadlock_runs_again() -> None:
+    """Another process holds a lock on the second of two due messages while the sweep, which
+    locks in id order, holds the first; then it asks for the first. PostgreSQL ends the
+    sweep's transaction as a deadlock (the other side waits longer before checking), and the
+    sweep runs again (Database.transact) once the other side has finished: both messages
+    expire, once. Without the retry the sweep fails with the deadlock error."""
+    with throwaway_database() as url:
+        db = Database(url)
+        try:
+            db.migrate()
+            owner = create_owner(db, "owner", T0)
+            repo = MessageRepository(db, UNPACED)
+            first, second = sorted(
+                repo.create(owner, new_message(1, valid_until=T0 + timedelta(seconds=1)), T0)[0].id for _ in range(2)
+            )
+            outcome: list[object] = []
+            with psycopg.connect(libpq_url(url)) as other:
+                other.execute("SET deadlock_timeout = '10s'")  # so the sweep is the one PostgreSQL ends
+                other.execute("SELECT 1 FROM message WHERE id = %s FOR UPDATE", (second,))
+                sweep = threading.Thread(target=lambda: outcome.append(_expire(repo)))
+                sweep.start()
+                deadline = time.monotonic() + 30
+                while not other.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).fetchone()[0]:  # type: ignore[index]
+                    assert time.monotonic() < deadline, "the sweep never waited on the held row"
+                    time.sleep(0.01)
+                other.execute("SELECT 1 FROM message WHERE id = %s FOR UPDATE", (first,))  # the cycle
+                other.rollback()
+                sweep.join(timeout=60)
+            assert outcome == [None], outcome
+            assert {repo.get(owner, m).state for m in (first, second)} == {State.EXPIRED}
+            with db.engine.connect() as c:
+                expired = c.execute(text("SELECT count(*) FROM event WHERE state = :s"), {"s": int(State.EXPIRED)}).scalar()
+            assert expired == 2
+        finally:
+            db.close()
+
+
+def _expire(repo: MessageRepository) -> BaseException | None:
+    try:
+        repo.expire_due(T0 + timedelta(seconds=2))
+    except BaseException as exc:  # noqa: BLE001 — the test reports it
+        return exc
+    return None
