@@ -6,6 +6,8 @@
   that message again, once (device_bridge/lease.py, gateway/devices/reaper.py).
 - A bridge that finds it was taken for dead (its row gone) ends its sessions with 1012.
 - Of two workers one sweeps; when it dies the other takes over, and each message expires once.
+- A worker killed in the middle of a webhook request: its claim comes back after its lease
+  and another worker delivers it, with the same webhook-id.
 
 Fast settings: a heartbeat every 0.2 s, dead after 1 s, the worker's loop every 0.2 s.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from smsgw.v1 import common_pb2
+from smsgw.v1 import common_pb2, webhooks_pb2
 from smsgw_client import Client
 from websockets.exceptions import ConnectionClosed
 
@@ -155,3 +157,30 @@ def test_of_two_workers_one_sweeps_and_the_other_takes_over_when_it_dies(tmp_pat
     expired = _query(database, "SELECT message_id, count(*) FROM event WHERE kind = 'message' AND state = "
                      f"{common_pb2.EXPIRED} GROUP BY message_id")
     assert sorted(expired) == sorted([(before, 1), (after, 1)])
+
+
+def test_a_killed_workers_webhook_claim_is_delivered_by_another_after_its_lease(tmp_path: Path, database: str) -> None:
+    """The attempt timeout is 5 s, so the claim's lease is 10 s (gateway/webhooks/repository.py)."""
+    env = {**LENIENT_LIMITS, **private_webhook_env(SMSGW_WEBHOOKS__TIMEOUT="5"), "SMSGW_DATABASE__URL": database}
+    password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
+    with (
+        Receiver(default=204, hang_for=8) as receiver,
+        ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
+        ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
+        ServerProcess(tmp_path / "worker1", env=env, role="worker") as killed,
+    ):
+        token = admin_token(gateway, password)
+        with Client(gateway.grpc_target, token) as client:
+            hook = client.webhooks.create(receiver.url, ["device:online"])
+            receiver.secret = hook.secret
+            receiver.script(["hang"])  # the first request is never answered in time
+            phone, _ = pair_raw(gateway.grpc_target, token, bridge.device_url, private_token=PRIVATE_TOKEN)
+            _until(lambda: len(receiver.received) == 1, "the first worker's request")
+            killed.kill()  # mid-request, its claim held
+            with ServerProcess(tmp_path / "worker2", env=env, role="worker"):
+                _until(lambda: len(receiver.received) == 2, "the claim delivered again by the other worker")
+                first, again = receiver.received
+                assert again.id == first.id and again.verified and again.answered == 204
+                assert again.at - first.at >= 9.0  # not before the lease ran out
+                _until(lambda: client.webhooks.deliveries(hook.webhook.id).deliveries[0].state == webhooks_pb2.DELIVERY_SUCCEEDED, "SUCCEEDED")
+        phone.ws.close()
