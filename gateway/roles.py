@@ -1,6 +1,6 @@
 """The parts of `smsgw serve` as separate processes on one PostgreSQL (issue 16):
 `smsgw gateway` (the gRPC API), `smsgw bridge` (phone sessions and their dispatch), `smsgw
-worker` (webhook deliveries, expiry, purges), and `smsgw db upgrade` (the schema and the
+worker` (webhook deliveries, expiry, purges, dead bridges), and `smsgw db upgrade` (the schema and the
 first account, before any of them starts).
 
 Each role reads the same settings tree as `serve`, talks to the others only through the
@@ -126,7 +126,8 @@ async def run_gateway(settings: Settings, *, announce: Announce = print) -> None
 
 async def run_worker(settings: Settings, *, announce: Announce = print) -> None:
     """`smsgw worker`: webhook deliveries (claimed with FOR UPDATE SKIP LOCKED: any number of
-    workers), the expiry sweep and the hourly purges."""
+    workers) and, on the one worker holding the leader lock, the expiry sweep, the hourly
+    purges and the reaping of dead bridges."""
     await _run_asyncio_role(settings, "worker", announce, api=False)
 
 
