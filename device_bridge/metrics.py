@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["BridgeMetrics"]
 
@@ -29,3 +29,9 @@ class BridgeMetrics:
             registry=registry,
         )
         self.closes = Counter("smsgw_bridge_closes_total", "Sessions closed, by close code", ["code"], registry=registry)
+        self.wake_to_reconnect = Histogram(
+            "smsgw_bridge_wake_to_reconnect_seconds",
+            "From a wake-up push sent to an offline phone to its next session open",
+            registry=registry,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+        )

@@ -37,6 +37,7 @@ from device_bridge.protocol import (
     InboundReceived,
     InboundSms,
     InvalidEventReceived,
+    PushTokenReceived,
     PacingSettings,
     Receipt,
     ReceiptReceived,
@@ -249,7 +250,7 @@ class _Session:
                     self.ctx.devices, self.ctx.messages, owner_id=identity.owner_id, device_id=identity.device_id,
                     session_id=session_id, token_hash=token_hash, app_version=hello.app_version, sims=sims,
                     held=held, held_ids=held_ids, now=now, with_token=credentials is None,
-                    bridge_id=self.ctx.bridge_id,
+                    bridge_id=self.ctx.bridge_id, push_token=hello.push_token,
                 )
             )
             if opened.online is Online.DELETED:  # deleted between the upgrade and Hello
@@ -261,6 +262,8 @@ class _Session:
                     raise _Aborted(CloseCode.REPLACED, "a newer pairing of this device took over")
                 # Admitted with a token a retry with the code killed before this Hello.
                 raise _Aborted(CloseCode.CREDENTIALS_REVOKED, "token replaced by a newer pairing")
+            if opened.woken_at is not None:  # back after a wake-up push (gateway/push)
+                self.ctx.metrics.wake_to_reconnect.observe(max(0.0, (now - opened.woken_at).total_seconds()))
             self.handle = handle  # from here on close_out() cleans up, even if the rest fails
             self.queue = opened.queue
             if self.queue is None:
@@ -321,6 +324,10 @@ class _Session:
         receipts = [e.receipt for e in events if isinstance(e, ReceiptReceived)]
         inbound = [e.inbound for e in events if isinstance(e, InboundReceived)]
         invalid = [e for e in events if isinstance(e, InvalidEventReceived)]
+        tokens = [e.token for e in events if isinstance(e, PushTokenReceived)]
+        if tokens:  # the latest wins; not acknowledged (every Hello carries it again)
+            handle = self.handle
+            await wait_job(self.ctx.devices.set_push_token(handle.device_id, handle.session_id, tokens[-1]))
         if receipts or inbound or invalid:
             changed, finals, refused = await self.apply_receipts(receipts) if receipts else (0, {}, {})
             stored = await self.store_inbound(inbound) if inbound else 0

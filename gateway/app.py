@@ -52,6 +52,8 @@ from gateway.inbound.service import InboundService
 from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
+from gateway.push.fcm import FcmSender, load_service_account
+from gateway.push.wakes import Waker, WakeStore
 from gateway.private_files import create_private_file, ensure_private_dir, tighten, write_private_file
 from gateway.storage.engine import Database, sqlite_file
 from gateway.storage.held_locks import Leadership
@@ -66,7 +68,7 @@ from gateway.webhooks.worker import WebhookWorker
 
 __all__ = [
     "serve", "ensure_admin_account", "split_hostport", "join_hostport", "prepare_data_dir", "token_codec",
-    "start_metrics", "listen_for_phones", "until_stopped",
+    "start_metrics", "listen_for_phones", "until_stopped", "check_push_credentials",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,10 @@ class _GatewayThread:
             # by the PostgreSQL bus when another process's commit stored deliveries.
             self.bus.attach_gateway(worker.wake_if_enqueued)
             tasks.append(asyncio.create_task(worker.run()))
+        push = self._push_sender() if self.jobs else None
+        if push is not None:  # wake-up pushes for phones gone with work waiting (docs/push.md)
+            waker = Waker(WakeStore(self.db), push, self.settings.fcm, self.metrics)
+            tasks.append(asyncio.create_task(waker.run()))
         if self.api:
             # The watch streams read the ring; the bus wakes the ring, whose refill wakes them.
             self.feed = feed = EventFeed()
@@ -198,7 +204,8 @@ class _GatewayThread:
             ring.reset(await messages.last_event_id())
             self.bus.attach_gateway(ring.wake)
             devices = DeviceService(
-                DeviceRepository(self.db), message_repo, auth_repo, self.bus, self.settings.jobs.pairing_code_ttl
+                DeviceRepository(self.db, wakes=self.settings.fcm.enabled), message_repo, auth_repo, self.bus,
+                self.settings.jobs.pairing_code_ttl,
             )
             self.grpc = await start_grpc_server(
                 self.settings, messages, devices, feed, auth, self.metrics, webhooks,
@@ -213,8 +220,16 @@ class _GatewayThread:
         if self.grpc is not None:
             await self.grpc.stop(self.settings.grpc.shutdown_grace)
         await sender.aclose()
+        if push is not None:
+            await push.aclose()
         if leader is not None:
             leader.close()
+
+    def _push_sender(self) -> FcmSender | None:
+        config = self.settings.fcm
+        if config.credentials_file is None:
+            return None
+        return FcmSender(config.credentials_file, base_url=config.base_url, ttl_seconds=config.ttl)
 
     def _webhooks(self) -> tuple[WebhookService, WebhookWorker, WebhookSender]:
         config = self.settings.webhooks
@@ -304,6 +319,13 @@ class Endpoints:
     grpc_tls: bool = False  # the gRPC entry has no scheme; clients read TLS from here
 
 
+def check_push_credentials(settings: Settings) -> None:
+    """With FCM on, its service-account file must be there and whole before anything starts
+    (FcmConfigError, a ValueError naming the file: one line, exit 2)."""
+    if settings.fcm.credentials_file is not None:
+        load_service_account(settings.fcm.credentials_file)
+
+
 def prepare_data_dir(settings: Settings) -> None:
     """The data directory and its files owner-only (an older version's or a hand-made one
     too), and anything else this process creates (a library's file)."""
@@ -350,6 +372,7 @@ async def until_stopped(announce: Callable[[str], None], name: str) -> None:
 async def serve(settings: Settings, *, announce: Callable[[str], None] = print) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully (bridge first, then gRPC)."""
     check_plaintext_allowed(settings)  # RELIABILITY 25, before anything listens
+    check_push_credentials(settings)
     bridge_ssl = bridge_ssl_context(settings.bridge)  # gRPC's credentials: gateway.api.server
     data_dir = settings.data_dir
     prepare_data_dir(settings)

@@ -293,13 +293,17 @@ def _devices_list(client: Client) -> int:
     if not devices:
         print("no devices yet: run `smsgw devices pair`")
         return EXIT_OK
-    print(f"{'ID':26}  {'NAME':16}  {'STATE':7}  {'LAST SEEN':20}  {'PENDING':7}  SIMS")
+    print(f"{'ID':26}  {'NAME':16}  {'STATE':7}  {'LAST SEEN':20}  {'PENDING':7}  {'WAKE':7}  SIMS")
     for d in devices:
         seen = d.last_seen.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if d.HasField("last_seen") else "never"
         if not d.connected_with_token:  # paired; online now on its pairing session, or the Welcome was lost
             seen = "pairing" if d.online else "never with token"
+        # "push": an FCM push wakes it once its session is gone; "refused": FCM refused its
+        # token; "-": reachable only while connected (docs/push.md).
+        wake = "push" if d.wakeable else "refused" if d.push_token_invalid else "-"
         sims = ", ".join(f"{s.slot}:{s.operator_name or '?'}" for s in d.sims) or "-"
-        print(f"{d.id:26}  {d.name[:16]:16}  {'online' if d.online else 'offline':7}  {seen:20}  {d.pending:7}  {sims}")
+        state = "online" if d.online else "offline"
+        print(f"{d.id:26}  {d.name[:16]:16}  {state:7}  {seen:20}  {d.pending:7}  {wake:7}  {sims}")
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -79,8 +80,6 @@ class BridgeSettings(_Section):
     def _phone_url(cls, value: str) -> str:
         """A URL a phone can open, checked at load: a typo would end up in every QR code."""
         if value:
-            from urllib.parse import urlsplit
-
             try:
                 parts = urlsplit(value)
                 parts.port  # noqa: B018 — raises ValueError for a bad port
@@ -240,6 +239,34 @@ class WebhookSettings(_Section):
         return value
 
 
+class FcmSettings(_Section):
+    """Wake-up pushes through FCM HTTP v1 for phones whose session is gone (docs/push.md).
+    Off while `credentials_file` is unset."""
+
+    credentials_file: Path | None = None  # a Google service-account JSON of the Firebase project
+    base_url: str = "https://fcm.googleapis.com"  # FCM's; a stand-in's for tests (loopback may be http)
+    grace: float = Field(default=30.0, ge=0)  # after a phone's session ends, before its first push
+    min_interval: float = Field(default=300.0, gt=0)  # at most one push per phone this often
+    ttl: int = Field(default=60, ge=0, le=2_419_200)  # seconds FCM keeps an undelivered push
+    check_interval: float = Field(default=5.0, gt=0)  # how often the worker looks for phones to wake
+    concurrency: int = Field(default=16, ge=1, le=256)  # pushes in flight at once
+
+    @property
+    def enabled(self) -> bool:
+        return self.credentials_file is not None
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        """Pushes carry an OAuth access token: plain http only to this machine (a stand-in)."""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL, e.g. https://fcm.googleapis.com")
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("must be https (plain http only to a loopback stand-in)")
+        return value.rstrip("/")
+
+
 class JobsSettings(_Section):
     expiry_interval: float = 5.0
     pairing_code_ttl: int = 600
@@ -259,6 +286,7 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     jobs: JobsSettings = JobsSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    fcm: FcmSettings = FcmSettings()
 
     @model_validator(mode="after")
     def _webhook_guard_only_private(self) -> Settings:

@@ -66,6 +66,20 @@ class GatewayMetrics:
         )
         for state in ("active", "failing", "disabled"):
             self.webhook_state_changes.labels(state)
+        self.fcm_wakes = Counter(
+            "smsgw_fcm_wakes_total",
+            "Wake-up pushes to offline phones by outcome: sent, failed (after retries), invalid_token, "
+            "unauthorized (FCM refused our credentials: alert)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("sent", "failed", "invalid_token", "unauthorized"):
+            self.fcm_wakes.labels(outcome)
+        self.fcm_invalid_tokens = Counter(
+            "smsgw_fcm_invalid_tokens_total",
+            "Phones' push tokens FCM refused (UNREGISTERED, not a valid token): no pushes until a new one",
+            registry=registry,
+        )
         self.reaped_sessions = Counter(
             "smsgw_worker_reaped_sessions_total",
             "Phone sessions of dead bridges (no heartbeat, lock free) the worker closed",

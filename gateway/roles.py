@@ -26,8 +26,8 @@ from device_bridge.metrics import BridgeMetrics
 from device_bridge.registry import SessionRegistry
 from device_bridge.session_task import BridgeContext
 from gateway.app import (
-    _GatewayThread, _write_json, ensure_admin_account, join_hostport, listen_for_phones, prepare_data_dir, split_hostport,
-    start_metrics, token_codec, until_stopped,
+    _GatewayThread, _write_json, check_push_credentials, ensure_admin_account, join_hostport, listen_for_phones,
+    prepare_data_dir, split_hostport, start_metrics, token_codec, until_stopped,
 )
 from gateway.auth.repository import AuthRepository
 from gateway.auth.tokens import JwtKeys, TokenCodec
@@ -126,13 +126,15 @@ async def run_gateway(settings: Settings, *, announce: Announce = print) -> None
 
 async def run_worker(settings: Settings, *, announce: Announce = print) -> None:
     """`smsgw worker`: webhook deliveries (claimed with FOR UPDATE SKIP LOCKED: any number of
-    workers) and, on the one worker holding the leader lock, the expiry sweep, the hourly
-    purges and the reaping of dead bridges."""
+    workers), wake-up pushes (each phone claimed by one worker), and, on the one worker holding
+    the leader lock, the expiry sweep, the hourly purges and the reaping of dead bridges."""
     await _run_asyncio_role(settings, "worker", announce, api=False)
 
 
 async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *, api: bool) -> None:
     check_plaintext_allowed(settings)
+    if not api:  # the worker sends the wake-up pushes
+        check_push_credentials(settings)
     db = open_shared_database(settings, role)
     try:
         prepare_data_dir(settings)

@@ -23,7 +23,9 @@ from .events import (
     InboundReceived,
     InboundSms,
     InvalidEventReceived,
+    MAX_PUSH_TOKEN,
     PacingSettings,
+    PushTokenReceived,
     Receipt,
     ReceiptReceived,
     ReceiptState,
@@ -40,6 +42,7 @@ from .flow import MAX_WINDOW, FlowWindow
 from .session import DeviceSession, SessionState, SessionStatistics
 
 __all__ = [
+    "MAX_PUSH_TOKEN",
     "MAX_REASON_BYTES",
     "MAX_WINDOW",
     "PRIVATE_TOKEN_HEADER",
@@ -64,6 +67,7 @@ __all__ = [
     "InvalidState",
     "PacingSettings",
     "ProtocolError",
+    "PushTokenReceived",
     "Receipt",
     "ReceiptReceived",
     "ReceiptState",

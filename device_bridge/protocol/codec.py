@@ -37,6 +37,7 @@ from .events import (
     HelloReceived,
     InboundSms,
     PacingSettings,
+    PushTokenReceived,
     Receipt,
     RejectReceived,
     SettingsReceived,
@@ -61,6 +62,7 @@ __all__ = [
     "encode",
     "hello_from_proto",
     "hello_to_proto",
+    "push_token_from_proto",
     "inbound_from_proto",
     "inbound_to_proto",
     "receipt_from_proto",
@@ -275,6 +277,7 @@ def hello_to_proto(hello: HelloReceived) -> device_pb2.Hello:
             device_pb2.HeldRecipient(message_id=h.message_id, recipient_index=h.recipient_index, attempt=h.attempt)
             for h in hello.held
         ],
+        push_token=hello.push_token,
     )
 
 
@@ -291,9 +294,22 @@ def hello_from_proto(message: device_pb2.Hello) -> HelloReceived:
             window=message.window,
             held_message_ids=tuple(message.held_message_ids),
             held=tuple(HeldRecipient(h.message_id, h.recipient_index, h.attempt or 1) for h in message.held),
+            push_token=message.push_token,
         )
     except (ValueError, TypeError) as exc:
         raise _invalid("Hello", exc) from None
+
+
+def push_token_from_proto(message: device_pb2.PushToken) -> PushTokenReceived:
+    """Validate a received ``PushToken``.
+
+    Raises:
+        RemoteProtocolError: ``BAD_FRAME`` (not printable ASCII, too long).
+    """
+    try:
+        return PushTokenReceived(message.token)
+    except (ValueError, TypeError) as exc:
+        raise _invalid("PushToken", exc) from None
 
 
 def welcome_to_proto(welcome: WelcomeReceived) -> device_pb2.Welcome:

@@ -30,6 +30,8 @@ __all__ = [
     "HeldRecipient",
     "HelloReceived",
     "InboundReceived",
+    "MAX_PUSH_TOKEN",
+    "PushTokenReceived",
     "InboundSms",
     "InvalidEventReceived",
     "PacingSettings",
@@ -106,6 +108,20 @@ class FailureClass(IntEnum):
 def _check_text(value: object, what: str) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string")
+
+
+MAX_PUSH_TOKEN = 1024  # bytes; FCM's registration tokens are ~160
+
+
+def _check_push_token(value: object, what: str) -> None:
+    """"" (none) or printable ASCII without spaces, at most MAX_PUSH_TOKEN bytes: an FCM
+    registration token, stored and sent back to FCM as it is."""
+    _check_text(value, what)
+    assert isinstance(value, str)
+    if len(value) > MAX_PUSH_TOKEN:
+        raise ValueError(f"{what} must be at most {MAX_PUSH_TOKEN} bytes")
+    if any(not "!" <= c <= "~" for c in value):
+        raise ValueError(f"{what} must be printable ASCII without spaces")
 
 
 def _check_id(value: object, what: str) -> None:
@@ -454,9 +470,11 @@ class HelloReceived:
     window: int
     held_message_ids: tuple[str, ...] = ()
     held: tuple[HeldRecipient, ...] = ()
+    push_token: str = ""  # FCM registration token ("" = none): see PushTokenReceived
 
     def __post_init__(self) -> None:
         _check_text(self.app_version, "Hello.app_version")
+        _check_push_token(self.push_token, "Hello.push_token")
         sims = tuple(self.sims)
         for sim in sims:
             if not isinstance(sim, SimInfo):
@@ -470,6 +488,17 @@ class HelloReceived:
             if not isinstance(h, HeldRecipient):
                 raise TypeError("Hello.held must hold HeldRecipient")
         object.__setattr__(self, "held", recipients)
+
+
+@dataclass(frozen=True, slots=True)
+class PushTokenReceived:
+    """BRIDGE side: the phone's FCM registration token changed (or "" : it has none now).
+    Store it; it is not acknowledged (every Hello carries the token again)."""
+
+    token: str
+
+    def __post_init__(self) -> None:
+        _check_push_token(self.token, "PushToken.token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,6 +649,7 @@ Event: TypeAlias = (
     HelloReceived
     | ReceiptReceived
     | InboundReceived
+    | PushTokenReceived
     | InvalidEventReceived
     | WelcomeReceived
     | DeliverReceived

@@ -44,6 +44,7 @@ from .codec import (
     hello_from_proto,
     hello_to_proto,
     inbound_from_proto,
+    push_token_from_proto,
     inbound_to_proto,
     receipt_from_proto,
     receipt_to_proto,
@@ -65,6 +66,7 @@ from .events import (
     HeldRecipient,
     HelloReceived,
     InboundReceived,
+    PushTokenReceived,
     InboundSms,
     InvalidEventReceived,
     PacingSettings,
@@ -112,7 +114,7 @@ _Transitions = dict[tuple[Side, SessionState], dict[str, SessionState]]
 # Anything missing is a PROTOCOL_VIOLATION; CLOSED accepts nothing.
 _RECEIVE_TRANSITIONS: Final[_Transitions] = {
     (_BRIDGE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
-    (_BRIDGE, OPEN): {"receipt": OPEN, "inbound": OPEN},
+    (_BRIDGE, OPEN): {"receipt": OPEN, "inbound": OPEN, "push_token": OPEN},
     (_PHONE, AWAIT_WELCOME): {"welcome": OPEN},
     (_PHONE, OPEN): {"deliver": OPEN, "ack": OPEN, "reject": OPEN, "drop": OPEN, "settings": OPEN},
 }
@@ -121,7 +123,7 @@ _RECEIVE_TRANSITIONS: Final[_Transitions] = {
 # InvalidState: the caller's bug.
 _SEND_TRANSITIONS: Final[_Transitions] = {
     (_PHONE, AWAIT_HELLO): {"hello": AWAIT_WELCOME},
-    (_PHONE, OPEN): {"receipt": OPEN, "inbound": OPEN},
+    (_PHONE, OPEN): {"receipt": OPEN, "inbound": OPEN, "push_token": OPEN},
     (_BRIDGE, AWAIT_WELCOME): {"welcome": OPEN},
     (_BRIDGE, OPEN): {"deliver": OPEN, "ack": OPEN, "reject": OPEN, "drop": OPEN, "settings": OPEN},
 }
@@ -319,6 +321,8 @@ class DeviceSession:
                     event = self._on_hello(frame.hello)
                 elif kind == "inbound":
                     event = InboundReceived(inbound_from_proto(frame.inbound))
+                elif kind == "push_token":
+                    event = push_token_from_proto(frame.push_token)
                 else:
                     event = self._on_receipt(frame.receipt)
             except InvalidEvent as exc:
@@ -389,6 +393,7 @@ class DeviceSession:
         sims: Sequence[SimInfo],
         held_message_ids: Sequence[str] = (),
         held: Sequence[HeldRecipient] = (),
+        push_token: str = "",
     ) -> None:
         """PHONE: open the session with Hello, advertising the window.
 
@@ -402,12 +407,16 @@ class DeviceSession:
                 drops those cancelled or expired meanwhile.
             held: The recipients (and attempts) it holds, so the bridge marks
                 them ACCEPTED and does not re-send them.
+            push_token: Its FCM registration token ("" = none), so the gateway
+                can wake it with a push once this session is gone.
 
         Raises:
             InvalidState: Not a PHONE session, or Hello was already sent.
         """
         next_state = self._check_send("hello")
-        hello = HelloReceived(app_version, tuple(sims), self._flow.window, tuple(held_message_ids), tuple(held))
+        hello = HelloReceived(
+            app_version, tuple(sims), self._flow.window, tuple(held_message_ids), tuple(held), push_token
+        )
         self._queue(device_pb2.DeviceFrame(hello=hello_to_proto(hello)), next_state)
 
     def send_welcome(
@@ -534,6 +543,18 @@ class DeviceSession:
         """
         next_state = self._check_send("inbound")
         self._queue(device_pb2.DeviceFrame(inbound=inbound_to_proto(inbound)), next_state)
+
+    def send_push_token(self, token: str) -> None:
+        """PHONE: report a new FCM registration token ("" = none any more). Not
+        acknowledged: the next Hello carries the token again anyway.
+
+        Raises:
+            InvalidState: Not an OPEN PHONE session.
+            ValueError: Not printable ASCII, or longer than MAX_PUSH_TOKEN bytes.
+        """
+        next_state = self._check_send("push_token")
+        PushTokenReceived(token)  # validates
+        self._queue(device_pb2.DeviceFrame(push_token=device_pb2.PushToken(token=token)), next_state)
 
     def _check_send(self, kind: str) -> SessionState:
         next_state = _SEND_TRANSITIONS.get((self._side, self._state), {}).get(kind)

@@ -126,6 +126,9 @@ def device_to_pb(d: DeviceRecord) -> devices_pb2.Device:
         created_at=timestamp(d.created_at),
         pending=d.pending,
         connected_with_token=d.connected_with_token,
+        wakeable=d.wakeable,
+        last_woken_at=timestamp(d.last_woken_at),
+        push_token_invalid=d.push_token_invalid,
     )
 
 

@@ -30,6 +30,11 @@ class DeviceRecord:
     # False until the phone opened a session with its device token: paired, but the Welcome
     # (and the token in it) may never have reached it.
     connected_with_token: bool
+    # FCM wake-ups (gateway/push): FCM is on and the phone's token is usable; the last push;
+    # FCM refused its token.
+    wakeable: bool = False
+    last_woken_at: datetime | None = None
+    push_token_invalid: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, case, func, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 from ulid import ULID
@@ -50,8 +52,9 @@ class Online(Enum):
 
 
 class DeviceRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, wakes: bool = False) -> None:
         self.db = db
+        self.wakes = wakes  # FCM wake-ups are configured: a phone with a usable token is wakeable
 
     # ---- pairing -----------------------------------------------------------------
 
@@ -141,9 +144,20 @@ class DeviceRepository:
                 lambda s: take_online(
                     s, device_id, session_id, token_hash=token_hash, app_version=app_version, sims=sims,
                     now=now, with_token=with_token,
-                )
+                ).online
             )
         )
+
+    def set_push_token(self, device_id: str, session_id: str, token: str) -> Future[bool]:
+        """A new FCM token from the phone's live session (a PushToken frame); a new token is
+        tried again even if FCM refused the old one. The job's future: whether it was stored
+        (False: another session holds the device now)."""
+
+        def tx(s: Writes) -> bool:
+            params = {"k_id": device_id, "k_session_id": session_id, "push_token": token, "k_push_token": token}
+            return bool(s.execute(_PUSH_TOKEN_WRITE, params).rowcount)
+
+        return self.db.group_future(in_writes(tx))
 
     def set_offline(self, device_id: str, session_id: str, now: datetime) -> bool:
         """Mark offline unless a newer session already took over (see `take_offline`)."""
@@ -157,11 +171,15 @@ class DeviceRepository:
             return row.session_id if row is not None else ""
 
     def mark_all_offline(self) -> None:
-        """At start-up no session of this (single) bridge survives a restart."""
+        """At start-up no session of this (single) bridge survives a restart. Their phones were
+        connected until the stop: seen now, so a wake-up push waits its grace from here (they
+        usually reconnect by themselves within seconds)."""
+        now = utcnow()
         with self.db.write() as s:
             for row in s.exec(select(Device).where(Device.session_id != "")):
-                _presence(s, row.owner_id, row.id, row.name, online=False, now=utcnow())
+                _presence(s, row.owner_id, row.id, row.name, online=False, now=now)
                 row.session_id = row.bridge_id = ""
+                row.last_seen = now
                 s.add(row)
 
     def list(self, owner_id: str) -> list[DeviceRecord]:
@@ -184,6 +202,8 @@ class DeviceRepository:
                     last_seen=r.last_seen, sims=sims_from_json(r.sims_json), app_version=r.app_version,
                     created_at=r.created_at, pending=int(pending.get(r.id, 0)),
                     connected_with_token=r.connected_with_token_at is not None,
+                    wakeable=self.wakes and bool(r.push_token) and r.push_token_invalid_at is None,
+                    last_woken_at=r.last_woken_at, push_token_invalid=r.push_token_invalid_at is not None,
                 )
                 for r in rows
             ]
@@ -193,7 +213,10 @@ class DeviceRepository:
 # more than these statements; built once, compiled once).
 _PRESENCE_READ = core_select(_D.owner_id, _D.name, _D.session_id).where(_D.id == bindparam("device_id"))
 _ONLINE_READ = (
-    core_select(_D.owner_id, _D.name, _D.session_id, _D.revoked, _D.token_hash, _D.connected_with_token_at)
+    core_select(
+        _D.owner_id, _D.name, _D.session_id, _D.revoked, _D.token_hash, _D.connected_with_token_at, _D.last_seen,
+        _D.last_woken_at,
+    )
     .where(_D.id == bindparam("device_id"))
     .with_for_update()  # PostgreSQL; SQLite serialises writers anyway
 )
@@ -207,6 +230,17 @@ _ONLINE_WRITE = (
         connected_with_token_at=func.coalesce(
             _D.connected_with_token_at, bindparam("proven_at", type_=_D.connected_with_token_at.type)
         ),
+        # Hello carries the phone's push token every time; a new one is worth trying again.
+        push_token=bindparam("push_token"),
+        push_token_invalid_at=case((_D.push_token == bindparam("k_push_token"), _D.push_token_invalid_at), else_=None),
+    )
+)
+_PUSH_TOKEN_WRITE = (
+    update(Device.__table__)  # type: ignore[arg-type]
+    .where(_D.id == bindparam("k_id"), _D.session_id == bindparam("k_session_id"))
+    .values(
+        push_token=bindparam("push_token"),
+        push_token_invalid_at=case((_D.push_token == bindparam("k_push_token"), _D.push_token_invalid_at), else_=None),
     )
 )
 _OFFLINE_WRITE = (
@@ -214,6 +248,15 @@ _OFFLINE_WRITE = (
     .where(_D.id == bindparam("k_id"), _D.session_id == bindparam("k_session_id"))
     .values(session_id="", bridge_id="", last_seen=bindparam("last_seen"))
 )
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What `take_online` did, and the wake-up push that brought the phone back, if one did
+    (the last push sent while it was offline)."""
+
+    online: Online
+    woken_at: datetime | None = None
 
 
 def take_online(
@@ -227,7 +270,8 @@ def take_online(
     now: datetime,
     with_token: bool = True,
     bridge_id: str = "",
-) -> Online:
+    push_token: str = "",
+) -> Taken:
     """Mark the device online on `session_id` in the caller's transaction, unless it was
     deleted or its token replaced since the session's credentials were checked (then nothing
     changes). `token_hash`: of the token the session was admitted with, or (pairing) hands
@@ -235,7 +279,8 @@ def take_online(
     a re-pair killed neither takes the device nor spends the code (None: nothing to check,
     for tests that stage devices). `with_token`: the session was opened with the device token
     (not a pairing code); the first such spends its pairing code. `bridge_id`: the `smsgw
-    bridge` holding the session ("" in `smsgw serve`), which its reaper goes by.
+    bridge` holding the session ("" in `smsgw serve`), which its reaper goes by; `push_token`:
+    the phone's FCM token from its Hello ("" = none).
     InvalidArgument on `device_id` for an unknown device."""
     now = to_utc(now)
     # Locked (PostgreSQL): a re-issue on another bridge commits before or after, never across.
@@ -243,19 +288,23 @@ def take_online(
     if row is None:
         raise InvalidArgument("device_id", "unknown device")
     if row.revoked:
-        return Online.DELETED
+        return Taken(Online.DELETED)
     if token_hash is not None and row.token_hash != token_hash:
-        return Online.TOKEN_REPLACED
+        return Taken(Online.TOKEN_REPLACED)
+    woken_at = None
     if not row.session_id:  # a reconnect replacing a live session is no news
         _presence(s, row.owner_id, device_id, row.name, online=True, now=now)
+        if row.last_woken_at is not None and (row.last_seen is None or row.last_woken_at >= row.last_seen):
+            woken_at = to_utc(row.last_woken_at)
     s.execute(
         _ONLINE_WRITE,
         {
             "k_id": device_id, "session_id": session_id, "bridge_id": bridge_id, "app_version": app_version[:64],
             "sims_json": sims_to_json(sims), "last_seen": now, "proven_at": now if with_token else None,
+            "push_token": push_token, "k_push_token": push_token,
         },
     )
-    return Online.ONLINE
+    return Taken(Online.ONLINE, woken_at)
 
 
 def take_offline(s: Writes, device_id: str, session_id: str, now: datetime) -> bool:

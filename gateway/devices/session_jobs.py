@@ -46,6 +46,7 @@ class OpenedSession:
     """What the session-open job did and read. Only `online` is set unless it is ONLINE."""
 
     online: Online
+    woken_at: datetime | None = None  # the wake-up push that brought the phone back (take_online)
     pacing: DevicePacing | None = None  # the phone's pacing, for the Welcome
     queue: DeviceQueue | None = None  # the phone's dispatch queue, for the first round
     drops: dict[str, State] = field(default_factory=dict)  # messages the phone must drop
@@ -66,25 +67,27 @@ def open_device_session(
     now: datetime,
     with_token: bool = True,
     bridge_id: str = "",
+    push_token: str = "",
 ) -> Future[OpenedSession]:
     """Open a phone's session in one write job (see the module docstring). `held`: the
     recipients the phone says it holds; `held_ids`: every message it says it holds;
-    `bridge_id`: the bridge process holding the session (take_online).
+    `bridge_id`, `push_token`: the bridge process holding the session, the phone's FCM token
+    (take_online).
     InvalidArgument on `device_id` for an unknown device."""
     assert devices.db is messages.db, "one database, one transaction"
     now, held = to_utc(now), list(held)
 
     def tx(s: Writes) -> OpenedSession:
-        online = take_online(
+        taken = take_online(
             s, device_id, session_id, token_hash=token_hash, app_version=app_version, sims=sims, now=now,
-            with_token=with_token, bridge_id=bridge_id,
+            with_token=with_token, bridge_id=bridge_id, push_token=push_token,
         )
-        if online is not Online.ONLINE:
-            return OpenedSession(online)
+        if taken.online is not Online.ONLINE:
+            return OpenedSession(taken.online)
         messages.open_session_in(s, owner_id, device_id, session_id, held, now)
         queue, drops = messages.load_session_in(s, device_id, held_ids, now)
         pacing = queue.pacing if queue is not None else messages.base_pacing
-        return OpenedSession(online, pacing, queue, drops)
+        return OpenedSession(taken.online, taken.woken_at, pacing, queue, drops)
 
     return messages.db.group_future(in_writes(tx))
 

@@ -134,6 +134,11 @@ class Device(SQLModel, table=True):
     # The first session opened with its own token: the phone holds it, so its pairing code is
     # spent for good. Until then the code may re-issue the token (a lost Welcome).
     connected_with_token_at: datetime | None = None
+    # FCM wake-ups (issue 17, gateway/push): the phone's registration token ("" = none), when
+    # FCM refused it (no pushes until the phone reports another), the last push sent.
+    push_token: str = ""
+    push_token_invalid_at: datetime | None = None
+    last_woken_at: datetime | None = None
 
 
 class BridgeInstance(SQLModel, table=True):

@@ -17,6 +17,7 @@ class WebhookEvent(StrEnum):
     SMS_FAILED = "sms:failed"
     DEVICE_ONLINE = "device:online"
     DEVICE_OFFLINE = "device:offline"
+    DEVICE_PUSH_TOKEN_INVALID = "device:push-token-invalid"
     SYSTEM_PING = "system:ping"
 
 

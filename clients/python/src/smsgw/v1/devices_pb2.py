@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16smsgw/v1/devices.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x03Sim\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x15\n\roperator_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63ountry_iso\x18\x03 \x01(\t\"\xf2\x01\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04sims\x18\x05 \x03(\x0b\x32\r.smsgw.v1.Sim\x12\x13\n\x0b\x61pp_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\x08 \x01(\r\x12\x1c\n\x14\x63onnected_with_token\x18\t \x01(\x08\"\x14\n\x12ListDevicesRequest\"8\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.smsgw.v1.Device\"D\n\x18\x43reatePairingCodeRequest\x12\x13\n\x0b\x64\x65vice_name\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"_\n\x0bPairingCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndevice_url\x18\x03 \x01(\t\"!\n\x13\x44\x65leteDeviceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x14\x44\x65leteDeviceResponse\x12\x10\n\x08rerouted\x18\x01 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\r\"\x99\x01\n\tSimPacing\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x18\n\x10parts_per_minute\x18\x02 \x01(\r\x12\x17\n\x0fmin_interval_ms\x18\x03 \x01(\r\x12\x16\n\x0eparts_per_hour\x18\x04 \x01(\r\x12\x15\n\rparts_per_day\x18\x05 \x01(\r\x12\x1c\n\x14recipients_per_month\x18\x06 \x01(\r\"\xc0\x01\n\x0e\x44\x65viceSettings\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12+\n\x0e\x64\x65\x66\x61ult_pacing\x18\x02 \x01(\x0b\x32\x13.smsgw.v1.SimPacing\x12!\n\x04sims\x18\x03 \x03(\x0b\x32\x13.smsgw.v1.SimPacing\x12\x1e\n\x16phone_parts_per_minute\x18\x04 \x01(\r\x12\x17\n\x0fpriority_bypass\x18\x05 \x01(\x08\x12\x12\n\ncustomized\x18\x06 \x01(\x08\"-\n\x18GetDeviceSettingsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"X\n\x1bUpdateDeviceSettingsRequest\x12*\n\x08settings\x18\x01 \x01(\x0b\x32\x18.smsgw.v1.DeviceSettings\x12\r\n\x05reset\x18\x02 \x01(\x08\x32\xa6\x03\n\rDeviceService\x12J\n\x0bListDevices\x12\x1c.smsgw.v1.ListDevicesRequest\x1a\x1d.smsgw.v1.ListDevicesResponse\x12N\n\x11\x43reatePairingCode\x12\".smsgw.v1.CreatePairingCodeRequest\x1a\x15.smsgw.v1.PairingCode\x12M\n\x0c\x44\x65leteDevice\x12\x1d.smsgw.v1.DeleteDeviceRequest\x1a\x1e.smsgw.v1.DeleteDeviceResponse\x12Q\n\x11GetDeviceSettings\x12\".smsgw.v1.GetDeviceSettingsRequest\x1a\x18.smsgw.v1.DeviceSettings\x12W\n\x14UpdateDeviceSettings\x12%.smsgw.v1.UpdateDeviceSettingsRequest\x1a\x18.smsgw.v1.DeviceSettingsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16smsgw/v1/devices.proto\x12\x08smsgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x03Sim\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x15\n\roperator_name\x18\x02 \x01(\t\x12\x13\n\x0b\x63ountry_iso\x18\x03 \x01(\t\"\xd3\x02\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04sims\x18\x05 \x03(\x0b\x32\r.smsgw.v1.Sim\x12\x13\n\x0b\x61pp_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\x08 \x01(\r\x12\x1c\n\x14\x63onnected_with_token\x18\t \x01(\x08\x12\x10\n\x08wakeable\x18\n \x01(\x08\x12\x31\n\rlast_woken_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12push_token_invalid\x18\x0c \x01(\x08\"\x14\n\x12ListDevicesRequest\"8\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.smsgw.v1.Device\"D\n\x18\x43reatePairingCodeRequest\x12\x13\n\x0b\x64\x65vice_name\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"_\n\x0bPairingCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndevice_url\x18\x03 \x01(\t\"!\n\x13\x44\x65leteDeviceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x14\x44\x65leteDeviceResponse\x12\x10\n\x08rerouted\x18\x01 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\r\"\x99\x01\n\tSimPacing\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x18\n\x10parts_per_minute\x18\x02 \x01(\r\x12\x17\n\x0fmin_interval_ms\x18\x03 \x01(\r\x12\x16\n\x0eparts_per_hour\x18\x04 \x01(\r\x12\x15\n\rparts_per_day\x18\x05 \x01(\r\x12\x1c\n\x14recipients_per_month\x18\x06 \x01(\r\"\xc0\x01\n\x0e\x44\x65viceSettings\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12+\n\x0e\x64\x65\x66\x61ult_pacing\x18\x02 \x01(\x0b\x32\x13.smsgw.v1.SimPacing\x12!\n\x04sims\x18\x03 \x03(\x0b\x32\x13.smsgw.v1.SimPacing\x12\x1e\n\x16phone_parts_per_minute\x18\x04 \x01(\r\x12\x17\n\x0fpriority_bypass\x18\x05 \x01(\x08\x12\x12\n\ncustomized\x18\x06 \x01(\x08\"-\n\x18GetDeviceSettingsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"X\n\x1bUpdateDeviceSettingsRequest\x12*\n\x08settings\x18\x01 \x01(\x0b\x32\x18.smsgw.v1.DeviceSettings\x12\r\n\x05reset\x18\x02 \x01(\x08\x32\xa6\x03\n\rDeviceService\x12J\n\x0bListDevices\x12\x1c.smsgw.v1.ListDevicesRequest\x1a\x1d.smsgw.v1.ListDevicesResponse\x12N\n\x11\x43reatePairingCode\x12\".smsgw.v1.CreatePairingCodeRequest\x1a\x15.smsgw.v1.PairingCode\x12M\n\x0c\x44\x65leteDevice\x12\x1d.smsgw.v1.DeleteDeviceRequest\x1a\x1e.smsgw.v1.DeleteDeviceResponse\x12Q\n\x11GetDeviceSettings\x12\".smsgw.v1.GetDeviceSettingsRequest\x1a\x18.smsgw.v1.DeviceSettings\x12W\n\x14UpdateDeviceSettings\x12%.smsgw.v1.UpdateDeviceSettingsRequest\x1a\x18.smsgw.v1.DeviceSettingsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIM']._serialized_start=69
   _globals['_SIM']._serialized_end=132
   _globals['_DEVICE']._serialized_start=135
-  _globals['_DEVICE']._serialized_end=377
-  _globals['_LISTDEVICESREQUEST']._serialized_start=379
-  _globals['_LISTDEVICESREQUEST']._serialized_end=399
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=401
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=457
-  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_start=459
-  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_end=527
-  _globals['_PAIRINGCODE']._serialized_start=529
-  _globals['_PAIRINGCODE']._serialized_end=624
-  _globals['_DELETEDEVICEREQUEST']._serialized_start=626
-  _globals['_DELETEDEVICEREQUEST']._serialized_end=659
-  _globals['_DELETEDEVICERESPONSE']._serialized_start=661
-  _globals['_DELETEDEVICERESPONSE']._serialized_end=717
-  _globals['_SIMPACING']._serialized_start=720
-  _globals['_SIMPACING']._serialized_end=873
-  _globals['_DEVICESETTINGS']._serialized_start=876
-  _globals['_DEVICESETTINGS']._serialized_end=1068
-  _globals['_GETDEVICESETTINGSREQUEST']._serialized_start=1070
-  _globals['_GETDEVICESETTINGSREQUEST']._serialized_end=1115
-  _globals['_UPDATEDEVICESETTINGSREQUEST']._serialized_start=1117
-  _globals['_UPDATEDEVICESETTINGSREQUEST']._serialized_end=1205
-  _globals['_DEVICESERVICE']._serialized_start=1208
-  _globals['_DEVICESERVICE']._serialized_end=1630
+  _globals['_DEVICE']._serialized_end=474
+  _globals['_LISTDEVICESREQUEST']._serialized_start=476
+  _globals['_LISTDEVICESREQUEST']._serialized_end=496
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=498
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=554
+  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_start=556
+  _globals['_CREATEPAIRINGCODEREQUEST']._serialized_end=624
+  _globals['_PAIRINGCODE']._serialized_start=626
+  _globals['_PAIRINGCODE']._serialized_end=721
+  _globals['_DELETEDEVICEREQUEST']._serialized_start=723
+  _globals['_DELETEDEVICEREQUEST']._serialized_end=756
+  _globals['_DELETEDEVICERESPONSE']._serialized_start=758
+  _globals['_DELETEDEVICERESPONSE']._serialized_end=814
+  _globals['_SIMPACING']._serialized_start=817
+  _globals['_SIMPACING']._serialized_end=970
+  _globals['_DEVICESETTINGS']._serialized_start=973
+  _globals['_DEVICESETTINGS']._serialized_end=1165
+  _globals['_GETDEVICESETTINGSREQUEST']._serialized_start=1167
+  _globals['_GETDEVICESETTINGSREQUEST']._serialized_end=1212
+  _globals['_UPDATEDEVICESETTINGSREQUEST']._serialized_start=1214
+  _globals['_UPDATEDEVICESETTINGSREQUEST']._serialized_end=1302
+  _globals['_DEVICESERVICE']._serialized_start=1305
+  _globals['_DEVICESERVICE']._serialized_end=1727
 # @@protoc_insertion_point(module_scope)

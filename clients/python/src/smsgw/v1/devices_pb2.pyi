@@ -20,7 +20,7 @@ class Sim(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., operator_name: _Optional[str] = ..., country_iso: _Optional[str] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "name", "online", "last_seen", "sims", "app_version", "created_at", "pending", "connected_with_token")
+    __slots__ = ("id", "name", "online", "last_seen", "sims", "app_version", "created_at", "pending", "connected_with_token", "wakeable", "last_woken_at", "push_token_invalid")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,9 @@ class Device(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_WITH_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WAKEABLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_WOKEN_AT_FIELD_NUMBER: _ClassVar[int]
+    PUSH_TOKEN_INVALID_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     online: bool
@@ -39,7 +42,10 @@ class Device(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     pending: int
     connected_with_token: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sims: _Optional[_Iterable[_Union[Sim, _Mapping]]] = ..., app_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending: _Optional[int] = ..., connected_with_token: _Optional[bool] = ...) -> None: ...
+    wakeable: bool
+    last_woken_at: _timestamp_pb2.Timestamp
+    push_token_invalid: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sims: _Optional[_Iterable[_Union[Sim, _Mapping]]] = ..., app_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending: _Optional[int] = ..., connected_with_token: _Optional[bool] = ..., wakeable: _Optional[bool] = ..., last_woken_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., push_token_invalid: _Optional[bool] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()

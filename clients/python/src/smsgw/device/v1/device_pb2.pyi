@@ -73,14 +73,16 @@ UNKNOWN_MESSAGE: RejectReason
 UNKNOWN_RECIPIENT: RejectReason
 
 class DeviceFrame(_message.Message):
-    __slots__ = ("hello", "receipt", "inbound")
+    __slots__ = ("hello", "receipt", "inbound", "push_token")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     INBOUND_FIELD_NUMBER: _ClassVar[int]
+    PUSH_TOKEN_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     receipt: Receipt
     inbound: Inbound
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., inbound: _Optional[_Union[Inbound, _Mapping]] = ...) -> None: ...
+    push_token: PushToken
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., inbound: _Optional[_Union[Inbound, _Mapping]] = ..., push_token: _Optional[_Union[PushToken, _Mapping]] = ...) -> None: ...
 
 class BridgeFrame(_message.Message):
     __slots__ = ("welcome", "deliver", "ack", "drop", "settings", "reject")
@@ -109,18 +111,26 @@ class Sim(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., operator_name: _Optional[str] = ..., country_iso: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("app_version", "sims", "window", "held_message_ids", "held")
+    __slots__ = ("app_version", "sims", "window", "held_message_ids", "held", "push_token")
     APP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIMS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     HELD_MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    PUSH_TOKEN_FIELD_NUMBER: _ClassVar[int]
     app_version: str
     sims: _containers.RepeatedCompositeFieldContainer[Sim]
     window: int
     held_message_ids: _containers.RepeatedScalarFieldContainer[str]
     held: _containers.RepeatedCompositeFieldContainer[HeldRecipient]
-    def __init__(self, app_version: _Optional[str] = ..., sims: _Optional[_Iterable[_Union[Sim, _Mapping]]] = ..., window: _Optional[int] = ..., held_message_ids: _Optional[_Iterable[str]] = ..., held: _Optional[_Iterable[_Union[HeldRecipient, _Mapping]]] = ...) -> None: ...
+    push_token: str
+    def __init__(self, app_version: _Optional[str] = ..., sims: _Optional[_Iterable[_Union[Sim, _Mapping]]] = ..., window: _Optional[int] = ..., held_message_ids: _Optional[_Iterable[str]] = ..., held: _Optional[_Iterable[_Union[HeldRecipient, _Mapping]]] = ..., push_token: _Optional[str] = ...) -> None: ...
+
+class PushToken(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class HeldRecipient(_message.Message):
     __slots__ = ("message_id", "recipient_index", "attempt")
