@@ -273,9 +273,16 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--receive", default="", metavar="TEXT",
                      help="the received SMS' text (default: numbered); without --receive-every, one per phone")
     sim.add_argument("--receive-from", default="+15550199000", metavar="SENDER", help="the received SMS' sender")
+    sim.add_argument("--doze", type=float, metavar="SECONDS",
+                     help="phones close their session after this long idle and come back only when woken "
+                          "by an FCM push (through `smsgw fcm-standin`) or to report something (docs/push.md)")
     sim.add_argument("--private-token-env", metavar="VAR",
                      help="environment variable holding a private-mode server's token, sent when pairing")
     passphrase_arg(sim, "the phones open encrypted messages and seal what they receive (docs/e2e.md)")
+
+    from gateway import cli_standin
+
+    cli_standin.add_parser(sub)
 
     bench = sub.add_parser("bench", help="measure latency, throughput, idle sessions and a reconnect storm (docs/performance.md)")
     bench.add_argument("--quick", action="store_true", help="small counts, under a minute (the CI smoke run)")
@@ -326,6 +333,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _db(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "fcm-standin":
+        from gateway import cli_standin
+
+        return cli_standin.run(args)
     if args.command == "users":
         from gateway import cli_users
 

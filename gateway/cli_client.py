@@ -351,6 +351,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.devices < 1:
         return _usage("--devices must be at least 1")
+    if args.doze is not None and args.doze <= 0:
+        return _usage("--doze must be more than 0 seconds")
     device_url = args.device_url or _device_url_from_endpoints(args)
     private_token = ""
     if args.private_token_env:
@@ -382,6 +384,7 @@ def _simulate(args: argparse.Namespace) -> int:
         receive_every=args.receive_every,
         receive_text=args.receive,
         receive_from=args.receive_from,
+        doze=args.doze,
     )
     try:
         return run_simulator(options)

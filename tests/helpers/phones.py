@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -46,9 +47,11 @@ async def start_phones(
     modem: ModemOptions | None = None,
     encoding: str = "proto",
     gate: trio.Event | None = None,
+    push_token_for: Callable[[str], str] | None = None,
     **agent: Any,
 ) -> list[PhoneAgent]:
-    """Pair `count` phones through the API and wait until each had its first Welcome."""
+    """Pair `count` phones through the API and wait until each had its first Welcome.
+    `push_token_for(name)`: each phone's push token (FCM wake-ups); none by default."""
 
     def codes() -> list[str]:
         with Client(grpc_target, token) as client:
@@ -65,7 +68,8 @@ async def start_phones(
             # Tests reconnect fast; the schedule's shape is unit-tested in test_backoff.
             backoff=Backoff(scale=0.02),
             name=f"test-{i}",
-            **agent,  # e.g. private_token, passphrases
+            push_token=push_token_for(f"test-{i}") if push_token_for is not None else "",
+            **agent,  # e.g. private_token, passphrases, doze_after
         )
         with trio.fail_after(30):
             await nursery.start(phone.run)

@@ -256,6 +256,14 @@ class PhoneAgent:
         max_parts: The most SMS parts the phone sends for one recipient; an
             encrypted text whose plaintext needs more fails (the server cannot
             count ciphertext).
+        push_token: Its FCM registration token, reported in every Hello so
+            the gateway can wake it with a push once its session is gone
+            (docs/push.md); "" = none. :meth:`set_push_token` changes it.
+        doze_after: Seconds of idleness (nothing received, nothing in flight
+            or unacknowledged) after which the phone closes its session (1000)
+            and stays away until :meth:`wake` is called (a push arrived) or it
+            has something of its own to report; None = never (the default: a
+            phone that holds its session). Models Android's Doze.
 
     Attributes (test hooks; read them, do not write them, except
     ``pause_accepting``):
@@ -309,6 +317,8 @@ class PhoneAgent:
         private_token: str | None = None,
         passphrases: Sequence[str] = (),
         max_parts: int = 10,
+        push_token: str = "",
+        doze_after: float | None = None,
     ) -> None:
         if not token and not pairing_code:
             raise ValueError("a phone needs a device token or a pairing code")
@@ -325,6 +335,13 @@ class PhoneAgent:
         self.private_token = private_token or None
         self._keys_ring = KeyRing(passphrases) if passphrases else None
         self.max_parts = max_parts
+        self.push_token = push_token
+        self.doze_after = doze_after
+        self.dozing = False  # the session was closed for idleness; waiting for a wake
+        self.wakes = 0  # wake-ups (pushes) that reached the phone while it was away
+        self.dozes = 0
+        self._woken = trio.Event()
+        self._last_activity = 0.0
         self.token = token or None
         self.pairing_code = pairing_code or None
         self.encoding = _ENCODINGS[encoding]
@@ -466,6 +483,34 @@ class PhoneAgent:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        if self.doze_after is not None:
+            self._last_activity = trio.current_time()
+            if self.dozing and (self.unacked or self.inbound_unacked):
+                self._woken.set()  # something of its own to report: a real phone connects for that
+
+    def _busy(self) -> bool:
+        """Something would be lost or late if the session closed now."""
+        return bool(self.unacked or self.inbound_unacked or self.parked) or any(
+            r.started and not r.finished for r in self._recipients.values()
+        )
+
+    async def _doze_when_idle(self, ws: ClientConnection) -> None:
+        """Close the session once idle for ``doze_after`` (see the class docstring)."""
+        assert self.doze_after is not None
+        self._last_activity = trio.current_time()
+        while True:
+            await trio.sleep_until(self._last_activity + self.doze_after)
+            if trio.current_time() < self._last_activity + self.doze_after:
+                continue  # something happened meanwhile
+            if self._busy() or not self.connected:
+                self._last_activity = trio.current_time()
+                continue
+            self.dozing = True
+            self.dozes += 1
+            self._log.debug("z idle for %.1f s: closing the session until woken", self.doze_after)
+            with trio.move_on_after(5):
+                await ws.aclose(1000, "idle: dozing until woken")
+            return
 
     # --- the store: sync, no I/O (the adapter's interface) -------------------
 
@@ -478,13 +523,32 @@ class PhoneAgent:
         self._nursery = nursery
 
     def send_hello(self, proto: DeviceSession) -> None:
-        """Queue this phone's Hello on ``proto`` (SIMs, held recipients and their messages)."""
+        """Queue this phone's Hello on ``proto`` (SIMs, held recipients and their messages, push token)."""
         proto.send_hello(
             app_version=self.app_version,
             sims=self.sims,
             held_message_ids=self.held_unacked_ids(),
             held=self.held_recipients(),
+            push_token=self.push_token,
         )
+
+    def set_push_token(self, token: str) -> None:
+        """FCM handed the phone a new token: tell the bridge now (PushToken) if a session is
+        open; every later Hello carries it anyway."""
+        self.push_token = token
+        proto = self._proto
+        if proto is not None and proto.state is _OPEN:
+            proto.send_push_token(token)
+            self._frames_ready.set()
+
+    def wake(self) -> None:
+        """A wake-up push arrived: a phone that is away connects at once (no backoff wait).
+        Ignored while a session is open."""
+        if self.connected:
+            return
+        self.wakes += 1
+        self._log.debug("! woken by a push")
+        self._woken.set()
 
     def attach_session(self, proto: DeviceSession) -> None:
         """Make ``proto`` the current session; receipts go out once it is OPEN.
@@ -858,11 +922,17 @@ class PhoneAgent:
                         break
                     if self._stopping:
                         break
+                    if self.dozing:  # away until a push (or its own news) wakes it
+                        await self._woken.wait()
+                        self._woken, self.dozing = trio.Event(), False
+                        continue
                     delay = self.backoff.next_delay()
                     if self._retry_after is not None:  # the bridge said when: no sooner
                         delay, self._retry_after = max(delay, self._retry_after), None
                     self._log.debug("- reconnecting in %.2f s", delay)
-                    await trio.sleep(delay)
+                    with trio.move_on_after(delay):
+                        await self._woken.wait()  # a push cuts the wait short
+                    self._woken = trio.Event()
                 nursery.cancel_scope.cancel()
         finally:
             self.use_nursery(None)
@@ -930,6 +1000,8 @@ class PhoneAgent:
                 self._session_scope = scope
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, ws, proto)
+                    if self.doze_after is not None:
+                        nursery.start_soon(self._doze_when_idle, ws)
                     close_code = await self._reader(ws, proto)
                     nursery.cancel_scope.cancel()
         finally:

@@ -35,6 +35,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -55,6 +56,7 @@ __all__ = [
     "FAILURE_CLASSES",
     "SUMMARY_INTERVAL",
     "SimulatorOptions",
+    "WakeListener",
     "load_state",
     "run_simulator",
     "save_state",
@@ -108,6 +110,7 @@ class SimulatorOptions:
     receive_every: float | None = None  # seconds between SMS each phone receives; None = see receive_text
     receive_text: str = ""  # the received SMS' text ("" = numbered); alone: one SMS per phone
     receive_from: str = DEFAULT_SENDER  # their sender
+    doze: float | None = None  # seconds idle before a phone closes its session until woken; None = never
 
 
 # --- the state file -------------------------------------------------------------
@@ -187,6 +190,7 @@ class _Simulator:
         self._main_scope: trio.CancelScope | None = None
         self._phones_running = 0
         self._ssl_context = _ssl_context(options)
+        self._wakes: WakeListener | None = None  # --doze: pushes forwarded by the FCM stand-in
         # One pairing-code request at a time: a herd of phones would otherwise hit the
         # per-token rate limit all at once, and each refusal asks all of them to wait.
         self._code_lock = trio.Lock()
@@ -210,6 +214,8 @@ class _Simulator:
         try:
             with trio.CancelScope() as scope:
                 self._main_scope = scope
+                if self.options.doze is not None:
+                    self._wakes = WakeListener(self._woken)
                 async with trio.open_nursery() as nursery:
                     if threading.current_thread() is threading.main_thread():
                         nursery.start_soon(self._watch_signals, nursery)
@@ -223,6 +229,8 @@ class _Simulator:
                     for index in range(self.options.devices):
                         nursery.start_soon(self._phone_task, index)
         finally:
+            if self._wakes is not None:
+                self._wakes.close()
             if self._state_unsaved:
                 self._save_state_now()
             if self._client is not None:
@@ -281,10 +289,18 @@ class _Simulator:
             ssl_context=self._ssl_context,
             private_token=o.private_token or None,
             passphrases=o.passphrases,
+            doze_after=o.doze,
+            push_token=self._wakes.token_for(_name(index)) if self._wakes is not None else "",
             **auth,
         )
         self.agents[index] = agent
         return agent
+
+    def _woken(self, name: str) -> None:
+        """A push for phone `name` came through the stand-in (on the trio thread)."""
+        for agent in self.agents:
+            if agent is not None and agent.name == name:
+                agent.wake()
 
     async def _phone_task(self, index: int) -> None:
         try:
@@ -484,6 +500,45 @@ class _Simulator:
                         + (f"; Android limit dialogs {summary[6]}" if summary[6] else "")
                         + (f"; inbound {summary[7]}" if summary[7] else "")
                     )
+
+
+class WakeListener:
+    """Where the FCM stand-in (gateway/push/standin.py) forwards the pushes meant for this
+    simulator's phones: an HTTP server on 127.0.0.1, `POST /wake/<phone name>`. Each phone
+    reports the push token `loopback:<port>:<name>`; a real phone's would come from FCM."""
+
+    def __init__(self, on_wake: Callable[[str], None]) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(min(int(self.headers.get("content-length") or 0), 4096))
+                name = self.path.removeprefix("/wake/")
+                found = self.path.startswith("/wake/") and bool(name)
+                self.send_response(204 if found else 404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                if found:
+                    try:
+                        token.run_sync_soon(on_wake, name)
+                    except trio.RunFinishedError:
+                        pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="smsgw-sim-wakes", daemon=True)
+        self._thread.start()
+
+    def token_for(self, name: str) -> str:
+        return f"loopback:{self.port}:{name}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def _name(index: int) -> str:
