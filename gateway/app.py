@@ -194,6 +194,7 @@ class _GatewayThread:
         push = self._push_sender() if self.jobs else None
         if push is not None:  # wake-up pushes for phones gone with work waiting (docs/push.md)
             waker = Waker(WakeStore(self.db), push, self.settings.fcm, self.metrics)
+            self.bus.attach_gateway(waker.nudge)  # new work may be for a phone that is away
             tasks.append(asyncio.create_task(waker.run()))
         if self.api:
             # The watch streams read the ring; the bus wakes the ring, whose refill wakes them.

@@ -128,8 +128,15 @@ def _unreachable_body(device_id: str, name: str) -> dict[str, Any]:
     return {"device": {"id": device_id, "name": name, "wakeable": False}}
 
 
+# Checks come at most this often, however often they are asked for (every commit that logs
+# events asks): one query per 0.1 s at most, and a send to a dozing phone waits <= 0.1 s here.
+_SPACING = 0.1
+
+
 class Waker:
-    """The worker's loop: every `fcm.check_interval`, claim the phones due and push them."""
+    """The worker's loop: claim the phones due and push them, every `fcm.check_interval`, and
+    soon after any commit that logged events (`nudge`, from the bus): new work for a phone
+    that left long ago is pushed at once instead of at the next check."""
 
     def __init__(
         self,
@@ -146,16 +153,26 @@ class Waker:
         self.metrics = metrics
         self.clock = clock
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._nudged = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Check soon (on the loop `run` runs on: the bus's events callback)."""
+        self._nudged.set()
 
     async def run(self) -> None:
         """Until cancelled; a failing database is logged and tried again next time."""
         try:
             while True:
+                self._nudged.clear()
                 try:
                     await self.wake_due()
                 except Exception:
                     log.exception("looking for phones to wake failed; will retry")
-                await asyncio.sleep(self.settings.check_interval)
+                await asyncio.sleep(_SPACING)
+                try:
+                    await asyncio.wait_for(self._nudged.wait(), max(0.0, self.settings.check_interval - _SPACING))
+                except TimeoutError:
+                    pass
         finally:
             for task in self._in_flight:
                 task.cancel()

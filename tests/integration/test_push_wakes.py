@@ -207,3 +207,50 @@ def test_fcm_is_off_without_credentials_and_a_bad_file_is_refused_at_start(tmp_p
                 nursery.cancel_scope.cancel()
 
         trio.run(main)
+
+
+def test_the_commands_fcm_standin_serve_and_simulate_doze(tmp_path: Path) -> None:
+    """The path docs/push.md shows: `smsgw fcm-standin` writes credentials and prints the
+    settings, `smsgw serve` uses them, `smsgw simulate --doze` phones sleep until pushed."""
+    standin = subprocess.Popen(
+        [SMSGW, "fcm-standin", "--credentials-out", str(tmp_path / "standin.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    sim: subprocess.Popen[bytes] | None = None
+    try:
+        assert standin.stdout is not None
+        standin.stdout.readline()  # "FCM stand-in at URL; start the worker (or serve) with"
+        settings = dict(part.split("=", 1) for part in standin.stdout.readline().split())
+        env = {**settings, "SMSGW_FCM__GRACE": str(_GRACE), "SMSGW_FCM__CHECK_INTERVAL": "0.2"}
+        with ServerProcess(tmp_path / "data", env=env) as server:
+            sim = subprocess.Popen(
+                [SMSGW, "simulate", "--server", server.grpc_target, "--token-file", str(server.token_file()),
+                 "--devices", "2", "--state-file", str(tmp_path / "phones.json"), "--device-url", server.device_url,
+                 "--reconnect-scale", "0.02", "--duration", "120", "--doze", "1", "--send-delay", "0.01",
+                 "--delivery-delay", "0.01"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            with Client(server.grpc_target, server.token) as client:
+
+                def asleep() -> bool:
+                    devices = client.list_devices().devices
+                    return len(devices) == 2 and all(d.wakeable and not d.online and d.last_seen.seconds for d in devices)
+
+                deadline = time.monotonic() + _WAIT
+                while not asleep():
+                    assert time.monotonic() < deadline, "the simulated phones did not doze"
+                    time.sleep(0.1)
+                ids = [client.send_message(["+15550001234"], "wake up", device_id=d.id).id
+                       for d in client.list_devices().devices]
+                deadline = time.monotonic() + _WAIT
+                while {client.get_message(i).state for i in ids} != {common_pb2.DELIVERED}:
+                    assert time.monotonic() < deadline, "not delivered after the pushes"
+                    time.sleep(0.1)
+    finally:
+        for proc in (sim, standin):
+            if proc is not None:
+                proc.terminate()
+        if sim is not None:
+            sim.wait(30)
+        out, _ = standin.communicate(timeout=30)
+    assert "stopping after 2 pushes" in out, out
