@@ -29,6 +29,7 @@ from gateway.bench import raw
 from gateway.bench.fleet import raise_open_files_limit
 from gateway.bench.processes import FleetProc, ServerRun, SplitRun
 from gateway.bench.report import render, rows
+from gateway.bench.dozing import dozing
 from gateway.bench.scenarios import Api, bulk, idle, latency, pair_phones, quiet, storm, throughput
 from gateway.private_files import ensure_private_dir
 
@@ -206,6 +207,10 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         save()
         results["sqlite"] = {}
         asyncio.run(_ours(o, work, "sqlite", {}, say, results["sqlite"], save, everything=True))
+        count = 5 if o.quick else 20
+        say(f"[dozing] {count} messages to a phone that dozes, each woken by an FCM push (local stand-in)")
+        results["dozing"] = asyncio.run(_step(say, dozing(work, count, _token)))
+        save()
         with _postgres(o.postgres) if o.postgres else nullcontext() as url:
             if url is None:
                 results["postgres"] = "skipped: PostgreSQL not reachable" if o.postgres else "skipped"
@@ -239,4 +244,4 @@ def unfinished(results: dict[str, Any]) -> list[str]:
         if isinstance(results.get(db), dict)
         for name, value in results[db].items()
         if isinstance(value, dict) and "error" in value
-    ]
+    ] + (["dozing"] if isinstance(results.get("dozing"), dict) and "error" in results["dozing"] else [])

@@ -171,6 +171,15 @@ def rows(results: dict[str, Any]) -> list[Row]:
     ):
         if value is not None:
             out.append(Row(name, value, "ms"))
+    doze = results.get("dozing")
+    if isinstance(doze, dict) and "error" in doze:
+        out.append(Row(f"[dozing] did not finish ({str(doze['error'])[:70]})", None, "", met=False))
+    elif isinstance(doze, dict):
+        # Beside "[sqlite] SendMessage return -> DELIVERED on WatchMessages": the connected phone's.
+        for p in ("p50", "p95"):
+            out.append(Row(f"[dozing] SendMessage return -> DELIVERED, phone woken by FCM push {p} "
+                           f"({doze['delivered']}/{doze['messages']} messages, {doze['pushes']} pushes)",
+                           _get(doze, "delivered_after_return", f"{p}_ms"), "ms"))
     return out
 
 
