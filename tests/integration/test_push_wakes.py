@@ -254,3 +254,70 @@ def test_the_commands_fcm_standin_serve_and_simulate_doze(tmp_path: Path) -> Non
             sim.wait(30)
         out, _ = standin.communicate(timeout=30)
     assert "stopping after 2 pushes" in out, out
+
+
+def test_the_bridge_stores_a_push_token_frame_and_refuses_a_bad_one(server: ServerProcess) -> None:
+    """A phone paired without a token (not wakeable) reports one in a PushToken frame: wakeable
+    at once. A token that is not printable ASCII ends the session with 4000 naming the field."""
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.helpers.raw_phone import pair_raw
+
+    phone, _ = pair_raw(server.grpc_target, server.token, server.device_url)
+    with Client(server.grpc_target, server.token) as client:
+
+        def wakeable() -> bool:
+            [listed] = client.list_devices().devices
+            return bool(listed.wakeable)
+
+        assert not wakeable()
+        phone.proto.send_push_token("fcm-token-from-onNewToken")
+        phone.flush()
+        deadline = time.monotonic() + _WAIT
+        while not wakeable():
+            assert time.monotonic() < deadline, "the PushToken frame was not stored"
+            time.sleep(0.05)
+        from smsgw.device.v1 import device_pb2
+
+        from device_bridge.protocol import encode
+
+        phone.ws.send(encode(device_pb2.DeviceFrame(push_token=device_pb2.PushToken(token="not a token")), phone.proto.encoding))
+        with pytest.raises(ConnectionClosed) as caught:
+            for _ in range(10):  # bounded: the close comes at once
+                phone.ws.recv(10)
+        assert caught.value.rcvd is not None and caught.value.rcvd.code == 4000
+        assert "PushToken.token" in caught.value.rcvd.reason
+        assert wakeable()  # the stored token is untouched
+
+
+def test_with_separate_processes_the_worker_wakes_the_phone(tmp_path: Path, standin: FcmStandIn) -> None:
+    """`smsgw gateway`, `bridge` and `worker` on PostgreSQL: the worker hears of the new work on
+    the bus and pushes; the phone comes back to the bridge and the message is DELIVERED."""
+    from tests.helpers.postgres import throwaway_database
+    from tests.helpers.server import admin_token, upgraded_database
+
+    with throwaway_database() as url:
+        env = {**_fcm_env(standin, tmp_path), "SMSGW_DATABASE__URL": url}
+        password = upgraded_database(tmp_path, env, (tmp_path / "gateway",))
+        with (
+            ServerProcess(tmp_path / "worker", env=env, role="worker") as worker,
+            ServerProcess(tmp_path / "bridge", env=env, role="bridge") as bridge,
+            ServerProcess(tmp_path / "gateway", env=env, role="gateway") as gateway,
+        ):
+            gateway.endpoints["device"] = bridge.device_url
+            gateway._token = admin_token(gateway, password)
+
+            async def main() -> None:
+                async with trio.open_nursery() as nursery:
+                    [phone] = await _dozing_phones(nursery, gateway, 1)
+                    [message] = await trio.to_thread.run_sync(_send_to_each, gateway, [phone], "across processes")
+                    with trio.fail_after(_WAIT):
+                        while await trio.to_thread.run_sync(_states, gateway, [message]) != {common_pb2.DELIVERED}:
+                            await trio.sleep(0.1)
+                    assert phone.wakes == 1
+                    nursery.cancel_scope.cancel()
+
+            trio.run(main)
+            assert len(standin.received) == 1
+            assert _metric(worker, 'smsgw_fcm_wakes_total{outcome="sent"}') == 1
+            assert _metric(bridge, "smsgw_bridge_wake_to_reconnect_seconds_count") == 1

@@ -33,6 +33,7 @@ from device_bridge.protocol import (
     Encoding,
     HelloReceived,
     InvalidEventReceived,
+    PushTokenReceived,
     InvalidState,
     ProtocolError,
     Receipt,
@@ -111,7 +112,7 @@ def deliver(bridge: DeviceSession, phone: DeviceSession, *message_ids: str) -> l
 
 def raw(encoding: Encoding, **members: Any) -> bytes | str:
     """Encode a hand-made frame: a BridgeFrame for welcome/deliver/ack/drop, else a DeviceFrame."""
-    if members.keys() & {"hello", "receipt"}:
+    if members.keys() & {"hello", "receipt", "push_token"}:
         return encode(device_pb2.DeviceFrame(**members), encoding)
     return encode(device_pb2.BridgeFrame(**members), encoding)
 
@@ -242,6 +243,47 @@ class TestHandshake:
         assert bridge.side is Side.BRIDGE and phone.side is Side.PHONE
         assert bridge.encoding is phone.encoding is encoding
         assert "BRIDGE OPEN" in repr(bridge)
+
+
+class TestPushToken:
+    """The phone's FCM token (docs/protocol.md rule 13): in Hello, and in a PushToken frame."""
+
+    def test_in_hello_and_as_a_frame(self, encoding: Encoding) -> None:
+        bridge, phone = make_pair(encoding)
+        phone.send_hello(app_version="1", sims=[], push_token="fcm:APA91b-x_y")
+        [hello] = transfer(phone, bridge)
+        assert hello.push_token == "fcm:APA91b-x_y"
+        bridge.send_welcome("dev-1", ping_interval=20, server_time=NOW)
+        transfer(bridge, phone)
+        phone.send_push_token("fcm:new")
+        phone.send_push_token("")  # none any more
+        assert transfer(phone, bridge) == [PushTokenReceived("fcm:new"), PushTokenReceived("")]
+        assert bridge.state is SessionState.OPEN
+
+    def test_a_hello_without_one_has_none(self, encoding: Encoding) -> None:
+        bridge, phone = make_pair(encoding)
+        phone.send_hello(app_version="1", sims=[])
+        [hello] = transfer(phone, bridge)
+        assert hello.push_token == ""
+
+    @pytest.mark.parametrize("bad", ["has space", "é", "x" * 1025, "tab\t"])
+    def test_a_token_that_is_not_printable_ascii_or_too_long_closes_4000(self, encoding: Encoding, bad: str) -> None:
+        bridge, _ = make_pair(encoding)
+        frame = raw(encoding, hello=device_pb2.Hello(app_version="1", window=3, push_token=bad))
+        exc = assert_fails(bridge, frame, CloseCode.BAD_FRAME)
+        assert "Hello.push_token" in exc.reason and bad not in exc.reason
+        bridge, _ = open_pair(encoding)
+        exc = assert_fails(bridge, raw(encoding, push_token=device_pb2.PushToken(token=bad)), CloseCode.BAD_FRAME)
+        assert "PushToken.token" in exc.reason
+        with pytest.raises(ValueError):
+            open_pair(encoding)[1].send_push_token(bad)
+
+    def test_only_an_open_phone_sends_one(self, encoding: Encoding) -> None:
+        bridge, phone = make_pair(encoding)
+        with pytest.raises(InvalidState):
+            phone.send_push_token("t")
+        with pytest.raises(InvalidState):
+            bridge.send_push_token("t")
 
 
 class TestDeliver:
