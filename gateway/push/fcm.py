@@ -24,11 +24,9 @@ import logging
 import random
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from google.auth import exceptions as auth_exceptions
 from google.auth import transport
 from google.oauth2 import service_account
+
+from gateway.webhooks.schedule import parse_retry_after
 
 __all__ = ["FCM_SCOPE", "FcmConfigError", "PushOutcome", "WakeResult", "FcmSender", "load_service_account"]
 
@@ -229,7 +229,7 @@ class FcmSender:
                         continue
                     if status == 429 or status >= 500:
                         failures.append(f"HTTP {status}")
-                        retry_after = _parse_retry_after(response.headers.get("retry-after"))
+                        retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
                     else:
                         outcome, detail = _classify(status, _error_of(response))
                         return self._finish(WakeResult(outcome, detail, attempt))
@@ -370,22 +370,6 @@ def _classify(status: int, error: Mapping[str, Any]) -> tuple[PushOutcome, str]:
         return PushOutcome.INVALID_TOKEN, "INVALID_ARGUMENT message.token"
     label = fcm_code or status_code
     return PushOutcome.FAILED, f"HTTP {status} {label}" if label else f"HTTP {status}"
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # str.isdigit() is also true for '²'
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _transport_reason(exc: Exception) -> str:
