@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import trio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.registry import SessionRegistry
@@ -52,6 +52,7 @@ from gateway.inbound.service import InboundService
 from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
+from gateway.observability import MetricsServer, Readiness, new_registry, serve_metrics
 from gateway.push.fcm import FcmSender, load_service_account
 from gateway.push.wakes import Waker, WakeStore
 from gateway.private_files import create_private_file, ensure_private_dir, tighten, write_private_file
@@ -68,7 +69,7 @@ from gateway.webhooks.worker import WebhookWorker
 
 __all__ = [
     "serve", "ensure_admin_account", "split_hostport", "join_hostport", "prepare_data_dir", "token_codec",
-    "start_metrics", "listen_for_phones", "until_stopped", "check_push_credentials",
+    "start_metrics", "storage_check", "listen_for_phones", "until_stopped", "check_push_credentials",
 ]
 
 log = logging.getLogger(__name__)
@@ -340,11 +341,23 @@ def token_codec(settings: Settings, keys: JwtKeys) -> TokenCodec:
     return TokenCodec(keys, issuer=jwt.issuer, audience=jwt.audience, leeway=jwt.leeway)
 
 
-def start_metrics(settings: Settings, registry: CollectorRegistry) -> tuple[Any, str]:
-    """Prometheus /metrics on `metrics.listen`: (the server, its URL)."""
+def start_metrics(settings: Settings, registry: CollectorRegistry, readiness: Readiness) -> tuple[MetricsServer, str]:
+    """/metrics, /livez and /readyz on `metrics.listen` (gateway/observability.py): (the server,
+    the metrics URL)."""
     host, port = split_hostport(settings.metrics.listen)
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    return server, f"http://{join_hostport(host, server.server_port)}/metrics"
+    server = serve_metrics(host, port, registry, readiness)
+    return server, f"http://{join_hostport(host, server.port)}/metrics"
+
+
+def storage_check(db: Database) -> Callable[[], str]:
+    """/readyz's storage check: the database answers a query."""
+
+    def check() -> str:
+        with db.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        return ""
+
+    return check
 
 
 async def listen_for_phones(
@@ -362,10 +375,12 @@ async def listen_for_phones(
     return bridge, f"{'ws' if ssl_context is None else 'wss'}://{join_hostport(host, bridge.port)}/device/v1"
 
 
-async def until_stopped(announce: Callable[[str], None], name: str) -> None:
-    """Until SIGINT or SIGTERM, which `name` ("smsgw", "smsgw bridge") announces."""
+async def until_stopped(announce: Callable[[str], None], name: str, readiness: Readiness) -> None:
+    """Until SIGINT or SIGTERM, which `name` ("smsgw", "smsgw bridge") announces; from then on
+    /readyz answers 503 (draining)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
+            readiness.draining = True
             announce(f"{name}: {signal.Signals(signum).name}, shutting down")
             return
 
@@ -386,12 +401,15 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     keys = JwtKeys.from_settings(settings.jwt, data_dir)
     codec = token_codec(settings, keys)
 
-    registry = CollectorRegistry()
+    registry = new_registry("serve")
     bus = LocalBus()
     claims = ClaimTargets()  # the bridge's sessions publish here; the gateway's creates claim on them
     gateway = _GatewayThread(settings, db, bus, registry, codec, claims=claims)
     grpc_port = await trio.to_thread.run_sync(gateway.start)
-    metrics_server, metrics_url = start_metrics(settings, registry)
+    readiness = Readiness()
+    readiness.add("storage", storage_check(db))
+    readiness.add("phones", lambda: "" if gateway.phone_url.bound else "not listening yet")
+    metrics_server, metrics_url = start_metrics(settings, registry, readiness)
     ctx = BridgeContext(
         messages=MessageRepository(db, settings.scheduler),
         devices=devices,
@@ -431,7 +449,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 announce(f"private mode: accounts from `smsgw users`, phones need the private token{guard}")
             if created:
                 announce(f"created account admin; its password is in {password_path} (smsgw login)")
-            await until_stopped(announce, "smsgw")
+            await until_stopped(announce, "smsgw", readiness)
             await trio.to_thread.run_sync(gateway.begin_shutdown)
             with trio.move_on_after(settings.bridge.shutdown_grace):
                 await bridge.aclose()

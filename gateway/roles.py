@@ -18,7 +18,6 @@ import secrets
 from collections.abc import Callable
 
 import trio
-from prometheus_client import CollectorRegistry
 
 from device_bridge.follower import follow_event_log
 from device_bridge.lease import BridgeLease
@@ -27,8 +26,9 @@ from device_bridge.registry import SessionRegistry
 from device_bridge.session_task import BridgeContext
 from gateway.app import (
     _GatewayThread, _write_json, check_push_credentials, ensure_admin_account, join_hostport, listen_for_phones,
-    prepare_data_dir, split_hostport, start_metrics, token_codec, until_stopped,
+    prepare_data_dir, split_hostport, start_metrics, storage_check, token_codec, until_stopped,
 )
+from gateway.observability import Readiness, new_registry
 from gateway.auth.repository import AuthRepository
 from gateway.auth.tokens import JwtKeys, TokenCodec
 from gateway.bus.postgres import PostgresBus
@@ -145,20 +145,22 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
     except BaseException:
         db.close()
         raise
-    registry = CollectorRegistry()
+    registry = new_registry(role)
     thread = _GatewayThread(settings, db, bus, registry, codec, claims=None, api=api, jobs=not api)
     endpoints_file = settings.data_dir / "endpoints.json"
     metrics_server = None
+    readiness = Readiness()
+    readiness.add("storage", storage_check(db))
     try:
         grpc_port = await trio.to_thread.run_sync(thread.start)
-        metrics_server, metrics_url = start_metrics(settings, registry)
+        metrics_server, metrics_url = start_metrics(settings, registry, readiness)
         endpoints = {"metrics": metrics_url}
         if api:
             grpc_host, _ = split_hostport(settings.grpc.listen)
             endpoints["grpc"] = join_hostport(grpc_host, grpc_port)
         _write_json(endpoints_file, endpoints)
         announce(f"smsgw {role} running  " + "  ".join(f"{k} {v}" for k, v in sorted(endpoints.items())))
-        await until_stopped(announce, f"smsgw {role}")
+        await until_stopped(announce, f"smsgw {role}", readiness)
         if api:
             await trio.to_thread.run_sync(thread.begin_shutdown)
     finally:
@@ -184,7 +186,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     except BaseException:
         db.close()
         raise
-    registry = CollectorRegistry()
+    registry = new_registry("bridge")
     token = trio.lowlevel.current_trio_token()
     sessions = SessionRegistry()
     lease = BridgeLease(
@@ -212,13 +214,18 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     try:
         # Alive in storage before the first phone: the worker reaps its phones if it dies.
         await trio.to_thread.run_sync(lease.start)
-        metrics_server, metrics_url = start_metrics(settings, registry)
+        readiness = Readiness()
+        readiness.add("storage", storage_check(db))
+        listening: list[str] = []
+        readiness.add("phones", lambda: "" if listening else "not listening yet")
+        metrics_server, metrics_url = start_metrics(settings, registry, readiness)
         async with trio.open_nursery() as nursery:
             bridge, device = await listen_for_phones(nursery, ctx, settings, bridge_ssl)
+            listening.append(device)
             nursery.start_soon(follow_event_log, ctx)  # wake-ups lost on the bus
             _write_json(endpoints_file, {"device": device, "metrics": metrics_url})
             announce(f"smsgw bridge running  phones {device}  metrics {metrics_url}")
-            await until_stopped(announce, "smsgw bridge")
+            await until_stopped(announce, "smsgw bridge", readiness)
             with trio.move_on_after(settings.bridge.shutdown_grace):
                 await bridge.aclose()
             nursery.cancel_scope.cancel()

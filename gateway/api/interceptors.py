@@ -44,7 +44,7 @@ from gateway.errors import (
     Unauthenticated,
     Unavailable,
 )
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, RpcMetrics
 
 __all__ = ["ApiInterceptor", "current_owner", "current_caller", "call_source", "metadata_value", "to_status", "status_of"]
 
@@ -94,6 +94,12 @@ def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str
         if name == key:
             return value if isinstance(value, str) else value.decode()
     return ""
+
+
+def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The status an aborted call ended with (context.abort() raised AbortError)."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def to_status(exc: SmsgwError) -> grpc.Status:
@@ -158,16 +164,15 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         decode = safe_deserializer(handler.request_deserializer)
         if method.startswith(_PUBLIC_PREFIXES):
             return self._wrap_infrastructure(handler, decode, method)
-        rpc = method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, rpc),
+                self._wrap_unary(handler.unary_unary, method, RpcMetrics(self._metrics, method, "unary")),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
+                self._wrap_stream(handler.unary_stream, method, RpcMetrics(self._metrics, method, "server_stream")),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
@@ -293,9 +298,11 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             st = rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
         await context.abort(st.code, st.details, st.trailing_metadata)
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str, rpc: str) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str, rpc: RpcMetrics) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
+            rpc.started.inc()
+            rpc.received.inc()
             code = "OK"
             try:
                 await self._login(context, method)
@@ -303,32 +310,56 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                     request = await run_big(parse_deferred, request)
                 if isinstance(request, Undecodable):
                     raise await self._undecodable(request, context, method)
-                return await behavior(request, context)
+                reply = await behavior(request, context)
+                rpc.sent.inc()
+                return reply
             except Exception as exc:  # noqa: BLE001 — mapped to a status, never leaked
                 if isinstance(exc, grpc.aio.AbortError):
+                    code = _aborted_code(context)
                     raise
                 code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL).name
                 self._count_limited(exc)
                 await self._fail(context, exc)
             finally:
-                self._metrics.rpc_seconds.labels(rpc, code).observe(time.perf_counter() - started)
+                rpc.handled(code)
+                rpc.seconds.observe(time.perf_counter() - started)
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, rpc: RpcMetrics
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            rpc.started.inc()
+            rpc.received.inc()
+            code = "OK"
+            if rpc.streams is not None:
+                rpc.streams.inc()
             try:
                 await self._login(context, method)
                 if isinstance(request, Deferred):
                     request = await run_big(parse_deferred, request)
                 if isinstance(request, Undecodable):
                     raise await self._undecodable(request, context, method)
+                sent = rpc.sent
                 async for item in behavior(request, context):
+                    sent.inc()
                     yield item
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away (the usual end of a watch stream)
+                raise
             except Exception as exc:  # noqa: BLE001
                 if isinstance(exc, grpc.aio.AbortError):
+                    code = _aborted_code(context)
                     raise
+                code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL).name
                 self._count_limited(exc)
                 await self._fail(context, exc)
+            finally:
+                if rpc.streams is not None:
+                    rpc.streams.dec()
+                rpc.handled(code)
+                rpc.seconds.observe(time.perf_counter() - started)
 
         return stream

@@ -15,6 +15,7 @@ from smsgw_client import Client
 from websockets.exceptions import ConnectionClosed
 
 from device_bridge.protocol import ReceiptState
+from tests.helpers.metrics import sample
 from tests.helpers.raw_phone import pair_raw
 from tests.helpers.server import ServerProcess
 
@@ -102,7 +103,12 @@ def test_metrics_endpoint_counts_without_numbers(server: ServerProcess) -> None:
     assert re.search(r"^smsgw_gateway_messages_accepted_total 1\.0$", text, re.M)
     assert re.search(r"^smsgw_bridge_sessions 1\.0$", text, re.M)
     assert re.search(r"^smsgw_bridge_delivers_total 1\.0$", text, re.M)
-    assert 'smsgw_gateway_rpc_seconds_count{code="OK",rpc="SendMessage"} 1.0' in text
+    rpc = {"grpc_type": "unary", "grpc_service": "smsgw.v1.MessageService", "grpc_method": "SendMessage"}
+    assert sample(text, "grpc_server_handled_total", **rpc, grpc_code="OK") == 1
+    assert sample(text, "grpc_server_handling_seconds_count", **rpc) == 1
+    assert sample(text, "grpc_server_started_total", **rpc) == sample(text, "grpc_server_msg_sent_total", **rpc) == 1
+    assert "smsgw_build_info{" in text and "process_cpu_seconds_total" in text
+    assert "_created" not in text  # disable_created_metrics
     label_values = re.findall(r'="([^"]*)"', "\n".join(l for l in text.splitlines() if not l.startswith("#")))
     assert label_values and not [v for v in label_values if re.search(r"\d{6,}", v)], "a number-like label value"
     phone.ws.close()
