@@ -52,6 +52,7 @@ from gateway.inbound.service import InboundService
 from gateway.messages.repository import MessageRepository
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
+from gateway.metrics_storage import BacklogCollector, StorageMetrics
 from gateway.observability import MetricsServer, Readiness, new_registry, serve_metrics
 from gateway.push.fcm import FcmSender, load_service_account
 from gateway.push.wakes import Waker, WakeStore
@@ -402,6 +403,8 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     codec = token_codec(settings, keys)
 
     registry = new_registry("serve")
+    StorageMetrics(registry).attach(db)
+    registry.register(BacklogCollector(db))
     bus = LocalBus()
     claims = ClaimTargets()  # the bridge's sessions publish here; the gateway's creates claim on them
     gateway = _GatewayThread(settings, db, bus, registry, codec, claims=claims)

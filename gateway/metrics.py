@@ -6,7 +6,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["GatewayMetrics", "RpcMetrics"]
+__all__ = ["GatewayMetrics", "RpcMetrics", "AUTH_FAILURE_REASONS"]
+
+AUTH_FAILURE_REASONS = ("password", "refresh", "access_token", "undecodable")
 
 
 class GatewayMetrics:
@@ -24,9 +26,13 @@ class GatewayMetrics:
         )
         self.auth_failures = Counter(
             "smsgw_gateway_auth_failures_total",
-            "Failed authentications (bad password, bad/revoked/reused token)",
+            "Failed authentications by what failed: password (or malformed sign-in), refresh token, "
+            "access_token (bearer), undecodable (a request that does not parse)",
+            ["reason"],
             registry=registry,
         )
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
         self.tokens_issued = Counter(
             "smsgw_gateway_tokens_issued_total", "Token pairs issued, by sign-in or refresh", ["kind"], registry=registry
         )

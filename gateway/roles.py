@@ -28,6 +28,7 @@ from gateway.app import (
     _GatewayThread, _write_json, check_push_credentials, ensure_admin_account, join_hostport, listen_for_phones,
     prepare_data_dir, split_hostport, start_metrics, storage_check, token_codec, until_stopped,
 )
+from gateway.metrics_storage import BacklogCollector, StorageMetrics
 from gateway.observability import Readiness, new_registry
 from gateway.auth.repository import AuthRepository
 from gateway.auth.tokens import JwtKeys, TokenCodec
@@ -146,6 +147,9 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
         db.close()
         raise
     registry = new_registry(role)
+    StorageMetrics(registry).attach(db)
+    if not api:  # the database's backlogs, from one kind of process (the workers)
+        registry.register(BacklogCollector(db))
     thread = _GatewayThread(settings, db, bus, registry, codec, claims=None, api=api, jobs=not api)
     endpoints_file = settings.data_dir / "endpoints.json"
     metrics_server = None
@@ -187,6 +191,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
         db.close()
         raise
     registry = new_registry("bridge")
+    StorageMetrics(registry).attach(db)
     token = trio.lowlevel.current_trio_token()
     sessions = SessionRegistry()
     lease = BridgeLease(

@@ -139,7 +139,7 @@ class AuthService:
         known) and audit it."""
         locked = self.failures.fail(source, owner_id or "")
         if self.metrics is not None:
-            self.metrics.auth_failures.inc()
+            self.metrics.auth_failures.labels(_failure_reason(why)).inc()
         detail = why + ("; address locked out" if locked else "")
         await asyncio.to_thread(self.repo.audit, AuditEntry("auth.failure", owner_id, actor, source, detail), self._now())
 
@@ -284,3 +284,11 @@ class AuthService:
 
     async def list_audit(self, owner_id: str, action: str, limit: int, before_id: int | None) -> list[AuditRecord]:
         return await asyncio.to_thread(self.repo.list_audit, owner_id, action=action, limit=limit, before_id=before_id)
+
+
+def _failure_reason(why: str) -> str:
+    """The metric's bounded label for a failure's free-text reason."""
+    for prefix, reason in (("refresh", "refresh"), ("bearer", "access_token"), ("undecodable", "undecodable")):
+        if why.startswith(prefix):
+            return reason
+    return "password"

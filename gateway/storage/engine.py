@@ -11,11 +11,11 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -31,7 +31,7 @@ from gateway.private_files import create_private_file, ensure_private_dir
 from gateway.storage import models  # noqa: F401  (registers the tables)
 from gateway.storage.event_log import write_events
 
-__all__ = ["Database", "AFTER_COMMIT", "ON_ROLLBACK", "sqlite_file"]
+__all__ = ["Database", "CommitObserver", "AFTER_COMMIT", "ON_ROLLBACK", "sqlite_file"]
 
 # session.info key: callables a writer registers to run once its transaction is durable.
 AFTER_COMMIT = "smsgw.after_commit"
@@ -69,6 +69,9 @@ class Database:
             _configure_sqlite(self.engine, sqlite_synchronous)
         self._write_lock = threading.Lock()
         self._committer = _GroupCommitter(self)
+        # Told of every commit and the event rows it logged (gateway/metrics_storage.py); the
+        # process that owns the metrics sets it.
+        self.observer: CommitObserver | None = None
 
     def create_all(self) -> None:
         """Tables straight from the models, for tests that need no migration history."""
@@ -102,13 +105,17 @@ class Database:
             try:
                 yield session
                 session.flush()  # everything else first: see gateway.storage.event_log
-                write_events(session)
+                events = write_events(session)
+                started = time.perf_counter()
                 session.commit()
             except BaseException:
                 session.rollback()
                 for undo in session.info.pop(ON_ROLLBACK, ()):
                     undo()
                 raise
+            observer = self.observer
+            if observer is not None:
+                observer.committed(events, time.perf_counter() - started)
             for callback in session.info.pop(AFTER_COMMIT, ()):
                 callback()
 
@@ -160,6 +167,14 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+class CommitObserver(Protocol):
+    def committed(self, events: Sequence[Mapping[str, Any]], seconds: float) -> None:
+        """A write transaction committed (in `seconds`), with these event rows."""
+
+    def group(self, jobs: int) -> None:
+        """The group-commit writer took this many jobs into one transaction."""
+
+
 _Job = tuple[Callable[[Session], Any], "Future[Any]"]
 
 
@@ -208,6 +223,9 @@ class _GroupCommitter:
                 self._commit(group)
 
     def _commit(self, group: list[_Job]) -> None:
+        observer = self._db.observer
+        if observer is not None:
+            observer.group(len(group))
         if len(group) > 1:
             try:
                 with self._db.write() as session:

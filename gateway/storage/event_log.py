@@ -39,13 +39,15 @@ def log_events(s: Session, rows: Iterable[Mapping[str, Any]]) -> None:
     s.info.setdefault(_QUEUED, []).extend(rows)
 
 
-def write_events(s: Session) -> None:
+def write_events(s: Session) -> list[Mapping[str, Any]]:
     """Insert the queued rows, in the order they were queued, as one executemany; on
-    PostgreSQL under the event lock. Call with everything else already flushed."""
-    rows = s.info.pop(_QUEUED, None)
+    PostgreSQL under the event lock. Call with everything else already flushed. Returns the
+    rows (for the commit's observer)."""
+    rows: list[Mapping[str, Any]] | None = s.info.pop(_QUEUED, None)
     if not rows:
-        return
+        return []
     connection: Connection = s.connection()
     if connection.dialect.name == "postgresql":
         fetch(connection, _LOCK, {"key": EVENT_LOCK_KEY})
     run_many(connection, _INSERT_EVENT, rows)
+    return rows

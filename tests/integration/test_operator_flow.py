@@ -17,6 +17,7 @@ from smsgw_client import Client, tls_credentials
 from sqlalchemy import text
 
 from gateway.storage.engine import Database, _alembic_config
+from tests.helpers.metrics import sample
 from tests.helpers.certs import make_pki
 from tests.helpers.server import SMSGW, ServerProcess
 
@@ -115,7 +116,9 @@ def test_operator_audit_log_and_metrics(tmp_path: Path) -> None:
             metrics = response.read().decode()
     finally:
         server.stop()
-    assert "smsgw_gateway_auth_failures_total 2.0" in metrics
+    assert sample(metrics, "smsgw_gateway_auth_failures_total") == 2
+    assert sample(metrics, "smsgw_gateway_auth_failures_total", reason="password") == 1
+    assert sample(metrics, "smsgw_gateway_auth_failures_total", reason="access_token") == 1
     assert 'smsgw_gateway_tokens_issued_total{kind="issue"} 1.0' in metrics
     audit = _smsgw("users", "audit", "--data-dir", str(server.data_dir), "--action", "auth.failure")
     assert audit.returncode == 0, audit.stderr
