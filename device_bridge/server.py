@@ -80,7 +80,8 @@ class _Opening:
         return release
 
 
-def _refuse(ws: ServerConnection, status: HTTPStatus, text: str) -> Response:
+def _refuse(ctx: BridgeContext, ws: ServerConnection, status: HTTPStatus, text: str) -> Response:
+    ctx.metrics.upgrades_refused.labels(str(status.value)).inc()
     response = ws.respond(status, text + "\n")
     if status == HTTPStatus.UNAUTHORIZED:
         response.headers["WWW-Authenticate"] = 'Bearer realm="smsgw-device"'
@@ -110,15 +111,15 @@ async def serve(
     async def process_request(ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path != DEVICE_PATH:
-            return _refuse(ws, HTTPStatus.NOT_FOUND, f"phones connect to {DEVICE_PATH}")
+            return _refuse(ctx, ws, HTTPStatus.NOT_FOUND, f"phones connect to {DEVICE_PATH}")
         offered = {p.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")}
         if not offered & set(SUBPROTOCOLS):
             ctx.metrics.handshakes.labels("bad_subprotocol").inc()
-            return _refuse(ws, HTTPStatus.BAD_REQUEST, "offer subprotocol " + " or ".join(SUBPROTOCOLS))
+            return _refuse(ctx, ws, HTTPStatus.BAD_REQUEST, "offer subprotocol " + " or ".join(SUBPROTOCOLS))
         release = opening.take()
         if release is None:  # a reconnect storm: say "later" at once rather than time out
             ctx.metrics.handshakes.labels("busy").inc()
-            response = _refuse(ws, HTTPStatus.SERVICE_UNAVAILABLE, "too many sessions opening; retry")
+            response = _refuse(ctx, ws, HTTPStatus.SERVICE_UNAVAILABLE, "too many sessions opening; retry")
             response.headers["Retry-After"] = str(random.randint(1, 5))
             return response
         weakref.finalize(ws, release)  # an upgrade websockets refuses later never reaches the handler
@@ -130,7 +131,7 @@ async def serve(
         if admission is None:
             release()
             ctx.metrics.handshakes.labels("bad_credentials").inc()
-            return _refuse(ws, HTTPStatus.UNAUTHORIZED, "bad or missing device credentials")
+            return _refuse(ctx, ws, HTTPStatus.UNAUTHORIZED, "bad or missing device credentials")
         admissions[ws] = replace(admission, opened=release)
         return None
 

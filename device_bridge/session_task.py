@@ -20,12 +20,13 @@ from typing import Any
 
 import trio
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State as WsState
 from websockets.trio.server import ServerConnection
 
 from device_bridge.credentials import TokenCache
 from device_bridge.keepalive import Keepalive, KeepaliveEntry
 from device_bridge.jobs import wait_job
-from device_bridge.metrics import BridgeMetrics
+from device_bridge.metrics import CLOSE_CODES, BridgeMetrics, sim_label
 from device_bridge.protocol import (
     CloseCode,
     Credentials,
@@ -192,6 +193,19 @@ class _Session:
         self.inbox_taken = trio.Event()
         self.working = True
         self.log: logging.LoggerAdapter[Any] = logging.LoggerAdapter(log, {"session": str(ws.id)[:8]})
+
+    @property
+    def window_in_use(self) -> tuple[int, int]:
+        """(Delivers in flight, the window), for the metrics (device_bridge.metrics)."""
+        if self.proto.state is not SessionState.OPEN:
+            return 0, 0
+        return self.proto.window - self.proto.window_available, self.proto.window
+
+    def count_delivers(self, units: Sequence[DispatchUnit]) -> None:
+        metrics = self.ctx.metrics
+        metrics.delivers.inc(len(units))
+        for unit in units:
+            metrics.parts.labels(sim_label(unit.sim)).inc(max(unit.message.parts, 1) * len(unit.recipient_indices))
 
     async def flush(self) -> None:
         """Send what the protocol queued, in order (one sender at a time)."""
@@ -472,7 +486,7 @@ class _Session:
         for unit in units:
             self.proto.send_deliver(_delivery(unit))
         target.sent(len(units), self.proto.window_available)
-        self.ctx.metrics.delivers.inc(len(units))
+        self.count_delivers(units)
         return len(units)
 
     async def _work(self, queue: DeviceQueue | None, target: ClaimTarget | None) -> None:
@@ -539,7 +553,7 @@ class _Session:
                 target.sent(len(batch.units), self.proto.window_available)
                 room = target.round_room
             self.room_ran_out = len(batch.units) >= room
-            ctx.metrics.delivers.inc(len(batch.units))
+            self.count_delivers(batch.units)
             wake_at = batch.wake_at
             if batch.units or batch.drops:
                 ctx.bus.notify_events()  # DISPATCHED, and any EXPIRED found on the way
@@ -581,6 +595,7 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
     assert ws.subprotocol is not None, "process_request refuses upgrades without one of ours"
     session = _Session(ctx, ws, Encoding(ws.subprotocol))
     ctx.metrics.sessions.inc()
+    ctx.metrics.window.track(session)
     close: tuple[int, str] | None = None
     pinged: KeepaliveEntry | None = None
     try:
@@ -628,6 +643,7 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
             await session.close_out()
     if close is not None:
         await _close(ctx, ws, *close)
+    _count_close(ctx, ws)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -638,8 +654,23 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
+def _count_close(ctx: BridgeContext, ws: ServerConnection) -> None:
+    """Every session's end, whoever ended it: the phone (its close frame came first), the
+    bridge (ours did), or the network (no close frame: 1006). A connection still open here
+    is closed by websockets after the handler returns (1000, the bridge's side)."""
+    protocol = ws.protocol
+    if protocol.close_rcvd is not None and protocol.close_rcvd_then_sent is not False:
+        side, code = "phone", protocol.close_rcvd.code
+    elif protocol.close_sent is not None:
+        side, code = "bridge", protocol.close_sent.code
+    elif ws.state is WsState.CLOSED:
+        side, code = "network", 1006
+    else:
+        side, code = "bridge", 1000
+    ctx.metrics.closed.labels(side, str(code) if code in CLOSE_CODES else "other").inc()
+
+
 async def _close(ctx: BridgeContext, ws: ServerConnection, code: int, reason: str) -> None:
-    ctx.metrics.closes.labels(str(code)).inc()
     try:
         await ws.aclose(code, reason)
     except ConnectionClosed:
