@@ -402,7 +402,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     keys = JwtKeys.from_settings(settings.jwt, data_dir)
     codec = token_codec(settings, keys)
 
-    registry = new_registry("serve")
+    registry = new_registry()
     StorageMetrics(registry).attach(db)
     registry.register(BacklogCollector(db))
     bus = LocalBus()

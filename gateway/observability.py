@@ -37,18 +37,19 @@ VERSION = "0.1.0"
 disable_created_metrics()
 
 
-def new_registry(role: str) -> CollectorRegistry:
+def new_registry() -> CollectorRegistry:
     """A process's registry: its own metrics plus the process, platform and GC collectors, and
-    `smsgw_build_info{version, python, role}` (role: serve, gateway, bridge, worker). The
-    metric names say which part measures them (`smsgw_gateway_*`, `smsgw_bridge_*`,
-    `smsgw_worker_*` ...); `role` on build_info lets a query join any series to its process's
-    role (`* on(instance) group_left(role) smsgw_build_info`)."""
+    `smsgw_build_info{version, python}`. Each process (serve, gateway, bridge, worker) exposes
+    its own; the names say which part measures what (`smsgw_gateway_*` the API, `smsgw_bridge_*`
+    the phone sessions, `smsgw_worker_*` / `smsgw_webhook_*` / `smsgw_fcm_*` the jobs, `grpc_*`
+    the API's calls), and the scrape config gives each target a `role` label (docs/operations.md):
+    a label set by the process itself would clash with it (Prometheus renames it `exported_role`)."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    Info("smsgw_build", "The running smsgw: its version, Python and role", registry=registry).info(
-        {"version": VERSION, "python": platform.python_version(), "role": role}
+    Info("smsgw_build", "The running smsgw: its version and Python", registry=registry).info(
+        {"version": VERSION, "python": platform.python_version()}
     )
     return registry
 

@@ -146,7 +146,7 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
     except BaseException:
         db.close()
         raise
-    registry = new_registry(role)
+    registry = new_registry()
     StorageMetrics(registry).attach(db)
     if not api:  # the database's backlogs, from one kind of process (the workers)
         registry.register(BacklogCollector(db))
@@ -190,7 +190,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
     except BaseException:
         db.close()
         raise
-    registry = new_registry("bridge")
+    registry = new_registry()
     StorageMetrics(registry).attach(db)
     token = trio.lowlevel.current_trio_token()
     sessions = SessionRegistry()

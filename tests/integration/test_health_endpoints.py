@@ -36,7 +36,7 @@ def test_serve_answers_livez_readyz_metrics_and_404_elsewhere(tmp_path: Path) ->
         status, _ = _get(f"{base}/healthz")
         assert status == 404
         text = scrape(server.endpoints["metrics"])
-        assert sample(text, "smsgw_build_info", role="serve") == 1
+        assert sample(text, "smsgw_build_info", version="0.1.0") == 1
         assert sample(text, "process_resident_memory_bytes") and sample(text, "python_gc_collections_total") is not None
         # Draining: after SIGTERM, while the bridge closes a phone's session, /readyz says 503.
         phone, _ = pair_raw(server.grpc_target, server.token, server.device_url)
@@ -63,12 +63,12 @@ def test_readyz_names_each_failing_check() -> None:
         raise ConnectionError("refused")
 
     readiness.add("other", broken)
-    server = serve_metrics("127.0.0.1", 0, new_registry("gateway"), readiness)
+    server = serve_metrics("127.0.0.1", 0, new_registry(), readiness)
     try:
         base = f"http://127.0.0.1:{server.port}"
         assert _get(f"{base}/readyz") == (503, "phones: not listening yet\nother: ConnectionError\n")
         assert _get(f"{base}/livez") == (200, "ok\n")
-        assert sample(scrape(f"{base}/metrics"), "smsgw_build_info", role="gateway") == 1
+        assert sample(scrape(f"{base}/metrics"), "smsgw_build_info") == 1
     finally:
         server.shutdown()
 
