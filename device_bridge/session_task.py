@@ -50,6 +50,7 @@ from device_bridge.protocol import (
     SimPacing,
 )
 from device_bridge.registry import SessionHandle, SessionRegistry
+from gateway import logs
 from gateway.bus import Bus
 from gateway.config import BridgeSettings
 from gateway.devices.records import DeviceIdentity, SimRecord
@@ -603,6 +604,7 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
             try:
                 identity, hello, credentials = await session.handshake(admission)
                 token_hash = admission.token_hash if credentials is None else hash_secret(credentials.token)
+                logs.device_id.set(identity.device_id)  # every line of this session's tasks carries it
                 handle = await session.open(identity, hello, credentials, token_hash)
             finally:
                 admission.opened()
@@ -668,6 +670,7 @@ def _count_close(ctx: BridgeContext, ws: ServerConnection) -> None:
     else:
         side, code = "bridge", 1000
     ctx.metrics.closed.labels(side, str(code) if code in CLOSE_CODES else "other").inc()
+    log.info("= session ended by the %s (%d)", side, code)  # the device: from the context (gateway.logs)
 
 
 async def _close(ctx: BridgeContext, ws: ServerConnection, code: int, reason: str) -> None:

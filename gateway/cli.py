@@ -9,7 +9,6 @@ statuses a shell reports for a process ended by SIGINT / SIGPIPE, so pipelines r
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -89,11 +88,15 @@ def _time(value: str) -> datetime:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw", description="On-premise SMS gateway over your own phones.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines for people (default), or one JSON object a line (docs/operations.md)")
     parser.add_argument("--version", action="version", version=f"smsgw {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run gateway + device bridge + jobs in one process (SQLite)")
     serve.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    serve.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+                       help="log lines for people (default), or one JSON object a line")
     _server_args(serve)
     serve.add_argument("--grpc-listen", help="HOST:PORT for the gRPC API (default 127.0.0.1:50051; port 0 = any)")
     serve.add_argument("--device-listen", help="HOST:PORT for phone WebSockets (default 127.0.0.1:8765)")
@@ -110,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     ):
         r = sub.add_parser(role, help=text)
         r.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        r.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+                       help="log lines for people (default), or one JSON object a line")
         _server_args(r)
         r.set_defaults(grpc_listen=None, device_listen=None, metrics_listen=None, tls_cert=None, tls_key=None, tls_client_ca=None)
         for listen in listens:
@@ -307,16 +312,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step otherwise
-    # websockets logs request headers (Authorization: device tokens, pairing codes) and
-    # frames (message bodies) at DEBUG: never let -v turn that on.
-    for name in ("websockets", "device_bridge.websockets"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    from gateway import logs
+
+    logs.configure(verbose=args.verbose, fmt=args.log_format)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

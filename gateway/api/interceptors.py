@@ -18,7 +18,9 @@ import contextvars
 import inspect
 import logging
 import math
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,6 +29,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway import logs
 from gateway.api.decoding import LOCATE_INLINE_BYTES, Deferred, Undecodable, locate, parse_deferred, safe_deserializer
 from gateway.api.offload import run_big
 from gateway.auth.records import Caller
@@ -94,6 +97,15 @@ def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str
         if name == key:
             return value if isinstance(value, str) else value.decode()
     return ""
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The client's `x-request-id` (letters, digits, `._-`, at most 64), else a new one."""
+    given = metadata_value(context, "x-request-id")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
 
 def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -301,6 +313,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str, rpc: RpcMetrics) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
+            logs.request_id.set(_request_id(context))  # this call's task: its log lines carry it
             rpc.started.inc()
             rpc.received.inc()
             code = "OK"
@@ -331,6 +344,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            logs.request_id.set(_request_id(context))
             rpc.started.inc()
             rpc.received.inc()
             code = "OK"

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from smsgw.v1 import messages_pb2, messages_pb2_grpc
 
+from gateway import logs
 from gateway.api.convert import event_to_pb, message_to_pb
 from gateway.api.cursors import (
     PAGE_MAX,
@@ -88,6 +89,7 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
         now = utcnow()
         new = await _off_loop(work, lambda _: parse_send_request(request, self.limits, now))
         record, _ = await self.service.send(current_owner(), new)
+        logs.message_id.set(record.id)  # on what this call logs from here on
         return await _off_loop(work, lambda _: message_to_pb(record))
 
     async def SendMessages(
@@ -103,6 +105,7 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
 
     async def GetMessage(self, request: messages_pb2.GetMessageRequest, context: Context) -> messages_pb2.Message:
         require(request.id, "id")
+        logs.message_id.set(request.id[:64])
         return message_to_pb(await self.service.get(current_owner(), request.id))
 
     async def ListMessages(
@@ -131,6 +134,7 @@ class MessageServicer(messages_pb2_grpc.MessageServiceServicer):
 
     async def CancelMessage(self, request: messages_pb2.CancelMessageRequest, context: Context) -> messages_pb2.Message:
         require(request.id, "id")
+        logs.message_id.set(request.id[:64])
         return message_to_pb(await self.service.cancel(current_owner(), request.id))
 
     async def RescheduleMessage(
