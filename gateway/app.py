@@ -34,6 +34,8 @@ from device_bridge.server import serve as serve_bridge
 from device_bridge.session_task import BridgeContext
 from gateway.api.devices import PhoneUrl
 from gateway.api.server import GrpcServer, start_grpc_server
+from gateway.compat.smsgate.app import SmsgateApi, build_app
+from gateway.compat.smsgate.server import HttpFront
 from gateway.auth.passwords import hash_password
 from gateway.auth.repository import AuditEntry, AuthRepository
 from gateway.auth.scopes import ALL_SCOPES
@@ -112,6 +114,10 @@ def ensure_admin_account(auth: AuthRepository, data_dir: Path) -> tuple[Path, bo
     return path, True
 
 
+class ListenError(OSError):
+    """A port that cannot be bound, in one line naming its setting."""
+
+
 class _WakeOverBus(WebhookWorker):
     """The webhook worker of a gateway that delivers nothing itself (`smsgw gateway`, issue
     16): what would wake its loop (a webhook enabled, a delivery replayed) wakes the worker
@@ -159,6 +165,8 @@ class _GatewayThread:
         self.error: BaseException | None = None
         self.grpc: GrpcServer | None = None
         self.phone_url = PhoneUrl(settings.bridge.public_url)  # `bound` is set once the bridge listens
+        self.smsgate: HttpFront | None = None  # SMSGate's API (compat.smsgate.listen), when on
+        self.smsgate_url = ""
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="smsgw-gateway", daemon=True)
 
@@ -215,8 +223,11 @@ class _GatewayThread:
                 inbound=InboundService(InboundRepository(self.db)), phone_url=self.phone_url,
             )
             tasks.append(asyncio.create_task(ring.run()))
+            await self._start_smsgate(messages, devices, auth)
         self.started.set()
         await self._stop.wait()
+        if self.smsgate is not None:
+            await self.smsgate.stop()
         for task in tasks:
             task.cancel()  # a claimed webhook delivery in flight is sent again after restart (same webhook-id)
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -227,6 +238,23 @@ class _GatewayThread:
             await push.aclose()
         if leader is not None:
             leader.close()
+
+    async def _start_smsgate(self, messages: MessageService, devices: DeviceService, auth: AuthService) -> None:
+        """SMSGate's third-party API on `compat.smsgate.listen`, when set (docs/smsgate.md)."""
+        config = self.settings.compat.smsgate
+        if not config.listen:
+            return
+        api = SmsgateApi(messages, devices, auth, self.settings.limits, region=config.default_region)
+        host, port = split_hostport(config.listen)
+        grpc = self.settings.grpc
+        try:
+            front = HttpFront(build_app(api), host, port, cert=grpc.tls_cert_file, key=grpc.tls_key_file)
+        except OSError as exc:
+            raise ListenError(f"cannot listen for the SMSGate API on {config.listen}: {exc.strerror or exc}") from None
+        await front.start()
+        self.smsgate = front
+        scheme = "https" if front.tls else "http"
+        self.smsgate_url = f"{scheme}://{join_hostport(host, front.port)}/3rdparty/v1"
 
     def _push_sender(self) -> FcmSender | None:
         config = self.settings.fcm
@@ -292,6 +320,8 @@ class _GatewayThread:
         """Start the thread; returns the gRPC port (0 without the API)."""
         self.thread.start()
         self.started.wait()
+        if isinstance(self.error, ListenError):
+            raise self.error  # names its setting already
         if self.error is not None or (self.api and self.grpc is None):
             raise OSError(f"gRPC server failed to start: {self.error}") from self.error
         return self.grpc.port if self.grpc is not None else 0
@@ -320,6 +350,7 @@ class Endpoints:
     device: str
     metrics: str
     grpc_tls: bool = False  # the gRPC entry has no scheme; clients read TLS from here
+    smsgate: str = ""  # SMSGate's third-party API base URL, when on
 
 
 def check_push_credentials(settings: Settings) -> None:
@@ -433,6 +464,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
                 device=device_url,
                 metrics=metrics_url,
                 grpc_tls=settings.grpc.tls_cert_file is not None,
+                smsgate=gateway.smsgate_url,
             )
             gateway.phone_url.bound = endpoints.device
             # Start-up objects (modules, ORM mappers, compiled statements) live for good: keep
@@ -445,7 +477,8 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
             sys.setswitchinterval(0.001)
             _write_json(data_dir / "endpoints.json", endpoints.__dict__)
             grpc_shown = endpoints.grpc + (" (TLS)" if endpoints.grpc_tls else "")
-            announce(f"smsgw serving  gRPC {grpc_shown}  phones {endpoints.device}  metrics {endpoints.metrics}")
+            announce(f"smsgw serving  gRPC {grpc_shown}  phones {endpoints.device}  metrics {endpoints.metrics}"
+                     + (f"  SMSGate API {endpoints.smsgate}" if endpoints.smsgate else ""))
             if settings.gateway.mode == "private":
                 lifted = [k for k in ("allow_private_targets", "allow_http") if getattr(settings.webhooks, k)]
                 guard = f"; webhook guard lifted: {', '.join(lifted)}" if lifted else ""

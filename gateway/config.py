@@ -267,6 +267,26 @@ class FcmSettings(_Section):
         return value.rstrip("/")
 
 
+class SmsgateCompatSettings(_Section):
+    """SMSGate's third-party REST API on its own port (docs/smsgate.md); off while `listen` is ""."""
+
+    listen: str = ""  # HOST:PORT; TLS with gRPC's certificate when that is set
+    default_region: str = Field(default="RU", pattern="^[A-Z]{2}$")  # numbers without +country: SMSGate's default
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"expected HOST:PORT with a port 0..65535, got {value!r}")
+        return value
+
+
+class CompatSettings(_Section):
+    smsgate: SmsgateCompatSettings = SmsgateCompatSettings()
+
+
 class JobsSettings(_Section):
     expiry_interval: float = 5.0
     pairing_code_ttl: int = 600
@@ -287,6 +307,7 @@ class Settings(_Section):
     jobs: JobsSettings = JobsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     fcm: FcmSettings = FcmSettings()
+    compat: CompatSettings = CompatSettings()
 
     @model_validator(mode="after")
     def _webhook_guard_only_private(self) -> Settings:

@@ -162,6 +162,8 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
         if api:
             grpc_host, _ = split_hostport(settings.grpc.listen)
             endpoints["grpc"] = join_hostport(grpc_host, grpc_port)
+            if thread.smsgate_url:
+                endpoints["smsgate"] = thread.smsgate_url
         _write_json(endpoints_file, endpoints)
         announce(f"smsgw {role} running  " + "  ".join(f"{k} {v}" for k, v in sorted(endpoints.items())))
         await until_stopped(announce, f"smsgw {role}", readiness)

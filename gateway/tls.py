@@ -141,15 +141,19 @@ def check_plaintext_allowed(settings: Settings) -> None:
     """
     if settings.gateway.insecure:
         return
-    listeners = (
-        ("grpc", settings.grpc.listen, settings.grpc.tls_cert_file, "gRPC"),
-        ("bridge", settings.bridge.listen, settings.bridge.tls_cert_file, "the phones' WebSocket"),
-    )
-    for section, listen, cert_file, what in listeners:
+    listeners = [  # (listen setting, address, certificate, its section, what)
+        ("grpc", settings.grpc.listen, settings.grpc.tls_cert_file, "grpc", "gRPC"),
+        ("bridge", settings.bridge.listen, settings.bridge.tls_cert_file, "bridge", "the phones' WebSocket"),
+    ]
+    if settings.compat.smsgate.listen:  # it shares gRPC's certificate
+        listeners.append(
+            ("compat.smsgate", settings.compat.smsgate.listen, settings.grpc.tls_cert_file, "grpc", "the SMSGate API")
+        )
+    for section, listen, cert_file, tls, what in listeners:
         if cert_file is None and not is_loopback(listen_host(listen)):
             raise ValueError(
                 f"{section}.listen {listen} is not a loopback address and {what} has no TLS certificate: "
-                f"give --tls-cert and --tls-key ({section}.tls_cert_file, {section}.tls_key_file), or pass "
+                f"give --tls-cert and --tls-key ({tls}.tls_cert_file, {tls}.tls_key_file), or pass "
                 "--insecure (gateway.insecure) to serve plaintext anyway, e.g. behind a TLS proxy"
             )
 

@@ -156,6 +156,11 @@ class AuthService:
 
     # ---- tokens --------------------------------------------------------------------
 
+    async def sign_in(self, basic: str, source: str) -> AccountRecord:
+        """The account behind Basic credentials (base64 of username:password); Unauthenticated
+        otherwise, counted and audited as any failed sign-in (the SMSGate API's Basic auth)."""
+        return await self._sign_in(basic, source)
+
     async def _sign_in(self, basic: str, source: str) -> AccountRecord:
         try:
             username, sep, password = base64.b64decode(basic, validate=True).decode().partition(":")

@@ -1,0 +1,1 @@
+"""Other gateways' APIs, spoken over smsgw's own services (issue 19)."""

@@ -1,0 +1,260 @@
+"""SMSGate's third-party API (`/3rdparty/v1`) as a Starlette app over smsgw's services: the
+same MessageService, DeviceService and AuthService the gRPC API calls, so sending, states,
+pacing, auth and limits are smsgw's own (docs/smsgate.md).
+
+Authentication as SMSGate's server does it: `Basic` with an smsgw account (checked once, then
+remembered for 60 s by a hash of the header, so a client that sends Basic on every call does
+not pay a password hash each time), or `Bearer` with an smsgw access token. SMSGate's scope
+names are smsgw's (`messages:send`, ...); its `messages:cancel` is smsgw's `messages:send`.
+Errors are `{"message": "..."}` with SMSGate's status codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from gateway.api.validation import parse_send_request
+from gateway.auth.records import Caller
+from gateway.auth.scopes import Scope
+from gateway.auth.service import AuthService
+from gateway.compat.smsgate.shapes import FROM_STATE, camel, device, message_state, send_request
+from gateway.config import LimitsSettings
+from gateway.devices.service import DeviceService
+from gateway.errors import (
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, SmsgwError,
+    Unauthenticated, Unavailable,
+)
+from gateway.messages.records import MessageFilter
+from gateway.messages.service import MessageService
+from gateway.observability import VERSION
+from gateway.types import utcnow
+
+__all__ = ["SmsgateApi", "build_app", "MAX_BODY"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20  # bytes: a send of 100 recipients and a long text is far below
+_BASIC_TTL = 60.0
+_BASIC_CACHE = 1024
+_STATUS = {
+    InvalidArgument: 400, Unauthenticated: 401, PermissionDenied: 403, NotFound: 404, AlreadyExists: 409,
+    FailedPrecondition: 409, ResourceExhausted: 429, Unavailable: 503,
+}
+
+Handler = Callable[[Request, Caller], Awaitable[Response]]
+
+
+@dataclass
+class SmsgateApi:
+    messages: MessageService
+    devices: DeviceService
+    auth: AuthService
+    limits: LimitsSettings
+    region: str = "RU"  # SMSGate's default for numbers without a country code
+    is_ready: Callable[[], bool] = lambda: True
+
+    def __post_init__(self) -> None:
+        self._basic: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
+
+    # ---- auth ----------------------------------------------------------------------
+
+    async def caller(self, request: Request, scope: Scope) -> Caller:
+        source = request.client.host if request.client else ""
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() == "basic" and credential:
+            caller = await self._basic_caller(credential, source)
+        elif scheme.lower() == "bearer" and credential:
+            self.auth.check_locked(source)
+            try:
+                caller = self.auth.authenticate(credential, source)
+            except Unauthenticated as exc:
+                await self.auth.failed(source, f"bearer: {exc}")
+                raise
+            self.auth.limit_token(caller)
+        else:
+            raise Unauthenticated("authorization required: Basic or Bearer")
+        if scope not in caller.scopes:
+            raise PermissionDenied(f"scope required: {scope}")
+        return caller
+
+    async def _basic_caller(self, credential: str, source: str) -> Caller:
+        key = hashlib.sha256(credential.encode()).digest()
+        hit = self._basic.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return Caller(hit[1].owner_id, hit[1].jti, hit[1].scopes, source)
+        self.auth.check_locked(source)
+        self.auth.limit_source(source)
+        account = await self.auth.sign_in(credential, source)
+        caller = Caller(account.id, f"basic:{account.username}", account.scopes, source)
+        self._basic[key] = (time.monotonic() + _BASIC_TTL, caller)
+        while len(self._basic) > _BASIC_CACHE:
+            self._basic.popitem(last=False)
+        return caller
+
+    # ---- endpoints -----------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        ready = self.is_ready()
+        body = {"status": "pass" if ready else "fail", "version": VERSION, "releaseId": 1,
+                "checks": {"storage": {"description": "the database answers", "status": "pass" if ready else "fail",
+                                       "observedUnit": "", "observedValue": 1 if ready else 0}}}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def send(self, request: Request, caller: Caller) -> Response:
+        body = await _json(request)
+        skip = request.query_params.get("skipPhoneValidation", "").lower() == "true"
+        req = send_request(body, region=self.region, skip_validation=skip)
+        try:
+            new = parse_send_request(req, self.limits, utcnow())
+        except InvalidArgument as exc:
+            first, *more = [(camel(f), r) for f, r in exc.violations]
+            raise InvalidArgument(*first, *more) from None
+        record, _ = await self.messages.send(caller.owner_id, new)
+        location = f"{request.url.path.rstrip('/')}/{record.id}"
+        return JSONResponse(message_state(record), status_code=202, headers={"Location": location})
+
+    async def get(self, request: Request, caller: Caller) -> Response:
+        record = await self.messages.get(caller.owner_id, request.path_params["id"])
+        return JSONResponse(message_state(record))
+
+    async def cancel(self, request: Request, caller: Caller) -> Response:
+        message_id = request.path_params["id"]
+        try:
+            record = await self.messages.cancel(caller.owner_id, message_id)
+        except FailedPrecondition:
+            raise FailedPrecondition("message is not pending") from None
+        return JSONResponse(message_state(record))
+
+    async def list(self, request: Request, caller: Caller) -> Response:
+        q = request.query_params
+        limit = _query_int(q.get("limit"), "limit", 1, 100, 50)
+        offset = _query_int(q.get("offset"), "offset", 0, 100_000, 0)
+        state = q.get("state")
+        if state is not None and state not in FROM_STATE:
+            raise InvalidArgument("state", f"one of {', '.join(FROM_STATE)}")
+        flt = MessageFilter(
+            state=FROM_STATE[state] if state else None, device_id=q.get("deviceId", ""),
+            created_after=_query_time(q.get("from"), "from"), created_before=_query_time(q.get("to"), "to"),
+        )
+        content = q.get("includeContent", "").lower() == "true"
+        newest_first = q.get("sort", "-created_at") != "created_at"
+        if q.get("sort") not in (None, "created_at", "-created_at"):
+            raise InvalidArgument("sort", "created_at or -created_at")
+        matching = await self._matching(caller.owner_id, flt, newest_first, offset + limit)
+        page = matching[offset: offset + limit]
+        total = len(matching) if len(matching) < offset + limit else await self._count(caller.owner_id, flt)
+        return JSONResponse([message_state(r, content=content) for r in page], headers={"X-Total-Count": str(total)})
+
+    async def _matching(self, owner: str, flt: MessageFilter, newest_first: bool, upto: int) -> list[Any]:
+        """The first `upto` matching messages in the asked order, read 500 at a time."""
+        out: list[Any] = []
+        cursor: dict[str, str | None] = {"before_id": None} if newest_first else {"after_id": ""}
+        while len(out) < upto:
+            want = min(500, upto - len(out))
+            page = await self.messages.list(owner, flt, limit=want, **cursor)
+            out += page
+            if len(page) < want:
+                break
+            cursor = {"before_id": page[-1].id} if newest_first else {"after_id": page[-1].id}
+        return out
+
+    async def _count(self, owner: str, flt: MessageFilter) -> int:
+        total, cursor = 0, None
+        while True:  # bounded by the owner's messages, 500 a page
+            page = await self.messages.list(owner, flt, limit=500, before_id=cursor)
+            total += len(page)
+            if len(page) < 500:
+                return total
+            cursor = page[-1].id
+
+    async def devices_list(self, request: Request, caller: Caller) -> Response:
+        return JSONResponse([device(d) for d in await self.devices.list(caller.owner_id)])
+
+    async def devices_delete(self, request: Request, caller: Caller) -> Response:
+        await self.devices.delete(caller, request.path_params["id"])
+        return Response(status_code=204)
+
+
+def _query_int(raw: str | None, name: str, low: int, high: int, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(name, f"must be an integer {low}..{high}") from None
+    if not low <= value <= high:
+        raise InvalidArgument(name, f"must be an integer {low}..{high}")
+    return value
+
+
+def _query_time(raw: str | None, name: str) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(name, "must be an RFC 3339 time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidArgument("body", f"larger than {MAX_BODY} bytes")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidArgument("body", "not JSON") from None
+
+
+def _error(exc: Exception) -> Response:
+    if isinstance(exc, InvalidArgument):
+        message = "; ".join(f"{field}: {reason}" for field, reason in exc.violations)
+    else:
+        message = str(exc) if isinstance(exc, SmsgwError) else "internal error"
+    status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, ResourceExhausted) else None
+    return JSONResponse({"message": message}, status_code=status, headers=headers)
+
+
+def build_app(api: SmsgateApi) -> Starlette:
+    """The app: `/3rdparty/v1/...`, also under `/api/3rdparty/v1/...` (the private-server
+    layout SMSGate documents), and `/health*` at the root."""
+
+    def guarded(scope: Scope, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request, await api.caller(request, scope))
+            except Exception as exc:  # noqa: BLE001 — every failure is an answer
+                if not isinstance(exc, SmsgwError):
+                    log.exception("SMSGate API handler failed")
+                return _error(exc)
+
+        return endpoint
+
+    health = [Route(path, api.health) for path in ("/health", "/health/live", "/health/ready", "/health/startup")]
+    thirdparty = [
+        *health,
+        *(Route(path, guarded(Scope.MESSAGES_SEND, api.send), methods=["POST"]) for path in ("/messages", "/message")),
+        Route("/messages", guarded(Scope.MESSAGES_LIST, api.list), methods=["GET"]),
+        Route("/messages/{id}", guarded(Scope.MESSAGES_READ, api.get), methods=["GET"]),
+        Route("/messages/{id}", guarded(Scope.MESSAGES_SEND, api.cancel), methods=["DELETE"]),
+        *(Route(path, guarded(Scope.DEVICES_LIST, api.devices_list), methods=["GET"]) for path in ("/devices", "/device")),
+        Route("/devices/{id}", guarded(Scope.DEVICES_DELETE, api.devices_delete), methods=["DELETE"]),
+    ]
+    return Starlette(routes=[*health, Mount("/3rdparty/v1", routes=thirdparty),
+                             Mount("/api/3rdparty/v1", routes=thirdparty)])
