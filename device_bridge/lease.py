@@ -67,7 +67,10 @@ class BridgeLease:
             self._conn.execute(_INSERT, (self.id, self.host))
         elif not self._conn.execute(_BEAT, (self.id,)).rowcount:
             log.warning("this bridge was taken for dead (no heartbeat for bridge.lease_grace); ending its sessions")
-            self._on_lost()
+            try:
+                self._on_lost()
+            except Exception:  # the bridge is stopping (its loop is gone): nothing to end
+                log.debug("could not end the sessions", exc_info=True)
             self._conn.execute(_INSERT, (self.id, self.host))
         if not self._locked:  # after the beat: a fresh heartbeat covers the moment it takes
             self._conn.execute("SET lock_timeout = '2s'")

@@ -643,9 +643,11 @@ async def run_session(ctx: BridgeContext, ws: ServerConnection, admission: Admis
         # Requeue first: a dead phone may never answer the closing handshake below.
         with trio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
             await session.close_out()
-    if close is not None:
-        await _close(ctx, ws, *close)
-    _count_close(ctx, ws)
+    try:
+        if close is not None:
+            await _close(ctx, ws, *close)
+    finally:
+        _count_close(ctx, ws)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -244,11 +244,16 @@ class _GatewayThread:
         config = self.settings.compat.smsgate
         if not config.listen:
             return
-        api = SmsgateApi(messages, devices, auth, self.settings.limits, region=config.default_region)
+        api = SmsgateApi(
+            messages, devices, auth, self.settings.limits, region=config.default_region, storage=storage_check(self.db)
+        )
         host, port = split_hostport(config.listen)
         grpc = self.settings.grpc
         try:
-            front = HttpFront(build_app(api), host, port, cert=grpc.tls_cert_file, key=grpc.tls_key_file)
+            front = HttpFront(
+                build_app(api), host, port, cert=grpc.tls_cert_file, key=grpc.tls_key_file,
+                client_ca=grpc.tls_client_ca_file,  # mutual TLS as on gRPC
+            )
         except OSError as exc:
             raise ListenError(f"cannot listen for the SMSGate API on {config.listen}: {exc.strerror or exc}") from None
         await front.start()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,6 +32,8 @@ from gateway.storage.models import MessageRow, WebhookDeliveryRow
 from gateway.types import State
 
 __all__ = ["StorageMetrics", "BacklogCollector", "ulid_milliseconds", "LATENCY_BUCKETS"]
+
+log = logging.getLogger(__name__)
 
 # 1 ms to 1 h: a connected phone's Deliver in milliseconds, a paced or dozing one's in minutes.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600)
@@ -131,8 +134,12 @@ class BacklogCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             if time.monotonic() - self._at >= _CACHE_SECONDS:
-                self._families = self._read()
                 self._at = time.monotonic()
+                try:
+                    self._families = self._read()
+                except Exception:  # the database is down: the rest of /metrics still answers
+                    log.warning("could not read the backlog gauges from the database", exc_info=True)
+                    self._families = []
             yield from self._families
 
     def _read(self) -> list[GaugeMetricFamily]:

@@ -470,7 +470,7 @@ class HelloReceived:
     window: int
     held_message_ids: tuple[str, ...] = ()
     held: tuple[HeldRecipient, ...] = ()
-    push_token: str = ""  # FCM registration token ("" = none): see PushTokenReceived
+    push_token: str = field(default="", repr=False)  # FCM registration token ("" = none): see PushTokenReceived
 
     def __post_init__(self) -> None:
         _check_text(self.app_version, "Hello.app_version")
@@ -495,7 +495,7 @@ class PushTokenReceived:
     """BRIDGE side: the phone's FCM registration token changed (or "" : it has none now).
     Store it; it is not acknowledged (every Hello carries the token again)."""
 
-    token: str
+    token: str = field(repr=False)
 
     def __post_init__(self) -> None:
         _check_push_token(self.token, "PushToken.token")

@@ -326,6 +326,9 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                 reply = await behavior(request, context)
                 rpc.sent.inc()
                 return reply
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away or its deadline passed
+                raise
             except Exception as exc:  # noqa: BLE001 — mapped to a status, never leaked
                 if isinstance(exc, grpc.aio.AbortError):
                     code = _aborted_code(context)

@@ -19,6 +19,7 @@ A reaper that dies between 1 and 3 leaves the row: the next leader does it again
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,8 +28,11 @@ from sqlalchemy import text
 from gateway.devices.repository import DeviceRepository
 from gateway.devices.session_jobs import close_device_session
 from gateway.messages.repository import MessageRepository
+from gateway.storage.engine import Database
 
 __all__ = ["Reaped", "reap_dead_bridges", "BRIDGE_LOCK_SPACE"]
+
+log = logging.getLogger(__name__)
 
 # pg_advisory_lock(int, int): "smsg" in ASCII, then hashtext(bridge id) (device_bridge/lease.py).
 BRIDGE_LOCK_SPACE = 0x736D7367
@@ -45,7 +49,7 @@ _DELETE = text("DELETE FROM bridge_instance WHERE id = :id")
 @dataclass
 class Reaped:
     bridges: list[str] = field(default_factory=list)
-    devices: int = 0  # taken offline
+    devices: int = 0  # sessions closed (a phone that had reconnected elsewhere is left as it is, and counted)
     rerouted_to: set[str] = field(default_factory=set)  # devices that got their messages
 
 
@@ -57,19 +61,30 @@ def reap_dead_bridges(devices: DeviceRepository, messages: MessageRepository, *,
     with db.engine.connect() as conn:
         stale = [row.id for row in conn.execute(_STALE, {"grace": grace})]
     for bridge_id in stale:
-        with db.engine.begin() as guard:
-            row = guard.execute(_GUARD, {"space": BRIDGE_LOCK_SPACE, "id": bridge_id, "grace": grace}).first()
-            if row is None or not row[0]:  # beating again, or its lock held (alive, beats late)
-                continue
-            jobs = [
-                close_device_session(
-                    devices, messages, owner_id=d.owner_id, device_id=d.id, session_id=d.session_id, last=True, now=now
-                )
-                for d in guard.execute(_SESSIONS, {"id": bridge_id})
-            ]
-            for job in jobs:
-                reaped.rerouted_to |= job.result()
-            reaped.devices += len(jobs)
-            guard.execute(_DELETE, {"id": bridge_id})
-            reaped.bridges.append(bridge_id)
+        try:
+            _reap(db, devices, messages, bridge_id, grace, now, reaped)
+        except Exception:  # one bridge's failure must not keep the others' phones online
+            log.exception("could not reap bridge %s; will retry", bridge_id)
     return reaped
+
+
+def _reap(
+    db: Database, devices: DeviceRepository, messages: MessageRepository, bridge_id: str, grace: float,
+    now: datetime, reaped: Reaped,
+) -> None:
+    """One bridge, steps 1-3 of the module docstring."""
+    with db.engine.begin() as guard:
+        row = guard.execute(_GUARD, {"space": BRIDGE_LOCK_SPACE, "id": bridge_id, "grace": grace}).first()
+        if row is None or not row[0]:  # beating again, or its lock held (alive, beats late)
+            return
+        jobs = [
+            close_device_session(
+                devices, messages, owner_id=d.owner_id, device_id=d.id, session_id=d.session_id, last=True, now=now
+            )
+            for d in guard.execute(_SESSIONS, {"id": bridge_id})
+        ]
+        for job in jobs:
+            reaped.rerouted_to |= job.result()
+        reaped.devices += len(jobs)
+        guard.execute(_DELETE, {"id": bridge_id})
+        reaped.bridges.append(bridge_id)

@@ -148,6 +148,7 @@ class ReceiptRefusal(StrEnum):
 @dataclass(frozen=True, slots=True)
 class MessageFilter:
     state: State | None = None
+    also_states: tuple[State, ...] = ()  # with `state`: any of these too (SMSGate's "Pending" = PENDING or DISPATCHED)
     device_id: str = ""
     created_after: datetime | None = None
     created_before: datetime | None = None

@@ -430,15 +430,7 @@ class MessageRepository:
     ) -> list[MessageRecord]:
         """Newest first below `before_id`; oldest first above `after_id` (export). ULIDs sort by creation."""
         with self.db.read() as s:
-            q = select(MessageRow).where(MessageRow.owner_id == owner_id)
-            if flt.state is not None:
-                q = q.where(MessageRow.state == int(flt.state))
-            if flt.device_id:
-                q = q.where(MessageRow.device_id == flt.device_id)
-            if flt.created_after is not None:
-                q = q.where(MessageRow.created_at >= to_utc(flt.created_after))
-            if flt.created_before is not None:
-                q = q.where(MessageRow.created_at < to_utc(flt.created_before))
+            q = _filtered(select(MessageRow), owner_id, flt)
             if before_id:
                 q = q.where(MessageRow.id < before_id)
             if after_id is not None:
@@ -448,6 +440,11 @@ class MessageRepository:
             rows = list(s.exec(q.limit(limit)))
             recipients = self._recipients_rows_many(s, [r.id for r in rows])
             return [_record(r, recipients[r.id]) for r in rows]
+
+    def count(self, owner_id: str, flt: MessageFilter) -> int:
+        """How many of the owner's messages `flt` matches (one COUNT)."""
+        with self.db.read() as s:
+            return int(s.exec(_filtered(select(func.count()).select_from(MessageRow), owner_id, flt)).one())
 
     def cancel(self, owner_id: str, message_id: str, now: datetime) -> tuple[MessageRecord, str | None]:
         """Cancel a message while no recipient is held by a phone. Returns it and the device
@@ -1520,3 +1517,18 @@ def _recipient_record(r: RecipientRow) -> RecipientRecord:
         last_error=r.last_error,
         next_attempt_at=max(gates) if gates and r.state == int(State.PENDING) else None,
     )
+
+
+def _filtered(q: Any, owner_id: str, flt: MessageFilter) -> Any:
+    """`q` limited to the owner's messages that `flt` matches."""
+    q = q.where(MessageRow.owner_id == owner_id)
+    if flt.state is not None:
+        states = [int(flt.state), *(int(x) for x in flt.also_states)]
+        q = q.where(col(MessageRow.state).in_(states)) if len(states) > 1 else q.where(MessageRow.state == states[0])
+    if flt.device_id:
+        q = q.where(MessageRow.device_id == flt.device_id)
+    if flt.created_after is not None:
+        q = q.where(MessageRow.created_at >= to_utc(flt.created_after))
+    if flt.created_before is not None:
+        q = q.where(MessageRow.created_at < to_utc(flt.created_before))
+    return q

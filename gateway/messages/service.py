@@ -134,6 +134,9 @@ class MessageService:
     ) -> list[MessageRecord]:
         return await asyncio.to_thread(self.repo.list, owner_id, flt, limit=limit, before_id=before_id, after_id=after_id)
 
+    async def count(self, owner_id: str, flt: MessageFilter) -> int:
+        return await asyncio.to_thread(self.repo.count, owner_id, flt)
+
     async def cancel(self, owner_id: str, message_id: str) -> MessageRecord:
         return await asyncio.to_thread(self._cancel, owner_id, message_id)
 

@@ -107,8 +107,12 @@ def load_service_account(path: Path) -> dict[str, Any]:
     missing = [name for name in _REQUIRED_FIELDS if not isinstance(info.get(name), str) or not info[name].strip()]
     if missing:
         raise FcmConfigError(f"{path}: service-account key lacks {', '.join(missing)}")
-    if urlsplit(info["token_uri"]).scheme not in ("https", "http") or not urlsplit(info["token_uri"]).hostname:
+    token_uri = urlsplit(info["token_uri"])
+    if token_uri.scheme not in ("https", "http") or not token_uri.hostname:
         raise FcmConfigError(f"{path}: token_uri is not an http(s) URL")
+    if token_uri.scheme == "http" and token_uri.hostname not in ("127.0.0.1", "::1", "localhost"):
+        # The signed grant would travel in clear: plain http only to a stand-in on this machine.
+        raise FcmConfigError(f"{path}: token_uri must be https (plain http only on loopback)")
     try:
         key = load_pem_private_key(info["private_key"].encode("utf-8"), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeEncodeError):

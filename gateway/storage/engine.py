@@ -7,6 +7,7 @@ never answers "database is locked" to its own threads.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -38,6 +39,8 @@ AFTER_COMMIT = "smsgw.after_commit"
 # session.info key: callables that undo in memory what a writer did, should its transaction
 # roll back (a group commit rolls back every job of the group, then runs each again alone).
 ON_ROLLBACK = "smsgw.on_rollback"
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MIGRATION_LOCK_KEY = 0x736D736777_02  # pg_advisory_xact_lock: "smsgw", then 2 for migrations
@@ -115,7 +118,10 @@ class Database:
                 raise
             observer = self.observer
             if observer is not None:
-                observer.committed(events, time.perf_counter() - started)
+                try:  # committed: nothing the observer does may look like a failed write
+                    observer.committed(events, time.perf_counter() - started)
+                except Exception:
+                    log.exception("commit observer failed")
             for callback in session.info.pop(AFTER_COMMIT, ()):
                 callback()
 
@@ -225,7 +231,10 @@ class _GroupCommitter:
     def _commit(self, group: list[_Job]) -> None:
         observer = self._db.observer
         if observer is not None:
-            observer.group(len(group))
+            try:
+                observer.group(len(group))
+            except Exception:
+                log.exception("commit observer failed")
         if len(group) > 1:
             try:
                 with self._db.write() as session:

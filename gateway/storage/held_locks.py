@@ -11,6 +11,7 @@ until then the lock would still look held.
 from __future__ import annotations
 
 import logging
+import threading
 
 import psycopg
 
@@ -29,6 +30,7 @@ def connect_for_lock(url: str) -> psycopg.Connection:
     conn = psycopg.connect(
         libpq_url(url), autocommit=True, connect_timeout=5,
         keepalives=1, keepalives_idle=5, keepalives_interval=5, keepalives_count=3,
+        tcp_user_timeout=20_000,  # our side too: a query on a cut connection fails in ~20 s
     )
     try:
         # The server's side of the same: these settings apply to this connection only.
@@ -49,9 +51,17 @@ class Leadership:
         self._url = url
         self._conn: psycopg.Connection | None = None
         self._held = False
+        self._closed = False
+        self._lock = threading.Lock()  # held() runs in a worker thread that may outlive its task
 
     def held(self) -> bool:
         """Take the lock if it is free; check that a held lock still is (its connection alive)."""
+        with self._lock:
+            if self._closed:
+                return False
+            return self._check()
+
+    def _check(self) -> bool:
         try:
             if self._conn is None or self._conn.closed:
                 self._held = False
@@ -66,12 +76,17 @@ class Leadership:
         except psycopg.Error as exc:
             if self._held:
                 log.warning("lost the worker leader lock (%s); another worker may take over", type(exc).__name__)
-            self.close()
+            self._drop()
         return self._held
 
-    def close(self) -> None:
-        """Let go (the connection's end releases the lock)."""
+    def _drop(self) -> None:
         self._held = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def close(self) -> None:
+        """Let go for good (the connection's end releases the lock)."""
+        with self._lock:
+            self._closed = True
+            self._drop()

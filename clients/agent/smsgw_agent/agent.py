@@ -630,6 +630,7 @@ class PhoneAgent:
         self.device_id = event.device_id
         self.sessions += 1
         self.backoff.reset()
+        self._woken = trio.Event()  # a wake that came while connecting is spent: it must not end the next doze
         self._log.debug("= session %d open as device %s (window %d, %d receipts and %d SMS to re-send)",
                        self.sessions, event.device_id, event.window, len(self.unacked), len(self.inbound_unacked))
         # Unacknowledged receipts and inbound SMS go out again, in event-id order

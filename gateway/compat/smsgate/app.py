@@ -11,6 +11,7 @@ Errors are `{"message": "..."}` with SMSGate's status codes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -47,6 +48,7 @@ __all__ = ["SmsgateApi", "build_app", "MAX_BODY"]
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # bytes: a send of 100 recipients and a long text is far below
+_MAX_OFFSET = 10_000  # a list reads offset + limit messages: page further with from/to
 _BASIC_TTL = 60.0
 _BASIC_CACHE = 1024
 _STATUS = {
@@ -64,7 +66,7 @@ class SmsgateApi:
     auth: AuthService
     limits: LimitsSettings
     region: str = "RU"  # SMSGate's default for numbers without a country code
-    is_ready: Callable[[], bool] = lambda: True
+    storage: Callable[[], str] = lambda: ""  # /readyz's storage check: "" when the database answers
 
     def __post_init__(self) -> None:
         self._basic: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
@@ -78,20 +80,23 @@ class SmsgateApi:
         if scheme.lower() == "basic" and credential:
             caller = await self._basic_caller(credential, source)
         elif scheme.lower() == "bearer" and credential:
-            self.auth.check_locked(source)
             try:
                 caller = self.auth.authenticate(credential, source)
             except Unauthenticated as exc:
+                # As the gRPC API: a valid token is never locked out, a guesser is.
+                self.auth.check_locked(source)
                 await self.auth.failed(source, f"bearer: {exc}")
                 raise
-            self.auth.limit_token(caller)
         else:
             raise Unauthenticated("authorization required: Basic or Bearer")
         if scope not in caller.scopes:
             raise PermissionDenied(f"scope required: {scope}")
+        self.auth.limit_token(caller)  # per token, or per account for Basic ("basic:<name>")
         return caller
 
     async def _basic_caller(self, credential: str, source: str) -> Caller:
+        """The account's caller; the check is remembered for 60 s (a disabled account or a
+        changed password takes that long to apply here: docs/smsgate.md)."""
         key = hashlib.sha256(credential.encode()).digest()
         hit = self._basic.get(key)
         if hit is not None and hit[0] > time.monotonic():
@@ -108,7 +113,10 @@ class SmsgateApi:
     # ---- endpoints -----------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        ready = self.is_ready()
+        try:
+            ready = not await asyncio.to_thread(self.storage)
+        except Exception:  # noqa: BLE001 — a database that fails the check is down
+            ready = False
         body = {"status": "pass" if ready else "fail", "version": VERSION, "releaseId": 1,
                 "checks": {"storage": {"description": "the database answers", "status": "pass" if ready else "fail",
                                        "observedUnit": "", "observedValue": 1 if ready else 0}}}
@@ -117,14 +125,14 @@ class SmsgateApi:
     async def send(self, request: Request, caller: Caller) -> Response:
         body = await _json(request)
         skip = request.query_params.get("skipPhoneValidation", "").lower() == "true"
-        req = send_request(body, region=self.region, skip_validation=skip)
+        req = send_request(body, region=self.region, skip_validation=skip, max_recipients=self.limits.max_recipients)
         try:
             new = parse_send_request(req, self.limits, utcnow())
         except InvalidArgument as exc:
             first, *more = [(camel(f), r) for f, r in exc.violations]
             raise InvalidArgument(*first, *more) from None
         record, _ = await self.messages.send(caller.owner_id, new)
-        location = f"{request.url.path.rstrip('/')}/{record.id}"
+        location = f"{request.url.path.rstrip('/').removesuffix('/message').removesuffix('/messages')}/messages/{record.id}"
         return JSONResponse(message_state(record), status_code=202, headers={"Location": location})
 
     async def get(self, request: Request, caller: Caller) -> Response:
@@ -142,12 +150,13 @@ class SmsgateApi:
     async def list(self, request: Request, caller: Caller) -> Response:
         q = request.query_params
         limit = _query_int(q.get("limit"), "limit", 1, 100, 50)
-        offset = _query_int(q.get("offset"), "offset", 0, 100_000, 0)
+        offset = _query_int(q.get("offset"), "offset", 0, _MAX_OFFSET, 0)
         state = q.get("state")
         if state is not None and state not in FROM_STATE:
             raise InvalidArgument("state", f"one of {', '.join(FROM_STATE)}")
+        states = FROM_STATE[state] if state else ()
         flt = MessageFilter(
-            state=FROM_STATE[state] if state else None, device_id=q.get("deviceId", ""),
+            state=states[0] if states else None, also_states=tuple(states[1:]), device_id=q.get("deviceId", ""),
             created_after=_query_time(q.get("from"), "from"), created_before=_query_time(q.get("to"), "to"),
         )
         content = q.get("includeContent", "").lower() == "true"
@@ -156,7 +165,7 @@ class SmsgateApi:
             raise InvalidArgument("sort", "created_at or -created_at")
         matching = await self._matching(caller.owner_id, flt, newest_first, offset + limit)
         page = matching[offset: offset + limit]
-        total = len(matching) if len(matching) < offset + limit else await self._count(caller.owner_id, flt)
+        total = len(matching) if len(matching) < offset + limit else await self.messages.count(caller.owner_id, flt)
         return JSONResponse([message_state(r, content=content) for r in page], headers={"X-Total-Count": str(total)})
 
     async def _matching(self, owner: str, flt: MessageFilter, newest_first: bool, upto: int) -> list[Any]:
@@ -171,15 +180,6 @@ class SmsgateApi:
                 break
             cursor = {"before_id": page[-1].id} if newest_first else {"after_id": page[-1].id}
         return out
-
-    async def _count(self, owner: str, flt: MessageFilter) -> int:
-        total, cursor = 0, None
-        while True:  # bounded by the owner's messages, 500 a page
-            page = await self.messages.list(owner, flt, limit=500, before_id=cursor)
-            total += len(page)
-            if len(page) < 500:
-                return total
-            cursor = page[-1].id
 
     async def devices_list(self, request: Request, caller: Caller) -> Response:
         return JSONResponse([device(d) for d in await self.devices.list(caller.owner_id)])
@@ -212,9 +212,14 @@ def _query_time(raw: str | None, name: str) -> datetime | None:
 
 
 async def _json(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
         raise InvalidArgument("body", f"larger than {MAX_BODY} bytes")
+    raw = b""
+    async for chunk in request.stream():  # bounded: a body without (or lying about) its length stops here too
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise InvalidArgument("body", f"larger than {MAX_BODY} bytes")
     try:
         return json.loads(raw)
     except ValueError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from pathlib import Path
 
 import uvicorn
@@ -17,7 +18,10 @@ _START_TIMEOUT = 10.0
 
 
 class HttpFront:
-    def __init__(self, app: Starlette, host: str, port: int, *, cert: Path | None = None, key: Path | None = None) -> None:
+    def __init__(
+        self, app: Starlette, host: str, port: int, *, cert: Path | None = None, key: Path | None = None,
+        client_ca: Path | None = None,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -31,6 +35,8 @@ class HttpFront:
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False, server_header=False,
             ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None,
+            ssl_ca_certs=str(client_ca) if client_ca and cert else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca and cert else ssl.CERT_NONE,
             timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
