@@ -207,7 +207,7 @@ def run(o: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         save()
         results["sqlite"] = {}
         asyncio.run(_ours(o, work, "sqlite", {}, say, results["sqlite"], save, everything=True))
-        count = 5 if o.quick else 20
+        count = 3 if o.quick else 20
         say(f"[dozing] {count} messages to a phone that dozes, each woken by an FCM push (local stand-in)")
         results["dozing"] = asyncio.run(_step(say, dozing(work, count, _token)))
         save()

@@ -45,6 +45,10 @@ def test_quick_bench_runs_every_scenario_and_prints_the_table(tmp_path: Path) ->
     assert sqlite["storm"]["all_accepted"] and sqlite["storm"]["accepted"] == sqlite["storm"]["phones"]
     assert results["postgres"]["throughput"]["all_accepted"]
     assert results["split"]["throughput"]["all_accepted"] and results["split"]["latency"]["all_delivered"]
+    # The dozing phone: every message delivered after one push each (issue 17).
+    assert "[dozing] SendMessage return -> DELIVERED, phone woken by FCM push p50" in table
+    dozing = results["dozing"]
+    assert dozing["delivered"] == dozing["messages"] == dozing["pushes"] == 3
     # CPU per operation, the server's and the fleet's apart (present; values are not checked).
     for scenario, unit in (("latency", "message"), ("throughput", "message"), ("storm", "reconnect")):
         assert {f"server_cpu_ms_per_{unit}", f"fleet_cpu_ms_per_{unit}"} <= set(sqlite[scenario]), scenario
