@@ -25,7 +25,7 @@ from gateway.auth.limits import Clock, FailureTracker, RateLimiter
 from gateway.auth.passwords import dummy_hash, hash_password, verify_password
 from gateway.auth.records import AccountRecord, AuditRecord, Caller, TokenPair
 from gateway.auth.repository import AuditEntry, AuthRepository
-from gateway.auth.scopes import ALL_SCOPES, parse_scopes
+from gateway.auth.scopes import ALL_SCOPES, Scope, parse_scopes
 from gateway.auth.tokens import Claims, TokenCodec, TokenKind
 from gateway.config import Settings
 from gateway.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
@@ -188,7 +188,24 @@ class AuthService:
             wanted = parse_scopes(scopes) or account.scopes
         except ValueError as exc:
             raise InvalidArgument("scopes", str(exc)) from None
-        missing = wanted - account.scopes
+        return await self._new_pair(account.id, account.username, account.scopes, wanted, access_ttl, refresh_ttl, source)
+
+    async def issue_for(self, caller: Caller, scopes: list[str], access_ttl: int, source: str) -> TokenPair:
+        """A new token family for a caller already authenticated (SMSGate's POST /auth/token:
+        Basic, or an access token with tokens:manage), with at most the caller's scopes."""
+        try:
+            wanted = parse_scopes(scopes)
+        except ValueError as exc:
+            raise InvalidArgument("scopes", str(exc)) from None
+        if not wanted:
+            raise InvalidArgument("scopes", "at least one scope")
+        return await self._new_pair(caller.owner_id, caller.jti, caller.scopes, wanted, access_ttl, 0, source)
+
+    async def _new_pair(
+        self, owner_id: str, actor: str, allowed: frozenset[Scope], wanted: frozenset[Scope], access_ttl: int,
+        refresh_ttl: int, source: str,
+    ) -> TokenPair:
+        missing = wanted - allowed
         if missing:
             raise PermissionDenied(f"the account lacks scope {', '.join(sorted(missing))}")
         access_ttl = access_ttl or self.jwt.access_ttl
@@ -203,10 +220,10 @@ class AuthService:
         InvalidArgument.raise_if_any(bad)
         now = self._now()
         family = str(ULID())
-        access = Claims(TokenKind.ACCESS, str(ULID()), account.id, family, wanted, now, now + timedelta(seconds=access_ttl))
-        refresh = Claims(TokenKind.REFRESH, str(ULID()), account.id, family, wanted, now, now + timedelta(seconds=refresh_ttl))
+        access = Claims(TokenKind.ACCESS, str(ULID()), owner_id, family, wanted, now, now + timedelta(seconds=access_ttl))
+        refresh = Claims(TokenKind.REFRESH, str(ULID()), owner_id, family, wanted, now, now + timedelta(seconds=refresh_ttl))
         audit = AuditEntry(
-            "token.issue", account.id, account.username, source,
+            "token.issue", owner_id, actor, source,
             f"access {access.jti} ({access_ttl} s), refresh {refresh.jti}; scopes {' '.join(sorted(wanted))}",
         )
         await asyncio.to_thread(self.repo.record_pair, access, refresh, access_ttl, now, audit)

@@ -132,3 +132,33 @@ def test_cancel_bearer_tokens_scopes_and_errors(server: ServerProcess) -> None:
     assert call("POST", "/messages", content=b"x" * (2 << 20)).status_code == 400
     with Client(server.grpc_target, server.token) as client:
         assert [m.id for m in client.list_messages().messages] == [pending.id]  # nothing else stored
+
+
+def test_tokens_through_the_official_client(server: ServerProcess) -> None:
+    """POST /auth/token with Basic, then the token alone: its scopes, refresh (the pair
+    rotates), revoke; the answer carries both spellings (the Python client reads camelCase)."""
+    from android_sms_gateway import TokenRequest
+
+    with _client(server) as api:
+        issued = api.generate_token(TokenRequest(scopes=["messages:list", "devices:list"], ttl=600))
+        assert issued.token_type == "Bearer" and issued.access_token and issued.refresh_token
+    with _client(server, token=issued.access_token) as bearer:
+        assert bearer.list_devices() == []
+        assert bearer.get_messages() == []
+        with pytest.raises(Exception) as refused:
+            bearer.send(Message(phone_numbers=["+15550001234"], text_message=TextMessage("x")))
+        assert getattr(refused.value, "status_code", None) == 403
+        with pytest.raises(Exception) as escalate:  # tokens:manage is not among its scopes
+            bearer.generate_token(TokenRequest(scopes=["messages:send"]))
+        assert getattr(escalate.value, "status_code", None) == 403
+        renewed = bearer.refresh_token(issued.refresh_token)
+        assert renewed.access_token != issued.access_token
+    with _client(server) as api:
+        api.revoke_token(renewed.id)
+    raw = httpx.get(f"{server.endpoints['smsgate']}/devices", timeout=10,
+                    headers={"authorization": f"Bearer {renewed.access_token}"})
+    assert raw.status_code == 401 and "message" in raw.json()
+    snake = httpx.post(f"{server.endpoints['smsgate']}/auth/token", auth=("admin", server.admin_password), timeout=10,
+                       json={"scopes": ["messages:read"]})
+    assert snake.status_code == 201 and {"access_token", "token_type", "expires_at", "accessToken"} <= snake.json().keys()
+    assert snake.json()["expires_at"].endswith("Z")

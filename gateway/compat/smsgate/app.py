@@ -31,7 +31,7 @@ from gateway.api.validation import parse_send_request
 from gateway.auth.records import Caller
 from gateway.auth.scopes import Scope
 from gateway.auth.service import AuthService
-from gateway.compat.smsgate.shapes import FROM_STATE, camel, device, message_state, send_request
+from gateway.compat.smsgate.shapes import FROM_STATE, camel, device, message_state, send_request, token_response
 from gateway.config import LimitsSettings
 from gateway.devices.service import DeviceService
 from gateway.errors import (
@@ -181,6 +181,32 @@ class SmsgateApi:
             cursor = {"before_id": page[-1].id} if newest_first else {"after_id": page[-1].id}
         return out
 
+    async def token_issue(self, request: Request, caller: Caller) -> Response:
+        body = await _json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("scopes"), list) or not body["scopes"]:
+            raise InvalidArgument("scopes", "a list of at least one scope")
+        ttl = body.get("ttl") or 0
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
+            raise InvalidArgument("ttl", "must be a number of seconds")
+        pair = await self.auth.issue_for(caller, [str(x) for x in body["scopes"]], ttl, caller.source)
+        return JSONResponse(token_response(pair), status_code=201)
+
+    async def token_refresh(self, request: Request) -> Response:
+        """POST /auth/token/refresh with `Authorization: Bearer <refresh token>` (its own credential)."""
+        try:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization required: Bearer <refresh token>")
+            source = request.client.host if request.client else ""
+            pair = await self.auth.refresh(token.strip(), source)
+        except Exception as exc:  # noqa: BLE001 — every failure is an answer
+            return _error(exc)
+        return JSONResponse(token_response(pair), status_code=201)
+
+    async def token_revoke(self, request: Request, caller: Caller) -> Response:
+        await self.auth.revoke(caller, request.path_params["jti"])
+        return Response(status_code=204)
+
     async def devices_list(self, request: Request, caller: Caller) -> Response:
         return JSONResponse([device(d) for d in await self.devices.list(caller.owner_id)])
 
@@ -260,6 +286,9 @@ def build_app(api: SmsgateApi) -> Starlette:
         Route("/messages/{id}", guarded(Scope.MESSAGES_SEND, api.cancel), methods=["DELETE"]),
         *(Route(path, guarded(Scope.DEVICES_LIST, api.devices_list), methods=["GET"]) for path in ("/devices", "/device")),
         Route("/devices/{id}", guarded(Scope.DEVICES_DELETE, api.devices_delete), methods=["DELETE"]),
+        Route("/auth/token", guarded(Scope.TOKENS_MANAGE, api.token_issue), methods=["POST"]),
+        Route("/auth/token/refresh", api.token_refresh, methods=["POST"]),
+        Route("/auth/token/{jti}", guarded(Scope.TOKENS_MANAGE, api.token_revoke), methods=["DELETE"]),
     ]
     return Starlette(routes=[*health, Mount("/3rdparty/v1", routes=thirdparty),
                              Mount("/api/3rdparty/v1", routes=thirdparty)])

@@ -14,12 +14,13 @@ import phonenumbers
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgw.v1 import messages_pb2
 
+from gateway.auth.records import TokenPair
 from gateway.devices.records import DeviceRecord
 from gateway.errors import InvalidArgument
 from gateway.messages.records import MessageRecord
 from gateway.types import State
 
-__all__ = ["STATES", "FROM_STATE", "message_state", "device", "send_request", "iso", "camel"]
+__all__ = ["STATES", "FROM_STATE", "message_state", "device", "send_request", "iso", "camel", "token_response"]
 
 # smsgw state -> SMSGate's ProcessingState. DISPATCHED is still "Pending" there: SMSGate's
 # "Processed" means the phone took the message, which is smsgw's ACCEPTED.
@@ -69,6 +70,14 @@ def message_state(record: MessageRecord, *, content: bool = True) -> dict[str, A
         elif record.data is not None:
             out["dataMessage"] = {"data": base64.b64encode(record.data).decode(), "port": record.port}
     return out
+
+
+def token_response(pair: TokenPair) -> dict[str, Any]:
+    """SMSGate's TokenResponse in both spellings: its server and TypeScript client use
+    snake_case, its Python client (4.3.3) reads camelCase."""
+    fields = {"id": pair.access.jti, "token_type": "Bearer", "access_token": pair.access_token,
+              "refresh_token": pair.refresh_token, "expires_at": iso(pair.access.expires_at)}
+    return {**fields, **{camel(k): v for k, v in fields.items() if k != "id"}}
 
 
 def device(record: DeviceRecord) -> dict[str, Any]:
