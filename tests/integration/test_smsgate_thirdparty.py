@@ -7,6 +7,10 @@ SMSGate's status codes and `{"message"}` bodies, nothing stored."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,3 +166,38 @@ def test_tokens_through_the_official_client(server: ServerProcess) -> None:
                        json={"scopes": ["messages:read"]})
     assert snake.status_code == 201 and {"access_token", "token_type", "expires_at", "accessToken"} <= snake.json().keys()
     assert snake.json()["expires_at"].endswith("Z")
+
+
+NODE = shutil.which("node")
+if NODE is None and os.environ.get("REQUIRE_NODE_TESTS"):
+    raise RuntimeError("REQUIRE_NODE_TESTS is set but `node` is not on the PATH")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_the_official_typescript_client(server: ServerProcess) -> None:
+    """android-sms-gateway 3.0.0 from npm (clients/node's dev dependency): health, devices, a
+    send with its legacy `message` body to Delivered through the singular `/message` paths, and
+    an empty text refused (clients/node/harness/smsgate-ts.js)."""
+    harness = Path(__file__).resolve().parents[2] / "clients" / "node" / "harness" / "smsgate-ts.js"
+
+    def run() -> dict[str, object]:
+        done = subprocess.run(
+            [str(NODE), str(harness)], capture_output=True, text=True, timeout=60,
+            input=json.dumps({"base": server.endpoints["smsgate"], "username": "admin",
+                              "password": server.admin_password, "phone": "+15550001234"}),
+        )
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            [phone] = await start_phones(nursery, server.grpc_target, server.token, server.device_url, 1)
+            out = await trio.to_thread.run_sync(run)
+            assert out["health"]["status"] == "pass"  # type: ignore[index]
+            assert [d["id"] for d in out["devices"]] == [phone.device_id]  # type: ignore[union-attr]
+            assert out["sent"]["state"] == "Pending" and out["state"]["state"] == "Delivered"  # type: ignore[index]
+            assert out["state"]["recipients"] == [{"phoneNumber": "+15550001234", "state": "Delivered"}]  # type: ignore[index]
+            assert "HTTP error 400" in str(out["refused"]) and "message" in str(out["refused"])
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -282,8 +282,9 @@ def build_app(api: SmsgateApi) -> Starlette:
         *health,
         *(Route(path, guarded(Scope.MESSAGES_SEND, api.send), methods=["POST"]) for path in ("/messages", "/message")),
         Route("/messages", guarded(Scope.MESSAGES_LIST, api.list), methods=["GET"]),
-        Route("/messages/{id}", guarded(Scope.MESSAGES_READ, api.get), methods=["GET"]),
-        Route("/messages/{id}", guarded(Scope.MESSAGES_SEND, api.cancel), methods=["DELETE"]),
+        *(Route(f"{path}/{{id}}", guarded(Scope.MESSAGES_READ, api.get), methods=["GET"]) for path in ("/messages", "/message")),
+        *(Route(f"{path}/{{id}}", guarded(Scope.MESSAGES_SEND, api.cancel), methods=["DELETE"])
+          for path in ("/messages", "/message")),
         *(Route(path, guarded(Scope.DEVICES_LIST, api.devices_list), methods=["GET"]) for path in ("/devices", "/device")),
         Route("/devices/{id}", guarded(Scope.DEVICES_DELETE, api.devices_delete), methods=["DELETE"]),
         Route("/auth/token", guarded(Scope.TOKENS_MANAGE, api.token_issue), methods=["POST"]),
