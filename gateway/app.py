@@ -32,6 +32,7 @@ from gateway.messages.claims import ClaimTargets
 from device_bridge.server import BridgeServer
 from device_bridge.server import serve as serve_bridge
 from device_bridge.session_task import BridgeContext
+from gateway.addresses import join_hostport, split_hostport
 from gateway.api.devices import PhoneUrl
 from gateway.api.server import GrpcServer, start_grpc_server
 from gateway.compat.smsgate.app import SmsgateApi, build_app
@@ -78,19 +79,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _TOKEN_PURGE_INTERVAL = 3600.0
-
-
-def split_hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected HOST:PORT with a port 0..65535, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def join_hostport(host: str, port: int) -> str:
-    """HOST:PORT for a URL or a gRPC target: an IPv6 host in brackets (split_hostport strips
-    them), else "::" and port 8765 would read as the host ":::8765" with no port."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ensure_admin_account(auth: AuthRepository, data_dir: Path) -> tuple[Path, bool]:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from gateway.version import installed_version
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -63,15 +65,6 @@ def _client_tls_args(p: argparse.ArgumentParser) -> None:
                    help="its private key (PEM) (env SMSGW_CLIENT_KEY)")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("smsgw")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _non_negative(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -90,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="log lines for people (default), or one JSON object a line (docs/operations.md)")
-    parser.add_argument("--version", action="version", version=f"smsgw {_version()}")
+    parser.add_argument("--version", action="version", version=f"smsgw {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run gateway + device bridge + jobs in one process (SQLite)")

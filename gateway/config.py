@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.addresses import split_hostport
 from gateway.config_errors import ConfigError, Sources, explain_validation, load_yaml
 from gateway.messages.pacing import ANDROID_PARTS_PER_MINUTE
 
@@ -277,9 +278,7 @@ class SmsgateCompatSettings(_Section):
     @classmethod
     def _hostport(cls, value: str) -> str:
         if value:
-            host, sep, port = value.rpartition(":")
-            if not sep or not port.isdigit() or int(port) > 65535:
-                raise ValueError(f"expected HOST:PORT with a port 0..65535, got {value!r}")
+            split_hostport(value)  # ValueError saying what a HOST:PORT is
         return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -9,6 +10,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = ["GatewayMetrics", "RpcMetrics", "AUTH_FAILURE_REASONS"]
 
 AUTH_FAILURE_REASONS = ("password", "refresh", "access_token", "undecodable")
+
+
+def _counter_over(registry: CollectorRegistry, name: str, documentation: str, label: str, values: Sequence[str]) -> Counter:
+    """A counter with one label whose every value is exported from the start (at 0), so a
+    rate over it has data before the first event."""
+    counter = Counter(name, documentation, [label], registry=registry)
+    for value in values:
+        counter.labels(value)
+    return counter
 
 
 class GatewayMetrics:
@@ -24,65 +34,49 @@ class GatewayMetrics:
             "Sends (SendMessage calls, SendMessages items) answered with an existing message (same idempotency key)",
             registry=registry,
         )
-        self.auth_failures = Counter(
-            "smsgw_gateway_auth_failures_total",
+        self.auth_failures = _counter_over(
+            registry, "smsgw_gateway_auth_failures_total",
             "Failed authentications by what failed: password (or malformed sign-in), refresh token, "
             "access_token (bearer), undecodable (a request that does not parse)",
-            ["reason"],
-            registry=registry,
+            "reason", AUTH_FAILURE_REASONS,
         )
-        for reason in AUTH_FAILURE_REASONS:
-            self.auth_failures.labels(reason)
-        self.tokens_issued = Counter(
-            "smsgw_gateway_tokens_issued_total", "Token pairs issued, by sign-in or refresh", ["kind"], registry=registry
+        self.tokens_issued = _counter_over(
+            registry, "smsgw_gateway_tokens_issued_total", "Token pairs issued, by sign-in or refresh",
+            "kind", ("issue", "refresh"),
         )
         self.refresh_reuse = Counter(
             "smsgw_gateway_refresh_reuse_total",
             "Spent refresh tokens presented again (their token family was revoked)",
             registry=registry,
         )
-        self.limited = Counter(
-            "smsgw_gateway_limited_total",
+        self.limited = _counter_over(
+            registry, "smsgw_gateway_limited_total",
             "Calls refused by a limit: token (per-token rate), source (sign-in rate or lockout), owner (daily cap), "
             "server (too many big calls queued)",
-            ["limit"],
-            registry=registry,
+            "limit", ("token", "source", "owner", "server"),
         )
-        for kind in ("issue", "refresh"):
-            self.tokens_issued.labels(kind)
-        for limit in ("token", "source", "owner", "server"):
-            self.limited.labels(limit)
-        self.webhook_attempts = Counter(
-            "smsgw_webhook_attempts_total",
+        self.webhook_attempts = _counter_over(
+            registry, "smsgw_webhook_attempts_total",
             "Webhook HTTP attempts by verdict: succeeded, retry, final (not retried), gone (410)",
-            ["verdict"],
-            registry=registry,
+            "verdict", ("succeeded", "retry", "final", "gone"),
         )
-        for verdict in ("succeeded", "retry", "final", "gone"):
-            self.webhook_attempts.labels(verdict)
         self.webhook_latency = Histogram(
             "smsgw_webhook_latency_seconds",
             "Webhook attempt time, connect to answer",
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
         )
-        self.webhook_state_changes = Counter(
-            "smsgw_webhook_state_changes_total",
+        self.webhook_state_changes = _counter_over(
+            registry, "smsgw_webhook_state_changes_total",
             "Webhooks that became active, failing (a delivery gave up) or disabled",
-            ["state"],
-            registry=registry,
+            "state", ("active", "failing", "disabled"),
         )
-        for state in ("active", "failing", "disabled"):
-            self.webhook_state_changes.labels(state)
-        self.fcm_wakes = Counter(
-            "smsgw_fcm_wakes_total",
+        self.fcm_wakes = _counter_over(
+            registry, "smsgw_fcm_wakes_total",
             "Wake-up pushes to offline phones by outcome: sent, failed (after retries), invalid_token, "
             "unauthorized (FCM refused our credentials: alert)",
-            ["outcome"],
-            registry=registry,
+            "outcome", ("sent", "failed", "invalid_token", "unauthorized"),
         )
-        for outcome in ("sent", "failed", "invalid_token", "unauthorized"):
-            self.fcm_wakes.labels(outcome)
         self.fcm_invalid_tokens = Counter(
             "smsgw_fcm_invalid_tokens_total",
             "Phones' push tokens FCM refused (UNREGISTERED, not a valid token): no pushes until a new one",

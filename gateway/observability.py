@@ -26,11 +26,13 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
+from gateway.version import installed_version
+
 __all__ = ["Readiness", "new_registry", "serve_metrics", "VERSION"]
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
+VERSION = installed_version()
 
 # Counters expose `_total` only: their `_created` twins double the series for nothing a
 # dashboard uses (the ask; the Prometheus client's recommended setting).

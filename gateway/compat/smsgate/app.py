@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,7 +31,9 @@ from gateway.api.validation import parse_send_request
 from gateway.auth.records import Caller
 from gateway.auth.scopes import Scope
 from gateway.auth.service import AuthService
-from gateway.compat.smsgate.shapes import FROM_STATE, camel, device, message_state, send_request, token_response
+from gateway.compat.smsgate.shapes import (
+    FROM_STATE, camel, device, message_state, parse_time, send_request, token_response,
+)
 from gateway.config import LimitsSettings
 from gateway.devices.service import DeviceService
 from gateway.errors import (
@@ -228,13 +230,7 @@ def _query_int(raw: str | None, name: str, low: int, high: int, default: int) ->
 
 
 def _query_time(raw: str | None, name: str) -> datetime | None:
-    if raw is None:
-        return None
-    try:
-        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidArgument(name, "must be an RFC 3339 time") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return None if raw is None else parse_time(raw, name)
 
 
 async def _json(request: Request) -> Any:

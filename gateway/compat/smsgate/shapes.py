@@ -20,7 +20,9 @@ from gateway.errors import InvalidArgument
 from gateway.messages.records import MessageRecord
 from gateway.types import State
 
-__all__ = ["STATES", "FROM_STATE", "message_state", "device", "send_request", "iso", "camel", "token_response"]
+__all__ = [
+    "STATES", "FROM_STATE", "message_state", "device", "send_request", "iso", "camel", "token_response", "parse_time",
+]
 
 # smsgw state -> SMSGate's ProcessingState. DISPATCHED is still "Pending" there: SMSGate's
 # "Processed" means the phone took the message, which is smsgw's ACCEPTED.
@@ -101,15 +103,20 @@ def _e164(number: Any, region: str, index: int) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _time(value: Any, field: str) -> Timestamp:
+def parse_time(value: Any, field: str) -> datetime:
+    """An RFC 3339 time (a body field or a query parameter; without an offset: UTC)."""
     if not isinstance(value, str):
         raise InvalidArgument(field, "must be an RFC 3339 time")
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidArgument(field, "must be an RFC 3339 time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _time(value: Any, field: str) -> Timestamp:
     stamp = Timestamp()
-    stamp.FromDatetime(at if at.tzinfo else at.replace(tzinfo=UTC))
+    stamp.FromDatetime(parse_time(value, field))
     return stamp
 
 
