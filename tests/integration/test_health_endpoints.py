@@ -4,8 +4,10 @@ anything else."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +41,11 @@ def test_serve_answers_livez_readyz_metrics_and_404_elsewhere(tmp_path: Path) ->
         assert sample(text, "smsgw_build_info", version="0.1.0") == 1
         assert sample(text, "process_resident_memory_bytes") and sample(text, "python_gc_collections_total") is not None
         # Draining: after SIGTERM, while the bridge closes a phone's session, /readyz says 503.
-        phone, _ = pair_raw(server.grpc_target, server.token, server.device_url)
+        # The phone is a bare socket that never answers the close, so the bridge waits out its
+        # shutdown grace (5 s) and the draining window is wide whatever the machine's load.
+        phone, credentials = pair_raw(server.grpc_target, server.token, server.device_url)
+        phone.ws.close()
+        silent = _silent_session(server.device_url, credentials.token)
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -51,7 +57,26 @@ def test_serve_answers_livez_readyz_metrics_and_404_elsewhere(tmp_path: Path) ->
                 break  # already gone
             time.sleep(0.02)
         assert seen == (503, "draining: shutting down\n"), seen
-        phone.ws.close()
+        silent.close()
+
+
+def _silent_session(device_url: str, token: str) -> socket.socket:
+    """A WebSocket session opened by hand (the upgrade only) that then reads nothing."""
+    host, port = device_url.removeprefix("ws://").removesuffix("/device/v1").rsplit(":", 1)
+    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /device/v1 HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: smsgw.device.v1+proto\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # bounded by the socket's timeout
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
 
 
 def test_readyz_names_each_failing_check() -> None:
