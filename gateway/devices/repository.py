@@ -220,6 +220,8 @@ _ONLINE_READ = (
     .where(_D.id == bindparam("device_id"))
     .with_for_update()  # PostgreSQL; SQLite serialises writers anyway
 )
+# A token FCM refused stays refused when the phone reports it again; a new one is worth trying.
+_REFUSED_UNLESS_NEW = case((_D.push_token == bindparam("k_push_token"), _D.push_token_invalid_at), else_=None)
 _ONLINE_WRITE = (
     update(Device.__table__)  # type: ignore[arg-type]
     .where(_D.id == bindparam("k_id"))
@@ -230,9 +232,9 @@ _ONLINE_WRITE = (
         connected_with_token_at=func.coalesce(
             _D.connected_with_token_at, bindparam("proven_at", type_=_D.connected_with_token_at.type)
         ),
-        # Hello carries the phone's push token every time; a new one is worth trying again.
+        # Hello carries the phone's push token every time.
         push_token=bindparam("push_token"),
-        push_token_invalid_at=case((_D.push_token == bindparam("k_push_token"), _D.push_token_invalid_at), else_=None),
+        push_token_invalid_at=_REFUSED_UNLESS_NEW,
     )
 )
 _PUSH_TOKEN_WRITE = (
@@ -240,7 +242,7 @@ _PUSH_TOKEN_WRITE = (
     .where(_D.id == bindparam("k_id"), _D.session_id == bindparam("k_session_id"))
     .values(
         push_token=bindparam("push_token"),
-        push_token_invalid_at=case((_D.push_token == bindparam("k_push_token"), _D.push_token_invalid_at), else_=None),
+        push_token_invalid_at=_REFUSED_UNLESS_NEW,
     )
 )
 _OFFLINE_WRITE = (
