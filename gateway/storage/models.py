@@ -36,6 +36,7 @@ __all__ = [
     "DispatchLogRow",
     "InboundRow",
     "WebhookRow",
+    "SmsgateSettingsRow",
     "WebhookDeliveryRow",
     "WebhookAttemptRow",
 ]
@@ -296,7 +297,11 @@ class WebhookRow(SQLModel, table=True):
     """A registered endpoint. The secret signs every request; it is shown to the owner once."""
 
     __tablename__ = "webhook"
-    __table_args__ = (Index("ix_webhook_owner", "owner_id", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_owner", "owner_id", "id"),
+        # SMSGate's API addresses a webhook by the id its client chose, unique per account.
+        Index("ux_webhook_owner_external", "owner_id", "external_id", unique=True),
+    )
     id: str = Field(primary_key=True)  # ULID
     owner_id: str = Field(foreign_key="owner.id")
     url: str
@@ -310,6 +315,21 @@ class WebhookRow(SQLModel, table=True):
     failing_since: datetime | None = None
     last_success_at: datetime | None = None
     created_at: datetime
+    # The body and signature format (gateway.webhooks.formats): "" = Standard Webhooks,
+    # "smsgate" = SMSGate's (registered through its API; `secret` is then a copy of the
+    # owner's `webhooks.signing_key` setting, kept in step by gateway.compat.smsgate.settings).
+    format: str = ""
+    external_id: str | None = None  # SMSGate's webhook id (its API's `id`); None for gRPC's
+
+
+class SmsgateSettingsRow(SQLModel, table=True):
+    """An account's SMSGate settings map (`/3rdparty/v1/settings`), the whitelisted JSON as
+    stored, hidden keys included (gateway.compat.smsgate.settings)."""
+
+    __tablename__ = "smsgate_settings"
+    owner_id: str = Field(primary_key=True, foreign_key="owner.id")
+    data: str = "{}"
+    updated_at: datetime
 
 
 class WebhookDeliveryRow(SQLModel, table=True):
