@@ -273,6 +273,10 @@ class SmsgateCompatSettings(_Section):
 
     listen: str = ""  # HOST:PORT; TLS with gRPC's certificate when that is set
     default_region: str = Field(default="RU", pattern="^[A-Z]{2}$")  # numbers without +country: SMSGate's default
+    # The mobile API (the SMSGate app as a phone): a ":keepalive" comment on each SSE stream
+    # this often, and a phone with no stream and no request for `phone_linger` goes offline.
+    sse_keepalive: float = Field(default=15.0, gt=0)
+    phone_linger: float = Field(default=60.0, gt=0)
 
     @field_validator("listen")
     @classmethod

@@ -121,6 +121,11 @@ class AuthRepository:
             row = s.exec(select(Owner).where(Owner.username == username)).first()
             return (_account(row), row.password_hash) if row else None
 
+    def account_by_id(self, owner_id: str) -> AccountRecord | None:
+        with self.db.read() as s:
+            row = s.get(Owner, owner_id)
+            return _account(row) if row else None
+
     def any_password_set(self) -> bool:
         with self.db.read() as s:
             return s.exec(select(Owner.id).where(Owner.password_hash != "")).first() is not None

@@ -25,6 +25,7 @@ __all__ = ["Bus", "LocalBus"]
 _DeviceCallback = Callable[[set[str]], None]
 _QueuedCallback = Callable[[dict[str, set[str]]], None]
 _ReplacedCallback = Callable[[dict[str, str]], None]
+_WatchCallback = Callable[[dict[str, set[str]]], None]
 # The device signals, in the order the bridge gets them when several are pending.
 _REVOKED, _SETTINGS, _WORK = "revoked", "settings", "work"
 
@@ -74,6 +75,10 @@ class LocalBus:
         self._events_scheduled = False
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._on_events: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        # Device signals for asyncio-side watchers (the SMSGate mobile API's phones): kind -> ids.
+        self._watchers: list[tuple[asyncio.AbstractEventLoop, _WatchCallback]] = []
+        self._watched: dict[str, set[str]] = {}
+        self._watch_scheduled = False
 
     def attach_bridge(
         self,
@@ -112,6 +117,42 @@ class LocalBus:
         with self._lock:
             self._on_events = [(loop, cb) for loop, cb in self._on_events if cb is not on_events]
 
+    def watch_devices(self, on_signals: _WatchCallback) -> None:
+        """Call from an asyncio loop: `on_signals` then runs on that loop with the device
+        signals since its last call, by kind ("work": queued or changed messages, "revoked",
+        "settings"), coalesced like the bridge's. For phones served outside the bridge (the
+        SMSGate mobile API: docs/smsgate.md)."""
+        with self._lock:
+            self._watchers.append((asyncio.get_running_loop(), on_signals))
+
+    def unwatch_devices(self, on_signals: _WatchCallback) -> None:
+        with self._lock:
+            self._watchers = [(loop, cb) for loop, cb in self._watchers if cb is not on_signals]
+
+    def _watch(self, kind: str, device_ids: Iterable[str]) -> None:
+        """Hand device signals to the watchers: one hop per loop while signals keep coming."""
+        if not self._watchers:  # the usual case: nobody watches, no lock taken
+            return
+        with self._lock:
+            self._watched.setdefault(kind, set()).update(device_ids)
+            if self._watch_scheduled or not self._watched[kind]:
+                return
+            self._watch_scheduled = True
+            loops = {id(loop): loop for loop, _ in self._watchers}
+        for loop in loops.values():
+            try:
+                loop.call_soon_threadsafe(self._deliver_watched, loop)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    def _deliver_watched(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            taken, self._watched = self._watched, {}
+            self._watch_scheduled = False
+            callbacks = [cb for lp, cb in self._watchers if lp is loop]
+        for cb in callbacks:
+            cb(taken)
+
     def notify_work(self, device_ids: Iterable[str]) -> None:
         self._signal(_WORK, device_ids)
 
@@ -122,6 +163,8 @@ class LocalBus:
         self._signal(_SETTINGS, device_ids)
 
     def notify_queued(self, queued: Mapping[str, Iterable[str]]) -> None:
+        if self._watchers:
+            self._watch(_WORK, [d for d, ids in queued.items() if ids])
         with self._lock:
             for device_id, ids in queued.items():
                 self._queued.setdefault(device_id, set()).update(ids)
@@ -146,6 +189,9 @@ class LocalBus:
 
     def _signal(self, kind: str, device_ids: Iterable[str]) -> None:
         """Add to the pending set of `kind`; schedule one hop to the bridge unless one is due."""
+        if self._watchers:
+            device_ids = set(device_ids)
+            self._watch(kind, device_ids)
         with self._lock:
             pending = self._pending[kind]
             pending.update(device_ids)

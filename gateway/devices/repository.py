@@ -113,6 +113,15 @@ class DeviceRepository:
                 return None
             return DeviceIdentity(row.id, row.owner_id)
 
+    def token_hash_of(self, device_id: str) -> tuple[DeviceIdentity, str] | None:
+        """(the device, its token's hash), None for an unknown or deleted device: the SMSGate
+        mobile API derives the key its phone signs inbound SMS with from that hash."""
+        with self.db.read() as s:
+            row = s.get(Device, device_id)
+            if row is None or row.revoked:
+                return None
+            return DeviceIdentity(row.id, row.owner_id), row.token_hash
+
     def token_identities(self, limit: int) -> list[tuple[str, DeviceIdentity]]:
         """(token hash, device) of the `limit` newest devices not deleted, for the bridge's
         token cache (device_bridge.credentials), oldest first."""
