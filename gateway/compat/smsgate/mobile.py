@@ -331,8 +331,8 @@ def _inbound_item(envelope: Any) -> NewInbound | None:
                       sim=sim, received_at=at)
 
 
-async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.to_thread(fn, *args)
+async def _thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def mobile_routes(api: MobileApi, answer: Callable[[Callable[[Request], Awaitable[Response]]], Any]) -> list[Route]:

@@ -201,12 +201,14 @@ class MobilePhones:
             now = utcnow()
             room = PULL_LIMIT - len(phone.handed)
             in_flight = {u.message.id for u in phone.handed.values()}
+            # Handed over and since cancelled or expired: the phone must drop them.
+            ended_ids = set(await asyncio.to_thread(self.messages.final_states, phone.device_id, in_flight)) if in_flight else set()
             batch = await asyncio.to_thread(self.messages.dispatch, phone.device_id, phone.session_id, room, now, in_flight)
             phone.filled = room > 0 and len(batch.units) >= room
             for unit in batch.units:
                 phone.handed[wire_id(unit)] = unit
             ended = []
-            for message_id in batch.drops:
+            for message_id in ended_ids | set(batch.drops):
                 units = [w for w, u in phone.handed.items() if u.message.id == message_id]
                 numbers = [n for w in units for n in mobile_message(phone.handed.pop(w), now)["phoneNumbers"]]  # type: ignore[union-attr]
                 ended.append(cancelling(message_id, numbers or await self._numbers(phone.owner_id, message_id)))
