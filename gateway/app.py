@@ -36,6 +36,8 @@ from gateway.addresses import join_hostport, split_hostport
 from gateway.api.devices import PhoneUrl
 from gateway.api.server import GrpcServer, start_grpc_server
 from gateway.compat.smsgate.app import SmsgateApi, build_app
+from gateway.compat.smsgate.settings import SettingsStore
+from gateway.compat.smsgate.webhooks import SmsgateWebhooks
 from gateway.compat.smsgate.server import HttpFront
 from gateway.auth.passwords import hash_password
 from gateway.auth.repository import AuditEntry, AuthRepository
@@ -211,7 +213,7 @@ class _GatewayThread:
                 inbound=InboundService(InboundRepository(self.db)), phone_url=self.phone_url,
             )
             tasks.append(asyncio.create_task(ring.run()))
-            await self._start_smsgate(messages, devices, auth)
+            await self._start_smsgate(messages, devices, auth, webhooks)
         self.started.set()
         await self._stop.wait()
         if self.smsgate is not None:
@@ -227,13 +229,17 @@ class _GatewayThread:
         if leader is not None:
             leader.close()
 
-    async def _start_smsgate(self, messages: MessageService, devices: DeviceService, auth: AuthService) -> None:
+    async def _start_smsgate(
+        self, messages: MessageService, devices: DeviceService, auth: AuthService, webhooks: WebhookService
+    ) -> None:
         """SMSGate's third-party API on `compat.smsgate.listen`, when set (docs/smsgate.md)."""
         config = self.settings.compat.smsgate
         if not config.listen:
             return
+        store = SettingsStore(self.db)  # one for the process: the mobile API reads it and hooks its on_change
         api = SmsgateApi(
-            messages, devices, auth, self.settings.limits, region=config.default_region, storage=storage_check(self.db)
+            messages, devices, auth, self.settings.limits, region=config.default_region, storage=storage_check(self.db),
+            settings=store, webhooks=SmsgateWebhooks(webhooks, store),
         )
         host, port = split_hostport(config.listen)
         grpc = self.settings.grpc

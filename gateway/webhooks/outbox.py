@@ -8,7 +8,6 @@ wants the event, so a change nobody subscribed to costs one indexed query per tr
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +20,7 @@ from ulid import ULID
 from gateway.messages.rows import Writes
 from gateway.storage.engine import AFTER_COMMIT
 from gateway.storage.models import WebhookDeliveryRow, WebhookRow
+from gateway.webhooks.formats import Format, render
 from gateway.webhooks.records import WebhookEvent, WebhookState
 
 __all__ = ["enqueue", "new_delivery_id", "render_payload", "ENQUEUED"]
@@ -38,13 +38,8 @@ def new_delivery_id() -> str:
 
 
 def render_payload(event: WebhookEvent, delivery_id: str, device_id: str, now: datetime, body: dict[str, Any]) -> str:
-    """The exact JSON body: event, id, the owner's device id, time, then the record(s)."""
-    doc = {"event": str(event), "id": delivery_id, "device_id": device_id, "time": _iso(now), **body}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The exact Standard Webhooks body: event, id, the owner's device id, time, then the record(s)."""
+    return render(Format.STANDARD, event, delivery_id, "", device_id, now, body)
 
 
 _W = WebhookRow.__table__.c  # type: ignore[attr-defined]
@@ -53,14 +48,15 @@ _W = WebhookRow.__table__.c  # type: ignore[attr-defined]
 # that caused the event. SQLite serialises writers anyway. Built once (a hot-path statement:
 # every transaction with a SENT/DELIVERED/FAILED change runs it once per owner).
 _SUBSCRIBERS = (
-    select(_W.id, _W.events, _W.device_id)
+    select(_W.id, _W.events, _W.device_id, _W.format, _W.external_id)
     .where(_W.owner_id == bindparam("owner_id"), _W.state != int(WebhookState.DISABLED))
     .with_for_update(key_share=True)
 )
 
 
 def _subscribers(s: Session | Writes, owner_id: str) -> list[Any]:
-    """The owner's enabled webhooks (id, events, device_id), read once per transaction."""
+    """The owner's enabled webhooks (id, events, device_id, format, external_id), read once
+    per transaction."""
     cache: dict[str, list[Any]] = s.info.setdefault(_CACHE_KEY, {})
     if owner_id not in cache:
         params = {"owner_id": owner_id}
@@ -94,7 +90,7 @@ def enqueue(
                 webhook_id=w.id,
                 owner_id=owner_id,
                 event=str(event),
-                payload=render_payload(event, delivery_id, device_id, now, record),
+                payload=render(w.format, event, delivery_id, w.external_id or w.id, device_id, now, record),
                 next_attempt_at=now,
                 created_at=now,
                 updated_at=now,

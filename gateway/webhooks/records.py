@@ -50,6 +50,8 @@ class WebhookRecord:
     last_success_at: datetime | None
     created_at: datetime
     pending_deliveries: int = 0
+    format: str = ""  # gateway.webhooks.formats.Format
+    external_id: str | None = None  # the id SMSGate's API knows it by
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ synchronous; callers run them in a worker thread.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,7 +22,8 @@ from gateway.config import WebhookSettings
 from gateway.errors import FailedPrecondition, InvalidArgument, NotFound
 from gateway.storage.engine import Database
 from gateway.storage.models import AuditRow, Device, WebhookAttemptRow, WebhookDeliveryRow, WebhookRow
-from gateway.webhooks.outbox import new_delivery_id, render_payload
+from gateway.webhooks.formats import Format, render
+from gateway.webhooks.outbox import new_delivery_id
 from gateway.webhooks.records import (
     AttemptRecord,
     DeliveryRecord,
@@ -53,6 +54,7 @@ class Claim:
     attempt: int  # 1-based, counting every attempt ever made
     is_ping: bool
     position: int = 0  # 1-based place in the retry schedule (restarts after a replay)
+    format: str = ""  # gateway.webhooks.formats.Format: how the request is signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,52 @@ class WebhookRepository:
             s.add(row)
             s.add(_audit(owner_id, now, "webhook.create", row.id, f"events={row.events}"))
             return _webhook_record(row, 0)
+
+    def upsert_external(
+        self, owner_id: str, external_id: str, url: str, event: WebhookEvent, device_id: str, fmt: Format,
+        secret: Callable[[Session], str], now: datetime,
+    ) -> WebhookRecord:
+        """Create or replace the webhook the owner calls `external_id` (SMSGate's API: a POST
+        with a known id replaces it). `secret(s)` gives its signing secret inside this
+        transaction. A replaced webhook keeps its outbox and becomes active again."""
+        with self.db.write() as s:
+            if device_id:
+                device = s.get(Device, device_id)
+                if device is None or device.owner_id != owner_id or device.revoked:
+                    raise InvalidArgument("device_id", "not one of your devices")
+            row = s.exec(
+                select(WebhookRow).where(WebhookRow.owner_id == owner_id, WebhookRow.external_id == external_id)
+            ).first()
+            if row is None:
+                count = s.exec(select(func.count()).select_from(WebhookRow).where(WebhookRow.owner_id == owner_id)).one()
+                if count >= self.settings.max_per_owner:
+                    raise FailedPrecondition(
+                        f"at most {self.settings.max_per_owner} webhooks per account; delete one first"
+                    )
+                row = WebhookRow(id=str(ULID()), owner_id=owner_id, url=url, events="", secret="", created_at=now)
+                action = "webhook.create"
+            else:
+                action = "webhook.replace"
+            row.url, row.events, row.device_id, row.format, row.external_id = url, str(event), device_id, str(fmt), external_id
+            row.secret, row.previous_secret, row.previous_secret_until = secret(s), "", None
+            row.state, row.disabled_reason, row.failing_since = int(WebhookState.ACTIVE), "", None
+            s.add(row)
+            s.add(_audit(owner_id, now, action, row.id, f"events={row.events} format={row.format}"))
+            return self._record(s, row) if action == "webhook.replace" else _webhook_record(row, 0)
+
+    def delete_external(self, owner_id: str, external_id: str, now: datetime) -> bool:
+        """Delete the webhook the owner calls `external_id`; False when there is none."""
+        with self.db.read() as s:
+            found = s.exec(
+                select(WebhookRow.id).where(WebhookRow.owner_id == owner_id, WebhookRow.external_id == external_id)
+            ).first()
+        if found is None:
+            return False
+        try:
+            self.delete(owner_id, found, now)
+        except NotFound:  # deleted meanwhile
+            return False
+        return True
 
     def list(self, owner_id: str) -> list[WebhookRecord]:
         with self.db.read() as s:
@@ -132,6 +180,11 @@ class WebhookRepository:
         """The new secret signs from now on; the old one also signs for `secret_overlap`."""
         with self.db.write() as s:
             row = self._owned(s, owner_id, webhook_id)
+            if row.format == Format.SMSGATE:
+                raise FailedPrecondition(
+                    "an SMSGate-format webhook is signed with the account's webhooks.signing_key setting: "
+                    "change that (PATCH /3rdparty/v1/settings) instead"
+                )
             row.previous_secret = row.secret
             row.previous_secret_until = now + timedelta(seconds=self.settings.secret_overlap)
             row.secret = secret
@@ -182,7 +235,10 @@ class WebhookRepository:
         with self.db.write() as s:
             row = self._owned(s, owner_id, webhook_id)
             delivery_id = new_delivery_id()
-            payload = render_payload(WebhookEvent.SYSTEM_PING, delivery_id, row.device_id, now, {"webhook_id": row.id})
+            payload = render(
+                row.format, WebhookEvent.SYSTEM_PING, delivery_id, row.external_id or row.id, row.device_id, now,
+                {"webhook_id": row.id},
+            )
             d = WebhookDeliveryRow(
                 id=delivery_id, webhook_id=row.id, owner_id=owner_id, event=str(WebhookEvent.SYSTEM_PING),
                 payload=payload, max_attempts=1, created_at=now, updated_at=now,
@@ -234,7 +290,7 @@ class WebhookRepository:
             s.add(w)
         return Claim(
             d.id, w.id, w.owner_id, w.url, secrets, d.payload.encode(), d.attempts,
-            d.event == WebhookEvent.SYSTEM_PING, d.attempts - d.attempt_base,
+            d.event == WebhookEvent.SYSTEM_PING, d.attempts - d.attempt_base, w.format,
         )
 
     def next_due(self) -> datetime | None:
@@ -365,7 +421,7 @@ def _webhook_record(r: WebhookRow, pending: int) -> WebhookRecord:
         id=r.id, owner_id=r.owner_id, url=r.url, events=tuple(WebhookEvent(e) for e in r.events.split()),
         device_id=r.device_id, state=WebhookState(r.state), disabled_reason=r.disabled_reason,
         failing_since=r.failing_since, last_success_at=r.last_success_at, created_at=r.created_at,
-        pending_deliveries=pending,
+        pending_deliveries=pending, format=r.format, external_id=r.external_id,
     )
 
 

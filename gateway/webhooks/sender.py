@@ -15,7 +15,7 @@ import httpx
 
 from gateway.webhooks.repository import Claim
 from gateway.webhooks.schedule import Outcome, Verdict, judge
-from gateway.webhooks.signing import signed_headers
+from gateway.webhooks.formats import sign
 from gateway.webhooks.ssrf import ForbiddenTarget, GuardedBackend, Policy, check_url_syntax
 
 __all__ = ["WebhookSender", "USER_AGENT"]
@@ -56,7 +56,7 @@ class WebhookSender:
     async def send(self, claim: Claim, now: datetime) -> tuple[Outcome, int]:
         """(outcome, latency in ms). Never raises for anything the receiver or network does."""
         started = time.monotonic()
-        headers = signed_headers(claim.secrets, claim.delivery_id, int(now.timestamp()), claim.payload)
+        headers = sign(claim.format, claim.secrets, claim.delivery_id, int(now.timestamp()), claim.payload)
         try:
             check_url_syntax(claim.url, self.policy)  # the config may have tightened since creation
             async with asyncio.timeout(self.timeout):

@@ -4,11 +4,14 @@ worker threads, and test pings sent at once through the worker."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
 
 from gateway.errors import InvalidArgument
 from gateway.types import utcnow
+from gateway.webhooks.formats import Format
 from gateway.webhooks.records import AttemptRecord, DeliveryRecord, DeliveryState, WebhookEvent, WebhookRecord
 from gateway.webhooks.repository import WebhookRepository
 from gateway.webhooks.signing import new_secret
@@ -55,6 +58,17 @@ class WebhookService:
         secret = new_secret()
         record = await asyncio.to_thread(self.repo.create, owner_id, url, parsed, device_id, secret, utcnow())
         return record, secret
+
+    async def upsert_external(
+        self, owner_id: str, external_id: str, url: str, event: WebhookEvent, device_id: str, fmt: Format,
+        secret: Callable[[Session], str], now: datetime,
+    ) -> WebhookRecord:
+        """Create or replace the webhook known as `external_id` (SMSGate's API; the caller has
+        checked the URL). `secret(s)` gives its signing secret in the storing transaction."""
+        return await asyncio.to_thread(self.repo.upsert_external, owner_id, external_id, url, event, device_id, fmt, secret, now)
+
+    async def delete_external(self, owner_id: str, external_id: str) -> bool:
+        return await asyncio.to_thread(self.repo.delete_external, owner_id, external_id, utcnow())
 
     async def list(self, owner_id: str) -> list[WebhookRecord]:
         return await asyncio.to_thread(self.repo.list, owner_id)

@@ -31,6 +31,10 @@ from gateway.api.validation import parse_send_request
 from gateway.auth.records import Caller
 from gateway.auth.scopes import Scope
 from gateway.auth.service import AuthService
+from gateway.compat.smsgate import pacing
+from gateway.compat.smsgate.inbox import export_request, refresh_request
+from gateway.compat.smsgate.settings import SettingsStore, public
+from gateway.compat.smsgate.webhooks import SmsgateWebhooks
 from gateway.compat.smsgate.shapes import (
     FROM_STATE, camel, device, message_state, parse_time, send_request, token_response,
 )
@@ -50,6 +54,7 @@ __all__ = ["SmsgateApi", "build_app", "MAX_BODY"]
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # bytes: a send of 100 recipients and a long text is far below
+_SMALL_BODY = 64 << 10  # bytes: a webhook, the settings map, an inbox refresh
 _MAX_OFFSET = 10_000  # a list reads offset + limit messages: page further with from/to
 _BASIC_TTL = 60.0
 _BASIC_CACHE = 1024
@@ -69,6 +74,8 @@ class SmsgateApi:
     limits: LimitsSettings
     region: str = "RU"  # SMSGate's default for numbers without a country code
     storage: Callable[[], str] = lambda: ""  # /readyz's storage check: "" when the database answers
+    settings: SettingsStore | None = None  # /settings, and the signing key of SMSGate-format webhooks
+    webhooks: SmsgateWebhooks | None = None  # /webhooks
 
     def __post_init__(self) -> None:
         self._basic: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
@@ -216,6 +223,61 @@ class SmsgateApi:
         await self.devices.delete(caller, request.path_params["id"])
         return Response(status_code=204)
 
+    async def webhooks_list(self, request: Request, caller: Caller) -> Response:
+        assert self.webhooks is not None
+        return JSONResponse(await self.webhooks.list(caller.owner_id))
+
+    async def webhooks_create(self, request: Request, caller: Caller) -> Response:
+        assert self.webhooks is not None
+        body = await _json(request, _SMALL_BODY)
+        return JSONResponse(await self.webhooks.upsert(caller.owner_id, body), status_code=201)
+
+    async def webhooks_delete(self, request: Request, caller: Caller) -> Response:
+        assert self.webhooks is not None
+        await self.webhooks.delete(caller.owner_id, request.path_params["id"])
+        return Response(status_code=204)
+
+    async def settings_get(self, request: Request, caller: Caller) -> Response:
+        assert self.settings is not None
+        return JSONResponse(public(await self.settings.get(caller.owner_id)))
+
+    async def settings_put(self, request: Request, caller: Caller) -> Response:
+        assert self.settings is not None
+        body = await _json(request, _SMALL_BODY)
+        return await self._settings_written(caller, await self.settings.replace(caller.owner_id, body))
+
+    async def settings_patch(self, request: Request, caller: Caller) -> Response:
+        assert self.settings is not None
+        body = await _json(request, _SMALL_BODY)
+        return await self._settings_written(caller, await self.settings.patch(caller.owner_id, body))
+
+    async def _settings_written(self, caller: Caller, change: tuple[dict[str, Any], dict[str, Any]]) -> Response:
+        """The answer to PUT / PATCH, once changed send-rate settings are on the phones."""
+        before, after = change
+        if pacing.inputs(before) != pacing.inputs(after):
+            await pacing.apply_to_devices(self.devices, caller, after)
+        return JSONResponse(public(after))
+
+    async def inbox_refresh(self, request: Request, caller: Caller) -> Response:
+        """Validated, then answered: smsgw stored every inbound SMS (and sent its webhooks) when
+        the phone forwarded it, so there is nothing on a phone to re-read (docs/smsgate.md)."""
+        await self._known_device(caller, refresh_request(await _json(request, _SMALL_BODY)))
+        return JSONResponse({}, status_code=202)
+
+    async def inbox_export(self, request: Request, caller: Caller) -> Response:
+        """The deprecated form of /inbox/refresh."""
+        await self._known_device(caller, export_request(await _json(request, _SMALL_BODY)))
+        return JSONResponse({}, status_code=202, headers={"Deprecation": "true"})
+
+    async def _known_device(self, caller: Caller, device_id: str) -> None:
+        if device_id and device_id not in {d.id for d in await self.devices.list(caller.owner_id)}:
+            raise InvalidArgument("deviceId", "not one of your devices")
+
+    async def not_implemented(self, request: Request, caller: Caller) -> Response:
+        """/inbox and /logs: as SMSGate's server (only its phones' local server has them)."""
+        what = "Inbox" if request.url.path.rstrip("/").endswith("/inbox") else "Logs"
+        return JSONResponse({"message": f"{what} API is not implemented on this server"}, status_code=501)
+
 
 def _query_int(raw: str | None, name: str, low: int, high: int, default: int) -> int:
     if raw is None:
@@ -233,15 +295,15 @@ def _query_time(raw: str | None, name: str) -> datetime | None:
     return None if raw is None else parse_time(raw, name)
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request, limit: int = MAX_BODY) -> Any:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise InvalidArgument("body", f"larger than {MAX_BODY} bytes")
+    if declared.isdigit() and int(declared) > limit:
+        raise InvalidArgument("body", f"larger than {limit} bytes")
     raw = b""
     async for chunk in request.stream():  # bounded: a body without (or lying about) its length stops here too
         raw += chunk
-        if len(raw) > MAX_BODY:
-            raise InvalidArgument("body", f"larger than {MAX_BODY} bytes")
+        if len(raw) > limit:
+            raise InvalidArgument("body", f"larger than {limit} bytes")
     try:
         return json.loads(raw)
     except ValueError:
@@ -286,6 +348,25 @@ def build_app(api: SmsgateApi) -> Starlette:
         Route("/auth/token", guarded(Scope.TOKENS_MANAGE, api.token_issue), methods=["POST"]),
         Route("/auth/token/refresh", api.token_refresh, methods=["POST"]),
         Route("/auth/token/{jti}", guarded(Scope.TOKENS_MANAGE, api.token_revoke), methods=["DELETE"]),
+        # SMSGate's inbox:refresh is smsgw's messages:export; the TypeScript client's exportInbox
+        # calls /inbox/export, which SMSGate's server lacks: answered here as /messages/inbox/export.
+        Route("/inbox/refresh", guarded(Scope.MESSAGES_EXPORT, api.inbox_refresh), methods=["POST"]),
+        *(Route(path, guarded(Scope.MESSAGES_EXPORT, api.inbox_export), methods=["POST"])
+          for path in ("/messages/inbox/export", "/inbox/export")),
+        Route("/inbox", guarded(Scope.MESSAGES_LIST, api.not_implemented), methods=["GET"]),
+        Route("/logs", guarded(Scope.LOGS_READ, api.not_implemented), methods=["GET"]),
     ]
+    if api.webhooks is not None:
+        thirdparty += [
+            Route("/webhooks", guarded(Scope.WEBHOOKS_LIST, api.webhooks_list), methods=["GET"]),
+            Route("/webhooks", guarded(Scope.WEBHOOKS_WRITE, api.webhooks_create), methods=["POST"]),
+            Route("/webhooks/{id}", guarded(Scope.WEBHOOKS_DELETE, api.webhooks_delete), methods=["DELETE"]),
+        ]
+    if api.settings is not None:
+        thirdparty += [
+            Route("/settings", guarded(Scope.SETTINGS_READ, api.settings_get), methods=["GET"]),
+            Route("/settings", guarded(Scope.SETTINGS_WRITE, api.settings_put), methods=["PUT"]),
+            Route("/settings", guarded(Scope.SETTINGS_WRITE, api.settings_patch), methods=["PATCH"]),
+        ]
     return Starlette(routes=[*health, Mount("/3rdparty/v1", routes=thirdparty),
                              Mount("/api/3rdparty/v1", routes=thirdparty)])
