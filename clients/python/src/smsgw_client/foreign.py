@@ -352,8 +352,7 @@ def open_data(ring: KeyRing | Iterable[str], ciphertext: str | bytes) -> bytes:
     passphrases = _passphrases(ring)
     if recognise(ciphertext) != "smsgate":
         return KeyRing(passphrases).decrypt_bytes(ciphertext)
-    text = _first_that_opens(passphrases, ciphertext, smsgate_decrypt, "SMSGate")
-    try:
-        return base64.b64decode(text.strip(_ASCII_SPACE), validate=True)
-    except (binascii.Error, ValueError):
-        raise EnvelopeError("not_base64", "the SMSGate data message opened, but its payload is not base64") from None
+    payload = _first_that_opens(passphrases, ciphertext, smsgate_decrypt, "SMSGate").strip(_ASCII_SPACE)
+    if not _BASE64.fullmatch(payload):
+        raise EnvelopeError("not_base64", "the SMSGate data message opened, but its payload is not base64")
+    return base64.b64decode(payload)
