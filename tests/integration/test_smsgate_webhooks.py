@@ -46,6 +46,15 @@ def phone(server: ServerProcess) -> Iterator[RawPhone]:
     phone.ws.close()
 
 
+@pytest.fixture(autouse=True)
+def no_webhooks_left(server: ServerProcess) -> Iterator[None]:
+    """Each test starts with no webhook, whatever the one before it left behind."""
+    yield
+    with Client(server.grpc_target, server.token) as client:
+        for w in client.webhooks.list().webhooks:
+            client.webhooks.delete(w.id)
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with Receiver(default=204) as r:
