@@ -107,6 +107,19 @@ class GatewayMetrics:
         self.watch_streams = Gauge(
             "smsgw_gateway_watch_streams", "Open WatchMessages and WatchInbound streams", ["grpc_method"], registry=registry
         )
+        # Phones on SMSGate's mobile API (gateway/compat/smsgate/mobile_phones.py).
+        self.smsgate_sessions = Gauge(
+            "smsgw_smsgate_sessions", "SMSGate-app phones with a session on this gateway (online)", registry=registry
+        )
+        self.smsgate_streams = Gauge("smsgw_smsgate_event_streams", "Open SSE streams of SMSGate-app phones", registry=registry)
+        self.smsgate_pulled = Counter(
+            "smsgw_smsgate_pulled_messages_total", "Messages handed to SMSGate-app phones by their pulls (first time)",
+            registry=registry,
+        )
+        self.smsgate_reports = _counter_over(
+            registry, "smsgw_smsgate_reports_total", "State reports from SMSGate-app phones (PATCH /message items)",
+            "state", ("Pending", "Processed", "Sent", "Delivered", "Failed", "Cancelling", "Cancelled"),
+        )
 
 
 class RpcMetrics:

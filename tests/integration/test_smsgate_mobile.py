@@ -64,7 +64,7 @@ def test_the_app_registers_wakes_pulls_reports_and_forwards_inbound(server: Serv
     admin = ("admin", server.admin_password)
 
     async def main() -> None:
-        async with SmsgateApp(_mobile(server), private_token=_PRIVATE, behaviour=Behaviour(strip_plus=True)) as app:
+        async with SmsgateApp(_mobile(server), private_token=_PRIVATE, behaviour=Behaviour(strip_plus=True, fail={"+15550008888": "no signal"})) as app:
             info = await app.register()
             assert info["login"] and info["password"] and len(info["password"]) == 14
             account = (str(app.login), str(app.password))
@@ -75,6 +75,14 @@ def test_the_app_registers_wakes_pulls_reports_and_forwards_inbound(server: Serv
             assert {h["event"] for h in hooks} == {"sms:received", "sms:data-received"}
             device = await app.get_device()
             assert device["device"]["id"] == app.device_id and device["externalIp"] == "127.0.0.1"
+            # Settings written through the third-party API reach the phone (SettingsUpdated).
+            patched = await asyncio.to_thread(
+                httpx.patch, f"{server.endpoints['smsgate']}/settings", auth=(str(app.login), str(app.password)),
+                json={"ping": {"interval_seconds": 600}}, timeout=10)
+            assert patched.status_code == 200, patched.text
+            await app.wait_until(lambda: app.settings_fetches >= 2, what="SettingsUpdated")
+            assert app.settings is not None and app.settings["ping"] == {"interval_seconds": 600}
+            assert app.settings["gateway"]["notification_channel"] == "SSE_ONLY"
 
             with Client(server.grpc_target) as anonymous:
                 token = await asyncio.to_thread(anonymous.issue_token, *account, scopes=["messages:read", "messages:list", "devices:list"])
@@ -102,6 +110,13 @@ def test_the_app_registers_wakes_pulls_reports_and_forwards_inbound(server: Serv
                 got = await asyncio.to_thread(client.get_message, ids[0])
                 assert [r.state for r in got.recipients] == [5, 5]  # DELIVERED, both (numbers reported without +)
                 assert sorted(r.phone_number for r in got.recipients) == ["+15550000000", "+15550009999"]
+
+                # One recipient of two fails: per recipient, by the number the phone reported.
+                mixed = await asyncio.to_thread(
+                    _send, server, account, {"phoneNumbers": ["+15550007777", "+15550008888"], "textMessage": {"text": "x"}})
+                await _until(lambda: _state(server, account, str(mixed["id"]))["recipients"][1]["state"] == "Failed", "Failed")
+                await _until(lambda: _state(server, account, str(mixed["id"]))["recipients"][0]["state"] == "Delivered", "Delivered")
+                assert "no signal" in _state(server, account, str(mixed["id"]))["recipients"][1]["error"]
 
                 # Inbound: the app's webhook to smsgw's endpoint, signed with the key it imported.
                 [attempt] = await app.receive_sms("+15557654321", "incoming text")

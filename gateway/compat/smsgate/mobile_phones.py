@@ -41,6 +41,7 @@ from gateway.devices.session_jobs import close_device_session, open_device_sessi
 from gateway.errors import NotFound, Unauthenticated
 from gateway.messages.records import DispatchUnit, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
+from gateway.metrics import GatewayMetrics
 from gateway.types import State, utcnow
 
 __all__ = ["MobilePhones", "Phone"]
@@ -79,9 +80,10 @@ class Phone:
 class MobilePhones:
     def __init__(
         self, devices: DeviceRepository, messages: MessageRepository, bus: LocalBus, *,
-        linger: float = 60.0, keepalive: float = 15.0,
+        linger: float = 60.0, keepalive: float = 15.0, metrics: GatewayMetrics | None = None,
     ) -> None:
         self.devices, self.messages, self.bus = devices, messages, bus
+        self.metrics = metrics
         self.linger, self.keepalive = linger, keepalive
         self._phones: dict[str, Phone] = {}
         self._opening: dict[str, asyncio.Lock] = {}
@@ -103,11 +105,10 @@ class MobilePhones:
             self._end_streams(phone)
             await asyncio.shield(self._close(phone))
 
-    def online(self) -> int:
-        return len(self._phones)
-
-    def streams(self) -> int:
-        return sum(len(p.streams) for p in self._phones.values())
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.smsgate_sessions.set(len(self._phones))
+            self.metrics.smsgate_streams.set(sum(len(p.streams) for p in self._phones.values()))
 
     # ---- credentials ------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class MobilePhones:
             if phone is None:
                 phone = Phone(identity.device_id, identity.owner_id, session_id, token_hash, app_version)
                 self._phones[identity.device_id] = phone
+                self._gauge()
                 self.bus.notify_events()  # device:online, and what the open moved
             phone.token_hash, phone.seen = token_hash, time.monotonic()
             return phone
@@ -172,6 +174,7 @@ class MobilePhones:
         phone.closed = True
         if self._phones.get(phone.device_id) is phone:
             del self._phones[phone.device_id]
+            self._gauge()
         if phone.timer is not None:
             phone.timer.cancel()
         try:
@@ -207,6 +210,8 @@ class MobilePhones:
             phone.filled = room > 0 and len(batch.units) >= room
             for unit in batch.units:
                 phone.handed[wire_id(unit)] = unit
+            if self.metrics is not None and batch.units:
+                self.metrics.smsgate_pulled.inc(len(batch.units))
             ended = []
             for message_id in ended_ids | set(batch.drops):
                 units = [w for w, u in phone.handed.items() if u.message.id == message_id]
@@ -235,6 +240,8 @@ class MobilePhones:
         async with phone.lock:
             updates: list[ReceiptUpdate] = []
             for report, wid in zip(reports, wire_ids):
+                if self.metrics is not None:
+                    self.metrics.smsgate_reports.labels(report.state).inc()
                 if report.state in ("Cancelling", "Cancelled") and not report.recipients:
                     phone.handed.pop(wid, None)
                     continue
@@ -275,6 +282,7 @@ class MobilePhones:
             if phone is not None:
                 phone.closed = True  # deleted: nothing to close
                 self._end_streams(phone)
+                self._gauge()
         for device_id in taken.get("work", set()) | taken.get("settings", set()):
             phone = self._phones.get(device_id)
             if phone is not None:
@@ -309,6 +317,7 @@ class MobilePhones:
         `keepalive` seconds; ends when the device is deleted."""
         stream = _Stream()
         phone.streams.append(stream)
+        self._gauge()
         try:
             yield b":keepalive\n\n"  # the headers and a first byte, at once
             while True:
@@ -327,3 +336,4 @@ class MobilePhones:
             if stream in phone.streams:
                 phone.streams.remove(stream)
             phone.seen = time.monotonic()
+            self._gauge()
