@@ -260,3 +260,30 @@ def test_bad_input_is_refused_and_stores_nothing(server: ServerProcess) -> None:
     assert refused.status_code == 400 and "payload.sender" in refused.json()["message"]
     with Client(server.grpc_target, server.token) as client:
         assert [m for m in client.list_inbound().messages if m.device_id == device_id] == []
+
+
+def test_the_scheduler_paces_and_orders_what_the_app_pulls(server: ServerProcess) -> None:
+    """The phone's pacing (one SMS a second here) and priority hold on this API too: the higher
+    priority message comes first, the next one only when pacing lets it go, on an SSE wake-up
+    at that time (the app never polls)."""
+    admin = ("admin", server.admin_password)
+
+    async def main() -> None:
+        async with SmsgateApp(_mobile(server), basic=admin) as app:
+            await app.register()
+            with Client(server.grpc_target, server.token) as client:
+                settings = await asyncio.to_thread(client.get_device_settings, str(app.device_id))
+                settings.default_pacing.min_interval_ms = 1000
+                await asyncio.to_thread(client.update_device_settings, settings)
+            low = await asyncio.to_thread(_send, server, admin, {"phoneNumbers": ["+15550005555"], "textMessage": {"text": "low"},
+                                                                 "deviceId": app.device_id})
+            high = await asyncio.to_thread(_send, server, admin, {"phoneNumbers": ["+15550006666"], "textMessage": {"text": "high"},
+                                                                  "deviceId": app.device_id, "priority": 50})
+            app.start()
+            await app.wait_until(lambda: app.sent_sms[str(low["id"])] == 1, timeout=_WAIT, what="both sent")
+            handed = [ids for ids in (p.ids for p in app.pulls) if ids]
+            assert handed[0] == [high["id"]] and [low["id"]] in handed[1:], handed
+            assert len(app.events_of("MessageEnqueued")) >= 1  # the paced one came on a wake-up
+            assert app.problems == [], app.problems
+
+    asyncio.run(main())
