@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import statistics
 import time
 from collections.abc import Iterator
@@ -287,3 +288,34 @@ def test_the_scheduler_paces_and_orders_what_the_app_pulls(server: ServerProcess
             assert app.problems == [], app.problems
 
     asyncio.run(main())
+
+
+def test_the_app_over_https(tmp_path: Path) -> None:
+    """The app's release build refuses cleartext: with gRPC's certificate the front serves
+    HTTPS, and the app, trusting the CA (a user-installed CA on the phone), registers, streams,
+    and sends a message over it."""
+    from tests.helpers.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    env = {
+        "SMSGW_COMPAT__SMSGATE__LISTEN": "127.0.0.1:0",
+        "SMSGW_GRPC__TLS_CERT_FILE": str(pki.server_cert), "SMSGW_GRPC__TLS_KEY_FILE": str(pki.server_key),
+    }
+    with ServerProcess(tmp_path / "data", env=env) as server:
+        base = server.endpoints["smsgate"]
+        assert base.startswith("https://")
+        admin = ("admin", server.admin_password)
+        trust = ssl.create_default_context(cafile=str(pki.ca_cert))
+
+        async def main() -> None:
+            async with SmsgateApp(base.replace("/3rdparty/v1", "/api/mobile/v1"), basic=admin, verify=trust) as app:
+                await app.register()
+                app.start()
+                await app.wait_until(lambda: app.connected, what="the SSE stream over TLS")
+                sent = await asyncio.to_thread(lambda: httpx.post(
+                    f"{base}/messages", auth=admin, verify=trust, timeout=10,
+                    json={"phoneNumbers": ["+15550001234"], "textMessage": {"text": "over tls"}}).json())
+                await app.wait_until(lambda: app.sent_sms[sent["id"]] == 1, what="sent over TLS")
+                assert app.problems == [], app.problems
+
+        asyncio.run(main())
