@@ -70,6 +70,7 @@ from typing import Any, NamedTuple
 
 import trio
 from smsgw_client.envelope import EnvelopeError, KeyRing
+from smsgw_client.foreign import UNMARKED_FORMATS, UnmarkedFormat, open_data, open_text, recognise
 from smsgw_client.segments import count_segments
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.trio.client import ClientConnection
@@ -252,7 +253,14 @@ class PhoneAgent:
             or several, newest first (a key log). Encrypted Delivers are opened
             with them before the modem sees the text (a Deliver none opens
             fails with ``decrypt_failed``), and every received SMS is sealed
-            with the first before it is forwarded. Empty = E2E off.
+            with the first before it is forwarded. Empty = E2E off. Besides
+            smsgw1, a Deliver sealed in SMSGate's format (``$aes-256-cbc/...``,
+            recipients' numbers included) is recognised and opened.
+        unmarked_format: The format to take unmarked ciphertext in (base64
+            that is not smsgw1) to be: ``"httpsms"`` (httpSMS's clients mark
+            nothing). None (the default): such a Deliver fails with
+            ``decrypt_failed``, as before. Applies to texts only: httpSMS has
+            no data messages.
         max_parts: The most SMS parts the phone sends for one recipient; an
             encrypted text whose plaintext needs more fails (the server cannot
             count ciphertext).
@@ -316,6 +324,7 @@ class PhoneAgent:
         ssl_context: ssl.SSLContext | None = None,
         private_token: str | None = None,
         passphrases: Sequence[str] = (),
+        unmarked_format: UnmarkedFormat | None = None,
         max_parts: int = 10,
         push_token: str = "",
         doze_after: float | None = None,
@@ -334,6 +343,9 @@ class PhoneAgent:
         self.ssl_context = ssl_context
         self.private_token = private_token or None
         self._keys_ring = KeyRing(passphrases) if passphrases else None
+        if unmarked_format is not None and unmarked_format not in UNMARKED_FORMATS:
+            raise ValueError(f"unmarked_format must be None or one of {UNMARKED_FORMATS}")
+        self.unmarked_format: UnmarkedFormat | None = unmarked_format
         self.max_parts = max_parts
         self.push_token = push_token
         self.doze_after = doze_after
@@ -685,8 +697,11 @@ class PhoneAgent:
         records: list[_Recipient] = []
         fresh: list[_Recipient] = []
         sendable, refusal = self._open(delivery)
+        sealed_numbers: dict[int, str] = {}
+        if delivery.is_encrypted and refusal is None:
+            sendable, sealed_numbers = self._open_numbers(sendable)
         parts = max(sendable.parts, 1)
-        for key, number in zip(self._keys(delivery), delivery.phone_numbers, strict=True):
+        for key, number in zip(self._keys(delivery), sendable.phone_numbers, strict=True):
             record = self._recipients.get(key)
             if record is None:
                 record = _Recipient(key, sendable, number, parts, report_parts=delivery.parts > 0 or not delivery.is_encrypted)
@@ -700,8 +715,14 @@ class PhoneAgent:
         if refusal is not None:
             for record in fresh:
                 self._fail(record, *refusal, 0)
-        elif fresh:
-            self._nursery.start_soon(self._send_recipients, fresh)
+            return
+        for record in fresh:
+            why = sealed_numbers.get(record.key.recipient_index)
+            if why is not None:  # a number no passphrase opens: that recipient only
+                self._fail(record, FailureClass.DECRYPT_FAILED, f"decrypt_failed: {why}", 0)
+        sendable_fresh = [record for record in fresh if not record.failed]
+        if sendable_fresh:
+            self._nursery.start_soon(self._send_recipients, sendable_fresh)
 
     def _open(self, delivery: Delivery) -> tuple[Delivery, tuple[FailureClass, str] | None]:
         """The Deliver as the modem gets it: an encrypted one opened and its parts counted on
@@ -711,18 +732,41 @@ class PhoneAgent:
         if self._keys_ring is None:
             return delivery, (FailureClass.DECRYPT_FAILED, "decrypt_failed: end-to-end encryption is off on this phone")
         try:
+            # smsgw1, or SMSGate's format by its prefix, or unmarked base64 as the format this
+            # phone was told to assume (docs/e2e.md "Other gateways' formats").
             if delivery.text is not None:
-                text = self._keys_ring.decrypt(delivery.text)
+                text = open_text(self._keys_ring, delivery.text, unmarked=self.unmarked_format)
                 count = count_segments(text)
                 opened = replace(delivery, text=text, is_encrypted=False, parts=count.parts)
             else:
-                data = self._keys_ring.decrypt_bytes(delivery.data or b"")
+                data = open_data(self._keys_ring, delivery.data or b"")
                 opened = replace(delivery, data=data, is_encrypted=False, parts=1)
         except EnvelopeError as exc:
             return delivery, (FailureClass.DECRYPT_FAILED, f"decrypt_failed: {exc.reason}")
         if opened.parts > self.max_parts:
             return delivery, (FailureClass.GENERIC_FAILURE, f"too_long: {opened.parts} parts, at most {self.max_parts}")
         return opened, None
+
+    def _open_numbers(self, delivery: Delivery) -> tuple[Delivery, dict[int, str]]:
+        """An encrypted Deliver's numbers as the modem gets them: SMSGate's clients seal each
+        recipient's number too (by its prefix; any other number is plain, as smsgw1 leaves
+        it). Returns the Deliver with the opened numbers, and why each one that would not
+        open did not (by recipient index; it keeps its ciphertext, and is never sent)."""
+        if self._keys_ring is None:
+            return delivery, {}
+        numbers: list[str] = []
+        refused: dict[int, str] = {}
+        for index, number in zip(delivery.recipient_indices, delivery.phone_numbers, strict=True):
+            if recognise(number) == "smsgate":
+                try:
+                    opened = open_text(self._keys_ring, number).strip()
+                    if not opened:
+                        raise EnvelopeError("bad_format", "the number opened empty")
+                    number = opened
+                except EnvelopeError as exc:
+                    refused[index] = exc.reason
+            numbers.append(number)
+        return replace(delivery, phone_numbers=tuple(numbers)), refused
 
     def receive_sms(
         self,
