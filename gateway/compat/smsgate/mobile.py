@@ -119,6 +119,8 @@ class MobileApi:
         scheme, credential = scheme.lower(), credential.strip()
         password = None
         if scheme == "code" and credential:
+            self.auth.check_locked(source)  # codes are short: guessing them is locked out like passwords
+            self.auth.limit_source(source)
             redeemed = await _thread(self.devices.redeem_pairing_code, credential, utcnow(), source)
             if redeemed is None:
                 await self.auth.failed(source, "smsgate registration: unknown or spent code")
@@ -281,16 +283,17 @@ class MobileApi:
 
     async def inbound_sms(self, request: Request) -> Response:
         """POST /inbound/{device}: an SMS the phone received, as its signed webhook."""
+        source = request.client.host if request.client else ""
+        self.auth.check_locked(source)
         raw = await read_body(request)
         found = await _thread(self.devices.token_hash_of, request.path_params["device"])
-        if found is None:
-            raise Unauthenticated("unknown device")
-        identity, token_hash = found
         stamp = request.headers.get("x-timestamp", "")
         signature = request.headers.get("x-signature", "")
-        expected = hmac.new(signing_key(token_hash).encode(), raw + stamp.encode(), hashlib.sha256).hexdigest()
-        if not stamp.isdigit() or not hmac.compare_digest(signature.lower().encode(), expected.encode()):
-            raise Unauthenticated("X-Signature does not match: the phone must import its settings again")
+        expected = hmac.new(signing_key(found[1] if found else "").encode(), raw + stamp.encode(), hashlib.sha256).hexdigest()
+        if found is None or not stamp.isdigit() or not hmac.compare_digest(signature.lower().encode(), expected.encode()):
+            await self.auth.failed(source, "smsgate inbound webhook: bad signature or unknown device")
+            raise Unauthenticated("X-Signature does not match (unknown device, or the phone must import its settings again)")
+        identity = found[0]
         if abs(time.time() - int(stamp)) > _SIGNATURE_SKEW:
             raise Unauthenticated("X-Timestamp too old or in the future")
         item = _inbound_item(parse_json(raw))
