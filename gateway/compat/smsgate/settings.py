@@ -137,18 +137,18 @@ def _new_key() -> str:
     return secrets.token_urlsafe(18)
 
 
-def signing_key(s: Session, owner_id: str) -> str:
-    """The account's `webhooks.signing_key`, made and stored when it has none (inside the
-    caller's write transaction: a webhook stored with it commits with it)."""
+def signing_key(s: Session, owner_id: str) -> tuple[str, bool]:
+    """The account's `webhooks.signing_key`, and whether it was made now: made and stored when
+    it has none, inside the caller's write transaction (a webhook stored with it commits with it)."""
     row = s.get(SmsgateSettingsRow, owner_id, with_for_update=True)
     settings = _load(row)
     key = settings.get("webhooks", {}).get("signing_key")
     if isinstance(key, str) and key:
-        return key
+        return key, False
     key = _new_key()
     settings.setdefault("webhooks", {})["signing_key"] = key
     _save(s, owner_id, row, settings)
-    return key
+    return key, True
 
 
 def _save(s: Session, owner_id: str, row: SmsgateSettingsRow | None, settings: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sqlmodel import Session
 from ulid import ULID
 
 from gateway.compat.smsgate.settings import SettingsStore, signing_key
@@ -63,14 +64,22 @@ class SmsgateWebhooks:
         device_id = body.get("deviceId")
         if device_id is not None and not isinstance(device_id, str):
             raise InvalidArgument("deviceId", "must be a string or null")
+        made: list[bool] = []
+
+        def key(s: Session) -> str:
+            value, new = signing_key(s, owner_id)
+            made.append(new)
+            return value
+
         try:
             record = await self.service.upsert_external(
-                owner_id, external_id, url, event, device_id or "", Format.SMSGATE,
-                lambda s: signing_key(s, owner_id), utcnow(),
+                owner_id, external_id, url, event, device_id or "", Format.SMSGATE, key, utcnow()
             )
         except InvalidArgument as exc:
             first, *more = [("deviceId" if f == "device_id" else f, r) for f, r in exc.violations]
             raise InvalidArgument(*first, *more) from None
+        if any(made):  # the account's first signing key: the settings changed too
+            await self.store.notify(owner_id, "settings")
         await self.store.notify(owner_id, "webhooks")
         return shown(record)
 

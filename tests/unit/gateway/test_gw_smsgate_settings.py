@@ -96,3 +96,36 @@ def test_a_public_server_takes_https_only() -> None:
         assert [f for f, _ in caught.value.violations] == ["url"]
     with pytest.raises(InvalidArgument, match="loopback"):
         asyncio.run(hooks._url("https://127.0.0.1/hook"))
+
+
+def test_the_store_keeps_hidden_keys_and_calls_the_hooks(tmp_path: Any) -> None:
+    """The mobile API's side: `get` gives the whole map; `on_change` hears every write."""
+    from gateway.compat.smsgate.settings import SettingsStore
+    from gateway.storage.engine import Database
+    from gateway.storage.models import Owner
+
+    db = Database(f"sqlite:///{tmp_path / 's.db'}")
+    db.migrate()
+    with db.write() as s:
+        s.add(Owner(id="o1", name="o", username="o", created_at=NOW))
+    store = SettingsStore(db)
+    heard: list[tuple[str, str]] = []
+    store.on_change.append(lambda owner, what: heard.append((owner, what)))
+
+    async def later(owner: str, what: str) -> None:
+        heard.append((owner, what + "!"))
+
+    store.on_change.append(later)
+
+    async def main() -> None:
+        assert await store.get("o1") == {}
+        _, after = await store.patch("o1", {"encryption": {"passphrase": "p"}, "ping": {"interval_seconds": 5}})
+        assert after["encryption"] == {"passphrase": "p"} and after["webhooks"]["signing_key"]  # made once
+        key = after["webhooks"]["signing_key"]
+        _, after = await store.replace("o1", {"logs": {"lifetime_days": 2}})
+        assert after == {"logs": {"lifetime_days": 2}, "webhooks": {"signing_key": key}}  # the key stays
+        assert await store.get("o1") == after
+
+    asyncio.run(main())
+    db.close()
+    assert heard == [("o1", "settings"), ("o1", "settings!")] * 2
