@@ -24,7 +24,7 @@ import pytest
 from android_sms_gateway import APIClient, Message, TextMessage
 from android_sms_gateway import domain
 from android_sms_gateway.enums import LimitPeriod, WebhookEvent
-from smsgw_client import Client
+from smsgw_client import Client, FailedPrecondition
 
 from device_bridge.protocol import InboundSms, ReceiptState
 from tests.helpers.raw_phone import RawPhone, pair_raw
@@ -115,6 +115,12 @@ def test_webhooks_through_the_official_client(server: ServerProcess, phone: RawP
         with Client(server.grpc_target, server.token) as client:  # gRPC sees it, with one event
             [seen] = client.webhooks.list().webhooks
             assert list(seen.events) == ["sms:received"] and seen.url == receiver.url
+            assert client.webhooks.test(seen.id).status_code == 204  # a system:ping, in SMSGate's format
+            [ping] = receiver.received
+            assert ping.event["event"] == "system:ping" and ping.event["webhookId"] == made.id
+            assert ping.event["payload"]["health"]["status"] == "pass" and len(ping.headers["x-signature"]) == 64
+            with pytest.raises(FailedPrecondition):  # its key is the account's signing_key setting
+                client.webhooks.rotate_secret(seen.id)
         _cleanup(api)
 
 
