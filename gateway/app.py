@@ -38,6 +38,8 @@ from gateway.api.server import GrpcServer, start_grpc_server
 from gateway.compat.smsgate.app import SmsgateApi, build_app
 from gateway.compat.smsgate.settings import SettingsStore
 from gateway.compat.smsgate.webhooks import SmsgateWebhooks
+from gateway.compat.smsgate.mobile import MobileApi
+from gateway.compat.smsgate.mobile_phones import MobilePhones
 from gateway.compat.smsgate.server import HttpFront
 from gateway.auth.passwords import hash_password
 from gateway.auth.repository import AuditEntry, AuthRepository
@@ -157,6 +159,7 @@ class _GatewayThread:
         self.phone_url = PhoneUrl(settings.bridge.public_url)  # `bound` is set once the bridge listens
         self.smsgate: HttpFront | None = None  # SMSGate's API (compat.smsgate.listen), when on
         self.smsgate_url = ""
+        self.phones: MobilePhones | None = None  # the SMSGate app's phones (its mobile API)
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="smsgw-gateway", daemon=True)
 
@@ -217,6 +220,8 @@ class _GatewayThread:
         self.started.set()
         await self._stop.wait()
         if self.smsgate is not None:
+            if self.phones is not None:
+                await self.phones.stop()  # ends the SSE streams, closes the phones' sessions
             await self.smsgate.stop()
         for task in tasks:
             task.cancel()  # a claimed webhook delivery in flight is sent again after restart (same webhook-id)
@@ -241,16 +246,35 @@ class _GatewayThread:
             messages, devices, auth, self.settings.limits, region=config.default_region, storage=storage_check(self.db),
             settings=store, webhooks=SmsgateWebhooks(webhooks, store),
         )
+        device_repo = DeviceRepository(self.db)
+        self.phones = MobilePhones(
+            device_repo, self.message_repo, self.bus, linger=config.phone_linger, keepalive=config.sse_keepalive,
+            metrics=self.metrics,
+        )
+        gateway = self.settings.gateway
+        mobile = MobileApi(
+            self.phones, device_repo, auth, AuthRepository(self.db), InboundRepository(self.db), self.bus,
+            mode=gateway.mode, private_token=gateway.private_token, settings_of=store.get,
+        )
+        # Settings and webhooks changed through the third-party API: the phones fetch them again.
+        phones = self.phones
+        store.on_change.append(
+            lambda owner_id, what: phones.tell_owner(owner_id, "SettingsUpdated" if what == "settings" else "WebhooksUpdated")
+        )
+        api.export_requested = lambda owner_id, device_id, data: phones.tell_owner(
+            owner_id, "MessagesExportRequested", json.dumps(data), device_id=device_id
+        )
         host, port = split_hostport(config.listen)
         grpc = self.settings.grpc
         try:
             front = HttpFront(
-                build_app(api), host, port, cert=grpc.tls_cert_file, key=grpc.tls_key_file,
+                build_app(api, mobile), host, port, cert=grpc.tls_cert_file, key=grpc.tls_key_file,
                 client_ca=grpc.tls_client_ca_file,  # mutual TLS as on gRPC
             )
         except OSError as exc:
             raise ListenError(f"cannot listen for the SMSGate API on {config.listen}: {exc.strerror or exc}") from None
         await front.start()
+        self.phones.start()
         self.smsgate = front
         scheme = "https" if front.tls else "http"
         self.smsgate_url = f"{scheme}://{join_hostport(host, front.port)}/3rdparty/v1"

@@ -126,6 +126,14 @@ def test_the_app_registers_wakes_pulls_reports_and_forwards_inbound(server: Serv
                 assert again.status == 200
                 inbound = (await asyncio.to_thread(client.list_inbound)).messages
                 assert [(m.sender, m.text_message.text) for m in inbound] == [("+15557654321", "incoming text")]
+
+                # An inbox refresh asks the phone to re-read its inbox (MessagesExportRequested).
+                refresh = await asyncio.to_thread(
+                    httpx.post, f"{server.endpoints['smsgate']}/inbox/refresh", auth=account, timeout=10,
+                    json={"since": "2026-01-01T00:00:00Z", "until": "2030-01-01T00:00:00Z", "deviceId": app.device_id})
+                assert refresh.status_code == 202 and refresh.json() == {}
+                await app.wait_until(lambda: bool(app.export_requests), what="MessagesExportRequested")
+                assert app.export_requests[0]["messageTypes"] == "SMS" and app.export_requests[0]["triggerWebhooks"] == "true"
             assert all(count == 1 for count in app.sent_sms.values()), app.sent_sms
             assert app.problems == [], app.problems
 

@@ -32,9 +32,10 @@ from gateway.auth.records import Caller
 from gateway.auth.scopes import Scope
 from gateway.auth.service import AuthService
 from gateway.compat.smsgate import pacing
-from gateway.compat.smsgate.inbox import export_request, refresh_request
+from gateway.compat.smsgate.inbox import export_event, export_request, refresh_request
 from gateway.compat.smsgate.settings import SettingsStore, public
 from gateway.compat.smsgate.webhooks import SmsgateWebhooks
+from gateway.compat.smsgate.mobile import MobileApi, mobile_routes
 from gateway.compat.smsgate.shapes import (
     FROM_STATE, camel, device, message_state, parse_time, send_request, token_response,
 )
@@ -76,6 +77,8 @@ class SmsgateApi:
     storage: Callable[[], str] = lambda: ""  # /readyz's storage check: "" when the database answers
     settings: SettingsStore | None = None  # /settings, and the signing key of SMSGate-format webhooks
     webhooks: SmsgateWebhooks | None = None  # /webhooks
+    # An inbox refresh: (owner, device id or "" for all, the event's data) -> the SMSGate-app phones.
+    export_requested: Callable[[str, str, dict[str, str]], None] = lambda owner_id, device_id, data: None
 
     def __post_init__(self) -> None:
         self._basic: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
@@ -259,14 +262,20 @@ class SmsgateApi:
         return JSONResponse(public(after))
 
     async def inbox_refresh(self, request: Request, caller: Caller) -> Response:
-        """Validated, then answered: smsgw stored every inbound SMS (and sent its webhooks) when
-        the phone forwarded it, so there is nothing on a phone to re-read (docs/smsgate.md)."""
-        await self._known_device(caller, refresh_request(await _json(request, _SMALL_BODY)))
+        """Validated, then `MessagesExportRequested` to the SMSGate-app phones (smsgw's own
+        phones forwarded every SMS as it came: nothing to re-read there; docs/smsgate.md)."""
+        body = await _json(request, _SMALL_BODY)
+        device_id = refresh_request(body)
+        await self._known_device(caller, device_id)
+        self.export_requested(caller.owner_id, device_id, export_event(body))
         return JSONResponse({}, status_code=202)
 
     async def inbox_export(self, request: Request, caller: Caller) -> Response:
         """The deprecated form of /inbox/refresh."""
-        await self._known_device(caller, export_request(await _json(request, _SMALL_BODY)))
+        body = await _json(request, _SMALL_BODY)
+        device_id = export_request(body)
+        await self._known_device(caller, device_id)
+        self.export_requested(caller.owner_id, device_id, export_event(body))
         return JSONResponse({}, status_code=202, headers={"Deprecation": "true"})
 
     async def _known_device(self, caller: Caller, device_id: str) -> None:
@@ -320,20 +329,27 @@ def _error(exc: Exception) -> Response:
     return JSONResponse({"message": message}, status_code=status, headers=headers)
 
 
-def build_app(api: SmsgateApi) -> Starlette:
+def build_app(api: SmsgateApi, mobile: MobileApi | None = None) -> Starlette:
     """The app: `/3rdparty/v1/...`, also under `/api/3rdparty/v1/...` (the private-server
-    layout SMSGate documents), and `/health*` at the root."""
+    layout SMSGate documents), and `/health*` at the root; with `mobile`, the app's API under
+    `/mobile/v1` and `/api/mobile/v1`."""
 
-    def guarded(scope: Scope, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def answered(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                return await handler(request, await api.caller(request, scope))
+                return await handler(request)
             except Exception as exc:  # noqa: BLE001 — every failure is an answer
                 if not isinstance(exc, SmsgwError):
                     log.exception("SMSGate API handler failed")
                 return _error(exc)
 
         return endpoint
+
+    def guarded(scope: Scope, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def authorised(request: Request) -> Response:
+            return await handler(request, await api.caller(request, scope))
+
+        return answered(authorised)
 
     health = [Route(path, api.health) for path in ("/health", "/health/live", "/health/ready", "/health/startup")]
     thirdparty = [
@@ -368,5 +384,8 @@ def build_app(api: SmsgateApi) -> Starlette:
             Route("/settings", guarded(Scope.SETTINGS_WRITE, api.settings_put), methods=["PUT"]),
             Route("/settings", guarded(Scope.SETTINGS_WRITE, api.settings_patch), methods=["PATCH"]),
         ]
-    return Starlette(routes=[*health, Mount("/3rdparty/v1", routes=thirdparty),
-                             Mount("/api/3rdparty/v1", routes=thirdparty)])
+    phones = mobile_routes(mobile, answered) if mobile is not None else []
+    return Starlette(routes=[
+        *health, Mount("/3rdparty/v1", routes=thirdparty), Mount("/api/3rdparty/v1", routes=thirdparty),
+        *(Mount(base, routes=phones) for base in ("/mobile/v1", "/api/mobile/v1") if phones),
+    ])

@@ -1,9 +1,11 @@
-"""SMSGate's inbox refresh and export requests (`../shared/smsgate-api.md` §3.8), checked.
+"""SMSGate's inbox refresh and export requests (`../shared/smsgate-api.md` §3.8), checked,
+and turned into the `MessagesExportRequested` event SMSGate's app acts on.
 
 SMSGate's server only asks the phone to re-read its inbox and fire the `sms:received`
-webhooks again. smsgw stores every inbound SMS when the phone forwards it (and sends its
-webhooks then), so an accepted request changes nothing; it is still validated, so a client's
-mistake is an error here as on SMSGate's server.
+webhooks again. smsgw's own phones forward every SMS as it arrives (stored once, webhooks sent
+then), so for them nothing happens; an SMSGate app (the mobile API) re-reads its inbox and
+posts what it finds to smsgw's inbound endpoint, which stores what it had missed (deduplicated
+by the app's message id).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from gateway.compat.smsgate.shapes import parse_time
 from gateway.errors import InvalidArgument
 
-__all__ = ["refresh_request", "export_request"]
+__all__ = ["refresh_request", "export_request", "export_event"]
 
 _TYPES = ("SMS", "DATA_SMS", "MMS", "MMS_DOWNLOADED")
 _DELIVERY = ("Disabled", "Individual", "Batch")
@@ -35,6 +37,18 @@ def _device(body: dict[str, Any], *, required: bool) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidArgument("deviceId", "must be a device id")
     return value
+
+
+def export_event(body: dict[str, Any]) -> dict[str, str]:
+    """The `MessagesExportRequested` event's data, from a checked request: every value a
+    string, as SMSGate's app reads them."""
+    types = body.get("messageTypes") or ["SMS"]
+    trigger = body.get("triggerWebhooks")
+    return {
+        "since": str(body["since"]), "until": str(body["until"]), "messageTypes": ",".join(types),
+        "webhookDelivery": str(body.get("webhookDelivery") or "Individual"),
+        "triggerWebhooks": "false" if trigger is False else "true",
+    }
 
 
 def refresh_request(body: Any) -> str:

@@ -288,11 +288,12 @@ class MobilePhones:
             if phone is not None:
                 self._tell(phone, "MessageEnqueued")
 
-    def tell_owner(self, owner_id: str, event: str) -> None:
-        """`SettingsUpdated` / `WebhooksUpdated` to the owner's phones streaming here."""
+    def tell_owner(self, owner_id: str, event: str, data: str = "null", *, device_id: str = "") -> None:
+        """An event (`SettingsUpdated`, `WebhooksUpdated`, `MessagesExportRequested`) to the
+        owner's phones streaming here (`device_id`: to that one only)."""
         for phone in self._phones.values():
-            if phone.owner_id == owner_id:
-                self._tell(phone, event)
+            if phone.owner_id == owner_id and device_id in ("", phone.device_id):
+                self._tell(phone, event, data)
 
     def _tell(self, phone: Phone, event: str, data: str = "null") -> None:
         for stream in phone.streams:
