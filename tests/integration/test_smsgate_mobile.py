@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import statistics
 import time
@@ -136,6 +137,11 @@ def test_the_app_registers_wakes_pulls_reports_and_forwards_inbound(server: Serv
                 assert app.export_requests[0]["messageTypes"] == "SMS" and app.export_requests[0]["triggerWebhooks"] == "true"
             assert all(count == 1 for count in app.sent_sms.values()), app.sent_sms
             assert app.problems == [], app.problems
+            scraped = (await asyncio.to_thread(httpx.get, server.endpoints["metrics"], timeout=10)).text
+            assert "smsgw_smsgate_sessions 1.0" in scraped and "smsgw_smsgate_event_streams 1.0" in scraped
+            pulled = re.search(r"^smsgw_smsgate_pulled_messages_total (\S+)", scraped, re.M)
+            assert pulled is not None and float(pulled.group(1)) >= 6
+            assert 'smsgw_smsgate_reports_total{state="Delivered"}' in scraped
 
     asyncio.run(main())
 
