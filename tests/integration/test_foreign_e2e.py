@@ -168,23 +168,24 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 )
 def test_through_the_grpc_api_foreign_ciphertext_reaches_the_phone(server: ServerProcess) -> None:
     with Client(server.grpc_target, server.token) as client:
-        # Sent before any phone is paired: they wait for it (the owner's only device).
-        ids = []
-        for numbers, text in ([n["ciphertext"] for n in NUMBERS], TEXT["ciphertext"]), (["+15550001111"], HTTP["ciphertext"]):
-            try:
-                ids.append(client.send_message(numbers, text, is_encrypted=True).id)
-            except InvalidArgument as exc:
-                fields = str(exc)
-                if "phone_numbers[0]" in fields or "text_message.text" in fields:
-                    raise ServerRefusesForeignCiphertext(fields) from exc
-                raise
+        sends = [([n["ciphertext"] for n in NUMBERS], TEXT["ciphertext"]), (["+15550001111"], HTTP["ciphertext"])]
+        ids: list[str] = []
+        refused: list[InvalidArgument] = []
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 [phone] = await start_phones(
                     nursery, server.grpc_target, server.token, server.device_url, 1,
-                    private_token=PRIVATE_TOKEN, passphrases=(PASSPHRASE,), unmarked_format="httpsms",
+                    private_token=PRIVATE_TOKEN, passphrases=(PASSPHRASE, HTTP["passphrase"]), unmarked_format="httpsms",
                 )
+                for numbers, text in sends:
+                    try:
+                        sent = await trio.to_thread.run_sync(lambda: client.send_message(numbers, text, is_encrypted=True))
+                    except InvalidArgument as exc:
+                        refused.append(exc)  # raised below, outside the nursery's exception group
+                        nursery.cancel_scope.cancel()
+                        return
+                    ids.append(sent.id)
                 with trio.fail_after(30):
                     await phone.wait_for(lambda p: p.statistics().delivered >= 3 and not p.unacked)
                 assert isinstance(phone.modem, GatedModem)
@@ -193,6 +194,11 @@ def test_through_the_grpc_api_foreign_ciphertext_reaches_the_phone(server: Serve
                 nursery.cancel_scope.cancel()
 
         trio.run(main)
+        if refused:
+            fields = str(refused[0])
+            if "phone_numbers[0]" in fields or "text_message.text" in fields:
+                raise ServerRefusesForeignCiphertext(fields) from refused[0]
+            raise refused[0]
         for message_id in ids:
             stored = client.get_message(message_id)
             assert stored.is_encrypted and stored.state == common_pb2.DELIVERED
