@@ -13,6 +13,7 @@ from smsgw.v1 import messages_pb2
 
 from gateway.config import LimitsSettings
 from smsgw_client.envelope import OVERHEAD, EnvelopeError, check_envelope
+from smsgw_client.foreign import SMSGATE_PREFIX, httpsms_check, recognise, smsgate_check
 
 from gateway.api.e164 import check_e164
 from gateway.errors import InvalidArgument
@@ -33,19 +34,42 @@ _KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 _MAX_UTF8_PER_PART = 480
 
 
+# The most a foreign format adds to its plaintext, written out (SMSGate's prefix, iterations,
+# salt and padding): a bound checked before anything is parsed.
+_FOREIGN_OVERHEAD = 128
+_CHECKS = {"smsgw1": check_envelope, "smsgate": smsgate_check, "unmarked": httpsms_check}
+
+
 def _check_envelope(value: str | bytes, field: str, max_plain: int, bad: list[tuple[str, str]]) -> None:
-    """An encrypted body must be a well-formed smsgw1 envelope (magic, length), checked
-    without decrypting; its plaintext no longer than any phone could send."""
-    if len(value) > (max_plain + OVERHEAD) * 4 // 3 + 4:
+    """An encrypted body must be well-formed ciphertext, checked without decrypting; its
+    plaintext no longer than any phone could send. smsgw1 envelopes (by their magic), and the
+    formats of SMSGate's clients (by their `$aes-256-cbc/pbkdf2-sha1$` prefix) and httpSMS's
+    (other base64 of at least 16 bytes: it has no mark) pass through (docs/e2e.md)."""
+    if len(value) > (max_plain + max(OVERHEAD, _FOREIGN_OVERHEAD)) * 4 // 3 + 4:
         bad.append((field, f"envelope too long: its plaintext would exceed {max_plain} bytes"))
         return
+    check = _CHECKS.get(recognise(value), check_envelope)  # unknown: smsgw1's check says why
     try:
-        plain = check_envelope(value)
+        plain = check(value)
     except EnvelopeError as exc:
         bad.append((field, f"is_encrypted is set, but {exc}"))
         return
     if plain > max_plain:
         bad.append((field, f"envelope too long: its plaintext would exceed {max_plain} bytes"))
+
+
+def _sealed_number(number: str) -> str:
+    """Why an encrypted message's recipient is refused ("" = fine): E.164, or a number sealed
+    by SMSGate's clients (they seal numbers too)."""
+    if not number.startswith(SMSGATE_PREFIX):
+        return check_e164(number)
+    if len(number) > 512:
+        return "a sealed number of at most 512 characters"
+    try:
+        smsgate_check(number)
+    except EnvelopeError as exc:
+        return f"is_encrypted is set, but {exc}"
+    return ""
 
 
 def require(value: str, field: str) -> str:
@@ -66,7 +90,7 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
         bad.append(("phone_numbers", f"at most {limits.max_recipients} recipients"))
     seen: dict[str, int] = {}
     for i, n in enumerate(numbers[: limits.max_recipients]):
-        why = check_e164(n)
+        why = _sealed_number(n) if req.is_encrypted else check_e164(n)
         if why:
             bad.append((f"phone_numbers[{i}]", why))
         elif n in seen:

@@ -6,13 +6,12 @@ message stored as the API stores it, the real dispatcher, the PhoneAgent over me
 phone opens an SMSGate-sealed text and SMSGate-sealed numbers (the ciphertexts in
 clients/vectors/smsgate.json, made by android-sms-gateway's Encryptor), and an httpSMS-sealed
 text (clients/vectors/httpsms.json, made by the httpsms package's cipher) when told that
-unmarked ciphertext is httpSMS's. Through the real gRPC API, the same sends are refused today
-(gateway/api/validation.py takes only smsgw1 envelopes and E.164 numbers): that test is a
-strict xfail naming exactly that refusal, so it fails loudly once the server lets them in, and
-its xfail mark comes off."""
+unmarked ciphertext is httpSMS's. And through the real gRPC API, which keeps both as opaque
+ciphertext (gateway/api/validation.py checks their form only)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 from smsgw.v1 import common_pb2
-from smsgw_client import Client, InvalidArgument
+from smsgw_client import Client
 
 from device_bridge.protocol import SimInfo
 from device_bridge.server import DEVICE_PATH
@@ -152,25 +151,16 @@ def test_the_agent_refuses_an_unknown_unmarked_format() -> None:
         PhoneAgent("ws://x/", token="t", modem=GatedModem(ModemOptions()), unmarked_format="smsgate")  # type: ignore[arg-type]
 
 
-class ServerRefusesForeignCiphertext(Exception):
-    """SendMessage answered INVALID_ARGUMENT for the foreign ciphertext or the sealed number."""
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     with ServerProcess(tmp_path / "data", env=private_webhook_env()) as proc:
         yield proc
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ServerRefusesForeignCiphertext,
-    reason="gateway/api/validation.py accepts only smsgw1 envelopes and E.164 numbers with is_encrypted (issue 19 item 5)",
-)
 def test_through_the_grpc_api_foreign_ciphertext_reaches_the_phone(server: ServerProcess) -> None:
     with Client(server.grpc_target, server.token) as client:
         sends = [([n["ciphertext"] for n in NUMBERS], TEXT["ciphertext"]), (["+15550001111"], HTTP["ciphertext"])]
         ids: list[str] = []
-        refused: list[InvalidArgument] = []
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -179,12 +169,7 @@ def test_through_the_grpc_api_foreign_ciphertext_reaches_the_phone(server: Serve
                     private_token=PRIVATE_TOKEN, passphrases=(PASSPHRASE, HTTP["passphrase"]), unmarked_format="httpsms",
                 )
                 for numbers, text in sends:
-                    try:
-                        sent = await trio.to_thread.run_sync(lambda: client.send_message(numbers, text, is_encrypted=True))
-                    except InvalidArgument as exc:
-                        refused.append(exc)  # raised below, outside the nursery's exception group
-                        nursery.cancel_scope.cancel()
-                        return
+                    sent = await trio.to_thread.run_sync(lambda: client.send_message(numbers, text, is_encrypted=True))
                     ids.append(sent.id)
                 with trio.fail_after(30):
                     await phone.wait_for(lambda p: p.statistics().delivered >= 3 and not p.unacked)
@@ -194,12 +179,46 @@ def test_through_the_grpc_api_foreign_ciphertext_reaches_the_phone(server: Serve
                 nursery.cancel_scope.cancel()
 
         trio.run(main)
-        if refused:
-            fields = str(refused[0])
-            if "phone_numbers[0]" in fields or "text_message.text" in fields:
-                raise ServerRefusesForeignCiphertext(fields) from refused[0]
-            raise refused[0]
         for message_id in ids:
             stored = client.get_message(message_id)
             assert stored.is_encrypted and stored.state == common_pb2.DELIVERED
             assert stored.text_message.text in (TEXT["ciphertext"], HTTP["ciphertext"])
+
+
+def test_the_official_smsgate_client_seals_and_the_phone_opens(tmp_path: Path) -> None:
+    """SMSGate's Python client with its own Encryptor sends through smsgw's SMSGate API (text,
+    and a data message whose base64 it seals): storage keeps the ciphertext, the reference
+    phone opens text and numbers with the passphrase."""
+    pytest.importorskip("Crypto", reason="android-sms-gateway[encryption] (pycryptodome) is a dev dependency")
+    from android_sms_gateway import APIClient, DataMessage, Encryptor, Message, TextMessage
+
+    env = {**private_webhook_env(), "SMSGW_COMPAT__SMSGATE__LISTEN": "127.0.0.1:0"}
+    with ServerProcess(tmp_path / "data", env=env) as server:
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                [phone] = await start_phones(
+                    nursery, server.grpc_target, server.token, server.device_url, 1,
+                    private_token=PRIVATE_TOKEN, passphrases=("client secret",),
+                )
+
+                def send() -> str:
+                    with APIClient("admin", server.admin_password, base_url=server.endpoints["smsgate"],
+                                   encryptor=Encryptor("client secret")) as api:
+                        sent = api.send(Message(phone_numbers=["+15550001234"], text_message=TextMessage("opened on the phone")))
+                        api.send(Message(phone_numbers=["+15550001235"], with_delivery_report=False,
+                                         data_message=DataMessage(base64.b64encode(b"\x01\x02binary").decode(), 2948)))
+                    return str(sent.id)
+
+                message_id = await trio.to_thread.run_sync(send)
+                with trio.fail_after(30):
+                    await phone.wait_for(lambda p: len(p.modem.asked) >= 2 and not p.unacked)  # type: ignore[attr-defined]
+                assert isinstance(phone.modem, GatedModem)
+                handed = {tuple(d.phone_numbers): (d.text, d.data) for d in phone.modem.asked}
+                assert handed == {("+15550001234",): ("opened on the phone", None), ("+15550001235",): (None, b"\x01\x02binary")}
+                with Client(server.grpc_target, server.token) as client:
+                    stored = client.get_message(message_id)
+                assert stored.is_encrypted and stored.text_message.text.startswith("$aes-256-cbc/pbkdf2-sha1$")
+                assert stored.recipients[0].phone_number.startswith("$aes-256-cbc/pbkdf2-sha1$")
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)

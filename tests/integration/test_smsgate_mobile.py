@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from smsgw_client import Client
+from smsgw_client.foreign import smsgate_encrypt
 
 from tests.helpers.server import ServerProcess
 from tests.helpers.smsgate_app import Behaviour, SmsgateApp, sign_webhook
@@ -119,6 +120,16 @@ def test_the_app_registers_wakes_pulls_reports_and_forwards_inbound(server: Serv
                 await _until(lambda: _state(server, account, str(mixed["id"]))["recipients"][1]["state"] == "Failed", "Failed")
                 await _until(lambda: _state(server, account, str(mixed["id"]))["recipients"][0]["state"] == "Delivered", "Delivered")
                 assert "no signal" in _state(server, account, str(mixed["id"]))["recipients"][1]["error"]
+
+                # Sealed by SMSGate's client (text and numbers): opaque to smsgw, handed as is.
+                sealed_number = smsgate_encrypt("secret", "+15550004321", iterations=1000)
+                sealed = await asyncio.to_thread(
+                    _send, server, account, {"phoneNumbers": [sealed_number], "isEncrypted": True,
+                                             "textMessage": {"text": smsgate_encrypt("secret", "sealed", iterations=1000)}})
+                await _until(lambda: _state(server, account, str(sealed["id"]))["state"] == "Delivered", "Delivered")
+                [item] = [i for i in app.received if i["id"] == sealed["id"]]
+                assert item["isEncrypted"] is True and item["phoneNumbers"] == [sealed_number]
+                assert item["textMessage"]["text"].startswith("$aes-256-cbc/pbkdf2-sha1$")
 
                 # Inbound: the app's webhook to smsgw's endpoint, signed with the key it imported.
                 [attempt] = await app.receive_sms("+15557654321", "incoming text")

@@ -9,12 +9,11 @@ retry, or recipients that pacing let go later, must come under a new id to be se
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.compat.smsgate.shapes import iso, parse_time
+from gateway.compat.smsgate.shapes import data_field, iso, parse_time
 from gateway.devices.records import SimRecord
 from gateway.errors import InvalidArgument
 from gateway.messages.records import DispatchUnit, ReceiptUpdate
@@ -59,7 +58,7 @@ def mobile_message(unit: DispatchUnit, now: datetime) -> dict[str, Any]:
         out["message"] = m.text
         out["textMessage"] = {"text": m.text}
     else:
-        out["dataMessage"] = {"data": base64.b64encode(m.data or b"").decode(), "port": m.port}
+        out["dataMessage"] = {"data": data_field(m), "port": m.port}
     if m.is_encrypted:
         out["isEncrypted"] = True
     if unit.sim:

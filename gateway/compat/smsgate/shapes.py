@@ -13,6 +13,7 @@ from typing import Any
 import phonenumbers
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgw.v1 import messages_pb2
+from smsgw_client.foreign import SMSGATE_PREFIX
 
 from gateway.auth.records import TokenPair
 from gateway.devices.records import DeviceRecord
@@ -21,7 +22,7 @@ from gateway.messages.records import MessageRecord
 from gateway.types import State
 
 __all__ = [
-    "STATES", "FROM_STATE", "message_state", "device", "send_request", "iso", "camel", "token_response", "parse_time",
+    "STATES", "FROM_STATE", "message_state", "data_field", "device", "send_request", "iso", "camel", "token_response", "parse_time",
 ]
 
 # smsgw state -> SMSGate's ProcessingState. DISPATCHED is still "Pending" there: SMSGate's
@@ -70,8 +71,17 @@ def message_state(record: MessageRecord, *, content: bool = True) -> dict[str, A
         if record.text is not None:
             out["textMessage"] = {"text": record.text}
         elif record.data is not None:
-            out["dataMessage"] = {"data": base64.b64encode(record.data).decode(), "port": record.port}
+            out["dataMessage"] = {"data": data_field(record), "port": record.port}
     return out
+
+
+def data_field(record: MessageRecord) -> str:
+    """A data message's `data`: base64 of the bytes, or the SMSGate ciphertext as its client
+    sent it (SMSGate seals the base64 text itself)."""
+    data = record.data or b""
+    if record.is_encrypted and data.startswith(SMSGATE_PREFIX.encode()):
+        return data.decode("ascii", "replace")
+    return base64.b64encode(data).decode()
 
 
 def token_response(pair: TokenPair) -> dict[str, Any]:
@@ -159,10 +169,13 @@ def send_request(
     else:
         if not isinstance(data, dict) or not isinstance(data.get("data"), str):
             raise InvalidArgument("dataMessage.data", "must be a base64 string")
-        try:
-            req.data_message.data = base64.b64decode(data["data"], validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidArgument("dataMessage.data", "must be base64") from None
+        if encrypted and data["data"].startswith(SMSGATE_PREFIX):
+            req.data_message.data = data["data"].encode("ascii", "replace")  # sealed by SMSGate's client: kept as is
+        else:
+            try:
+                req.data_message.data = base64.b64decode(data["data"], validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgument("dataMessage.data", "must be base64") from None
         port = _int(data, "port", 1, 65535)
         if port is None:
             raise InvalidArgument("dataMessage.port", "must be an integer 1..65535")

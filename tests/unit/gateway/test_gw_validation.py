@@ -102,8 +102,8 @@ RULES: list[tuple[str, Callable[[], messages_pb2.SendMessageRequest], LimitsSett
     ),
     ("encrypted text that is no envelope", lambda: text_req(text="hello", is_encrypted=True), LIMITS, ["text_message.text"]),
     (
-        "encrypted text with the wrong magic",
-        lambda: text_req(text=base64.b64encode(b"smsgw2" + bytes(60)).decode(), is_encrypted=True),
+        "encrypted text too short to be any ciphertext",
+        lambda: text_req(text=base64.b64encode(b"smsgw2" + bytes(6)).decode(), is_encrypted=True),
         LIMITS,
         ["text_message.text"],
     ),
@@ -460,3 +460,17 @@ def test_send_many_takes_exactly_max_batch() -> None:
 def test_in_item_prefixes_every_field() -> None:
     exc = in_item(InvalidArgument("device_id", "unknown device", ("sim_number", "bad")), 7)
     assert exc.violations == [("messages[7].device_id", "unknown device"), ("messages[7].sim_number", "bad")]
+
+
+def test_other_gateways_ciphertext_passes_through() -> None:
+    """SMSGate's format (text and numbers sealed) and httpSMS's (unmarked base64) are opaque
+    ciphertext the server keeps as given; a malformed SMSGate one is refused, naming the field."""
+    from smsgw_client.foreign import httpsms_encrypt, smsgate_encrypt
+
+    sealed_text, sealed_number = smsgate_encrypt("pass", "hello", iterations=1000), smsgate_encrypt("pass", "+15550001234", iterations=1000)
+    new = parse_send_request(text_req(text=sealed_text, phone_numbers=[sealed_number], is_encrypted=True), LIMITS, NOW)
+    assert new.text == sealed_text and new.phone_numbers == (sealed_number,)
+    assert parse_send_request(text_req(text=httpsms_encrypt("pass", "hi"), is_encrypted=True), LIMITS, NOW).is_encrypted
+    assert fields(text_req(text=sealed_text[:-8] + "!!!!!!!!", is_encrypted=True)) == ["text_message.text"]
+    assert fields(text_req(text=sealed_text, phone_numbers=["$aes-256-cbc/pbkdf2-sha1$i=x$y$z"], is_encrypted=True)) == ["phone_numbers[0]"]
+    assert fields(text_req(text=sealed_text, phone_numbers=[sealed_number])) == ["phone_numbers[0]"]  # not encrypted: E.164
