@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from gateway.auth.records import Caller
 from gateway.auth.scopes import Scope
 from gateway.auth.service import AuthService
 from gateway.compat.smsgate import pacing
+from gateway.compat.smsgate.bodies import MAX_BODY, read_json
 from gateway.compat.smsgate.inbox import export_event, export_request, refresh_request
 from gateway.compat.smsgate.settings import SettingsStore, public
 from gateway.compat.smsgate.webhooks import SmsgateWebhooks
@@ -54,7 +54,6 @@ __all__ = ["SmsgateApi", "build_app", "MAX_BODY"]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20  # bytes: a send of 100 recipients and a long text is far below
 _SMALL_BODY = 64 << 10  # bytes: a webhook, the settings map, an inbox refresh
 _MAX_OFFSET = 10_000  # a list reads offset + limit messages: page further with from/to
 _BASIC_TTL = 60.0
@@ -135,7 +134,7 @@ class SmsgateApi:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def send(self, request: Request, caller: Caller) -> Response:
-        body = await _json(request)
+        body = await read_json(request)
         skip = request.query_params.get("skipPhoneValidation", "").lower() == "true"
         req = send_request(body, region=self.region, skip_validation=skip, max_recipients=self.limits.max_recipients)
         try:
@@ -194,7 +193,7 @@ class SmsgateApi:
         return out
 
     async def token_issue(self, request: Request, caller: Caller) -> Response:
-        body = await _json(request)
+        body = await read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("scopes"), list) or not body["scopes"]:
             raise InvalidArgument("scopes", "a list of at least one scope")
         ttl = body.get("ttl") or 0
@@ -232,7 +231,7 @@ class SmsgateApi:
 
     async def webhooks_create(self, request: Request, caller: Caller) -> Response:
         assert self.webhooks is not None
-        body = await _json(request, _SMALL_BODY)
+        body = await read_json(request, _SMALL_BODY)
         return JSONResponse(await self.webhooks.upsert(caller.owner_id, body), status_code=201)
 
     async def webhooks_delete(self, request: Request, caller: Caller) -> Response:
@@ -246,12 +245,12 @@ class SmsgateApi:
 
     async def settings_put(self, request: Request, caller: Caller) -> Response:
         assert self.settings is not None
-        body = await _json(request, _SMALL_BODY)
+        body = await read_json(request, _SMALL_BODY)
         return await self._settings_written(caller, await self.settings.replace(caller.owner_id, body))
 
     async def settings_patch(self, request: Request, caller: Caller) -> Response:
         assert self.settings is not None
-        body = await _json(request, _SMALL_BODY)
+        body = await read_json(request, _SMALL_BODY)
         return await self._settings_written(caller, await self.settings.patch(caller.owner_id, body))
 
     async def _settings_written(self, caller: Caller, change: tuple[dict[str, Any], dict[str, Any]]) -> Response:
@@ -264,7 +263,7 @@ class SmsgateApi:
     async def inbox_refresh(self, request: Request, caller: Caller) -> Response:
         """Validated, then `MessagesExportRequested` to the SMSGate-app phones (smsgw's own
         phones forwarded every SMS as it came: nothing to re-read there; docs/smsgate.md)."""
-        body = await _json(request, _SMALL_BODY)
+        body = await read_json(request, _SMALL_BODY)
         device_id = refresh_request(body)
         await self._known_device(caller, device_id)
         self.export_requested(caller.owner_id, device_id, export_event(body))
@@ -272,7 +271,7 @@ class SmsgateApi:
 
     async def inbox_export(self, request: Request, caller: Caller) -> Response:
         """The deprecated form of /inbox/refresh."""
-        body = await _json(request, _SMALL_BODY)
+        body = await read_json(request, _SMALL_BODY)
         device_id = export_request(body)
         await self._known_device(caller, device_id)
         self.export_requested(caller.owner_id, device_id, export_event(body))
@@ -302,21 +301,6 @@ def _query_int(raw: str | None, name: str, low: int, high: int, default: int) ->
 
 def _query_time(raw: str | None, name: str) -> datetime | None:
     return None if raw is None else parse_time(raw, name)
-
-
-async def _json(request: Request, limit: int = MAX_BODY) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise InvalidArgument("body", f"larger than {limit} bytes")
-    raw = b""
-    async for chunk in request.stream():  # bounded: a body without (or lying about) its length stops here too
-        raw += chunk
-        if len(raw) > limit:
-            raise InvalidArgument("body", f"larger than {limit} bytes")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise InvalidArgument("body", "not JSON") from None
 
 
 def _error(exc: Exception) -> Response:

@@ -15,15 +15,15 @@ __all__ = ["MAX_BODY", "read_body", "parse_json", "read_json", "read_object"]
 MAX_BODY = 1 << 20  # bytes: a send of 100 recipients and a long text is far below
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise InvalidArgument("body", f"larger than {MAX_BODY} bytes")
+    if declared.isdigit() and int(declared) > limit:
+        raise InvalidArgument("body", f"larger than {limit} bytes")
     raw = b""
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY:
-            raise InvalidArgument("body", f"larger than {MAX_BODY} bytes")
+        if len(raw) > limit:
+            raise InvalidArgument("body", f"larger than {limit} bytes")
     return raw
 
 
@@ -34,8 +34,8 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidArgument("body", "not JSON") from None
 
 
-async def read_json(request: Request) -> Any:
-    return parse_json(await read_body(request))
+async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
+    return parse_json(await read_body(request, limit))
 
 
 async def read_object(request: Request) -> dict[str, Any]:

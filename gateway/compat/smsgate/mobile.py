@@ -39,7 +39,7 @@ from starlette.routing import Route
 from gateway.auth.passwords import hash_password
 from gateway.auth.repository import AuditEntry, AuthRepository
 from gateway.auth.scopes import ALL_SCOPES
-from gateway.auth.service import AuthService, check_new_credentials
+from gateway.auth.service import AuthService
 from gateway.bus.local import LocalBus
 from gateway.compat.smsgate.mobile_phones import MobilePhones, Phone
 from gateway.compat.smsgate.bodies import parse_json, read_body, read_json, read_object
@@ -47,7 +47,7 @@ from gateway.compat.smsgate.mobile_shapes import parse_reports, sims
 from gateway.compat.smsgate.shapes import device as device_json
 from gateway.compat.smsgate.shapes import iso, parse_time
 from gateway.devices.repository import DeviceRepository, hash_secret
-from gateway.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from gateway.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unauthenticated
 from gateway.inbound.records import NewInbound
 from gateway.inbound.repository import InboundRepository
 from gateway.types import utcnow
@@ -167,16 +167,13 @@ class MobileApi:
         for _ in range(5):  # a taken login (1 in 10^9) is drawn again
             login = "".join(secrets.choice(_LOGIN_ALPHABET) for _ in range(6))
             password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(14))
-            check_new_credentials(login, password)
             hashed = await _thread(hash_password, password)
             try:
                 account = await _thread(
                     self.accounts.create_account, login, hashed, ALL_SCOPES, utcnow(),
                     AuditEntry("account.create", source=source, detail="registered by the SMSGate app"),
                 )
-            except Exception as exc:  # noqa: BLE001 — AlreadyExists: draw again
-                if type(exc).__name__ != "AlreadyExists":
-                    raise
+            except AlreadyExists:
                 continue
             return account, password
         raise RuntimeError("could not draw a free login")

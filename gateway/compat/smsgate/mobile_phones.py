@@ -220,11 +220,10 @@ class MobilePhones:
             if batch.units or batch.drops:
                 self.bus.notify_events()  # DISPATCHED, and whatever the round expired
             self._wake_at(phone, batch.wake_at)
-            units = sorted(phone.handed.values(), key=lambda u: (u.message.schedule_at or u.message.created_at,
-                                                                 -u.message.priority))
-            if not fifo:  # SMSGate's "lifo": newest first among the same time and priority
-                units = sorted(units, key=lambda u: u.message.id, reverse=True)
-                units.sort(key=lambda u: (u.message.schedule_at or u.message.created_at, -u.message.priority))
+            # SMSGate's order: unscheduled first, then by schedule; higher priority first; then
+            # oldest first (fifo) or newest first (lifo, the app's default). Sorts are stable.
+            units = sorted(phone.handed.values(), key=lambda u: u.message.id, reverse=not fifo)
+            units.sort(key=lambda u: (u.message.schedule_at is not None, u.message.schedule_at or now, -u.message.priority))
             return [*(mobile_message(u, now) for u in units), *ended]
 
     async def _numbers(self, owner_id: str, message_id: str) -> list[str]:
