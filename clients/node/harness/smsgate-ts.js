@@ -5,26 +5,9 @@
 // legacy `message` body on POST /message), getState (GET /message/{id}) until the message is
 // Delivered (at most 30 s), and writes what came back as one JSON object to stdout.
 import Client from "android-sms-gateway";  // its default export
+import { http } from "./fetch-http.js";  // the client takes its HTTP client from the caller
 
 const TIMEOUT_MS = 30_000;
-
-// The client takes its HTTP client from the caller: this one is Node's fetch.
-const http = {
-  async request(method, url, body, headers) {
-    const init = { method, headers: { ...headers }, signal: AbortSignal.timeout(10_000) };
-    if (body !== undefined) init.body = JSON.stringify(body);
-    const response = await fetch(url, init);
-    if (response.status === 204) return null;
-    const text = await response.text();
-    if (!response.ok) throw new Error(`HTTP error ${response.status}: ${text}`);
-    return (response.headers.get("content-type") ?? "").includes("application/json") ? JSON.parse(text) : text;
-  },
-  get(url, headers) { return this.request("GET", url, undefined, headers); },
-  post(url, body, headers) { return this.request("POST", url, body, headers); },
-  put(url, body, headers) { return this.request("PUT", url, body, headers); },
-  patch(url, body, headers) { return this.request("PATCH", url, body, headers); },
-  delete(url, headers) { return this.request("DELETE", url, undefined, headers); },
-};
 
 async function main() {
   const input = JSON.parse(await new Response(process.stdin).text());
