@@ -64,23 +64,25 @@ class EnvelopeError(ValueError):
 
 
 class _KeyCache:
-    """Derived keys by (passphrase digest, salt): PBKDF2 is deliberately slow."""
+    """Derived keys by (passphrase digest, salt, hash, rounds): PBKDF2 is deliberately slow, and
+    a re-delivery or a key-log retry should not pay it again. The other gateways' formats
+    (smsgw_client.foreign) use it too, with their own hash and rounds."""
 
     def __init__(self, size: int) -> None:
-        self._keys: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        self._keys: OrderedDict[tuple[bytes, bytes, str, int], bytes] = OrderedDict()
         self._size = size
         self._lock = Lock()
 
-    def key(self, passphrase: str, salt: bytes) -> bytes:
+    def key(self, passphrase: str, salt: bytes, *, digest: str = "sha256", iterations: int = ITERATIONS) -> bytes:
         secret = _utf8(passphrase, "passphrase")
         # The cache keys on a digest, so the passphrase itself is not kept in the dict.
-        slot = (hashlib.sha256(secret).digest(), salt)
+        slot = (hashlib.sha256(secret).digest(), salt, digest, iterations)
         with self._lock:
             found = self._keys.get(slot)
             if found is not None:
                 self._keys.move_to_end(slot)
                 return found
-        derived = hashlib.pbkdf2_hmac("sha256", secret, salt, ITERATIONS, 32)
+        derived = hashlib.pbkdf2_hmac(digest, secret, salt, iterations, 32)
         with self._lock:
             self._keys[slot] = derived
             if len(self._keys) > self._size:

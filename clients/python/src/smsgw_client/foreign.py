@@ -33,9 +33,7 @@ import binascii
 import hashlib
 import os
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from threading import Lock
 from typing import Literal
 
 from cryptography.hazmat.primitives import padding
@@ -46,7 +44,7 @@ try:  # cryptography 47+ keeps CFB among the "decrepit" modes (httpSMS chose it,
 except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB  # type: ignore[assignment]
 
-from .envelope import MAGIC, EnvelopeError, KeyRing
+from .envelope import MAGIC, EnvelopeError, KeyRing, _KeyCache
 
 __all__ = [
     "Format",
@@ -147,32 +145,7 @@ def recognise(ciphertext: str | bytes) -> Format:
 # SMSGate
 
 
-class _Sha1Keys:
-    """PBKDF2-SHA1 keys by (passphrase digest, salt, iterations): 75,000 rounds per message
-    and per number; a re-delivery or a key-log retry should not pay them again."""
-
-    def __init__(self, size: int) -> None:
-        self._keys: OrderedDict[tuple[bytes, bytes, int], bytes] = OrderedDict()
-        self._size = size
-        self._lock = Lock()
-
-    def key(self, passphrase: str, salt: bytes, iterations: int) -> bytes:
-        secret = _utf8(passphrase, "passphrase")
-        slot = (hashlib.sha256(secret).digest(), salt, iterations)  # the passphrase itself is not kept
-        with self._lock:
-            found = self._keys.get(slot)
-            if found is not None:
-                self._keys.move_to_end(slot)
-                return found
-        derived = hashlib.pbkdf2_hmac("sha1", secret, salt, iterations, 32)
-        with self._lock:
-            self._keys[slot] = derived
-            if len(self._keys) > self._size:
-                self._keys.popitem(last=False)
-        return derived
-
-
-_SHA1_KEYS = _Sha1Keys(128)
+_SHA1_KEYS = _KeyCache(128)  # PBKDF2-SHA1 at 75,000 rounds, per message and per number
 
 
 def _smsgate_parts(ciphertext: str | bytes) -> tuple[int, bytes, bytes]:
@@ -215,7 +188,7 @@ def smsgate_seal(
         raise ValueError(f"iterations must be 1..{SMSGATE_MAX_ITERATIONS}")
     padder = padding.PKCS7(128).padder()
     padded = padder.update(bytes(plaintext)) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(_SHA1_KEYS.key(passphrase, salt, iterations)), modes.CBC(salt)).encryptor()
+    encryptor = Cipher(algorithms.AES(_SHA1_KEYS.key(passphrase, salt, digest="sha1", iterations=iterations)), modes.CBC(salt)).encryptor()
     body = encryptor.update(padded) + encryptor.finalize()
     return f"{SMSGATE_PREFIX}i={iterations}${base64.b64encode(salt).decode()}${base64.b64encode(body).decode()}"
 
@@ -223,7 +196,7 @@ def smsgate_seal(
 def smsgate_open(passphrase: str, ciphertext: str | bytes) -> bytes:
     """Open an SMSGate ciphertext into bytes. Raises EnvelopeError."""
     iterations, salt, body = _smsgate_parts(ciphertext)
-    decryptor = Cipher(algorithms.AES(_SHA1_KEYS.key(passphrase, salt, iterations)), modes.CBC(salt)).decryptor()
+    decryptor = Cipher(algorithms.AES(_SHA1_KEYS.key(passphrase, salt, digest="sha1", iterations=iterations)), modes.CBC(salt)).decryptor()
     padded = decryptor.update(body) + decryptor.finalize()
     unpadder = padding.PKCS7(128).unpadder()
     try:
