@@ -11,6 +11,8 @@
 import crypto from "node:crypto";
 import { promisify } from "node:util";
 
+import { bytes, utf8 } from "./args.js";
+
 const pbkdf2Async = promisify(crypto.pbkdf2);
 
 const MAGIC_BYTES = Buffer.from("smsgw1", "ascii");
@@ -44,8 +46,6 @@ function stripAscii(text) {
   while (end > start && ASCII_SPACE.has(text.charCodeAt(end - 1))) end -= 1;
   return text.slice(start, end);
 }
-// A lone UTF-16 surrogate: it has no UTF-8 form (Python refuses it; Buffer would swap in U+FFFD).
-const LONE_SURROGATE = /\p{Cs}/u;
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -67,26 +67,6 @@ export class EnvelopeError extends Error {
   }
 }
 
-/**
- * @param {unknown} value
- * @param {string} what
- * @returns {Buffer}
- */
-function utf8(value, what) {
-  if (typeof value !== "string") throw new TypeError(`${what} must be a string`);
-  if (LONE_SURROGATE.test(value)) throw new TypeError(`${what} is not valid Unicode (lone surrogate)`);
-  return Buffer.from(value, "utf8");
-}
-
-/**
- * @param {unknown} value
- * @param {string} what
- * @returns {Buffer}
- */
-function bytes(value, what) {
-  if (!(value instanceof Uint8Array)) throw new TypeError(`${what} must be a Uint8Array or Buffer`);
-  return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Key cache: PBKDF2 is deliberately slow; a batch pays it once per salt, not once per message.

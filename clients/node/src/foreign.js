@@ -14,6 +14,7 @@
 
 import crypto from "node:crypto";
 
+import { bytes, utf8 } from "./args.js";
 import { EnvelopeError, KeyRing, MAGIC } from "./envelope.js";
 
 export const SMSGATE_ALGORITHM = "aes-256-cbc/pbkdf2-sha1";
@@ -31,7 +32,6 @@ const IV = 16;
 const SMSGW1_B64 = Buffer.from(MAGIC).toString("base64"); // "smsgw1" is 6 bytes: 8 characters
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 const DIGITS = /^[0-9]{1,7}$/;
-const LONE_SURROGATE = /\p{Cs}/u;
 const ASCII_SPACE = new Set([0x20, 0x09, 0x0a, 0x0d, 0x0b, 0x0c]);
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -39,19 +39,6 @@ const UTF8 = new TextDecoder("utf-8", { fatal: true });
  * @typedef {"smsgw1" | "smsgate" | "unmarked" | "unknown"} Format
  * @typedef {"httpsms"} UnmarkedFormat
  */
-
-/** @param {unknown} value @param {string} what */
-function utf8(value, what) {
-  if (typeof value !== "string") throw new TypeError(`${what} must be a string`);
-  if (LONE_SURROGATE.test(value)) throw new TypeError(`${what} is not valid Unicode (lone surrogate)`);
-  return Buffer.from(value, "utf8");
-}
-
-/** @param {unknown} value @param {string} what */
-function bytes(value, what) {
-  if (!(value instanceof Uint8Array)) throw new TypeError(`${what} must be a Uint8Array or Buffer`);
-  return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-}
 
 /** The ciphertext as text, ASCII whitespace at the ends stripped (as Python's helper does). */
 function asText(ciphertext, what) {
