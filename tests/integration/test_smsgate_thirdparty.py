@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def _drive(server: ServerProcess, device_id: str) -> None:
     with _client(server) as api:
         health = api.health_check()
         assert health.status.value == "pass"
+        assert {api.liveness_check().status.value, api.readiness_check().status.value,
+                api.startup_check().status.value} == {"pass"}
         [dev] = api.list_devices()
         assert dev.id == device_id and dev.last_seen is not None
 
@@ -93,6 +96,14 @@ def _drive(server: ServerProcess, device_id: str) -> None:
         assert [m.id for m in delivered] == [sent.id]
         raw = httpx.get(f"{server.endpoints['smsgate']}/messages?limit=1", headers=api.headers, timeout=10)
         assert raw.headers["X-Total-Count"] == "2" and len(raw.json()) == 1
+
+        # validUntil as the client writes it: Python's isoformat() of a naive time (read as UTC).
+        until = datetime.now(UTC).replace(tzinfo=None, microsecond=0) + timedelta(hours=2)
+        bounded = api.send(Message(phone_numbers=["+15550001237"], text_message=TextMessage("bounded"), valid_until=until))
+        with Client(server.grpc_target, server.token) as grpc_client:
+            stored = grpc_client.get_message(bounded.id)
+        assert stored.valid_until.ToDatetime() == until
+        _until_state(api, bounded.id, ProcessState.Delivered)
 
 
 def test_cancel_bearer_tokens_scopes_and_errors(server: ServerProcess) -> None:
