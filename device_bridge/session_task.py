@@ -63,6 +63,7 @@ from gateway.messages.claims import ClaimTarget, ClaimTargets
 from gateway.messages.queue import DeviceQueue
 from gateway.messages.records import DispatchUnit, HeldRecipient, ReceiptRefusal, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
+from gateway.otp.keys import SEALED_PREFIX, OtpKeys, opened_otp
 from gateway.types import State, utcnow
 
 __all__ = ["BridgeContext", "Admission", "run_session"]
@@ -111,6 +112,8 @@ class BridgeContext:
     tokens: TokenCache = field(default_factory=TokenCache)
     # This `smsgw bridge` process's id in storage (device_bridge.lease); "" in `smsgw serve`.
     bridge_id: str = ""
+    # Opens the sealed SMS of one-time passwords (gateway.otp.keys); None: no key here.
+    otp_keys: OtpKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -131,16 +134,19 @@ class _Aborted(Exception):
         self.code, self.reason = code, reason
 
 
-def _delivery(unit: DispatchUnit) -> Delivery:
+def _delivery(unit: DispatchUnit, otp_keys: OtpKeys | None = None) -> Delivery:
     m = unit.message
+    text, encrypted = m.text, m.is_encrypted
+    if text is not None and text.startswith(SEALED_PREFIX):  # a one-time password's SMS
+        text, encrypted = opened_otp(otp_keys, text)
     return Delivery(
         message_id=m.id,
         phone_numbers=tuple(m.recipients[i].phone_number for i in unit.recipient_indices),
-        text=m.text,
+        text=text,
         data=m.data if m.text is None else None,
         port=m.port,
         sim_number=unit.sim,
-        is_encrypted=m.is_encrypted,
+        is_encrypted=encrypted,
         with_delivery_report=m.with_delivery_report,
         priority=m.priority,
         valid_until=m.valid_until,
@@ -485,7 +491,7 @@ class _Session:
         if not units:
             return 0  # most wake-ups: the room was published where it changed
         for unit in units:
-            self.proto.send_deliver(_delivery(unit))
+            self.proto.send_deliver(_delivery(unit, self.ctx.otp_keys))
         target.sent(len(units), self.proto.window_available)
         self.count_delivers(units)
         return len(units)
@@ -543,7 +549,7 @@ class _Session:
                 return
             self.send_drops({**finals, **batch.drops})
             for unit in batch.units:
-                self.proto.send_deliver(_delivery(unit))
+                self.proto.send_deliver(_delivery(unit, self.ctx.otp_keys))
                 if len(unit.recipient_indices) < len(unit.message.recipients):
                     self.partly_sent.add(unit.message.id)
             self.send_handed(target)

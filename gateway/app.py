@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import gc
 import json
+from datetime import timedelta
 import logging
 import os
 import secrets
@@ -41,6 +42,9 @@ from gateway.compat.smsgate.webhooks import SmsgateWebhooks
 from gateway.compat.smsgate.mobile import MobileApi
 from gateway.compat.smsgate.mobile_phones import MobilePhones
 from gateway.compat.smsgate.server import HttpFront
+from gateway.otp.keys import OtpKeys, load_keys
+from gateway.otp.repository import OtpRepository
+from gateway.otp.service import OtpService
 from gateway.auth.passwords import hash_password
 from gateway.auth.repository import AuditEntry, AuthRepository
 from gateway.auth.scopes import ALL_SCOPES
@@ -143,6 +147,7 @@ class _GatewayThread:
         claims: ClaimTargets | None = None,
         api: bool = True,
         jobs: bool = True,
+        otp_keys: OtpKeys | None = None,
     ) -> None:
         self.api, self.jobs = api, jobs
         self.settings = settings
@@ -160,6 +165,7 @@ class _GatewayThread:
         self.smsgate: HttpFront | None = None  # SMSGate's API (compat.smsgate.listen), when on
         self.smsgate_url = ""
         self.phones: MobilePhones | None = None  # the SMSGate app's phones (its mobile API)
+        self.otp_keys: OtpKeys | None = otp_keys
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="smsgw-gateway", daemon=True)
 
@@ -211,9 +217,13 @@ class _GatewayThread:
                 DeviceRepository(self.db, wakes=self.settings.fcm.enabled), message_repo, auth_repo, self.bus,
                 self.settings.jobs.pairing_code_ttl,
             )
+            otp = OtpService(
+                OtpRepository(self.db, self.settings.otp), self.otp_keys, messages, self.metrics, self.settings.limits,
+                auth_repo,
+            )
             self.grpc = await start_grpc_server(
                 self.settings, messages, devices, feed, auth, self.metrics, webhooks,
-                inbound=InboundService(InboundRepository(self.db)), phone_url=self.phone_url,
+                inbound=InboundService(InboundRepository(self.db)), otp=otp, phone_url=self.phone_url,
             )
             tasks.append(asyncio.create_task(ring.run()))
             await self._start_smsgate(messages, devices, auth, webhooks)
@@ -306,6 +316,7 @@ class _GatewayThread:
         (`smsgw worker`), only the worker holding it sweeps, and also reaps dead bridges."""
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
+        otp_repo = OtpRepository(self.db, self.settings.otp)
         while True:
             try:
                 await asyncio.wait_for(self._reread.wait(), self.settings.jobs.expiry_interval)
@@ -319,13 +330,24 @@ class _GatewayThread:
                 if leader is not None:
                     await self._reap_dead_bridges()
                 await messages.expire_due()
+                await self._expire_codes(otp_repo)
                 if loop.time() >= next_purge:
                     next_purge = loop.time() + _TOKEN_PURGE_INTERVAL
                     await auth.purge_expired()
                     await messages.prune_dispatch_log()
                     await webhooks.prune(self.settings.webhooks.retention)
+                    otp = self.settings.otp  # kept a day, or the longest send window if longer
+                    keep = timedelta(seconds=max(86_400.0, otp.number_window, otp.prefix_window, otp.pumping_window))
+                    await asyncio.to_thread(otp_repo.prune_sends, utcnow() - keep)
             except Exception:
                 log.exception("background job failed; will retry")
+
+    async def _expire_codes(self, repo: OtpRepository) -> None:
+        """Pending verifications past expiry: EXPIRED, with their `otp:expired` webhooks."""
+        expired = await asyncio.to_thread(repo.expire_due, utcnow())
+        if expired:
+            self.metrics.otp_expired.inc(expired)
+            self.bus.notify_events()  # the webhook worker
 
     async def _reap_dead_bridges(self) -> None:
         """The phones of bridges that stopped beating, offline (gateway/devices/reaper.py)."""
@@ -461,7 +483,8 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
     registry.register(BacklogCollector(db))
     bus = LocalBus()
     claims = ClaimTargets()  # the bridge's sessions publish here; the gateway's creates claim on them
-    gateway = _GatewayThread(settings, db, bus, registry, codec, claims=claims)
+    otp_keys = load_keys(settings.otp, settings.data_dir)  # made once in DATA_DIR when not configured
+    gateway = _GatewayThread(settings, db, bus, registry, codec, claims=claims, otp_keys=otp_keys)
     grpc_port = await trio.to_thread.run_sync(gateway.start)
     readiness = Readiness()
     readiness.add("storage", storage_check(db))
@@ -477,6 +500,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
         registry=SessionRegistry(),
         claims=claims,
         private_token=settings.gateway.private_token if settings.gateway.mode == "private" else "",
+        otp_keys=otp_keys,
     )
     grpc_host, _ = split_hostport(settings.grpc.listen)
     try:
@@ -523,7 +547,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None] = print) 
 
 
 # Files of the data directory `serve` makes owner-only when it finds them open.
-_DATA_FILES = ("admin.password", "jwt.secret", "credentials.json", "simulator.json", "endpoints.json", "smsgw.lock")
+_DATA_FILES = ("admin.password", "jwt.secret", "otp.secret", "credentials.json", "simulator.json", "endpoints.json", "smsgw.lock")
 
 
 def _private_paths(settings: Settings) -> list[Path]:

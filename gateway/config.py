@@ -295,6 +295,53 @@ class JobsSettings(_Section):
     pairing_code_ttl: int = 600
 
 
+class OtpSettings(_Section):
+    """One-time passwords (docs/otp.md): limits, each refusal a RESOURCE_EXHAUSTED with RetryInfo."""
+
+    # The key codes are hashed (HMAC) and their SMS sealed with, >= 32 characters; "" = the one
+    # kept in DATA_DIR/otp.secret (made by `smsgw serve` / `smsgw db upgrade`). Every gateway
+    # and bridge of a deployment needs the same one.
+    secret: str = Field(default="", repr=False)
+    max_attempts: int = Field(default=5, ge=1, le=20)  # checks per verification
+    resend_cooldown: float = Field(default=30.0, ge=0)  # seconds between two sends of one verification
+    sends_per_number: int = Field(default=5, ge=1)  # per number_window, per number
+    number_window: float = Field(default=600.0, gt=0)
+    sends_per_prefix: int = Field(default=20, ge=1)  # per prefix_window; prefix = the number without its last 4 digits
+    prefix_window: float = Field(default=3600.0, gt=0)
+    sends_per_owner_per_minute: int = Field(default=60, ge=1)
+    # E.164 prefixes allowed ("+44", "+1555"); empty = every destination.
+    allowed_prefixes: tuple[str, ...] = ()
+    # The SMS-pumping guard: a prefix whose settled verifications of the last pumping_window
+    # number at least pumping_min_volume and convert below pumping_min_conversion is refused.
+    pumping_window: float = Field(default=3600.0, gt=0)
+    pumping_min_volume: int = Field(default=10, ge=1)
+    pumping_min_conversion: float = Field(default=0.2, ge=0, le=1)
+    priority: int = Field(default=100, ge=-128, le=127)  # of the SMS: >= 100 skips pacing with priority_bypass
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, value: str) -> str:
+        if value and len(value) < 32:
+            raise ValueError("otp.secret must be at least 32 characters")
+        return value
+
+    @field_validator("allowed_prefixes", mode="before")
+    @classmethod
+    def _prefixes_from_text(cls, value: Any) -> Any:
+        """SMSGW_OTP__ALLOWED_PREFIXES="+44,+1555" (or a YAML list)."""
+        if isinstance(value, str):
+            return tuple(x.strip() for x in value.split(",") if x.strip())
+        return value
+
+    @field_validator("allowed_prefixes")
+    @classmethod
+    def _e164_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            if not (prefix.startswith("+") and prefix[1:].isdigit() and 2 <= len(prefix) <= 16):
+                raise ValueError(f"otp.allowed_prefixes: {prefix!r} is not an E.164 prefix like +44")
+        return value
+
+
 class Settings(_Section):
     """The whole tree; build it with `load_settings`."""
 
@@ -311,6 +358,7 @@ class Settings(_Section):
     webhooks: WebhookSettings = WebhookSettings()
     fcm: FcmSettings = FcmSettings()
     compat: CompatSettings = CompatSettings()
+    otp: OtpSettings = OtpSettings()
 
     @model_validator(mode="after")
     def _webhook_guard_only_private(self) -> Settings:

@@ -107,6 +107,24 @@ class GatewayMetrics:
         self.watch_streams = Gauge(
             "smsgw_gateway_watch_streams", "Open WatchMessages and WatchInbound streams", ["grpc_method"], registry=registry
         )
+        # One-time passwords (gateway/otp): never a code, only counts. Conversion in Grafana:
+        # rate(smsgw_otp_checks_total{result="approved"}) / rate(smsgw_otp_started_total).
+        self.otp_started = Counter("smsgw_otp_started_total", "Verifications started (a code made and sent)", registry=registry)
+        self.otp_resends = Counter(
+            "smsgw_otp_resends_total", "Codes sent again for a pending verification (StartVerification again)",
+            registry=registry,
+        )
+        self.otp_checks = _counter_over(
+            registry, "smsgw_otp_checks_total", "Codes checked, by result", "result",
+            ("approved", "denied", "expired", "max_attempts", "canceled"),
+        )
+        self.otp_expired = Counter(
+            "smsgw_otp_expired_total", "Verifications that ran out of time unapproved", registry=registry
+        )
+        self.otp_blocked = _counter_over(
+            registry, "smsgw_otp_blocked_total", "Sends refused, by reason", "reason",
+            ("cooldown", "number", "prefix", "owner", "pumping", "country"),
+        )
         # Phones on SMSGate's mobile API (gateway/compat/smsgate/mobile_phones.py).
         self.smsgate_sessions = Gauge(
             "smsgw_smsgate_sessions", "SMSGate-app phones with a session on this gateway (online)", registry=registry

@@ -24,6 +24,8 @@ from device_bridge.lease import BridgeLease
 from device_bridge.metrics import BridgeMetrics
 from device_bridge.registry import SessionRegistry
 from device_bridge.session_task import BridgeContext
+from gateway.otp.keys import KEY_FILE as OTP_KEY_FILE
+from gateway.otp.keys import load_keys
 from gateway.app import (
     _GatewayThread, _write_json, check_push_credentials, ensure_admin_account, join_hostport, listen_for_phones,
     prepare_data_dir, split_hostport, start_metrics, storage_check, token_codec, until_stopped,
@@ -93,6 +95,10 @@ def upgrade_database(settings: Settings, announce: Announce = print) -> None:
             JwtKeys.from_settings(settings.jwt, settings.data_dir)  # made once, 0600
             if not existed:
                 announce(f"created the JWT secret {path}: every smsgw gateway needs it (or set jwt.secret)")
+        if not settings.otp.secret and not (settings.data_dir / OTP_KEY_FILE).exists():
+            load_keys(settings.otp, settings.data_dir)  # made once, 0600
+            announce(f"created the OTP key {settings.data_dir / OTP_KEY_FILE}: every smsgw gateway and bridge "
+                     "needs it (or set otp.secret)")
     finally:
         db.close()
 
@@ -150,7 +156,10 @@ async def _run_asyncio_role(settings: Settings, role: str, announce: Announce, *
     StorageMetrics(registry).attach(db)
     if not api:  # the database's backlogs, from one kind of process (the workers)
         registry.register(BacklogCollector(db))
-    thread = _GatewayThread(settings, db, bus, registry, codec, claims=None, api=api, jobs=not api)
+    thread = _GatewayThread(
+        settings, db, bus, registry, codec, claims=None, api=api, jobs=not api,
+        otp_keys=load_keys(settings.otp, settings.data_dir, create=False) if api else None,
+    )
     endpoints_file = settings.data_dir / "endpoints.json"
     metrics_server = None
     readiness = Readiness()
@@ -210,6 +219,7 @@ async def run_bridge(settings: Settings, *, announce: Announce = print) -> None:
         registry=sessions,
         private_token=settings.gateway.private_token if settings.gateway.mode == "private" else "",
         bridge_id=lease.id,
+        otp_keys=load_keys(settings.otp, settings.data_dir, create=False),
     )
 
     def reload_all() -> None:  # on the trio thread

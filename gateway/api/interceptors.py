@@ -114,6 +114,11 @@ def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
+def _code_of(exc: SmsgwError) -> grpc.StatusCode:
+    """The status of the error's kind, or of the nearest kind it derives from."""
+    return next((_CODES[kind] for kind in type(exc).__mro__ if kind in _CODES), grpc.StatusCode.INTERNAL)
+
+
 def to_status(exc: SmsgwError) -> grpc.Status:
     return rpc_status.to_status(status_of(exc))
 
@@ -121,7 +126,7 @@ def to_status(exc: SmsgwError) -> grpc.Status:
 def status_of(exc: SmsgwError) -> status_pb2.Status:
     """The google.rpc.Status of `exc`, with its details: the call's error (via `to_status`),
     or one item's error inside a SendMessages response."""
-    code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
+    code = _code_of(exc)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
     if isinstance(exc, InvalidArgument):
         detail = error_details_pb2.BadRequest(
@@ -333,7 +338,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                 if isinstance(exc, grpc.aio.AbortError):
                     code = _aborted_code(context)
                     raise
-                code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL).name
+                code = _code_of(exc).name
                 self._count_limited(exc)
                 await self._fail(context, exc)
             finally:
@@ -370,7 +375,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                 if isinstance(exc, grpc.aio.AbortError):
                     code = _aborted_code(context)
                     raise
-                code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL).name
+                code = _code_of(exc).name
                 self._count_limited(exc)
                 await self._fail(context, exc)
             finally:

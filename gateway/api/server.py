@@ -17,6 +17,8 @@ from smsgw.v1 import (
     inbound_pb2_grpc,
     messages_pb2,
     messages_pb2_grpc,
+    otp_pb2,
+    otp_pb2_grpc,
     webhooks_pb2,
     webhooks_pb2_grpc,
 )
@@ -26,6 +28,7 @@ from gateway.api.devices import DeviceServicer, PhoneUrl
 from gateway.api.inbound import InboundServicer
 from gateway.api.interceptors import ApiInterceptor
 from gateway.api.messages import MessageServicer
+from gateway.api.otp import OtpServicer
 from gateway.api.reflection import enable_reflection
 from gateway.api.webhooks import WebhookServicer
 from gateway.auth.service import AuthService
@@ -34,6 +37,7 @@ from gateway.devices.service import DeviceService
 from gateway.inbound.service import InboundService
 from gateway.messages.service import EventFeed, MessageService
 from gateway.metrics import GatewayMetrics
+from gateway.otp.service import OtpService
 from gateway.tls import grpc_server_credentials
 from gateway.webhooks.service import WebhookService
 
@@ -46,6 +50,7 @@ SERVICE_NAMES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     inbound_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name,
     webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    otp_pb2.DESCRIPTOR.services_by_name["OtpService"].full_name,
 )
 
 _SERVER_OPTIONS = [
@@ -81,6 +86,7 @@ async def start_grpc_server(
     webhooks: WebhookService,
     *,
     inbound: InboundService,
+    otp: OtpService,
     phone_url: PhoneUrl | None = None,
 ) -> GrpcServer:
     server = grpc.aio.server(
@@ -93,6 +99,7 @@ async def start_grpc_server(
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(auth), server)
     inbound_pb2_grpc.add_InboundServiceServicer_to_server(InboundServicer(inbound, feed), server)
     webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks), server)
+    otp_pb2_grpc.add_OtpServiceServicer_to_server(OtpServicer(otp), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

@@ -28,6 +28,8 @@ class Scope(StrEnum):
     SETTINGS_WRITE = "settings:write"
     LOGS_READ = "logs:read"
     TOKENS_MANAGE = "tokens:manage"
+    OTP_SEND = "otp:send"
+    OTP_CHECK = "otp:check"
 
 
 ALL_SCOPES: Final = frozenset(Scope)
@@ -64,6 +66,10 @@ RPC_SCOPES: Final[dict[str, Scope | None]] = {
     "/smsgw.v1.AuthService/RefreshToken": PUBLIC,
     "/smsgw.v1.AuthService/RevokeToken": Scope.TOKENS_MANAGE,
     "/smsgw.v1.AuditService/ListAuditEvents": Scope.LOGS_READ,
+    "/smsgw.v1.OtpService/StartVerification": Scope.OTP_SEND,
+    "/smsgw.v1.OtpService/CancelVerification": Scope.OTP_SEND,
+    "/smsgw.v1.OtpService/CheckVerification": Scope.OTP_CHECK,
+    "/smsgw.v1.OtpService/GetVerification": Scope.OTP_CHECK,
 }
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "SmsgateSettingsRow",
     "WebhookDeliveryRow",
     "WebhookAttemptRow",
+    "OtpVerificationRow",
+    "OtpSendRow",
 ]
 
 
@@ -371,3 +373,50 @@ class WebhookAttemptRow(SQLModel, table=True):
     status_code: int = 0
     latency_ms: int = 0
     error: str = ""
+
+
+class OtpVerificationRow(SQLModel, table=True):
+    """A one-time password's verification (gateway.otp). The code is only its HMAC under the
+    OTP key; the SMS that carries it is a message whose text is sealed under the same key."""
+
+    __tablename__ = "otp_verification"
+    __table_args__ = (
+        Index("ix_otp_owner_to", "owner_id", "to_number", "status"),
+        Index("ix_otp_prefix_created", "prefix", "created_at"),
+        Index("ix_otp_pending_expiry", "status", "expires_at"),
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_otp_owner_key"),
+    )
+    id: str = Field(primary_key=True)  # ULID
+    owner_id: str = Field(foreign_key="owner.id")
+    to_number: str  # E.164
+    prefix: str  # the number without its last 4 digits: the pumping guard's and the prefix limit's unit
+    code_hash: str  # HMAC-SHA256(OTP key, id:code), hex
+    code_length: int
+    status: int  # gateway.otp.machine.Status
+    attempts: int = 0
+    max_attempts: int
+    sends: int = 0
+    message_id: str = ""  # the last SMS sent for it
+    last_sent_at: datetime | None = None
+    expires_at: datetime
+    locale: str = ""
+    idempotency_key: str | None = None  # None: no key given
+    created_at: datetime
+    updated_at: datetime
+
+
+class OtpSendRow(SQLModel, table=True):
+    """Every SMS sent for a verification (first and resends): the send limits count these."""
+
+    __tablename__ = "otp_send"
+    __table_args__ = (
+        Index("ix_otp_send_number", "to_number", "at"),
+        Index("ix_otp_send_prefix", "prefix", "at"),
+        Index("ix_otp_send_owner", "owner_id", "at"),
+    )
+    id: int | None = _log_id()
+    owner_id: str
+    verification_id: str
+    to_number: str
+    prefix: str
+    at: datetime

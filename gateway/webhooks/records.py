@@ -19,6 +19,8 @@ class WebhookEvent(StrEnum):
     DEVICE_OFFLINE = "device:offline"
     DEVICE_PUSH_TOKEN_INVALID = "device:push-token-invalid"
     SYSTEM_PING = "system:ping"
+    OTP_APPROVED = "otp:approved"  # a verification's right code was checked (gateway.otp; never the code)
+    OTP_EXPIRED = "otp:expired"  # a pending verification ran out of time
 
 
 class WebhookState(IntEnum):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -28,11 +29,13 @@ from smsgw.v1 import (
     inbound_pb2_grpc,
     messages_pb2,
     messages_pb2_grpc,
+    otp_pb2_grpc,
     webhooks_pb2_grpc,
 )
 
 from . import _batch, _channel
 from ._batch import OutgoingMessage, SendResult
+from ._otp import OtpCalls
 from ._webhooks import WebhookCalls
 from .errors import from_rpc_error, map_rpc_errors
 
@@ -79,7 +82,10 @@ class AsyncClient:
         self._inbound = inbound_pb2_grpc.InboundServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         self._webhooks = webhooks_pb2_grpc.WebhookServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
         #: The WebhookService calls: ``client.webhooks.create(url, events)`` and so on.
-        self.webhooks: WebhookCalls[Any] = WebhookCalls(self._webhook_call)
+        self.webhooks: WebhookCalls[Any] = WebhookCalls(partial(self._unary, self._webhooks))
+        self._otp = otp_pb2_grpc.OtpServiceStub(self._channel)  # type: ignore[no-untyped-call,unused-ignore]
+        #: The OtpService calls: ``client.otp.start(to)``, ``client.otp.check(id, code)`` (docs/otp.md).
+        self.otp: OtpCalls[Any] = OtpCalls(partial(self._unary, self._otp))
 
     def set_token(self, token: str | None) -> None:
         """Use another access token from the next call on (after :meth:`refresh_token`)."""
@@ -100,9 +106,10 @@ class AsyncClient:
         """Close the channel, giving running calls ``grace`` seconds. Idempotent."""
         await self._channel.close(grace)
 
-    async def _webhook_call(self, name: str, request: Message, timeout: float | None) -> Any:
+    async def _unary(self, stub: Any, name: str, request: Message, timeout: float | None) -> Any:
+        """A unary call of `stub` with the deadline, the token and typed errors."""
         with map_rpc_errors():
-            return await getattr(self._webhooks, name)(request, timeout=self._deadline(timeout), metadata=self._metadata)
+            return await getattr(stub, name)(request, timeout=self._deadline(timeout), metadata=self._metadata)
 
     def _deadline(self, timeout: float | None) -> float:
         return self._timeout if timeout is None else timeout

@@ -1,0 +1,1 @@
+"""One-time passwords as a service (docs/otp.md)."""
