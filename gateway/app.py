@@ -259,7 +259,7 @@ class _GatewayThread:
         device_repo = DeviceRepository(self.db)
         self.phones = MobilePhones(
             device_repo, self.message_repo, self.bus, linger=config.phone_linger, keepalive=config.sse_keepalive,
-            metrics=self.metrics,
+            metrics=self.metrics, otp_keys=self.otp_keys,
         )
         gateway = self.settings.gateway
         mobile = MobileApi(

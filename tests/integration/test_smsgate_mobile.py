@@ -344,3 +344,26 @@ def test_the_app_over_https(tmp_path: Path) -> None:
                 assert app.problems == [], app.problems
 
         asyncio.run(main())
+
+
+def test_a_one_time_password_reaches_the_app_opened(server: ServerProcess) -> None:
+    """An OTP's SMS is stored sealed (gateway.otp); the SMSGate app is handed the plain text,
+    whose code approves the verification."""
+    admin = ("admin", server.admin_password)
+
+    async def main() -> None:
+        async with SmsgateApp(_mobile(server), basic=admin) as app:
+            await app.register()
+            app.start()
+            with Client(server.grpc_target, server.token) as client:
+                started = await asyncio.to_thread(client.otp.start, "+15550107777", device_id=str(app.device_id))
+                await app.wait_until(lambda: any(i["id"] == started.message_id for i in app.received), what="pulled")
+                [item] = [i for i in app.received if i["id"] == started.message_id]
+                code = re.search(r"\d{6}", item["textMessage"]["text"])
+                assert code is not None and item["textMessage"]["text"] == f"Your code is {code.group(0)}"
+                assert "isEncrypted" not in item
+                checked = await asyncio.to_thread(client.otp.check, started.id, code.group(0))
+                assert checked.result == 1  # APPROVED
+            assert app.problems == [], app.problems
+
+    asyncio.run(main())

@@ -42,6 +42,7 @@ from gateway.errors import NotFound, Unauthenticated
 from gateway.messages.records import DispatchUnit, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.metrics import GatewayMetrics
+from gateway.otp.keys import OtpKeys
 from gateway.types import State, utcnow
 
 __all__ = ["MobilePhones", "Phone"]
@@ -81,9 +82,10 @@ class MobilePhones:
     def __init__(
         self, devices: DeviceRepository, messages: MessageRepository, bus: LocalBus, *,
         linger: float = 60.0, keepalive: float = 15.0, metrics: GatewayMetrics | None = None,
+        otp_keys: OtpKeys | None = None,
     ) -> None:
         self.devices, self.messages, self.bus = devices, messages, bus
-        self.metrics = metrics
+        self.metrics, self.otp_keys = metrics, otp_keys
         self.linger, self.keepalive = linger, keepalive
         self._phones: dict[str, Phone] = {}
         self._opening: dict[str, asyncio.Lock] = {}
@@ -214,8 +216,8 @@ class MobilePhones:
                 self.metrics.smsgate_pulled.inc(len(batch.units))
             ended = []
             for message_id in ended_ids | set(batch.drops):
-                units = [w for w, u in phone.handed.items() if u.message.id == message_id]
-                numbers = [n for w in units for n in mobile_message(phone.handed.pop(w), now)["phoneNumbers"]]  # type: ignore[union-attr]
+                gone = [phone.handed.pop(w) for w, u in list(phone.handed.items()) if u.message.id == message_id]
+                numbers = [u.message.recipients[i].phone_number for u in gone for i in u.recipient_indices]
                 ended.append(cancelling(message_id, numbers or await self._numbers(phone.owner_id, message_id)))
             if batch.units or batch.drops:
                 self.bus.notify_events()  # DISPATCHED, and whatever the round expired
@@ -224,7 +226,7 @@ class MobilePhones:
             # oldest first (fifo) or newest first (lifo, the app's default). Sorts are stable.
             units = sorted(phone.handed.values(), key=lambda u: u.message.id, reverse=not fifo)
             units.sort(key=lambda u: (u.message.schedule_at is not None, u.message.schedule_at or now, -u.message.priority))
-            return [*(mobile_message(u, now) for u in units), *ended]
+            return [*(mobile_message(u, now, self.otp_keys) for u in units), *ended]
 
     async def _numbers(self, owner_id: str, message_id: str) -> list[str]:
         try:

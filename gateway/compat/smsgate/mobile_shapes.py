@@ -17,6 +17,7 @@ from gateway.compat.smsgate.shapes import data_field, iso, parse_time
 from gateway.devices.records import SimRecord
 from gateway.errors import InvalidArgument
 from gateway.messages.records import DispatchUnit, ReceiptUpdate
+from gateway.otp.keys import SEALED_PREFIX, OtpKeys, opened_otp
 from gateway.types import State
 
 __all__ = ["wire_id", "parse_wire_id", "mobile_message", "cancelling", "receipts", "sims", "Report"]
@@ -44,9 +45,13 @@ def parse_wire_id(value: str) -> tuple[str, int]:
     return message_id, int(attempt) if attempt.isdigit() and 0 < int(attempt) < 1000 else 1
 
 
-def mobile_message(unit: DispatchUnit, now: datetime) -> dict[str, Any]:
-    """A `MobileMessage` (§4.3): what the app sends, as its GatewayApi reads it."""
+def mobile_message(unit: DispatchUnit, now: datetime, otp_keys: OtpKeys | None = None) -> dict[str, Any]:
+    """A `MobileMessage` (§4.3): what the app sends, as its GatewayApi reads it (a one-time
+    password's sealed SMS opened, as the bridge opens it: gateway.otp.keys)."""
     m = unit.message
+    text, encrypted = m.text, m.is_encrypted
+    if text is not None and text.startswith(SEALED_PREFIX):
+        text, encrypted = opened_otp(otp_keys, text)
     out: dict[str, Any] = {
         "id": wire_id(unit),
         "phoneNumbers": [m.recipients[i].phone_number for i in unit.recipient_indices],
@@ -54,12 +59,12 @@ def mobile_message(unit: DispatchUnit, now: datetime) -> dict[str, Any]:
         "state": "Pending",
         "createdAt": iso(m.created_at),
     }
-    if m.text is not None:
-        out["message"] = m.text
-        out["textMessage"] = {"text": m.text}
+    if text is not None:
+        out["message"] = text
+        out["textMessage"] = {"text": text}
     else:
         out["dataMessage"] = {"data": data_field(m), "port": m.port}
-    if m.is_encrypted:
+    if encrypted:
         out["isEncrypted"] = True
     if unit.sim:
         out["simNumber"] = unit.sim
