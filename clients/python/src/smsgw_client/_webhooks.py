@@ -21,7 +21,7 @@ R = TypeVar("R")
 
 EVENTS = (
     "sms:received", "sms:data-received", "sms:sent", "sms:delivered", "sms:failed",
-    "device:online", "device:offline", "device:push-token-invalid", "system:ping",
+    "device:online", "device:offline", "device:push-token-invalid", "system:ping", "otp:approved", "otp:expired",
 )
 
 
