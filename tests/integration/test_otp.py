@@ -27,12 +27,6 @@ _CODE = re.compile(r"\b(\d{4,10})\b")
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with Receiver(default=204) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {
         **private_webhook_env(), "SMSGW_OTP__RESEND_COOLDOWN": "0.5", "SMSGW_OTP__PUMPING_MIN_VOLUME": "4",
@@ -40,6 +34,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     }
     with ServerProcess(tmp_path_factory.mktemp("otp") / "data", env=env) as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def receiver(server: ServerProcess) -> Iterator[Receiver]:
+    """A webhook for the OTP events (and sms:sent, whose payload carries the SMS's message)."""
+    with Receiver(default=204) as r, Client(server.grpc_target, server.token) as client:
+        client.webhooks.create(r.url, ["otp:approved", "otp:expired", "sms:sent"])
+        yield r
 
 
 def _codes(phone: object) -> list[tuple[str, str]]:
@@ -55,7 +57,6 @@ def _codes(phone: object) -> list[tuple[str, str]]:
 
 def test_the_code_the_phone_sends_approves_once(server: ServerProcess, receiver: Receiver) -> None:
     with Client(server.grpc_target, server.token) as client:
-        client.webhooks.create(receiver.url, ["otp:approved", "otp:expired", "sms:sent"])
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -80,6 +81,10 @@ def test_the_code_the_phone_sends_approves_once(server: ServerProcess, receiver:
                     while (await trio.to_thread.run_sync(lambda: client.otp.get(started.id))).delivery_status != otp_pb2.DELIVERY_STATUS_DELIVERED:
                         await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
+                receiver.wait_for(lambda got: any(r.event.get("event") == "otp:approved" for r in got))
+                [hook] = receiver.events("otp:approved")
+                assert hook.event["verification"]["id"] == started.id and hook.event["verification"]["status"] == "APPROVED"
+                receiver.wait_for(lambda got: any(r.event.get("event") == "sms:sent" for r in got))
                 _assert_nowhere(server, receiver, code)
 
         trio.run(main)
@@ -165,7 +170,7 @@ def test_bad_requests_name_their_field(server: ServerProcess) -> None:
             client.otp.get("01NOSUCHVERIFICATION00000")
 
 
-def test_the_pumping_guard_trips_on_a_prefix_nobody_converts(server: ServerProcess, tmp_path: Path) -> None:
+def test_the_pumping_guard_trips_on_a_prefix_nobody_converts(server: ServerProcess, receiver: Receiver) -> None:
     """Four verifications to +1555020xxxx expire unentered (min volume 4 here): the fifth is
     refused, audited and counted; +1555030xxxx, whose codes are entered, is not."""
     with Client(server.grpc_target, server.token) as client:
@@ -186,6 +191,8 @@ def test_the_pumping_guard_trips_on_a_prefix_nobody_converts(server: ServerProce
 
         trio.run(main)
         _expire_all(server, "+1555020")
+        receiver.wait_for(lambda got: sum(r.event.get("event") == "otp:expired" for r in got) >= 4)
+        assert {r.event["verification"]["to"][:8] for r in receiver.events("otp:expired")} == {"+1555020"}
         with pytest.raises(ResourceExhausted) as pumped:
             client.otp.start("+15550200009")
         assert "pumping" in str(pumped.value)
