@@ -53,6 +53,7 @@ class PanelSpec:
 
 _FINALS = 'state=~"DELIVERED|FAILED|EXPIRED|CANCELLED"'
 _DELIVERED = 'state="DELIVERED"'
+_APPROVED = 'result="approved"'
 
 ROWS: list[tuple[str, list[PanelSpec]]] = [
     ("Overview", [
@@ -128,6 +129,16 @@ ROWS: list[tuple[str, list[PanelSpec]]] = [
                   ((_rate("smsgw_gateway_limited_total", by="limit"), "{{limit}}"),), unit="ops"),
         PanelSpec("Wake-up pushes by outcome", "FCM pushes to phones whose session is gone (docs/push.md).",
                   ((_rate("smsgw_fcm_wakes_total", by="outcome"), "{{outcome}}"),), unit="ops"),
+    ]),
+    ("One-time passwords", [
+        PanelSpec("OTP verifications", "Verifications started and resent, and codes checked by result (docs/otp.md).",
+                  ((_rate("smsgw_otp_started_total"), "started"), (_rate("smsgw_otp_resends_total"), "resent"),
+                   (_rate("smsgw_otp_checks_total", by="result"), "checked {{result}}")), unit="ops"),
+        PanelSpec("OTP conversion", "Approved checks per verification started: a fall is SMS pumping or a delivery problem.",
+                  ((f'{_rate("smsgw_otp_checks_total", _APPROVED)} / clamp_min({_rate("smsgw_otp_started_total")}, 1e-9)',
+                    "approved / started"),), unit="percentunit"),
+        PanelSpec("OTP sends refused by reason", "Limits, the destination allowlist and the SMS-pumping guard.",
+                  ((_rate("smsgw_otp_blocked_total", by="reason"), "{{reason}}"),), unit="ops"),
     ]),
     ("Storage and process", [
         PanelSpec("Commit time p99", "A write transaction's COMMIT (the fsync on SQLite).",
