@@ -3,11 +3,13 @@ its webhook (`otp:approved`, `otp:expired`) stored in the same transaction (the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from gateway.config import OtpSettings
@@ -107,6 +109,14 @@ class OtpRepository:
         verification, or answer an earlier call with the same idempotency key; the limits are
         checked in the same transaction. Blocked when one refuses."""
         now = to_utc(now)
+        try:
+            return self._start(owner_id, new, now)
+        except IntegrityError:
+            # Another start committed first (the same key, or a pending code for the number):
+            # this one now sees it and answers as a replay or a resend.
+            return self._start(owner_id, new, now)
+
+    def _start(self, owner_id: str, new: OtpVerificationRow, now: datetime) -> Started:
         with self.db.write() as s:
             if new.idempotency_key:
                 earlier = s.exec(select(OtpVerificationRow).where(
@@ -116,6 +126,11 @@ class OtpRepository:
                     if earlier.to_number != new.to_number:
                         raise AlreadyExists("idempotency_key: already used for another number")
                     return Started(_record(earlier), replay=True)
+            # The number's pending verifications past expiry end now (one pending per number).
+            self._expire(s, s.exec(select(OtpVerificationRow).where(
+                OtpVerificationRow.owner_id == owner_id, OtpVerificationRow.to_number == new.to_number,
+                OtpVerificationRow.status == int(Status.PENDING), OtpVerificationRow.expires_at <= now,
+            )).all(), now)
             pending = self._pending(s, owner_id, new.to_number, now)
             if pending is not None:
                 self._check_cooldown(pending, now)
@@ -219,7 +234,8 @@ class OtpRepository:
     ) -> tuple[VerificationRecord, CheckResult]:
         """Apply one check (`matches(row) -> bool`, the constant-time code comparison) in one
         transaction; an approval stores its `otp:approved` webhook there too. EXPIRED is only
-        ever written by the sweep (`expire_due`: one writer, one `otp:expired`)."""
+        written by the sweep (`expire_due`) or a new start for the number, each once with its
+        `otp:expired`."""
         now = to_utc(now)
         with self.db.write() as s:
             row = self._find(s, owner_id, verification_id, to)
@@ -254,11 +270,16 @@ class OtpRepository:
             rows = s.exec(select(OtpVerificationRow).where(
                 OtpVerificationRow.status == int(Status.PENDING), OtpVerificationRow.expires_at <= now,
             ).limit(batch)).all()
-            for row in rows:
-                row.status, row.updated_at = int(Status.EXPIRED), now
-                s.add(row)
-                enqueue(s, row.owner_id, WebhookEvent.OTP_EXPIRED, "", lambda row=row: _body(row), now)  # type: ignore[misc]
-            return len(rows)
+            return self._expire(s, rows, now)
+
+    @staticmethod
+    def _expire(s: Session, rows: Sequence[OtpVerificationRow], now: datetime) -> int:
+        """EXPIRED, each with its `otp:expired` webhook (rows read PENDING in this transaction)."""
+        for row in rows:
+            row.status, row.updated_at = int(Status.EXPIRED), now
+            s.add(row)
+            enqueue(s, row.owner_id, WebhookEvent.OTP_EXPIRED, "", lambda row=row: _body(row), now)  # type: ignore[misc]
+        return len(rows)
 
     def prune_sends(self, before: datetime) -> int:
         """Send rows older than every window: nothing counts them any more."""

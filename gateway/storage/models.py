@@ -385,6 +385,10 @@ class OtpVerificationRow(SQLModel, table=True):
         Index("ix_otp_prefix_created", "prefix", "created_at"),
         Index("ix_otp_pending_expiry", "status", "expires_at"),
         UniqueConstraint("owner_id", "idempotency_key", name="uq_otp_owner_key"),
+        # One pending verification per number and owner, even when two starts race on
+        # PostgreSQL: the loser retries and resends the winner's code.
+        Index("ux_otp_pending_number", "owner_id", "to_number", unique=True,
+              sqlite_where=text("status = 1"), postgresql_where=text("status = 1")),
     )
     id: str = Field(primary_key=True)  # ULID
     owner_id: str = Field(foreign_key="owner.id")

@@ -44,6 +44,8 @@ def upgrade() -> None:
     op.create_index('ix_otp_owner_to', 'otp_verification', ['owner_id', 'to_number', 'status'], unique=False)
     op.create_index('ix_otp_prefix_created', 'otp_verification', ['prefix', 'created_at'], unique=False)
     op.create_index('ix_otp_pending_expiry', 'otp_verification', ['status', 'expires_at'], unique=False)
+    op.create_index('ux_otp_pending_number', 'otp_verification', ['owner_id', 'to_number'], unique=True,
+                    sqlite_where=sa.text('status = 1'), postgresql_where=sa.text('status = 1'))
     op.create_table('otp_send',
     sa.Column('id', _LOG_ID, autoincrement=True, nullable=False),
     sa.Column('owner_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -77,6 +79,7 @@ def downgrade() -> None:
     op.drop_index('ix_otp_send_prefix', table_name='otp_send')
     op.drop_index('ix_otp_send_number', table_name='otp_send')
     op.drop_table('otp_send')
+    op.drop_index('ux_otp_pending_number', table_name='otp_verification')
     op.drop_index('ix_otp_pending_expiry', table_name='otp_verification')
     op.drop_index('ix_otp_prefix_created', table_name='otp_verification')
     op.drop_index('ix_otp_owner_to', table_name='otp_verification')
