@@ -247,6 +247,10 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_inbound.add_parser(sub, _client_args)
 
+    from gateway import cli_otp
+
+    cli_otp.add_parser(sub, _client_args)
+
     sim = sub.add_parser("simulate", help="run N simulated phones against a running server")
     _client_args(sim)
     sim.add_argument("--devices", type=int, default=1, metavar="N")
@@ -332,6 +336,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway import cli_users
 
         return cli_users.run(args)
+    if args.command == "otp":
+        from gateway import cli_otp
+
+        return cli_otp.main(args)
     from gateway import cli_client
 
     return cli_client.run(args)
