@@ -52,11 +52,11 @@ class VerificationRecord:
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """What StartVerification did: a new verification, a resend of a pending one (`resend`:
-    the message to send again), or the idempotent answer of an earlier call (`replay`)."""
+    """What StartVerification did: a new verification, a resend of a pending one (its last
+    message's sealed text goes out again), or the idempotent answer of an earlier call."""
 
     record: VerificationRecord
-    resend: str = ""  # the last message's id: its sealed text goes out again
+    resend: bool = False
     replay: bool = False
 
 
@@ -139,7 +139,7 @@ class OtpRepository:
                 pending.last_sent_at = pending.updated_at = now
                 s.add(pending)
                 self._log_send(s, pending, now)
-                return Started(_record(pending), resend=pending.message_id)
+                return Started(_record(pending), resend=True)
             self._check_send_limits(s, owner_id, new.to_number, now)
             self._check_pumping(s, new.prefix, now)
             new.sends, new.last_sent_at = 1, now

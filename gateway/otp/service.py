@@ -16,7 +16,7 @@ from ulid import ULID
 from gateway.api.e164 import check_e164
 from gateway.auth.repository import AuditEntry, AuthRepository
 from gateway.config import LimitsSettings, OtpSettings
-from gateway.errors import FailedPrecondition, InvalidArgument, NotFound
+from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from gateway.messages.records import MessageRecord, NewMessage
 from gateway.messages.service import MessageService
 from gateway.metrics import GatewayMetrics
@@ -95,13 +95,20 @@ class OtpService:
             return started.record
         record = started.record
         if started.resend:
-            sealed, parts, encoding = await self._sealed_text(owner_id, started.resend)
+            if not record.message_id:  # the first start has not stored its SMS yet
+                raise Unavailable("to: the code's first SMS is still being stored; try again in a moment")
+            sealed, parts, encoding = await self._sealed_text(owner_id, record.message_id)
             self.metrics.otp_resends.inc()
         else:
             sealed = keys.seal(text)
             self.metrics.otp_started.inc()
         del text
-        message = await self._send(owner_id, record, sealed, parts, encoding, req)
+        try:
+            message = await self._send(owner_id, record, sealed, parts, encoding, req)
+        except Exception:
+            if not started.resend:  # no SMS will carry this code: it must not stay pending
+                await asyncio.to_thread(self.repo.cancel, owner_id, record.id, utcnow())
+            raise
         await asyncio.to_thread(self.repo.set_message, record.id, message.id)
         return VerificationRecord(**{**_fields(record), "message_id": message.id})
 
