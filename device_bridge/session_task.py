@@ -136,12 +136,13 @@ class _Aborted(Exception):
 
 def _delivery(unit: DispatchUnit, otp_keys: OtpKeys | None = None) -> Delivery:
     m = unit.message
+    numbers = tuple(m.recipients[i].phone_number for i in unit.recipient_indices)
     text, encrypted = m.text, m.is_encrypted
     if text is not None and text.startswith(SEALED_PREFIX):  # a one-time password's SMS
-        text, encrypted = opened_otp(otp_keys, text)
+        text, encrypted = opened_otp(otp_keys, text, numbers)
     return Delivery(
         message_id=m.id,
-        phone_numbers=tuple(m.recipients[i].phone_number for i in unit.recipient_indices),
+        phone_numbers=numbers,
         text=text,
         data=m.data if m.text is None else None,
         port=m.port,

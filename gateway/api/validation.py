@@ -18,6 +18,7 @@ from smsgw_client.foreign import SMSGATE_PREFIX, httpsms_check, recognise, smsga
 from gateway.api.e164 import check_e164
 from gateway.errors import InvalidArgument
 from gateway.messages.records import NewMessage
+from gateway.otp.keys import SEALED_PREFIX
 from smsgw_client.segments import Encoding, count_segments
 
 __all__ = [
@@ -113,6 +114,9 @@ def parse_send_request(req: messages_pb2.SendMessageRequest, limits: LimitsSetti
             # envelope's form and size, and the phone counts the plaintext's parts.
             parts, encoding = 0, Encoding.UCS_2
             _check_envelope(text, "text_message.text", limits.max_parts * _MAX_UTF8_PER_PART, bad)
+        elif text.startswith(SEALED_PREFIX):
+            # Only the OTP service writes such texts (gateway.otp.keys); the bridge opens them.
+            bad.append(("text_message.text", f"must not start with {SEALED_PREFIX!r}: it marks a one-time password's sealed SMS"))
         elif len(text) > limits.max_parts * 160:
             # Longer than any text that fits (GSM-7 packs at most 160 characters a part);
             # refused before counting, which walks the whole text.

@@ -46,25 +46,28 @@ class OtpKeys:
         with `hmac.compare_digest`."""
         return hmac.compare_digest(self.code_hash(verification_id, code).encode(), stored.encode())
 
-    def seal(self, text: str) -> str:
+    def seal(self, text: str, number: str) -> str:
+        """Sealed for `number` alone (the associated data): the same ciphertext sent to any other
+        number does not open."""
         nonce = os.urandom(_NONCE)
-        return SEALED_PREFIX + base64.b64encode(nonce + self._seal.encrypt(nonce, text.encode(), None)).decode()
+        return SEALED_PREFIX + base64.b64encode(nonce + self._seal.encrypt(nonce, text.encode(), number.encode())).decode()
 
-    def open(self, sealed: str) -> str | None:
-        """The SMS text, or None when this key did not seal it (another deployment's key)."""
+    def open(self, sealed: str, number: str) -> str | None:
+        """The SMS text, or None when this key did not seal it for `number`."""
         try:
             raw = base64.b64decode(sealed.removeprefix(SEALED_PREFIX), validate=True)
-            return self._seal.decrypt(raw[:_NONCE], raw[_NONCE:], None).decode()
+            return self._seal.decrypt(raw[:_NONCE], raw[_NONCE:], number.encode()).decode()
         except (binascii.Error, ValueError, InvalidTag, UnicodeDecodeError):
             return None
 
 
-def opened_otp(keys: OtpKeys | None, sealed: str) -> tuple[str, bool]:
-    """(text, is_encrypted) to hand a phone for a sealed OTP SMS. Without the key that sealed
-    it, the sealed text goes as an encrypted message no phone can open: it fails
-    `decrypt_failed` and the verification shows the failed delivery, instead of a user
-    receiving ciphertext as an SMS."""
-    text = keys.open(sealed) if keys is not None else None
+def opened_otp(keys: OtpKeys | None, sealed: str, numbers: tuple[str, ...]) -> tuple[str, bool]:
+    """(text, is_encrypted) to hand a phone for a sealed OTP SMS to `numbers`. It opens only
+    for the one number it was sealed for. Otherwise (no key here, another key, other numbers)
+    the sealed text goes as an encrypted message no phone can open: it fails `decrypt_failed`
+    and the verification shows the failed delivery, instead of a user receiving ciphertext, or
+    a code reaching a number it was not made for."""
+    text = keys.open(sealed, numbers[0]) if keys is not None and len(numbers) == 1 else None
     return (text, False) if text is not None else (sealed, True)
 
 

@@ -88,10 +88,11 @@ def _machine(row: OtpVerificationRow) -> Verification:
 
 
 def _body(row: OtpVerificationRow) -> dict[str, Any]:
-    """A webhook's record: never the code."""
+    """A webhook's record, in the proto's JSON spelling (smsgw.v1.Verification): never the code."""
     return {"verification": {
-        "id": row.id, "to": row.to_number, "status": Status(row.status).name, "attempts": row.attempts,
-        "sends": row.sends, "message_id": row.message_id, "expires_at": row.expires_at.isoformat(),
+        "id": row.id, "to": row.to_number, "status": f"VERIFICATION_STATUS_{Status(row.status).name}",
+        "attempts": row.attempts, "sends": row.sends, "message_id": row.message_id,
+        "expires_at": to_utc(row.expires_at).isoformat().replace("+00:00", "Z"),
     }}
 
 
@@ -175,7 +176,8 @@ class OtpRepository:
             if len(times) >= limit:
                 wait = max((to_utc(times[0]) + timedelta(seconds=window) - now).total_seconds(), 1.0)
                 what = {"number": "this number", "prefix": "numbers starting like this one", "owner": "this account"}[reason]
-                raise Blocked(reason, f"to: at most {limit} codes per {window:g} s to {what}", wait, f"{reason}:{value}")
+                shown = f"{prefix_of(to)}****" if reason == "number" else value  # never a whole number
+                raise Blocked(reason, f"to: at most {limit} codes per {window:g} s to {what}", wait, f"{reason}:{shown}")
 
     def _check_pumping(self, s: Session, prefix: str, now: datetime) -> None:
         """SMS pumping: codes sent to a prefix that hardly anyone enters. Counted over the

@@ -100,7 +100,7 @@ class OtpService:
             sealed, parts, encoding = await self._sealed_text(owner_id, record.message_id)
             self.metrics.otp_resends.inc()
         else:
-            sealed = keys.seal(text)
+            sealed = keys.seal(text, record.to)
             self.metrics.otp_started.inc()
         del text
         try:
@@ -174,9 +174,17 @@ class OtpService:
         return record, result
 
     async def cancel(self, owner_id: str, verification_id: str) -> VerificationRecord:
+        """End it; its SMS is cancelled too while no phone has taken it (after that it may
+        still arrive, but its code approves nothing)."""
         if not verification_id:
             raise InvalidArgument("verification_id", "required")
-        return await asyncio.to_thread(self.repo.cancel, owner_id, verification_id, utcnow())
+        record = await asyncio.to_thread(self.repo.cancel, owner_id, verification_id, utcnow())
+        if record.status is Status.CANCELED and record.message_id:
+            try:
+                await self.messages.cancel(owner_id, record.message_id)
+            except (FailedPrecondition, NotFound):
+                pass  # a phone holds it already, or retention removed it
+        return record
 
     async def get(self, owner_id: str, verification_id: str) -> tuple[VerificationRecord, MessageRecord | None]:
         """The verification and its last SMS (for the delivery status)."""

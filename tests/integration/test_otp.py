@@ -80,10 +80,16 @@ def test_the_code_the_phone_sends_approves_once(server: ServerProcess, receiver:
                 with trio.fail_after(20):
                     while (await trio.to_thread.run_sync(lambda: client.otp.get(started.id))).delivery_status != otp_pb2.DELIVERY_STATUS_DELIVERED:
                         await trio.sleep(0.05)
+                # The sealed SMS, copied from GetMessage, cannot be sent anywhere else.
+                sealed = (await trio.to_thread.run_sync(lambda: client.get_message(started.message_id))).text_message.text
+                assert sealed.startswith("otp1:") and code not in sealed
+                with pytest.raises(InvalidArgument):
+                    await trio.to_thread.run_sync(lambda: client.send_message(["+15550100099"], sealed))
                 nursery.cancel_scope.cancel()
                 receiver.wait_for(lambda got: any(r.event.get("event") == "otp:approved" for r in got))
                 [hook] = receiver.events("otp:approved")
-                assert hook.event["verification"]["id"] == started.id and hook.event["verification"]["status"] == "APPROVED"
+                assert hook.event["verification"]["id"] == started.id
+                assert hook.event["verification"]["status"] == "VERIFICATION_STATUS_APPROVED"
                 receiver.wait_for(lambda got: any(r.event.get("event") == "sms:sent" for r in got))
                 _assert_nowhere(server, receiver, code)
 
@@ -231,3 +237,14 @@ def test_without_the_destination_allowed(tmp_path: Path) -> None:
         with pytest.raises(FailedPrecondition) as refused:
             client.otp.start("+15550100009")
         assert "allowed_prefixes" in str(refused.value)
+
+
+def test_cancel_withdraws_the_sms_no_phone_took(server: ServerProcess) -> None:
+    """No phone online: the code's SMS waits QUEUED; cancelling the verification cancels it."""
+    with Client(server.grpc_target, server.token) as client:
+        started = client.otp.start("+15550100077")
+        assert client.otp.get(started.id).delivery_status == otp_pb2.DELIVERY_STATUS_QUEUED
+        canceled = client.otp.cancel(started.id)
+        assert canceled.status == otp_pb2.VERIFICATION_STATUS_CANCELED
+        assert canceled.delivery_status == otp_pb2.DELIVERY_STATUS_FAILED  # its SMS is CANCELLED
+        assert client.otp.check(started.id, "000000").result == otp_pb2.CHECK_RESULT_CANCELED

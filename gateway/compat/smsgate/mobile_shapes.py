@@ -49,12 +49,13 @@ def mobile_message(unit: DispatchUnit, now: datetime, otp_keys: OtpKeys | None =
     """A `MobileMessage` (§4.3): what the app sends, as its GatewayApi reads it (a one-time
     password's sealed SMS opened, as the bridge opens it: gateway.otp.keys)."""
     m = unit.message
+    numbers = tuple(m.recipients[i].phone_number for i in unit.recipient_indices)
     text, encrypted = m.text, m.is_encrypted
     if text is not None and text.startswith(SEALED_PREFIX):
-        text, encrypted = opened_otp(otp_keys, text)
+        text, encrypted = opened_otp(otp_keys, text, numbers)
     out: dict[str, Any] = {
         "id": wire_id(unit),
-        "phoneNumbers": [m.recipients[i].phone_number for i in unit.recipient_indices],
+        "phoneNumbers": list(numbers),
         "withDeliveryReport": m.with_delivery_report,
         "state": "Pending",
         "createdAt": iso(m.created_at),

@@ -474,3 +474,10 @@ def test_other_gateways_ciphertext_passes_through() -> None:
     assert fields(text_req(text=sealed_text[:-8] + "!!!!!!!!", is_encrypted=True)) == ["text_message.text"]
     assert fields(text_req(text=sealed_text, phone_numbers=["$aes-256-cbc/pbkdf2-sha1$i=x$y$z"], is_encrypted=True)) == ["phone_numbers[0]"]
     assert fields(text_req(text=sealed_text, phone_numbers=[sealed_number])) == ["phone_numbers[0]"]  # not encrypted: E.164
+
+
+def test_a_text_may_not_pose_as_a_one_time_passwords_sealed_sms() -> None:
+    """`otp1:` marks the OTP service's sealed SMS, which the bridge opens: a client's copy of
+    one (from GetMessage) must not reach another number through SendMessage."""
+    assert fields(text_req(text="otp1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")) == ["text_message.text"]
+    assert parse_send_request(text_req(text="otp 1: not the prefix"), LIMITS, NOW).text == "otp 1: not the prefix"
