@@ -13,14 +13,14 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from smsgw.v1 import audit_pb2, auth_pb2, devices_pb2, inbound_pb2, messages_pb2, webhooks_pb2
+from smsgw.v1 import audit_pb2, auth_pb2, devices_pb2, inbound_pb2, messages_pb2, otp_pb2, webhooks_pb2
 
 from gateway.auth.scopes import ALL_SCOPES, PUBLIC, RPC_SCOPES, Scope
 from smsgw_client import Client, InvalidArgument
 from tests.helpers.auth import bearer, raw_error, running_server, sign_in
 from tests.helpers.server import ServerProcess
 
-_MODULES = (auth_pb2, audit_pb2, devices_pb2, messages_pb2, inbound_pb2, webhooks_pb2)
+_MODULES = (auth_pb2, audit_pb2, devices_pb2, messages_pb2, inbound_pb2, webhooks_pb2, otp_pb2)
 
 
 def _rpcs() -> dict[str, MethodDescriptor]:
@@ -75,7 +75,7 @@ def test_the_walk_finds_the_services() -> None:
     services = {rpc.split("/")[1] for rpc in RPCS}
     assert services == {
         "smsgw.v1.AuthService", "smsgw.v1.AuditService", "smsgw.v1.DeviceService", "smsgw.v1.MessageService",
-        "smsgw.v1.InboundService", "smsgw.v1.WebhookService",
+        "smsgw.v1.InboundService", "smsgw.v1.WebhookService", "smsgw.v1.OtpService",
     }
 
 

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-from smsgw.v1 import audit_pb2, auth_pb2, devices_pb2, inbound_pb2, messages_pb2, webhooks_pb2
+from smsgw.v1 import audit_pb2, auth_pb2, devices_pb2, inbound_pb2, messages_pb2, otp_pb2, webhooks_pb2
 
 from gateway.auth.scopes import ALL_SCOPES, PUBLIC, RPC_SCOPES, Scope, parse_scopes
 
 ROOT = Path(__file__).resolve().parents[3]
-MODULES = (auth_pb2, audit_pb2, devices_pb2, inbound_pb2, messages_pb2, webhooks_pb2)
+MODULES = (auth_pb2, audit_pb2, devices_pb2, inbound_pb2, messages_pb2, webhooks_pb2, otp_pb2)
 
 
 def _rpcs() -> set[str]:
