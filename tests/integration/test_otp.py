@@ -248,3 +248,20 @@ def test_cancel_withdraws_the_sms_no_phone_took(server: ServerProcess) -> None:
         assert canceled.status == otp_pb2.VERIFICATION_STATUS_CANCELED
         assert canceled.delivery_status == otp_pb2.DELIVERY_STATUS_FAILED  # its SMS is CANCELLED
         assert client.otp.check(started.id, "000000").result == otp_pb2.CHECK_RESULT_CANCELED
+
+
+def test_the_asyncio_client_has_the_same_calls(server: ServerProcess) -> None:
+    import asyncio
+
+    from smsgw_client.aio import AsyncClient
+
+    async def main() -> None:
+        async with AsyncClient(server.grpc_target, server.token) as client:
+            started = await client.otp.start("+15550100088", code_length=8)
+            assert started.code_length == 8
+            checked = await client.otp.check_number("+15550100088", "00000000")
+            assert checked.result in (otp_pb2.CHECK_RESULT_DENIED, otp_pb2.CHECK_RESULT_APPROVED)
+            assert (await client.otp.get(started.id)).attempts == 1
+            assert (await client.otp.cancel(started.id)).status == otp_pb2.VERIFICATION_STATUS_CANCELED
+
+    asyncio.run(main())
