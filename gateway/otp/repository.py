@@ -120,9 +120,12 @@ class OtpRepository:
     def _start(self, owner_id: str, new: OtpVerificationRow, now: datetime) -> Started:
         with self.db.write() as s:
             if new.idempotency_key:
+                # The key of a first send is the verification's; a resend's is its send row's.
                 earlier = s.exec(select(OtpVerificationRow).where(
                     OtpVerificationRow.owner_id == owner_id, OtpVerificationRow.idempotency_key == new.idempotency_key,
-                )).first()
+                )).first() or s.exec(select(OtpVerificationRow).join(
+                    OtpSendRow, col(OtpSendRow.verification_id) == col(OtpVerificationRow.id),
+                ).where(OtpSendRow.owner_id == owner_id, OtpSendRow.idempotency_key == new.idempotency_key)).first()
                 if earlier is not None:
                     if earlier.to_number != new.to_number:
                         raise AlreadyExists("idempotency_key: already used for another number")
@@ -131,7 +134,7 @@ class OtpRepository:
             self._expire(s, s.exec(select(OtpVerificationRow).where(
                 OtpVerificationRow.owner_id == owner_id, OtpVerificationRow.to_number == new.to_number,
                 OtpVerificationRow.status == int(Status.PENDING), OtpVerificationRow.expires_at <= now,
-            )).all(), now)
+            ).with_for_update()).all(), now)
             pending = self._pending(s, owner_id, new.to_number, now)
             if pending is not None:
                 self._check_cooldown(pending, now)
@@ -139,13 +142,13 @@ class OtpRepository:
                 pending.sends += 1
                 pending.last_sent_at = pending.updated_at = now
                 s.add(pending)
-                self._log_send(s, pending, now)
+                self._log_send(s, pending, now, new.idempotency_key)
                 return Started(_record(pending), resend=True)
             self._check_send_limits(s, owner_id, new.to_number, now)
             self._check_pumping(s, new.prefix, now)
             new.sends, new.last_sent_at = 1, now
             s.add(new)
-            self._log_send(s, new, now)
+            self._log_send(s, new, now, None)  # the verification holds the key
             return Started(_record(new))
 
     @staticmethod
@@ -154,7 +157,7 @@ class OtpRepository:
         return s.exec(select(OtpVerificationRow).where(
             OtpVerificationRow.owner_id == owner_id, OtpVerificationRow.to_number == to,
             OtpVerificationRow.status == int(Status.PENDING), OtpVerificationRow.expires_at > now,
-        ).order_by(col(OtpVerificationRow.id).desc())).first()
+        ).order_by(col(OtpVerificationRow.id).desc()).limit(1).with_for_update()).first()
 
     def _check_cooldown(self, row: OtpVerificationRow, now: datetime) -> None:
         cooldown = timedelta(seconds=self.settings.resend_cooldown)
@@ -202,8 +205,11 @@ class OtpRepository:
             )
 
     @staticmethod
-    def _log_send(s: Session, row: OtpVerificationRow, now: datetime) -> None:
-        s.add(OtpSendRow(owner_id=row.owner_id, verification_id=row.id, to_number=row.to_number, prefix=row.prefix, at=now))
+    def _log_send(s: Session, row: OtpVerificationRow, now: datetime, key: str | None) -> None:
+        s.add(OtpSendRow(
+            owner_id=row.owner_id, verification_id=row.id, to_number=row.to_number, prefix=row.prefix, at=now,
+            idempotency_key=key or None,
+        ))
 
     def set_message(self, verification_id: str, message_id: str) -> None:
         with self.db.write() as s:
@@ -220,13 +226,17 @@ class OtpRepository:
             return self._find(s, owner_id, verification_id, to)
 
     @staticmethod
-    def _find(s: Session, owner_id: str, verification_id: str, to: str) -> OtpVerificationRow:
+    def _find(s: Session, owner_id: str, verification_id: str, to: str, *, lock: bool = False) -> OtpVerificationRow:
+        """`lock` (PostgreSQL: FOR UPDATE; SQLite serialises writers anyway): a check, cancel or
+        sweep on another gateway waits for this transaction and then reads what it wrote, so a
+        code approves once and the attempts are counted exactly."""
         if verification_id:
-            row = s.get(OtpVerificationRow, verification_id)
+            row = s.get(OtpVerificationRow, verification_id, with_for_update=lock)
         else:
-            row = s.exec(select(OtpVerificationRow).where(
+            query = select(OtpVerificationRow).where(
                 OtpVerificationRow.owner_id == owner_id, OtpVerificationRow.to_number == to,
-            ).order_by(col(OtpVerificationRow.id).desc())).first()
+            ).order_by(col(OtpVerificationRow.id).desc()).limit(1)
+            row = s.exec(query.with_for_update() if lock else query).first()
         if row is None or row.owner_id != owner_id:
             raise NotFound(f"verification {verification_id or 'for ' + to[:-4] + '****'} not found")
         return row
@@ -240,7 +250,7 @@ class OtpRepository:
         `otp:expired`."""
         now = to_utc(now)
         with self.db.write() as s:
-            row = self._find(s, owner_id, verification_id, to)
+            row = self._find(s, owner_id, verification_id, to, lock=True)
             ok = matches(row)  # computed whatever the state: the time does not say whether it was pending
             after, result = check(_machine(row), ok, now)
             if after.status is not Status.EXPIRED and (after.status, after.attempts) != (Status(row.status), row.attempts):
@@ -253,7 +263,7 @@ class OtpRepository:
     def cancel(self, owner_id: str, verification_id: str, now: datetime) -> VerificationRecord:
         now = to_utc(now)
         with self.db.write() as s:
-            row = self._find(s, owner_id, verification_id, "")
+            row = self._find(s, owner_id, verification_id, "", lock=True)
             after = cancel(_machine(row), now)
             if after.status is Status.CANCELED and row.status == int(Status.PENDING):
                 row.status, row.updated_at = int(Status.CANCELED), now
@@ -271,7 +281,7 @@ class OtpRepository:
         with self.db.write() as s:
             rows = s.exec(select(OtpVerificationRow).where(
                 OtpVerificationRow.status == int(Status.PENDING), OtpVerificationRow.expires_at <= now,
-            ).limit(batch)).all()
+            ).limit(batch).with_for_update(skip_locked=True)).all()  # one a check holds: the next sweep
             return self._expire(s, rows, now)
 
     @staticmethod

@@ -417,6 +417,7 @@ class OtpSendRow(SQLModel, table=True):
         Index("ix_otp_send_number", "to_number", "at"),
         Index("ix_otp_send_prefix", "prefix", "at"),
         Index("ix_otp_send_owner", "owner_id", "at"),
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_otp_send_owner_key"),
     )
     id: int | None = _log_id()
     owner_id: str
@@ -424,3 +425,4 @@ class OtpSendRow(SQLModel, table=True):
     to_number: str
     prefix: str
     at: datetime
+    idempotency_key: str | None = None  # a resend's key (a first send's is the verification's)

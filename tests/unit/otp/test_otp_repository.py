@@ -314,6 +314,8 @@ class OtpStorage(RuleBasedStateMachine):
             m.last_sent = self.now
             m.stale_codes.append(code)
             assert started.record.sends == m.sends
+            if key:  # a resend's key answers later calls with it as a replay
+                self.keys[(owner, key)] = m.id
         else:
             assert not started.replay and not started.resend and started.record.id == row.id
             assert started.record.status is Status.PENDING and started.record.sends == 1

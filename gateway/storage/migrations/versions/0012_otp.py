@@ -53,7 +53,9 @@ def upgrade() -> None:
     sa.Column('to_number', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('prefix', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.Column('idempotency_key', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('owner_id', 'idempotency_key', name='uq_otp_send_owner_key')
     )
     op.create_index('ix_otp_send_number', 'otp_send', ['to_number', 'at'], unique=False)
     op.create_index('ix_otp_send_prefix', 'otp_send', ['prefix', 'at'], unique=False)
