@@ -336,10 +336,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway import cli_users
 
         return cli_users.run(args)
-    if args.command == "otp":
-        from gateway import cli_otp
-
-        return cli_otp.main(args)
     from gateway import cli_client
 
     return cli_client.run(args)

@@ -13,7 +13,7 @@ import grpc
 from smsgw.v1 import common_pb2
 from smsgw_client import Client, DeadlineExceeded, SmsgwError, Unauthenticated, tls_credentials
 
-from gateway import cli_inbound, cli_messages, cli_webhooks
+from gateway import cli_inbound, cli_messages, cli_otp, cli_webhooks
 from gateway.cli_credentials import StoredCredentials, credentials_path
 from gateway.private_files import ensure_private_dir
 from gateway.cli_users import read_password
@@ -172,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
                 return getattr(cli_messages, args.command)(client, args)
             if args.command == "webhooks":
                 return cli_webhooks.run(client, args)
+            if args.command == "otp":
+                return cli_otp.run(client, args)
             if args.command == "inbound":
                 return cli_inbound.run(client, args, passphrases(args))
             if args.command == "token":

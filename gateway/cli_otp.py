@@ -19,7 +19,7 @@ from smsgw_client import Client, InvalidArgument, ResourceExhausted, SmsgwError
 
 from gateway.redact import redact_number
 
-__all__ = ["add_parser", "main", "run", "describe_error"]
+__all__ = ["add_parser", "run", "describe_error"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -91,16 +91,6 @@ def add_parser(sub: argparse._SubParsersAction, client_args: Callable[[argparse.
         "verification_id", metavar="ID")
     for parser in osub.choices.values():
         client_args(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Connect as every client command does (--server, the stored sign-in or a token, TLS),
-    then `run`."""
-    from gateway import cli_client
-
-    cli_client._resolve_server(args)
-    with Client(args.server, cli_client._token(args), credentials=cli_client._channel_credentials(args)) as client:
-        return run(client, args)
 
 
 def run(client: Client, args: argparse.Namespace) -> int:
