@@ -44,7 +44,7 @@ try:  # cryptography 47+ keeps CFB among the "decrepit" modes (httpSMS chose it,
 except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB  # type: ignore[assignment]
 
-from .envelope import MAGIC, EnvelopeError, KeyRing, _KeyCache
+from .envelope import MAGIC, EnvelopeError, KeyRing, _KeyCache, _utf8
 
 __all__ = [
     "Format",
@@ -89,16 +89,6 @@ _SMSGW1_B64 = base64.b64encode(MAGIC).decode("ascii")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _DIGITS = re.compile(r"[0-9]{1,7}")
 _ASCII_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() takes: the smsgw1 helpers strip the same
-
-
-def _utf8(value: str, what: str) -> bytes:
-    """UTF-8 of a text argument; a lone surrogate (no UTF-8 form) is refused, as in smsgw1."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string")
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid Unicode text (a lone surrogate)") from None
 
 
 def _ascii(ciphertext: str | bytes, what: str) -> str:
