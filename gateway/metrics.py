@@ -123,7 +123,7 @@ class GatewayMetrics:
         )
         self.otp_blocked = _counter_over(
             registry, "smsgw_otp_blocked_total", "Sends refused, by reason", "reason",
-            ("cooldown", "number", "prefix", "owner", "pumping", "country"),
+            ("cooldown", "number", "prefix", "owner", "pumping", "country", "premium"),
         )
         # Phones on SMSGate's mobile API (gateway/compat/smsgate/mobile_phones.py).
         self.smsgate_sessions = Gauge(

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+import phonenumbers
 from ulid import ULID
 
 from gateway.api.e164 import check_e164
@@ -68,9 +69,13 @@ class OtpService:
     async def start(self, owner_id: str, req: StartRequest) -> VerificationRecord:
         keys = self._keys()
         length, ttl, template = self._validate(req)
-        if self.settings.allowed_prefixes and not req.to.startswith(self.settings.allowed_prefixes):
+        allowed = self.settings.allowed_prefixes
+        if allowed and not req.to.startswith(allowed):
             self.metrics.otp_blocked.labels("country").inc()
             raise FailedPrecondition("to: this destination is not in otp.allowed_prefixes")
+        if not allowed and _premium(req.to):  # what SMS pumping earns from (RELIABILITY 28)
+            self.metrics.otp_blocked.labels("premium").inc()
+            raise FailedPrecondition("to: a premium-rate or shared-cost number: allow it by listing it in otp.allowed_prefixes")
         now = utcnow()
         verification_id = str(ULID())
         code = new_code(length)
@@ -207,6 +212,15 @@ class OtpService:
         if expired:
             self.metrics.otp_expired.inc(expired)
         return expired
+
+
+def _premium(number: str) -> bool:
+    """A premium-rate or shared-cost number, by libphonenumber's metadata."""
+    try:
+        kind = phonenumbers.number_type(phonenumbers.parse(number))
+    except phonenumbers.NumberParseException:
+        return False
+    return kind in (phonenumbers.PhoneNumberType.PREMIUM_RATE, phonenumbers.PhoneNumberType.SHARED_COST)
 
 
 def _fields(record: VerificationRecord) -> dict[str, object]:

@@ -231,6 +231,13 @@ def _expire_all(server: ServerProcess, prefix: str) -> None:
         time.sleep(0.1)
 
 
+def test_premium_rate_numbers_get_no_codes(server: ServerProcess) -> None:
+    with Client(server.grpc_target, server.token) as client:
+        with pytest.raises(FailedPrecondition) as refused:
+            client.otp.start("+19005550100")  # a US 900 number
+        assert "premium-rate" in str(refused.value)
+
+
 def test_without_the_destination_allowed(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "data", env={"SMSGW_OTP__ALLOWED_PREFIXES": "+44,+49"}) as server, \
             Client(server.grpc_target, server.token) as client:
