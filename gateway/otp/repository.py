@@ -4,7 +4,7 @@ its webhook (`otp:approved`, `otp:expired`) stored in the same transaction (the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -78,9 +78,7 @@ def _record(row: OtpVerificationRow) -> VerificationRecord:
 def _shown(row: OtpVerificationRow, status: Status) -> VerificationRecord:
     """The record with the status the machine sees now (a pending one past expiry: EXPIRED)."""
     record = _record(row)
-    if record.status is status:
-        return record
-    return VerificationRecord(*(status if f == "status" else getattr(record, f) for f in VerificationRecord.__slots__))  # type: ignore[attr-defined]
+    return record if record.status is status else replace(record, status=status)
 
 
 def _machine(row: OtpVerificationRow) -> Verification:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import phonenumbers
@@ -115,7 +115,7 @@ class OtpService:
                 await asyncio.to_thread(self.repo.cancel, owner_id, record.id, utcnow())
             raise
         await asyncio.to_thread(self.repo.set_message, record.id, message.id)
-        return VerificationRecord(**{**_fields(record), "message_id": message.id})
+        return replace(record, message_id=message.id)
 
     def _validate(self, req: StartRequest) -> tuple[int, int, str]:
         bad: list[tuple[str, str]] = []
@@ -223,6 +223,4 @@ def _premium(number: str) -> bool:
     return kind in (phonenumbers.PhoneNumberType.PREMIUM_RATE, phonenumbers.PhoneNumberType.SHARED_COST)
 
 
-def _fields(record: VerificationRecord) -> dict[str, object]:
-    return {f: getattr(record, f) for f in record.__slots__}  # type: ignore[attr-defined]
 

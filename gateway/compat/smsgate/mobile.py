@@ -121,12 +121,12 @@ class MobileApi:
         if scheme == "code" and credential:
             self.auth.check_locked(source)  # codes are short: guessing them is locked out like passwords
             self.auth.limit_source(source)
-            redeemed = await _thread(self.devices.redeem_pairing_code, credential, utcnow(), source)
+            redeemed = await asyncio.to_thread(self.devices.redeem_pairing_code, credential, utcnow(), source)
             if redeemed is None:
                 await self.auth.failed(source, "smsgate registration: unknown or spent code")
                 raise Unauthenticated("unknown, expired or spent code")
             identity, token = redeemed
-            account = await _thread(self.accounts.account_by_id, identity.owner_id)
+            account = await asyncio.to_thread(self.accounts.account_by_id, identity.owner_id)
             login = account.username if account else ""
         else:
             if scheme == "basic" and credential:
@@ -145,8 +145,8 @@ class MobileApi:
                     + (", or Bearer <private token>" if self.mode == "private" else "")
                 )
             login = account.username
-            code, _ = await _thread(self.devices.create_pairing_code, account.id, name, _CODE_TTL, utcnow())
-            redeemed = await _thread(self.devices.redeem_pairing_code, code, utcnow(), source)
+            code, _ = await asyncio.to_thread(self.devices.create_pairing_code, account.id, name, _CODE_TTL, utcnow())
+            redeemed = await asyncio.to_thread(self.devices.redeem_pairing_code, code, utcnow(), source)
             assert redeemed is not None  # made a moment ago
             identity, token = redeemed
         await self.phones.touch(identity, hash_secret(token), _app_version(request), cards or ())
@@ -167,9 +167,9 @@ class MobileApi:
         for _ in range(5):  # a taken login (1 in 10^9) is drawn again
             login = "".join(secrets.choice(_LOGIN_ALPHABET) for _ in range(6))
             password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(14))
-            hashed = await _thread(hash_password, password)
+            hashed = await asyncio.to_thread(hash_password, password)
             try:
-                account = await _thread(
+                account = await asyncio.to_thread(
                     self.accounts.create_account, login, hashed, ALL_SCOPES, utcnow(),
                     AuditEntry("account.create", source=source, detail="registered by the SMSGate app"),
                 )
@@ -185,7 +185,7 @@ class MobileApi:
         out: dict[str, Any] = {"externalIp": request.client.host if request.client else ""}
         if request.headers.get("authorization"):
             phone = await self.phone(request)
-            record = next((d for d in await _thread(self.devices.list, phone.owner_id) if d.id == phone.device_id), None)
+            record = next((d for d in await asyncio.to_thread(self.devices.list, phone.owner_id) if d.id == phone.device_id), None)
             if record is not None:
                 out["device"] = device_json(record)
         return JSONResponse(out)
@@ -210,7 +210,7 @@ class MobileApi:
         self.auth.check_locked(source)
         self.auth.limit_source(source)
         account = await self.auth.sign_in(credential.strip(), source)
-        code, expires = await _thread(self.devices.create_pairing_code, account.id, "SMSGate app", _CODE_TTL, utcnow())
+        code, expires = await asyncio.to_thread(self.devices.create_pairing_code, account.id, "SMSGate app", _CODE_TTL, utcnow())
         return JSONResponse({"code": code, "validUntil": iso(expires)})
 
     async def user_password(self, request: Request) -> Response:
@@ -222,14 +222,14 @@ class MobileApi:
             raise InvalidArgument("currentPassword", "required")
         if not isinstance(new, str) or not 14 <= len(new) <= 256:
             raise InvalidArgument("newPassword", "14..256 characters")
-        account = await _thread(self.accounts.account_by_id, phone.owner_id)
+        account = await asyncio.to_thread(self.accounts.account_by_id, phone.owner_id)
         if account is None:
             raise Unauthenticated("no such account")
         source = request.client.host if request.client else ""
         basic = base64.b64encode(f"{account.username}:{current}".encode()).decode()
         await self.auth.sign_in(basic, source)  # Unauthenticated: wrong current password
-        hashed = await _thread(hash_password, new)
-        await _thread(self.accounts.update_account, account.username, utcnow(), password_hash=hashed)
+        hashed = await asyncio.to_thread(hash_password, new)
+        await asyncio.to_thread(self.accounts.update_account, account.username, utcnow(), password_hash=hashed)
         return Response(status_code=204)
 
     # ---- messages -----------------------------------------------------------------------
@@ -283,7 +283,7 @@ class MobileApi:
         source = request.client.host if request.client else ""
         self.auth.check_locked(source)
         raw = await read_body(request)
-        found = await _thread(self.devices.token_hash_of, request.path_params["device"])
+        found = await asyncio.to_thread(self.devices.token_hash_of, request.path_params["device"])
         stamp = request.headers.get("x-timestamp", "")
         signature = request.headers.get("x-signature", "")
         expected = hmac.new(signing_key(found[1] if found else "").encode(), raw + stamp.encode(), hashlib.sha256).hexdigest()
@@ -295,7 +295,7 @@ class MobileApi:
             raise Unauthenticated("X-Timestamp too old or in the future")
         item = _inbound_item(parse_json(raw))
         if item is not None:
-            await _thread(self.inbound.store, identity.owner_id, identity.device_id, [item], utcnow())
+            await asyncio.to_thread(self.inbound.store, identity.owner_id, identity.device_id, [item], utcnow())
             self.bus.notify_events()  # WatchInbound, sms:received webhooks
         return JSONResponse({})
 
@@ -329,10 +329,6 @@ def _inbound_item(envelope: Any) -> NewInbound | None:
     port = payload.get("port")
     return NewInbound(phone_id=phone_id, sender=sender, data=data, port=port if isinstance(port, int) else 0,
                       sim=sim, received_at=at)
-
-
-async def _thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def mobile_routes(api: MobileApi, answer: Callable[[Callable[[Request], Awaitable[Response]]], Any]) -> list[Route]:

@@ -39,7 +39,7 @@ from gateway.devices.records import DeviceIdentity, SimRecord
 from gateway.devices.repository import DeviceRepository, Online, hash_secret
 from gateway.devices.session_jobs import close_device_session, open_device_session
 from gateway.errors import NotFound, Unauthenticated
-from gateway.messages.records import DispatchUnit, ReceiptUpdate
+from gateway.messages.records import DispatchUnit, MessageRecord, ReceiptUpdate
 from gateway.messages.repository import MessageRepository
 from gateway.metrics import GatewayMetrics
 from gateway.otp.keys import OtpKeys
@@ -218,7 +218,9 @@ class MobilePhones:
             for message_id in ended_ids | set(batch.drops):
                 gone = [phone.handed.pop(w) for w, u in list(phone.handed.items()) if u.message.id == message_id]
                 numbers = [u.message.recipients[i].phone_number for u in gone for i in u.recipient_indices]
-                ended.append(cancelling(message_id, numbers or await self._numbers(phone.owner_id, message_id)))
+                if not numbers and (record := await self._message(phone.owner_id, message_id)) is not None:
+                    numbers = [r.phone_number for r in record.recipients]
+                ended.append(cancelling(message_id, numbers))
             if batch.units or batch.drops:
                 self.bus.notify_events()  # DISPATCHED, and whatever the round expired
             self._wake_at(phone, batch.wake_at)
@@ -228,12 +230,12 @@ class MobilePhones:
             units.sort(key=lambda u: (u.message.schedule_at is not None, u.message.schedule_at or now, -u.message.priority))
             return [*(mobile_message(u, now, self.otp_keys) for u in units), *ended]
 
-    async def _numbers(self, owner_id: str, message_id: str) -> list[str]:
+    async def _message(self, owner_id: str, message_id: str) -> MessageRecord | None:
+        """The message, None when unknown (another owner's, or gone by retention)."""
         try:
-            record = await asyncio.to_thread(self.messages.get, owner_id, message_id)
+            return await asyncio.to_thread(self.messages.get, owner_id, message_id)
         except NotFound:
-            return []
-        return [r.phone_number for r in record.recipients]
+            return None
 
     async def report(self, phone: Phone, reports: Iterable[Report], wire_ids: Iterable[str]) -> None:
         """PATCH /message: the app's state reports as receipts (forward only, idempotent;
@@ -250,7 +252,8 @@ class MobilePhones:
                 if unit is not None:
                     numbers = [(i, unit.message.recipients[i].phone_number) for i in unit.recipient_indices]
                 else:
-                    numbers = await self._numbers_at(phone.owner_id, report)
+                    record = await self._message(phone.owner_id, report.message_id)
+                    numbers = [(r.index, r.phone_number) for r in record.recipients if r.attempt == report.attempt] if record else []
                 updates += receipts(report, numbers)
             if updates:
                 await asyncio.wrap_future(self.messages.apply_receipt_batch_future(phone.device_id, updates, utcnow()))
@@ -258,13 +261,6 @@ class MobilePhones:
             if phone.filled and len(phone.handed) < PULL_LIMIT:
                 phone.filled = False
                 self._tell(phone, "MessageEnqueued")  # room again for what waits behind
-
-    async def _numbers_at(self, owner_id: str, report: Report) -> list[tuple[int, str]]:
-        try:
-            record = await asyncio.to_thread(self.messages.get, owner_id, report.message_id)
-        except NotFound:
-            return []
-        return [(r.index, r.phone_number) for r in record.recipients if r.attempt == report.attempt]
 
     # ---- wake-ups ---------------------------------------------------------------------
 
