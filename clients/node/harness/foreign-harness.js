@@ -8,6 +8,7 @@
 //   stdout: a JSON array, one per item, in order: {"output": string} or {"error": reason}
 import { EnvelopeError } from "../src/envelope.js";
 import { httpsmsDecrypt, httpsmsEncrypt, smsgateDecrypt, smsgateEncrypt } from "../src/foreign.js";
+import { answerBatch } from "./batch.js";
 
 const OPS = {
   smsgate_encrypt: (item) => smsgateEncrypt(item.passphrase, item.input, { iterations: item.iterations }),
@@ -28,11 +29,4 @@ function run(item) {
   }
 }
 
-const chunks = [];
-for await (const chunk of process.stdin) chunks.push(chunk);
-const batch = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-if (!Array.isArray(batch)) {
-  process.stderr.write("foreign-harness: stdin must be a JSON array\n");
-  process.exit(2);
-}
-process.stdout.write(JSON.stringify(batch.map(run)) + "\n");
+await answerBatch("foreign-harness", "stdin must be a JSON array", run);

@@ -8,6 +8,7 @@
 // Nothing here is ours: what comes back is exactly what the package returns (its decrypt
 // never fails on a wrong passphrase, it answers replacement characters).
 import HttpSms from "httpsms";
+import { answerBatch } from "./batch.js";
 
 const cipher = new HttpSms("not-used: the cipher makes no request").cipher;
 
@@ -25,11 +26,4 @@ function run(item) {
   return { error: "bad_request" };
 }
 
-const chunks = [];
-for await (const chunk of process.stdin) chunks.push(chunk);
-const batch = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-if (!Array.isArray(batch)) {
-  process.stderr.write("httpsms-cipher: stdin must be a JSON array of {op, passphrase, input}\n");
-  process.exit(2);
-}
-process.stdout.write(JSON.stringify(batch.map(run)) + "\n");
+await answerBatch("httpsms-cipher", "stdin must be a JSON array of {op, passphrase, input}", run);
